@@ -1,0 +1,1 @@
+"""Evaluation metrics (FID, IS, R-precision) for msmt-tf; never imported by the model code."""

@@ -1,0 +1,10 @@
+"""Datasets in the AttnGAN layout (birds, coco, built-in shapes) and their tf.data pipeline."""
+
+from msmt_tf.data.datasets import DATASETS, DataPipeline, SplitData, load_split, verify_image
+from msmt_tf.data.errors import CaptionError, DatasetError, UnsafePickleError
+from msmt_tf.data.vocab import Vocabulary, tokenize
+
+__all__ = [
+    "DATASETS", "DataPipeline", "SplitData", "load_split", "verify_image", "CaptionError",
+    "DatasetError", "UnsafePickleError", "Vocabulary", "tokenize",
+]

@@ -1,0 +1,478 @@
+"""AttnGAN-layout datasets (CUB `birds`, `coco`, built-in `shapes`) and their tf.data pipeline.
+
+One code path reads every dataset (model_spec §1.1):
+
+    <data_dir>/captions.pickle               [train_caps, test_caps, ixtoword, wordtoix]
+    <data_dir>/{train,test}/filenames.pickle list of keys
+    <data_dir>/{train,test}/class_info.pickle optional; without it every image is its own class
+    <data_dir>/text/<key>.txt                one caption per line
+    birds:  <data_dir>/CUB_200_2011/images/<key>.jpg (+ images.txt, bounding_boxes.txt)
+    coco, shapes: <data_dir>/images/<key>.jpg
+
+`load_split` reads and checks the metadata (pickles through the restricted unpickler);
+`DataPipeline` turns a split into batches of the image pyramid, token ids, lengths and class ids.
+The epoch order is a numpy PCG64 permutation of (seed, epoch) and every random choice inside an
+element is a stateless function of (seed, epoch, image index), so a pipeline started at
+(epoch, batch) yields exactly the batches an uninterrupted one would.
+"""
+
+import dataclasses
+import os
+import pickle
+import tempfile
+
+from absl import logging
+import numpy as np
+
+from msmt_tf.data import vocab as vocab_lib
+from msmt_tf.data.errors import DatasetError
+from msmt_tf.data.safe_pickle import safe_load_pickle
+
+__all__ = [
+    "DatasetSpec", "DATASETS", "SplitData", "load_split", "load_captions", "read_caption_file",
+    "verify_image", "DataPipeline", "epoch_order",
+]
+
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  captions_per_image: int
+  image_dir: str
+  uses_bbox: bool
+  words_num_train: int
+  words_num_eval: int
+  how_to_get: str
+
+
+DATASETS = {
+    "birds": DatasetSpec(
+        10, "CUB_200_2011/images", True, 18, 25,
+        "Get CUB-200-2011 and AttnGAN's preprocessed birds metadata (see BUILD.md, 'Datasets')."),
+    "coco": DatasetSpec(
+        5, "images", False, 12, 20,
+        "Get COCO 2014 images and AttnGAN's preprocessed coco metadata (see BUILD.md, 'Datasets')."),
+    "shapes": DatasetSpec(
+        10, "images", False, 18, 25,
+        "Make it with: python -m msmt_tf.data.shapes --out <data_dir>"),
+}
+
+
+def _spec(dataset):
+  if dataset not in DATASETS:
+    raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+  return DATASETS[dataset]
+
+
+@dataclasses.dataclass
+class SplitData:
+  """The metadata of one split, checked.
+
+  Attributes:
+    captions: per image, `captions_per_image` lists of word ids (each non-empty).
+    bboxes: `[N, 4]` float64 `(x, y, w, h)` for birds, else None.
+    class_ids: `[N]` int64.
+  """
+  dataset: str
+  data_dir: str
+  split: str
+  keys: list
+  image_paths: list
+  captions: list
+  class_ids: np.ndarray
+  bboxes: object
+  vocab: vocab_lib.Vocabulary
+
+  @property
+  def num_images(self):
+    return len(self.keys)
+
+  @property
+  def captions_per_image(self):
+    return DATASETS[self.dataset].captions_per_image
+
+
+def read_caption_file(path, needed):
+  """Reads the first `needed` captions of a text file as token lists (AttnGAN's rules).
+
+  Blank lines and lines with no word token are skipped, as AttnGAN does.
+
+  Returns:
+    (token_lists, skipped_lines): `token_lists` has at most `needed` entries.
+  Raises:
+    DatasetError: the file is missing or is not UTF-8 text.
+  """
+  if not os.path.isfile(path):
+    raise DatasetError(f"missing caption file: {path}")
+  try:
+    with open(path, "rb") as f:
+      text = f.read().decode("utf8")
+  except UnicodeDecodeError as e:
+    raise DatasetError(f"caption file is not UTF-8 text: {path} ({e})") from e
+  out, skipped = [], []
+  for lineno, line in enumerate(text.split("\n"), start=1):
+    if not line.strip():
+      continue
+    tokens = vocab_lib.tokenize(line)
+    if not tokens:
+      skipped.append(lineno)
+      continue
+    out.append(tokens)
+    if len(out) == needed:
+      break
+  return out, skipped
+
+
+def _read_keys(data_dir, split):
+  path = os.path.join(data_dir, split, "filenames.pickle")
+  keys = safe_load_pickle(path)
+  if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
+    raise DatasetError(f"{path}: expected a list of file keys (strings)")
+  if not keys:
+    raise DatasetError(f"{path}: lists no images")
+  return list(keys)
+
+
+def _rebuild_captions(data_dir, dataset):
+  """Builds [train_caps, test_caps, ixtoword, wordtoix] from text/ (AttnGAN's build_dictionary)."""
+  per_image = _spec(dataset).captions_per_image
+  problems, token_lists = [], {}
+  for split in SPLITS:
+    lists = []
+    for key in _read_keys(data_dir, split):
+      path = os.path.join(data_dir, "text", key + ".txt")
+      try:
+        caps, _ = read_caption_file(path, per_image)
+      except DatasetError as e:
+        problems.extend(e.problems)
+        continue
+      if len(caps) < per_image:
+        problems.append(f"{path}: has {len(caps)} usable captions, {dataset} needs {per_image}")
+        continue
+      lists.extend(caps)
+    token_lists[split] = lists
+  if problems:
+    raise DatasetError(problems, hint="Fix or replace these caption files, then run again.")
+  vocab = vocab_lib.Vocabulary.from_captions(token_lists["train"] + token_lists["test"])
+  caps = [[[vocab.index(t) for t in tokens] for tokens in token_lists[s]] for s in SPLITS]
+  return [caps[0], caps[1], vocab.ixtoword, vocab.wordtoix]
+
+
+def _atomic_pickle(obj, path):
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".pickle")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      pickle.dump(obj, f, protocol=2)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_captions(data_dir, dataset):
+  """Returns (train_captions, test_captions, Vocabulary) from captions.pickle.
+
+  When captions.pickle is absent it is rebuilt from text/ and written (atomically) so later runs
+  use the same word indices; a read-only folder only gets a warning.
+  """
+  path = os.path.join(data_dir, "captions.pickle")
+  if os.path.isfile(path):
+    obj = safe_load_pickle(path)
+  else:
+    logging.info("%s not found: rebuilding the vocabulary from %s", path,
+                 os.path.join(data_dir, "text"))
+    obj = _rebuild_captions(data_dir, dataset)
+    try:
+      _atomic_pickle(obj, path)
+      logging.info("wrote %s", path)
+    except OSError as e:
+      logging.warning("could not write %s (%s); using the rebuilt vocabulary in memory", path, e)
+  if not isinstance(obj, (list, tuple)) or len(obj) != 4:
+    raise DatasetError(f"{path}: expected [train_captions, test_captions, ixtoword, wordtoix]")
+  train_caps, test_caps, ixtoword, wordtoix = obj
+  try:
+    vocab = vocab_lib.Vocabulary(ixtoword)
+  except ValueError as e:
+    raise DatasetError(f"{path}: bad ixtoword table: {e}") from e
+  if not isinstance(wordtoix, dict):
+    raise DatasetError(f"{path}: wordtoix must be a dict")
+  bad = [w for w, i in wordtoix.items()
+         if not isinstance(i, int) or i >= len(vocab) or vocab.words[i] != (
+             w.decode("latin1") if isinstance(w, bytes) else w)]
+  if bad or len(wordtoix) != len(vocab):
+    raise DatasetError(f"{path}: wordtoix and ixtoword disagree (e.g. {bad[:3]}, "
+                       f"{len(wordtoix)} vs {len(vocab)} entries)")
+  return list(train_caps), list(test_caps), vocab
+
+
+def _read_bboxes(data_dir, keys):
+  cub = os.path.join(data_dir, "CUB_200_2011")
+  images_txt = os.path.join(cub, "images.txt")
+  boxes_txt = os.path.join(cub, "bounding_boxes.txt")
+  for p in (images_txt, boxes_txt):
+    if not os.path.isfile(p):
+      raise DatasetError(f"missing file: {p}", hint=DATASETS["birds"].how_to_get)
+  id_to_key = {}
+  with open(images_txt) as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      if len(parts) != 2:
+        raise DatasetError(f"{images_txt}:{lineno}: expected '<id> <path.jpg>', got {line!r}")
+      id_to_key[parts[0]] = os.path.splitext(parts[1])[0]
+  key_to_box = {}
+  with open(boxes_txt) as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      try:
+        box = [float(v) for v in parts[1:]]
+        if len(box) != 4:
+          raise ValueError
+      except ValueError:
+        raise DatasetError(f"{boxes_txt}:{lineno}: expected '<id> x y w h', got {line!r}")
+      if parts[0] in id_to_key:
+        key_to_box[id_to_key[parts[0]]] = box
+  missing = [k for k in keys if k not in key_to_box]
+  if missing:
+    raise DatasetError([f"no bounding box for {k} in {boxes_txt}" for k in missing])
+  return np.asarray([key_to_box[k] for k in keys], np.float64)
+
+
+def load_split(data_dir, dataset, split, check_files=True):
+  """Reads and checks one split of an AttnGAN-layout dataset.
+
+  Args:
+    data_dir: the dataset folder (e.g. `data/birds`).
+    dataset: 'birds', 'coco' or 'shapes'.
+    split: 'train' or 'test'.
+    check_files: check that every listed image exists.
+
+  Raises:
+    DatasetError: listing every problem found (missing folder, pickle, image, bad captions...).
+  """
+  spec = _spec(dataset)
+  if split not in SPLITS:
+    raise DatasetError(f"unknown split {split!r}; choose 'train' or 'test'")
+  data_dir = os.path.abspath(os.fspath(data_dir))
+  if not os.path.isdir(data_dir):
+    raise DatasetError(f"dataset folder not found: {data_dir}", hint=spec.how_to_get)
+  keys = _read_keys(data_dir, split)
+  train_caps, test_caps, vocab = load_captions(data_dir, dataset)
+  flat = train_caps if split == "train" else test_caps
+  per_image = spec.captions_per_image
+  cap_path = os.path.join(data_dir, "captions.pickle")
+  problems = []
+  if len(flat) != len(keys) * per_image:
+    raise DatasetError(
+        f"{cap_path}: the {split} list has {len(flat)} captions, but {split}/filenames.pickle "
+        f"lists {len(keys)} images x {per_image} captions = {len(keys) * per_image}")
+  captions = []
+  for i, key in enumerate(keys):
+    caps = []
+    for j in range(per_image):
+      cap = flat[i * per_image + j]
+      if not isinstance(cap, (list, tuple)) or not cap:
+        problems.append(f"{cap_path}: caption {j} of {key} ({split}) is empty")
+      elif any((not isinstance(t, int)) or t <= 0 or t >= len(vocab) for t in cap):
+        problems.append(f"{cap_path}: caption {j} of {key} ({split}) has word ids outside "
+                        f"1..{len(vocab) - 1}")
+      caps.append([int(t) for t in cap] if isinstance(cap, (list, tuple)) else [])
+    captions.append(caps)
+
+  class_path = os.path.join(data_dir, split, "class_info.pickle")
+  if os.path.isfile(class_path):
+    class_ids = safe_load_pickle(class_path)
+    if (not isinstance(class_ids, (list, tuple)) or len(class_ids) != len(keys)
+        or not all(isinstance(c, int) for c in class_ids)):
+      problems.append(f"{class_path}: expected {len(keys)} integer class ids, one per image")
+      class_ids = range(len(keys))
+    class_ids = np.asarray(class_ids, np.int64)
+  else:
+    class_ids = np.arange(len(keys), dtype=np.int64)
+
+  bboxes = _read_bboxes(data_dir, keys) if spec.uses_bbox else None
+  image_paths = [os.path.join(data_dir, spec.image_dir, k + ".jpg") for k in keys]
+  if check_files:
+    problems.extend(f"image listed in {split}/filenames.pickle but missing: {p}"
+                    for p in image_paths if not os.path.isfile(p))
+  if problems:
+    raise DatasetError(problems, hint=f"Run: python -m msmt_tf.data.inspect --data_dir {data_dir} "
+                       f"--dataset {dataset} for a full report.")
+  return SplitData(dataset, data_dir, split, keys, image_paths, captions, class_ids, bboxes, vocab)
+
+
+def verify_image(path):
+  """Fully decodes one image with PIL; returns None, or a one-line problem naming the file."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.load()
+      if im.width < 1 or im.height < 1:
+        return f"empty image: {path}"
+      im.convert("RGB")
+  except FileNotFoundError:
+    return f"missing image: {path}"
+  except Exception as e:  # PIL raises many types for bad files.
+    return f"corrupt or unreadable image: {path} ({type(e).__name__}: {e})"
+  return None
+
+
+def epoch_order(num_images, seed, epoch, batch_size):
+  """Image indices of one epoch, truncated to whole batches (drop_last)."""
+  rng = np.random.Generator(np.random.PCG64([int(seed), int(epoch)]))
+  order = rng.permutation(num_images)
+  return order[:(num_images // batch_size) * batch_size]
+
+
+class DataPipeline:
+  """tf.data batches of one split.
+
+  Each batch is a dict:
+    `image_<s>`: float32 `[B, s, s, 3]` in [-1, 1] for every pyramid size s (64, 128, 256 by default);
+    `tokens`: int32 `[B, words_num]`, zero-padded; `length`: int32 `[B]`;
+    `class_id`: int64 `[B]`; `index`: int64 `[B]` image index; `epoch`: int64 `[B]`.
+
+  Args:
+    split_data: from `load_split`.
+    batch_size: images per batch; incomplete final batches of an epoch are dropped.
+    words_num: caption length (18/12 training, 25/20 evaluation for birds/coco).
+    base_size, num_stages: pyramid sizes `base_size * 2**i` (64/128/256 by default).
+    seed: determines the epoch orders, caption choices, word dropping, crops and flips.
+    augment: random crop + flip (training). False: centre crop, no flip.
+    shuffle: False keeps the file order (e.g. for sampling every test image once).
+    start_epoch, start_batch: where to begin (resume); the batches equal an uninterrupted run's.
+    num_epochs: stop after this many epochs (None: repeat forever).
+    num_parallel_calls: decode threads (tf.data.AUTOTUNE by default).
+  """
+
+  def __init__(self, split_data, batch_size, words_num, base_size=64, num_stages=3, seed=0,
+               augment=True, shuffle=True, start_epoch=0, start_batch=0, num_epochs=None,
+               num_parallel_calls=None):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size > split_data.num_images:
+      raise ValueError(
+          f"batch_size {batch_size} is larger than the {split_data.split} split of "
+          f"{split_data.data_dir} ({split_data.num_images} images); lower --batch_size")
+    if words_num < 1:
+      raise ValueError(f"words_num must be >= 1, got {words_num}")
+    self.data = split_data
+    self.batch_size = batch_size
+    self.words_num = words_num
+    self.sizes = [base_size * 2 ** i for i in range(num_stages)]
+    self.seed = int(seed)
+    self.augment = augment
+    self.shuffle = shuffle
+    self.start_epoch = int(start_epoch)
+    self.start_batch = int(start_batch)
+    self.num_epochs = num_epochs
+    self.num_parallel_calls = num_parallel_calls
+    self.batches_per_epoch = split_data.num_images // batch_size
+    if not 0 <= self.start_batch < self.batches_per_epoch:
+      raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch - 1}")
+
+  def order(self, epoch):
+    if self.shuffle:
+      return epoch_order(self.data.num_images, self.seed, epoch, self.batch_size)
+    return np.arange(self.batches_per_epoch * self.batch_size)
+
+  def _index_generator(self):
+    epoch = self.start_epoch
+    first = self.start_batch * self.batch_size
+    while self.num_epochs is None or epoch < self.start_epoch + self.num_epochs:
+      for idx in self.order(epoch)[first:]:
+        yield np.int64(epoch), np.int64(idx)
+      first = 0
+      epoch += 1
+
+  def dataset(self):
+    """Builds the `tf.data.Dataset` of batches."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from msmt_tf.data import transforms  # pylint: disable=g-import-not-at-top
+
+    data = self.data
+    per_image = data.captions_per_image
+    flat = [cap for caps in data.captions for cap in caps]
+    captions = tf.RaggedTensor.from_row_lengths(
+        tf.constant(np.concatenate(flat).astype(np.int32)),
+        tf.constant([len(c) for c in flat], tf.int64))
+    paths = tf.constant(data.image_paths)
+    class_ids = tf.constant(data.class_ids, tf.int64)
+    use_bbox = data.bboxes is not None
+    bboxes = tf.constant(data.bboxes if use_bbox else np.zeros((data.num_images, 4)), tf.float64)
+    words_num, sizes, augment = self.words_num, self.sizes, self.augment
+    load_size = transforms.load_size_for(max(sizes))
+    base_seed = tf.constant(self.seed, tf.int64)
+    num_images = tf.constant(data.num_images, tf.int64)
+
+    def load(epoch, index):
+      seed = tf.stack([base_seed, epoch * num_images + index])
+      s_cap, s_drop, s_img = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+      j = tf.random.stateless_uniform([], s_cap, 0, per_image, dtype=tf.int64)
+      tokens = transforms.drop_words(captions[index * per_image + j], words_num, s_drop)
+      ids, length = transforms.pad_tokens(tokens, words_num)
+
+      path = paths[index]
+      raw = tf.io.read_file(path)
+      magic = tf.strings.substr(raw, 0, 4)
+      is_image = tf.reduce_any(tf.stack([
+          tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff", magic == b"\x89PNG",
+          tf.strings.substr(magic, 0, 2) == b"BM", magic == b"GIF8"]))
+      with tf.control_dependencies([tf.debugging.Assert(
+          is_image, ["corrupt or non-image file (bad header):", path])]):
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+      if use_bbox:
+        shape = tf.shape(image)
+        box = transforms.cub_crop_box(bboxes[index], shape[1], shape[0])
+        image = image[box[1]:box[3], box[0]:box[2], :]
+      image = transforms.resize_shorter_side(image, load_size)
+      if augment:
+        image = transforms.random_crop_flip(image, max(sizes), s_img)
+      else:
+        image = transforms.center_crop(image, max(sizes))
+      out = {f"image_{s}": img for s, img in zip(sizes, transforms.image_pyramid(image, sizes))}
+      out.update(tokens=ids, length=length, class_id=class_ids[index], index=index, epoch=epoch)
+      return out
+
+    ds = tf.data.Dataset.from_generator(
+        self._index_generator,
+        output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
+    ds = ds.map(load, num_parallel_calls=self.num_parallel_calls or tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.batch(self.batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  def diagnose(self, epoch, batch, lookahead=2):
+    """Names the unreadable images among batch `batch` of `epoch` and the next `lookahead`."""
+    problems = []
+    for b in range(batch, batch + 1 + lookahead):
+      e, bb = epoch + b // self.batches_per_epoch, b % self.batches_per_epoch
+      for idx in self.order(e)[bb * self.batch_size:(bb + 1) * self.batch_size]:
+        problem = verify_image(self.data.image_paths[idx])
+        if problem:
+          problems.append(problem)
+    return problems
+
+  def __iter__(self):
+    """Iterates batches as numpy dicts; a decode failure becomes a DatasetError naming the file."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    epoch, batch = self.start_epoch, self.start_batch
+    it = iter(self.dataset())
+    while True:
+      try:
+        out = next(it)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        problems = self.diagnose(epoch, batch) or [f"{type(e).__name__}: {e.message.strip()}"]
+        raise DatasetError(problems, hint="Replace or remove these images (python -m "
+                           "msmt_tf.data.inspect lists every bad file).") from e
+      yield {k: v.numpy() for k, v in out.items()}
+      batch += 1
+      if batch == self.batches_per_epoch:
+        epoch, batch = epoch + 1, 0

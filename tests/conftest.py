@@ -1,0 +1,26 @@
+"""Shared fixtures: small datasets made by the project itself (nothing is downloaded)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from msmt_tf.data import shapes  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+  """A small built-in shapes dataset (64x64 images) shared by read-only tests."""
+  out = tmp_path_factory.mktemp("shapes") / "data"
+  shapes.write_dataset(str(out), num_train=24, num_test=8, seed=3, image_size=64)
+  return str(out)
+
+
+@pytest.fixture
+def fresh_shapes_dir(tmp_path):
+  """A private copy a test may damage."""
+  out = tmp_path / "data"
+  shapes.write_dataset(str(out), num_train=12, num_test=4, seed=5, image_size=64)
+  return str(out)
