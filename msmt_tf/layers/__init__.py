@@ -1,0 +1,14 @@
+"""MSMT-GAN layers, written with `keras.ops` only (TensorFlow and JAX backends)."""
+
+from msmt_tf.layers.blocks import GLU, ResBlock, ToImage, UpBlock, count_parameters
+from msmt_tf.layers.conditioning import ConditioningAugmentation
+from msmt_tf.layers.fuse import GatedFusion
+from msmt_tf.layers.imhm import DMGANRefinement, IterativeMultiHeadRefinement
+from msmt_tf.layers.mtwig import ConventionalInit, MultiTailedWordInit, UpsamplingTrunk
+from msmt_tf.layers.sdm import SpatialDynamicMemory
+
+__all__ = [
+    "GLU", "ResBlock", "ToImage", "UpBlock", "count_parameters", "ConditioningAugmentation",
+    "GatedFusion", "DMGANRefinement", "IterativeMultiHeadRefinement", "ConventionalInit",
+    "MultiTailedWordInit", "UpsamplingTrunk", "SpatialDynamicMemory",
+]

@@ -1,0 +1,43 @@
+"""Adaptive gated fusion of two feature maps (paper App. 7.1, Eq. 17-18; DM-GAN's response gate)."""
+
+import keras
+from keras import ops
+
+__all__ = ["GatedFusion"]
+
+
+@keras.saving.register_keras_serializable(package="msmt_tf")
+class GatedFusion(keras.layers.Layer):
+  """`fuse(A, B; P, rho)`: `g = sigmoid(P concat(a, b) + rho)`, `r = a * g + b * (1 - g)`.
+
+  Args:
+    per_channel: False (default, DM-GAN's response gate): P is a 1x1 convolution to one channel,
+      a scalar gate per pixel. True: one gate per channel (P maps 2C -> C), a paper-compatible
+      variant (the paper does not fix the gate's width; model_spec §5.1).
+
+  Call arguments:
+    a, b: `[B, H, W, C]`.
+
+  Returns:
+    `[B, H, W, C]`.
+  """
+
+  def __init__(self, per_channel=False, **kwargs):
+    super().__init__(**kwargs)
+    self.per_channel = per_channel
+
+  def build(self, a_shape, b_shape=None):
+    channels = a_shape[-1]
+    self.gate = keras.layers.Conv2D(channels if self.per_channel else 1, 1, use_bias=True,
+                                    kernel_initializer="orthogonal", name="gate")
+    self.gate.build(tuple(a_shape[:-1]) + (2 * channels,))
+
+  def call(self, a, b):
+    g = ops.sigmoid(self.gate(ops.concatenate([a, b], axis=-1)))
+    return a * g + b * (1.0 - g)
+
+  def compute_output_shape(self, a_shape, b_shape=None):
+    return a_shape
+
+  def get_config(self):
+    return {**super().get_config(), "per_channel": self.per_channel}

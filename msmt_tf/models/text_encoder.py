@@ -1,0 +1,122 @@
+"""DAMSM encoders (AttnGAN `RNN_ENCODER` / `CNN_ENCODER`, model_spec §2), used frozen by the GAN."""
+
+import keras
+from keras import ops
+
+__all__ = ["RNNTextEncoder", "ImageEncoder"]
+
+
+def _uniform(limit=0.1):
+  return keras.initializers.RandomUniform(-limit, limit)
+
+
+@keras.saving.register_keras_serializable(package="msmt_tf")
+class RNNTextEncoder(keras.Model):
+  """Bidirectional-LSTM text encoder (AttnGAN `RNN_ENCODER`).
+
+  Embedding `vocab_size x 300` (U(-0.1, 0.1)) -> dropout 0.5 (training only) -> one-layer
+  bidirectional LSTM with 128 units per direction.
+
+  Args:
+    vocab_size: words including index 0 (padding, `<end>`).
+    embedding_dim: 300. hidden_dim: 256 (both directions together, = N_w).
+
+  Call arguments:
+    tokens: `[B, L]` int word ids, 0 = padding (right-padded).
+
+  Returns:
+    `(words [B, L, 256], sentence [B, 256])`; word vectors at padding positions are exactly
+    zero; the sentence vector is concat(forward state at the last real word, backward state at
+    the first word). Padding never influences either.
+  """
+
+  def __init__(self, vocab_size, embedding_dim=300, hidden_dim=256, dropout=0.5, **kwargs):
+    super().__init__(**kwargs)
+    if vocab_size < 2:
+      raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    self.vocab_size = vocab_size
+    self.embedding_dim = embedding_dim
+    self.hidden_dim = hidden_dim
+    self.dropout_rate = dropout
+    self.embedding = keras.layers.Embedding(vocab_size, embedding_dim,
+                                            embeddings_initializer=_uniform(), name="embedding")
+    self.drop = keras.layers.Dropout(dropout)
+    self.rnn = keras.layers.Bidirectional(
+        keras.layers.LSTM(hidden_dim // 2, return_sequences=True, return_state=True),
+        name="rnn")
+
+  def build(self, tokens_shape):
+    self.embedding.build(tokens_shape)
+    self.rnn.build(tuple(tokens_shape) + (self.embedding_dim,))
+
+  def call(self, tokens, training=None):
+    mask = ops.not_equal(tokens, 0)
+    x = self.drop(self.embedding(tokens), training=training)
+    seq, fw_h, _, bw_h, _ = self.rnn(x, mask=mask, training=training)
+    words = seq * ops.cast(mask, seq.dtype)[..., None]
+    return words, ops.concatenate([fw_h, bw_h], axis=-1)
+
+  def compute_output_shape(self, tokens_shape):
+    return tuple(tokens_shape) + (self.hidden_dim,), (tokens_shape[0], self.hidden_dim)
+
+  def get_config(self):
+    return {**super().get_config(), "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim, "hidden_dim": self.hidden_dim,
+            "dropout": self.dropout_rate}
+
+
+@keras.saving.register_keras_serializable(package="msmt_tf")
+class ImageEncoder(keras.Model):
+  """DAMSM image encoder (AttnGAN `CNN_ENCODER`): a frozen Inception-v3 trunk + two projections.
+
+  Images in [-1, 1] are resized (bilinear) to 299 x 299 and fed to Keras' InceptionV3 without
+  further normalisation (Keras' Inception preprocessing also maps to [-1, 1]). `mixed7`
+  (Mixed_6e, 17 x 17 x 768) -> 1x1 conv (no bias) -> local features; `mixed10` (Mixed_7c) ->
+  global average pool -> Dense -> global feature. Only the projections are trainable.
+
+  Args:
+    nef: feature width (256).
+    trunk_weights: None (random init, tests and stand-ins) or a local Keras InceptionV3
+      no-top weights file (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing
+      is ever downloaded.
+
+  Call arguments:
+    images: `[B, H, W, 3]` in [-1, 1].
+
+  Returns:
+    `(local [B, 17, 17, nef], global [B, nef])`.
+  """
+
+  def __init__(self, nef=256, trunk_weights=None, **kwargs):
+    super().__init__(**kwargs)
+    self.nef = nef
+    self.trunk_weights = trunk_weights
+    if trunk_weights is not None:
+      import os  # pylint: disable=g-import-not-at-top
+      if not os.path.isfile(trunk_weights):
+        raise FileNotFoundError(f"Inception-v3 trunk weights not found: {trunk_weights}")
+    inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
+                                               input_shape=(299, 299, 3))
+    self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
+                                               inception.get_layer("mixed10").output],
+                             name="inception_trunk")
+    self.trunk.trainable = False
+    self.local_proj = keras.layers.Conv2D(nef, 1, use_bias=False, kernel_initializer=_uniform(),
+                                          name="emb_features")
+    self.global_proj = keras.layers.Dense(nef, kernel_initializer=_uniform(),
+                                          name="emb_cnn_code")
+
+  def build(self, images_shape):
+    self.local_proj.build((None, 17, 17, 768))
+    self.global_proj.build((None, 2048))
+
+  def call(self, images, training=None):
+    x = ops.image.resize(images, (299, 299), interpolation="bilinear")
+    local, top = self.trunk(x, training=False)
+    return self.local_proj(local), self.global_proj(ops.mean(top, axis=(1, 2)))
+
+  def compute_output_shape(self, images_shape):
+    return (images_shape[0], 17, 17, self.nef), (images_shape[0], self.nef)
+
+  def get_config(self):
+    return {**super().get_config(), "nef": self.nef, "trunk_weights": self.trunk_weights}
