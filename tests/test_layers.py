@@ -1,0 +1,236 @@
+"""Layer tests: shapes, config and `.keras` round trips, formulas, SDM against its equations."""
+
+import keras
+from keras import ops
+import numpy as np
+import pytest
+
+from msmt_tf import layers as L
+from msmt_tf.layers import mtwig as mtwig_lib
+from msmt_tf.layers import sdm as sdm_lib
+from tests import sdm_reference
+from tests.layer_testing import assert_layer_roundtrip
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+  return RNG.standard_normal(shape).astype("float32")
+
+
+def word_mask(lengths, length):
+  return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+
+
+# ------------------------------------------------------------------------------------ blocks
+
+def test_glu():
+  x = rand(2, 3, 6)
+  np.testing.assert_allclose(L.GLU()(x), x[..., :3] / (1 + np.exp(-x[..., 3:])), rtol=1e-5)
+
+
+def test_up_block_res_block_to_image(tmp_path):
+  x = rand(2, 4, 4, 8)
+  up = assert_layer_roundtrip(L.UpBlock(5, name="up"), [x], str(tmp_path))
+  assert up.shape == (2, 8, 8, 5)
+  res = assert_layer_roundtrip(L.ResBlock(name="res"), [x], str(tmp_path))
+  assert res.shape == x.shape
+  img = assert_layer_roundtrip(L.ToImage(name="img"), [x], str(tmp_path))
+  assert img.shape == (2, 4, 4, 3) and np.abs(img).max() <= 1.0
+  # Parameter convention: BN running stats are not parameters (PyTorch buffers).
+  assert L.count_parameters(L.UpBlock(5)) == 0  # unbuilt
+  up2 = L.UpBlock(5)
+  up2.build((None, 4, 4, 8))
+  assert L.count_parameters(up2) == 8 * 9 * 10 + 2 * 10
+
+
+def test_gated_fusion_formula(tmp_path):
+  a, b = rand(2, 5, 5, 4), rand(2, 5, 5, 4)
+  for per_channel in (False, True):
+    fuse = L.GatedFusion(per_channel, name=f"fuse{int(per_channel)}")
+    out = assert_layer_roundtrip(fuse, [a, b], str(tmp_path))
+    kernel = np.asarray(fuse.gate.kernel)[0, 0]
+    bias = np.asarray(fuse.gate.bias)
+    g = 1 / (1 + np.exp(-(np.concatenate([a, b], -1) @ kernel + bias)))
+    np.testing.assert_allclose(out, a * g + b * (1 - g), rtol=1e-5, atol=1e-6)
+    assert kernel.shape == ((8, 4) if per_channel else (8, 1))
+
+
+def test_conditioning_augmentation(tmp_path):
+  s, eps = rand(3, 16), rand(3, 5)
+  ca = L.ConditioningAugmentation(5, seed=1, name="ca")
+  c, mu, logvar = assert_layer_roundtrip(ca, [s, eps], str(tmp_path))
+  np.testing.assert_allclose(c, mu + np.exp(0.5 * np.asarray(logvar)) * eps, rtol=1e-5)
+  # Without explicit noise it samples: two calls differ, the mean path does not.
+  c1, mu1, _ = ca(s)
+  c2, mu2, _ = ca(s)
+  np.testing.assert_allclose(mu1, mu2)
+  assert not np.allclose(c1, c2)
+
+
+# ------------------------------------------------------------------------------------ MTWIG
+
+def test_valid_tail_mask():
+  mask = word_mask([5, 2, 9], 9)
+  got = np.asarray(mtwig_lib.valid_tail_mask(mask, 3, 7))
+  np.testing.assert_array_equal(got, [[1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0],
+                                      [1, 1, 1, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3])
+def test_mtwig_shapes_roundtrip_and_padding_invariance(tmp_path, kernel_size):
+  b, length = 3, 6
+  words, c, z = rand(b, length, 8), rand(b, 5), rand(b, 4)
+  mask = word_mask([6, 2, 4], length)
+  layer = L.MultiTailedWordInit(channels=2, kernel_size=kernel_size, name=f"mtwig{kernel_size}")
+  out = assert_layer_roundtrip(layer, [words, mask, c, z], str(tmp_path))
+  assert out.shape == (b, 64, 64, 2)
+  assert layer.tail_conv.kernel.shape == (kernel_size, 8 + 5 + 4, 2 * 16 * 2 * 16)
+  noisy = np.where(mask[..., None], words, 100 * rand(b, length, 8))
+  for training in (False, True):
+    np.testing.assert_allclose(layer(words, mask, c, z, training=training),
+                               layer(noisy, mask, c, z, training=training), rtol=1e-5, atol=1e-5)
+
+
+def test_mtwig_fuses_tails_left_to_right():
+  """R_1 equals the explicit recursion S_{1:t} = fuse(S_{1:t-1}, S_t) over valid tails."""
+  b, length = 2, 5
+  words, c, z = rand(b, length, 4), rand(b, 3), rand(b, 3)
+  mask = word_mask([5, 3], length)
+  layer = L.MultiTailedWordInit(channels=2, kernel_size=2)
+  out = np.asarray(layer(words, mask, c, z))
+  x = np.concatenate([np.repeat(np.concatenate([c, z], -1)[:, None], length, 1),
+                      words * mask[..., None]], -1)
+  f = np.asarray(layer.tail_conv(x))
+  tails = np.asarray(layer.trunk(ops.reshape(
+      layer.glu(layer.tail_bn(ops.reshape(f, (-1, f.shape[-1])))), (-1, 4, 4, 32))))
+  tails = tails.reshape(b, 4, 64, 64, 2)
+  for n, valid_tails in ((0, 4), (1, 2)):
+    fused = tails[n, 0]
+    for t in range(1, valid_tails):
+      fused = np.asarray(layer.fuse(fused[None], tails[n, t][None]))[0]
+    np.testing.assert_allclose(out[n], fused, rtol=1e-4, atol=1e-5)
+
+
+def test_mtwig_rejects_short_sequences():
+  layer = L.MultiTailedWordInit(channels=2, kernel_size=4)
+  with pytest.raises(ValueError, match="at least 4 word positions"):
+    layer(rand(1, 3, 4), word_mask([3], 3), rand(1, 2), rand(1, 2))
+  with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+    L.MultiTailedWordInit(kernel_size=0)
+
+
+def test_conventional_init(tmp_path):
+  out = assert_layer_roundtrip(L.ConventionalInit(2, name="ig"), [rand(2, 5), rand(2, 3)],
+                               str(tmp_path))
+  assert out.shape == (2, 64, 64, 2)
+
+
+# ------------------------------------------------------------------------------------ SDM
+
+def test_cell_reshapes_are_inverse_and_follow_eq12():
+  x = rand(2, 8, 8, 3)
+  cells = np.asarray(sdm_lib.to_cells(x, 2))
+  assert cells.shape == (2, 2, 2, 16, 3)
+  # In-cell index a * p + b of cell (i, j) is pixel (i p + a, j p + b).
+  np.testing.assert_array_equal(cells[1, 1, 0, 2 * 4 + 3], x[1, 4 + 2, 3])
+  np.testing.assert_array_equal(np.asarray(sdm_lib.from_cells(cells, 2)), x)
+  np.testing.assert_allclose(np.asarray(sdm_lib.grid_pool(x, 2))[0, 1, 0],
+                             x[0, 4:8, 0:4].reshape(-1, 3).mean(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("size,grid,length,key_mode", [
+    (8, 2, 4, "split"), (8, 4, 3, "split"), (12, 3, 5, "split"), (8, 2, 4, "concat"),
+    (8, 2, 3, "project")])
+def test_sdm_matches_literal_equations(size, grid, length, key_mode):
+  b, nr = 2, 4
+  layer = L.SpatialDynamicMemory(grid=grid, memory_dim=6, channels=nr, key_mode=key_mode)
+  words = rand(b, length, 7)
+  mask = word_mask([length, 2], length)
+  r, u = rand(b, size, size, nr), rand(b, size, size, nr)
+  layer(words, mask, r, u)
+  # Random, non-degenerate weights (biases too), so every term matters.
+  layer.set_weights([0.5 * RNG.standard_normal(w.shape) for w in layer.get_weights()])
+  out = np.asarray(layer(words, mask, r, u), np.float64)
+  ref = sdm_reference.sdm_reference(layer, words, mask, r, u)
+  rel = np.abs(out - ref).max() / np.abs(ref).max()
+  assert rel < 1e-5, rel
+  assert out.shape == (b, size, size, nr)
+
+
+def test_sdm_roundtrip_padding_invariance_and_key_width(tmp_path):
+  b, length, size = 2, 5, 16
+  layer = L.SpatialDynamicMemory(grid=4, memory_dim=6, channels=3, name="sdm")
+  words, r, u = rand(b, length, 7), rand(b, size, size, 3), rand(b, size, size, 3)
+  mask = word_mask([5, 2], length)
+  out = assert_layer_roundtrip(layer, [words, mask, r, u], str(tmp_path))
+  assert layer.key.filters == 3 + 4 * 4  # N_r + p^2
+  noisy = np.where(mask[..., None], words, 50 * rand(b, length, 7))
+  np.testing.assert_allclose(out, layer(noisy, mask, r, u), rtol=1e-6, atol=1e-6)
+  # The words do matter.
+  assert not np.allclose(out, layer(rand(b, length, 7), mask, r, u))
+
+
+def test_sdm_grid_gradient_is_detached_by_default():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  words, mask = rand(1, 3, 4), word_mask([3], 3)
+  r, u = tf.constant(rand(1, 8, 8, 2)), tf.constant(rand(1, 8, 8, 2))
+  for detach, expect_zero in ((True, True), (False, False)):
+    layer = L.SpatialDynamicMemory(grid=2, memory_dim=4, channels=2, detach_grid=detach)
+    with tf.GradientTape() as tape:
+      tape.watch(r)
+      loss = tf.reduce_sum(layer(words, mask, r, u))
+    grad = tape.gradient(loss, r)
+    assert (grad is None or np.allclose(grad, 0)) == expect_zero
+
+
+def test_sdm_bad_sizes():
+  layer = L.SpatialDynamicMemory(grid=3, channels=2)
+  with pytest.raises(ValueError, match="not divisible by grid 3"):
+    layer(rand(1, 2, 4), word_mask([2], 2), rand(1, 8, 8, 2), rand(1, 8, 8, 2))
+  with pytest.raises(ValueError, match="key_mode"):
+    L.SpatialDynamicMemory(key_mode="dot")
+
+
+# ------------------------------------------------------------------------------------ IMHM
+
+def test_imhm_iterates_heads_and_skip_fuses(tmp_path):
+  b, length, size = 2, 4, 8
+  layer = L.IterativeMultiHeadRefinement(num_heads=3, num_res=1, grid=2, memory_dim=4,
+                                         channels=2, name="imhm")
+  feats, words = rand(b, size, size, 2), rand(b, length, 5)
+  mask = word_mask([4, 1], length)
+  out, heads = assert_layer_roundtrip(layer, [feats, words, mask], str(tmp_path))
+  assert out.shape == (b, 16, 16, 2) and len(heads) == 3
+  # Re-derive with Eq. 15-16: head t queries U_{t-1}, memory from R.
+  u = feats
+  for t in range(3):
+    o = layer.heads[t](words, mask, feats, u)
+    np.testing.assert_allclose(heads[t], o, rtol=1e-5, atol=1e-6)
+    u = layer.fuses[t](u, o)
+  response = layer.skip_fuse(u, feats)
+  x = ops.concatenate([response, response], -1)
+  for block in layer.res_blocks:
+    x = block(x)
+  np.testing.assert_allclose(out, layer.up(x), rtol=1e-5, atol=1e-5)
+  noisy = np.where(mask[..., None], words, 9 * rand(b, length, 5))
+  np.testing.assert_allclose(out, layer(feats, noisy, mask)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_single_head_has_no_skip_fuse():
+  layer = L.IterativeMultiHeadRefinement(num_heads=1, num_res=0, grid=2, memory_dim=4,
+                                         channels=2)
+  assert layer.skip_fuse is None
+  with pytest.raises(ValueError, match="num_heads must be >= 1"):
+    L.IterativeMultiHeadRefinement(num_heads=0)
+
+
+def test_dmgan_refinement(tmp_path):
+  b, length = 2, 4
+  layer = L.DMGANRefinement(channels=3, num_res=1, name="dmgan")
+  feats, words = rand(b, 8, 8, 3), rand(b, length, 5)
+  mask = word_mask([4, 2], length)
+  out, heads = assert_layer_roundtrip(layer, [feats, words, mask], str(tmp_path))
+  assert out.shape == (b, 16, 16, 3) and heads[0].shape == feats.shape
+  noisy = np.where(mask[..., None], words, 9 * rand(b, length, 5))
+  np.testing.assert_allclose(out, layer(feats, noisy, mask)[0], rtol=1e-5, atol=1e-5)
