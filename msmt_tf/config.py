@@ -159,3 +159,65 @@ def model_config_from_flags(vocab_size=None):
   vocab = vocab_size or resolve_vocab_size(FLAGS.data_dir, FLAGS.dataset, FLAGS.vocab_size)
   names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
   return ModelConfig(vocab_size=vocab, **{n: getattr(FLAGS, n) for n in names})
+
+# --- training (paper §7.3, §7.4; model_spec §4.4) ---------------------------------------------
+flags.DEFINE_string("run_dir", None, "Run directory: flags, checkpoints, samples, TensorBoard.")
+flags.DEFINE_string("damsm_dir", None, "Folder with the DAMSM text_encoder.keras and "
+                    "image_encoder.keras (made by python -m msmt_tf.pretrain_damsm).")
+flags.DEFINE_integer("max_steps", None, "Stop after this many generator steps (total).")
+flags.DEFINE_integer("max_epochs", None, "Stop after this many epochs (paper: 1000 CUB, 210 "
+                     "COCO); used when --max_steps is not set.")
+flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --run_dir.")
+flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the noise.")
+flags.DEFINE_integer("batch_size", 20, "Batch size (paper: 20).")
+flags.DEFINE_float("lr_g", 2e-4, "Generator Adam learning rate.")
+flags.DEFINE_float("lr_d", 2e-4, "Discriminator Adam learning rate.")
+flags.DEFINE_float("beta1", 0.5, "Adam beta1.")
+flags.DEFINE_float("beta2", 0.999, "Adam beta2.")
+flags.DEFINE_float("lambda1", 1.0, "Weight of the CA KL loss.")
+flags.DEFINE_float("lambda2", 0.5, "Weight of the redundancy loss.")
+flags.DEFINE_float("lambda3", 5.0, "Weight of the DAMSM loss (5 CUB, 50 COCO).")
+flags.DEFINE_float("gamma1", 4.0, "DAMSM gamma1.")
+flags.DEFINE_float("gamma2", 5.0, "DAMSM gamma2.")
+flags.DEFINE_float("gamma3", 10.0, "DAMSM gamma3.")
+flags.DEFINE_bool("damsm_all_stages", False, "DAMSM on every stage's image (paper Eq. 19) "
+                  "instead of the last only (DM-GAN code).")
+flags.DEFINE_float("ema_decay", 0.999, "Decay of the EMA generator.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
+flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar writes.")
+flags.DEFINE_integer("num_samples", 8, "Fixed test captions in the sample grids.")
+flags.DEFINE_bool("jit_compile", False, "Compile the whole train step with XLA.")
+flags.DEFINE_bool("mixed_precision", False, "bfloat16 compute with float32 weights.")
+flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops (slower).")
+# --- DAMSM pretraining (AttnGAN pretrain_DAMSM.py; model_spec §2.4) ----------------------------
+flags.DEFINE_enum("image_encoder_trunk", "inception_v3", ["inception_v3", "small"],
+                  "DAMSM image trunk: Inception-v3 (AttnGAN, frozen) or a small CNN (demo).")
+flags.DEFINE_string("inception_weights", None, "Local Keras InceptionV3 no-top weights file.")
+flags.DEFINE_integer("damsm_epochs", 600, "DAMSM pretraining epochs.")
+flags.DEFINE_integer("damsm_max_steps", None, "Cap on DAMSM pretraining steps.")
+flags.DEFINE_integer("damsm_batch_size", 48, "DAMSM batch size.")
+flags.DEFINE_float("damsm_lr", 0.002, "DAMSM initial learning rate (x0.98 per epoch, floor /10).")
+flags.DEFINE_integer("damsm_words_num", None, "Words per caption in DAMSM pretraining "
+                     "(default 18; 15 for coco).")
+flags.DEFINE_integer("damsm_snapshot_every", 50, "Epochs between DAMSM snapshots.")
+
+for _name in ("batch_size", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
+              "damsm_batch_size", "damsm_epochs", "damsm_snapshot_every"):
+  flags.register_validator(_name, lambda v, n=_name: v is not None and v >= 1,
+                           message=f"--{_name} must be >= 1")
+for _name in ("max_steps", "max_epochs", "damsm_max_steps"):
+  flags.register_validator(_name, lambda v, n=_name: v is None or v >= 1,
+                           message=f"--{_name} must be >= 1")
+
+
+def loss_config_from_flags():
+  from msmt_tf.models.msmt_gan import LossConfig  # pylint: disable=g-import-not-at-top
+  return LossConfig(FLAGS.lambda1, FLAGS.lambda2, FLAGS.lambda3, FLAGS.gamma1, FLAGS.gamma2,
+                    FLAGS.gamma3, FLAGS.damsm_all_stages)
+
+
+def damsm_paths(damsm_dir):
+  return (os.path.join(damsm_dir, "text_encoder.keras"),
+          os.path.join(damsm_dir, "image_encoder.keras"))

@@ -459,7 +459,11 @@ class DataPipeline:
     return problems
 
   def __iter__(self):
-    """Iterates batches as numpy dicts; a decode failure becomes a DatasetError naming the file."""
+    return self.iterate(as_numpy=True)
+
+  def iterate(self, as_numpy=True):
+    """Iterates batches (numpy dicts, or tensors); a decode failure becomes a DatasetError
+    naming the file."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     epoch, batch = self.start_epoch, self.start_batch
     it = iter(self.dataset())
@@ -472,7 +476,7 @@ class DataPipeline:
         problems = self.diagnose(epoch, batch) or [f"{type(e).__name__}: {e.message.strip()}"]
         raise DatasetError(problems, hint="Replace or remove these images (python -m "
                            "msmt_tf.data.inspect lists every bad file).") from e
-      yield {k: v.numpy() for k, v in out.items()}
+      yield {k: v.numpy() for k, v in out.items()} if as_numpy else out
       batch += 1
       if batch == self.batches_per_epoch:
         epoch, batch = epoch + 1, 0

@@ -65,58 +65,89 @@ class RNNTextEncoder(keras.Model):
             "dropout": self.dropout_rate}
 
 
+TRUNKS = ("inception_v3", "small")
+
+
+def _small_trunk():
+  """A small CNN trunk for the built-in demo and tests: 128 x 128 input, 8 x 8 regions."""
+  x = inputs = keras.Input((128, 128, 3))
+  for i, width in enumerate((32, 64, 128, 256)):
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name=f"conv{i}")(x)
+    x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+    x = keras.layers.LeakyReLU(0.2)(x)
+  local = x                                                     # [8, 8, 256]
+  top = keras.layers.Conv2D(512, 3, strides=2, padding="same", name="conv_top")(x)
+  top = keras.layers.LeakyReLU(0.2)(top)                        # [4, 4, 512]
+  return keras.Model(inputs, [local, top], name="small_trunk")
+
+
 @keras.saving.register_keras_serializable(package="msmt_tf")
 class ImageEncoder(keras.Model):
-  """DAMSM image encoder (AttnGAN `CNN_ENCODER`): a frozen Inception-v3 trunk + two projections.
+  """DAMSM image encoder (AttnGAN `CNN_ENCODER`): a CNN trunk + two projections.
 
-  Images in [-1, 1] are resized (bilinear) to 299 x 299 and fed to Keras' InceptionV3 without
-  further normalisation (Keras' Inception preprocessing also maps to [-1, 1]). `mixed7`
-  (Mixed_6e, 17 x 17 x 768) -> 1x1 conv (no bias) -> local features; `mixed10` (Mixed_7c) ->
-  global average pool -> Dense -> global feature. Only the projections are trainable.
+  trunk='inception_v3' (AttnGAN): images in [-1, 1] are resized (bilinear) to 299 x 299 and fed
+  to Keras' InceptionV3 without further normalisation (Keras' Inception preprocessing also maps
+  to [-1, 1]); `mixed7` (Mixed_6e, 17 x 17 x 768) -> 1x1 conv (no bias) -> local features;
+  `mixed10` (Mixed_7c) -> global average pool -> Dense -> global feature. The trunk is frozen.
+  trunk='small': a 5-conv CNN on 128 x 128 input with 8 x 8 regions, trained with the projections
+  (for the built-in demo and tests, where no ImageNet weights can be had).
 
   Args:
     nef: feature width (256).
-    trunk_weights: None (random init, tests and stand-ins) or a local Keras InceptionV3
-      no-top weights file (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing
-      is ever downloaded.
+    trunk: 'inception_v3' or 'small'.
+    trunk_weights: None (random init) or a local Keras InceptionV3 no-top weights file
+      (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing is downloaded.
 
   Call arguments:
     images: `[B, H, W, 3]` in [-1, 1].
 
   Returns:
-    `(local [B, 17, 17, nef], global [B, nef])`.
+    `(local [B, R, R, nef], global [B, nef])`; R = 17 (inception_v3) or 8 (small).
   """
 
-  def __init__(self, nef=256, trunk_weights=None, **kwargs):
+  def __init__(self, nef=256, trunk="inception_v3", trunk_weights=None, **kwargs):
     super().__init__(**kwargs)
+    if trunk not in TRUNKS:
+      raise ValueError(f"trunk must be one of {TRUNKS}, got {trunk!r}")
     self.nef = nef
+    self.trunk_name = trunk
     self.trunk_weights = trunk_weights
     if trunk_weights is not None:
       import os  # pylint: disable=g-import-not-at-top
       if not os.path.isfile(trunk_weights):
         raise FileNotFoundError(f"Inception-v3 trunk weights not found: {trunk_weights}")
-    inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
-                                               input_shape=(299, 299, 3))
-    self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
-                                               inception.get_layer("mixed10").output],
-                             name="inception_trunk")
-    self.trunk.trainable = False
+    if trunk == "inception_v3":
+      inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
+                                                 input_shape=(299, 299, 3))
+      self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
+                                                 inception.get_layer("mixed10").output],
+                               name="inception_trunk")
+      self.trunk.trainable = False
+      self.input_size, self.local_shape = 299, (17, 17, 768)
+    else:
+      self.trunk = _small_trunk()
+      self.input_size, self.local_shape = 128, (8, 8, 256)
+    self.top_channels = self.trunk.outputs[1].shape[-1]
     self.local_proj = keras.layers.Conv2D(nef, 1, use_bias=False, kernel_initializer=_uniform(),
                                           name="emb_features")
     self.global_proj = keras.layers.Dense(nef, kernel_initializer=_uniform(),
                                           name="emb_cnn_code")
 
   def build(self, images_shape):
-    self.local_proj.build((None, 17, 17, 768))
-    self.global_proj.build((None, 2048))
+    self.local_proj.build((None,) + self.local_shape)
+    self.global_proj.build((None, self.top_channels))
 
   def call(self, images, training=None):
-    x = ops.image.resize(images, (299, 299), interpolation="bilinear")
-    local, top = self.trunk(x, training=False)
+    size = self.input_size
+    x = ops.image.resize(images, (size, size), interpolation="bilinear")
+    trunk_training = training if self.trunk.trainable else False
+    local, top = self.trunk(x, training=trunk_training)
     return self.local_proj(local), self.global_proj(ops.mean(top, axis=(1, 2)))
 
   def compute_output_shape(self, images_shape):
-    return (images_shape[0], 17, 17, self.nef), (images_shape[0], self.nef)
+    return ((images_shape[0],) + self.local_shape[:2] + (self.nef,),
+            (images_shape[0], self.nef))
 
   def get_config(self):
-    return {**super().get_config(), "nef": self.nef, "trunk_weights": self.trunk_weights}
+    return {**super().get_config(), "nef": self.nef, "trunk": self.trunk_name,
+            "trunk_weights": self.trunk_weights}

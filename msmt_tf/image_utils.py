@@ -1,0 +1,62 @@
+"""Image conversion and sample grids."""
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
+
+__all__ = ["to_uint8", "caption_grid", "save_png"]
+
+
+def to_uint8(images):
+  """`[-1, 1]` float -> uint8 (DM-GAN: `x * 127.5 + 127.5`, clipped, truncated)."""
+  x = np.asarray(images, np.float32)
+  return np.clip(x * 127.5 + 127.5, 0, 255).astype(np.uint8)
+
+
+def _wrap(text, width):
+  words, lines, line = text.split(), [], ""
+  for w in words:
+    if len(line) + len(w) + 1 > width and line:
+      lines.append(line)
+      line = w
+    else:
+      line = f"{line} {w}".strip()
+  if line:
+    lines.append(line)
+  return lines
+
+
+def caption_grid(stage_images, captions, cell=192, text_lines=4):
+  """A grid with one column per sample: every stage's image (resized to `cell`), caption below.
+
+  Args:
+    stage_images: list over stages of `[N, s, s, 3]` uint8.
+    captions: N strings.
+  Returns:
+    a PIL image.
+  """
+  n = len(captions)
+  rows = len(stage_images)
+  text_h = 12 * text_lines + 6
+  grid = Image.new("RGB", (n * (cell + 4) + 4, rows * (cell + 4) + 4 + text_h), (255, 255, 255))
+  font = ImageFont.load_default()
+  draw = ImageDraw.Draw(grid)
+  chars = max(8, cell // 6)
+  for j in range(n):
+    x0 = 4 + j * (cell + 4)
+    for r, images in enumerate(stage_images):
+      img = Image.fromarray(images[j]).resize((cell, cell), Image.Resampling.NEAREST)
+      grid.paste(img, (x0, 4 + r * (cell + 4)))
+    y = 4 + rows * (cell + 4)
+    for line in _wrap(captions[j], chars)[:text_lines]:
+      draw.text((x0, y), line, fill=(0, 0, 0), font=font)
+      y += 12
+  return grid
+
+
+def save_png(image, path):
+  import os  # pylint: disable=g-import-not-at-top
+  tmp = path + ".tmp.png"
+  image.save(tmp, format="PNG")
+  os.replace(tmp, path)

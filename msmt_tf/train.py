@@ -1,0 +1,263 @@
+r"""Trains MSMT-GAN.
+
+    python -m msmt_tf.train --flagfile=configs/coco.cfg --run_dir=runs/coco [--resume]
+
+The run directory receives `flags.txt` and `config.json` (the resolved configuration),
+`losses.jsonl` (every step's losses), `checkpoints/ckpt-<step>.npz` (atomic, newest
+`--keep_checkpoints` kept; generator, EMA generator, discriminators, optimizer states, noise RNG,
+data position), `samples/step-<step>.png` (fixed test captions, EMA generator), `tb/`
+(TensorBoard scalars and grids) and, at the end, `generator_ema.keras`.
+`--resume` continues from the newest checkpoint exactly as if the run had not stopped.
+A non-finite loss stops the run with a message; checkpoints already written are kept.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import numpy as np
+
+from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+from msmt_tf import config
+from msmt_tf.data import datasets
+from msmt_tf.data.errors import DatasetError
+
+FLAGS = flags.FLAGS
+
+__all__ = ["prepare", "train", "load_damsm"]
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+def load_damsm(damsm_dir, vocab_size):
+  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
+  if not damsm_dir:
+    raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
+                            "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
+                            "--damsm_dir=DIR")
+  text_path, image_path = config.damsm_paths(damsm_dir)
+  for path in (text_path, image_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"DAMSM encoder not found: {path}; make the encoders with: python -m "
+          f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={damsm_dir}")
+  text = keras.saving.load_model(text_path)
+  image = keras.saving.load_model(image_path)
+  if text.vocab_size != vocab_size:
+    raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
+                     f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
+  return text, image
+
+
+class Run:
+  """Everything `train` needs, checked before any training starts."""
+
+
+def prepare():
+  """Validates flags, data and encoders and builds the models. Raises on any bad input."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if not FLAGS.run_dir:
+    raise ValueError("--run_dir is not set")
+  if not FLAGS.data_dir:
+    raise ValueError("--data_dir is not set")
+  run = Run()
+  run.run_dir = os.path.abspath(FLAGS.run_dir)
+  run.words_num = config.words_num_from_flags()
+  data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
+  run.test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
+  model_cfg = config.model_config_from_flags(vocab_size=len(data.vocab))
+  loss_cfg = config.loss_config_from_flags()
+  run.record = {
+      "model": {k: getattr(model_cfg, k) for k in model_cfg.__dataclass_fields__},
+      "loss": {k: getattr(loss_cfg, k) for k in loss_cfg.__dataclass_fields__},
+      "data": {"dataset": FLAGS.dataset, "data_dir": os.path.abspath(FLAGS.data_dir),
+               "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed},
+  }
+  existing = checkpoint.latest(run.run_dir)
+  config_path = os.path.join(run.run_dir, "config.json")
+  if existing and not FLAGS.resume:
+    raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
+                     "--resume to continue it or choose another --run_dir")
+  if FLAGS.resume and os.path.isfile(config_path):
+    with open(config_path) as f:
+      old = json.load(f)
+    diff = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
+            for sec in ("model", "loss", "data") for k, v in run.record[sec].items()
+            if sec != "data" or k != "data_dir"
+            if old.get(sec, {}).get(k) != v]
+    if diff:
+      raise ValueError(f"--resume with a different configuration than {config_path}: "
+                       + "; ".join(diff))
+  # Data pipeline checks (batch larger than the dataset, ...) before building anything big.
+  datasets.DataPipeline(data, FLAGS.batch_size, run.words_num)
+  run.data = data
+  text_enc, image_enc = load_damsm(FLAGS.damsm_dir, len(data.vocab))
+
+  if FLAGS.deterministic:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.enable_op_determinism()
+  if FLAGS.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  keras.utils.set_random_seed(FLAGS.seed)
+  from msmt_tf.models.msmt_gan import MSMTGAN  # pylint: disable=g-import-not-at-top
+  generator = model_cfg.build_generator(run.words_num, seed=FLAGS.seed)
+  ds = model_cfg.build_discriminators()
+  gan = MSMTGAN(generator, ds, text_enc, image_enc, loss_cfg, run.words_num,
+                ema_decay=FLAGS.ema_decay, seed=FLAGS.seed)
+
+  def adam(lr):
+    return keras.optimizers.Adam(lr, beta_1=FLAGS.beta1, beta_2=FLAGS.beta2)
+
+  gan.compile(adam(FLAGS.lr_g), [adam(FLAGS.lr_d) for _ in ds])
+  run.gan = gan
+  run.groups = checkpoint.state_groups(gan)
+  run.batches_per_epoch = data.num_images // FLAGS.batch_size
+  if FLAGS.max_steps:
+    run.max_steps = FLAGS.max_steps
+  elif FLAGS.max_epochs:
+    run.max_steps = FLAGS.max_epochs * run.batches_per_epoch
+  else:
+    raise ValueError("set --max_steps or --max_epochs")
+  run.step = 0
+  if FLAGS.resume and existing:
+    meta = checkpoint.restore(existing[1], run.groups)
+    run.step = meta["step"]
+    logging.info("resumed from %s (step %d)", existing[1], run.step)
+  return run
+
+
+def _write_run_files(run):
+  os.makedirs(run.run_dir, exist_ok=True)
+  with open(os.path.join(run.run_dir, "flags.txt"), "w") as f:
+    f.write(FLAGS.flags_into_string())
+  tmp = os.path.join(run.run_dir, ".config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(run.record, f, indent=1)
+  os.replace(tmp, os.path.join(run.run_dir, "config.json"))
+
+
+def _trim_loss_log(path, step):
+  """Drops entries after `step` (written by a run that died before its next checkpoint)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    keep = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+  with open(path, "w") as f:
+    f.writelines(keep)
+
+
+def _fixed_samples(run, n):
+  n = min(n, run.test.num_images)
+  tokens = np.zeros((n, run.words_num), np.int32)
+  captions = []
+  for i in range(n):
+    ids = run.test.captions[i][0][:run.words_num]
+    tokens[i, :len(ids)] = ids
+    captions.append(run.test.vocab.decode(ids))
+  rng = np.random.default_rng(FLAGS.seed + 12345)
+  gen = run.gan.generator
+  z = rng.standard_normal((n, gen.z_dim)).astype("float32")
+  eps = rng.standard_normal((n, gen.condition_dim)).astype("float32")
+  return tokens, z, eps, captions
+
+
+def write_samples(run, step, writer=None):
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
+  tokens, z, eps, captions = run.samples
+  images = [image_utils.to_uint8(x) for x in run.gan.sample(tokens, z, eps)]
+  grid = image_utils.caption_grid(images, captions)
+  folder = os.path.join(run.run_dir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"step-{step:08d}.png")
+  image_utils.save_png(grid, path)
+  if writer is not None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with writer.as_default():
+      tf.summary.image("samples", np.asarray(grid)[None], step=step)
+  return path
+
+
+def train(run):
+  """Runs the training loop from `run.step` to `run.max_steps`."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  _write_run_files(run)
+  loss_log = os.path.join(run.run_dir, "losses.jsonl")
+  _trim_loss_log(loss_log, run.step)
+  run.samples = _fixed_samples(run, FLAGS.num_samples)
+  writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
+  epoch, batch = divmod(run.step, run.batches_per_epoch)
+  pipeline = datasets.DataPipeline(run.data, FLAGS.batch_size, run.words_num, seed=FLAGS.seed,
+                                   start_epoch=epoch, start_batch=batch)
+  step_fn = tf.function(run.gan.train_step, jit_compile=FLAGS.jit_compile,
+                        reduce_retracing=True)
+  record = dict(run.record)
+  progbar = None
+  start = time.time()
+  with open(loss_log, "a") as log_file:
+    for data in pipeline.iterate(as_numpy=False):
+      if run.step >= run.max_steps:
+        break
+      if progbar is None:
+        progbar = keras.utils.Progbar(run.max_steps, stateful_metrics=None)
+        progbar.update(run.step)
+      inputs = {k: v for k, v in data.items() if k not in ("index", "epoch")}
+      logs = {k: float(v) for k, v in step_fn(inputs).items()}
+      bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
+      if bad:
+        last = checkpoint.latest(run.run_dir)
+        raise TrainingError(
+            f"non-finite loss at step {run.step + 1} ({', '.join(f'{k}={logs[k]}' for k in bad)}); "
+            f"stopped without saving; the newest good checkpoint is "
+            f"{last[1] if last else 'none'}. Lower the learning rates or check the data.")
+      run.step += 1
+      log_file.write(json.dumps({"step": run.step, **logs}) + "\n")
+      log_file.flush()
+      progbar.update(run.step, [(k, v) for k, v in logs.items()
+                                if k in ("d_loss_64", "g_total", "damsm_word", "kl")])
+      if run.step % FLAGS.log_every == 0 or run.step == run.max_steps:
+        with writer.as_default():
+          for k, v in logs.items():
+            tf.summary.scalar(f"loss/{k}", v, step=run.step)
+          tf.summary.scalar("speed/steps_per_second",
+                            run.step / max(time.time() - start, 1e-9), step=run.step)
+        writer.flush()
+      if run.step % FLAGS.sample_every == 0 or run.step == run.max_steps:
+        write_samples(run, run.step, writer)
+      if run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps:
+        e, b = divmod(run.step, run.batches_per_epoch)
+        record.update(epoch=e, batch_in_epoch=b)
+        checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
+  final = os.path.join(run.run_dir, "generator_ema.keras")
+  tmp = os.path.join(run.run_dir, ".generator_ema.tmp.keras")
+  run.gan.generator_ema.save(tmp)
+  os.replace(tmp, final)
+  return run.step
+
+
+def main(argv):
+  del argv
+  try:
+    run = prepare()
+  except (DatasetError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  try:
+    step = train(run)
+  except (TrainingError, DatasetError) as e:
+    sys.exit(f"error: {e}")
+  print(f"trained to step {step}; run directory: {run.run_dir}")
+
+
+if __name__ == "__main__":
+  app.run(main)
