@@ -11,10 +11,11 @@ import glob
 import json
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
+
+from msmt_tf import fileio
 
 __all__ = ["state_groups", "save", "restore", "latest", "list_checkpoints", "CheckpointError"]
 
@@ -62,17 +63,14 @@ def save(run_dir, step, groups, record, keep=3):
   meta = dict(record, step=int(step), shapes=shapes)
   arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
   path = os.path.join(folder, f"ckpt-{int(step):08d}.npz")
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
       np.savez(f, **arrays)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+
+  fileio.atomic_write(path, write)
   for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
     os.remove(old)
   return path

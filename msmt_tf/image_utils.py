@@ -56,7 +56,5 @@ def caption_grid(stage_images, captions, cell=192, text_lines=4):
 
 
 def save_png(image, path):
-  import os  # pylint: disable=g-import-not-at-top
-  tmp = path + ".tmp.png"
-  image.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  return fileio.atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -23,18 +23,13 @@ from absl import logging
 import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top
+from msmt_tf import fileio
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
 
 __all__ = ["pretrain"]
-
-
-def _save_atomic(model, path):
-  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path)[:-6] + ".tmp.keras")
-  model.save(tmp)
-  os.replace(tmp, path)
 
 
 def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
@@ -114,8 +109,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:
       text_path, image_path = config.damsm_paths(damsm_dir)
-      _save_atomic(text_enc, text_path)
-      _save_atomic(image_enc, image_path)
+      fileio.atomic_write(text_path, text_enc.save)
+      fileio.atomic_write(image_path, image_enc.save)
     if last:
       break
     if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate

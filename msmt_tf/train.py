@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+from msmt_tf import fileio
 from msmt_tf import config
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
@@ -52,8 +53,17 @@ def load_damsm(damsm_dir, vocab_size):
       raise FileNotFoundError(
           f"DAMSM encoder not found: {path}; make the encoders with: python -m "
           f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={damsm_dir}")
-  text = keras.saving.load_model(text_path)
-  image = keras.saving.load_model(image_path)
+  loaded = []
+  for path, kind in ((text_path, "RNNTextEncoder"), (image_path, "ImageEncoder")):
+    try:
+      model = keras.saving.load_model(path)
+    except Exception as e:  # zip, h5 and deserialisation errors of a bad file
+      raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
+                       "re-create it with python -m msmt_tf.pretrain_damsm") from e
+    if type(model).__name__ != kind:
+      raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
+    loaded.append(model)
+  text, image = loaded
   if text.vocab_size != vocab_size:
     raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
                      f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
@@ -141,10 +151,8 @@ def _write_run_files(run):
   os.makedirs(run.run_dir, exist_ok=True)
   with open(os.path.join(run.run_dir, "flags.txt"), "w") as f:
     f.write(FLAGS.flags_into_string())
-  tmp = os.path.join(run.run_dir, ".config.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(run.record, f, indent=1)
-  os.replace(tmp, os.path.join(run.run_dir, "config.json"))
+  fileio.atomic_write_bytes(os.path.join(run.run_dir, "config.json"),
+                           json.dumps(run.record, indent=1).encode())
 
 
 def _trim_loss_log(path, step):
@@ -239,10 +247,8 @@ def train(run):
         e, b = divmod(run.step, run.batches_per_epoch)
         record.update(epoch=e, batch_in_epoch=b)
         checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
-  final = os.path.join(run.run_dir, "generator_ema.keras")
-  tmp = os.path.join(run.run_dir, ".generator_ema.tmp.keras")
-  run.gan.generator_ema.save(tmp)
-  os.replace(tmp, final)
+  fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
+                      run.gan.generator_ema.save)
   return run.step
 
 

@@ -19,11 +19,11 @@ element is a stateless function of (seed, epoch, image index), so a pipeline sta
 import dataclasses
 import os
 import pickle
-import tempfile
 
 from absl import logging
 import numpy as np
 
+from msmt_tf import fileio
 from msmt_tf.data import vocab as vocab_lib
 from msmt_tf.data.errors import DatasetError
 from msmt_tf.data.safe_pickle import safe_load_pickle
@@ -159,18 +159,6 @@ def _rebuild_captions(data_dir, dataset):
   return [caps[0], caps[1], vocab.ixtoword, vocab.wordtoix]
 
 
-def _atomic_pickle(obj, path):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".pickle")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      pickle.dump(obj, f, protocol=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def load_captions(data_dir, dataset):
   """Returns (train_captions, test_captions, Vocabulary) from captions.pickle.
 
@@ -185,7 +173,7 @@ def load_captions(data_dir, dataset):
                  os.path.join(data_dir, "text"))
     obj = _rebuild_captions(data_dir, dataset)
     try:
-      _atomic_pickle(obj, path)
+      fileio.atomic_write_bytes(path, pickle.dumps(obj, protocol=2))
       logging.info("wrote %s", path)
     except OSError as e:
       logging.warning("could not write %s (%s); using the rebuilt vocabulary in memory", path, e)

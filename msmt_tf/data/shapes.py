@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from msmt_tf.fileio import atomic_write_bytes
+
 __all__ = ["KINDS", "COLOURS", "BACKGROUNDS", "make_scene", "render_scene", "scene_captions",
            "write_dataset", "class_id_of"]
 
@@ -196,13 +198,6 @@ def scene_captions(scene, rng, num=CAPTIONS_PER_IMAGE):
   return [pool[i] for i in order]
 
 
-def _write_bytes_atomic(path, data):
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, overwrite=False):
   """Writes the dataset in the AttnGAN layout; returns a summary dict.
 
@@ -251,8 +246,8 @@ def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, ove
       buf = io.BytesIO()
       Image.fromarray(render_scene(scene, params["image_size"])).save(
           buf, format="JPEG", quality=95)
-      _write_bytes_atomic(os.path.join(out, "images", key + ".jpg"), buf.getvalue())
-      _write_bytes_atomic(os.path.join(out, "text", key + ".txt"),
+      atomic_write_bytes(os.path.join(out, "images", key + ".jpg"), buf.getvalue())
+      atomic_write_bytes(os.path.join(out, "text", key + ".txt"),
                           ("\n".join(caps) + "\n").encode("utf8"))
       tokens[split].extend(tokenize(c) for c in caps)
       keys[split].append(key)
@@ -261,18 +256,18 @@ def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, ove
   vocab = Vocabulary.from_captions(tokens["train"] + tokens["test"])
   ids = {s: [[vocab.index(t) for t in toks] for toks in tokens[s]] for s in tokens}
   for split in ("train", "test"):
-    _write_bytes_atomic(os.path.join(out, split, "filenames.pickle"),
+    atomic_write_bytes(os.path.join(out, split, "filenames.pickle"),
                         pickle.dumps(keys[split], protocol=2))
-    _write_bytes_atomic(os.path.join(out, split, "class_info.pickle"),
+    atomic_write_bytes(os.path.join(out, split, "class_info.pickle"),
                         pickle.dumps(classes[split], protocol=2))
-  _write_bytes_atomic(os.path.join(out, "captions.pickle"), pickle.dumps(
+  atomic_write_bytes(os.path.join(out, "captions.pickle"), pickle.dumps(
       [ids["train"], ids["test"], vocab.ixtoword, vocab.wordtoix], protocol=2))
   summary = dict(
       out=out, train_images=params["num_train"], test_images=params["num_test"],
       captions=CAPTIONS_PER_IMAGE * (params["num_train"] + params["num_test"]),
       vocab_size=len(vocab), classes=len(set(classes["train"]) | set(classes["test"])),
       image_size=params["image_size"], seconds=round(time.time() - start, 1))
-  _write_bytes_atomic(manifest_path, json.dumps(
+  atomic_write_bytes(manifest_path, json.dumps(
       dict(params=params, summary=summary), indent=1).encode())
   return dict(summary, reused=False)
 

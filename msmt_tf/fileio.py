@@ -1,0 +1,39 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename over it.
+
+A crash mid-write never leaves a truncated checkpoint, model, image or metadata file, and an
+existing file is only replaced by a complete new one.
+"""
+
+import os
+import tempfile
+
+__all__ = ["atomic_write", "atomic_write_bytes"]
+
+
+def atomic_write(path, write_fn):
+  """Calls `write_fn(tmp_path)` and renames the result to `path`.
+
+  The temporary file has the same extension as `path` (some writers, e.g. Keras, require it)
+  and is removed if `write_fn` fails.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  base = os.path.basename(path)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=os.path.splitext(base)[1])
+  os.close(fd)
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def atomic_write_bytes(path, data):
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  return atomic_write(path, write)
