@@ -1,0 +1,188 @@
+"""Training tests: exact resume after SIGKILL, bad flags, NaN guard, DAMSM pretraining."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from msmt_tf.data import shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  """A tiny shapes dataset and DAMSM encoders pretrained on it with configs/smoke.cfg."""
+  root = tmp_path_factory.mktemp("smoke")
+  data = str(root / "data")
+  shapes.write_dataset(data, num_train=16, num_test=4, seed=1, image_size=64)
+  damsm = str(root / "damsm")
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={data}", f"--damsm_dir={damsm}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  return dict(root=root, data=data, damsm=damsm)
+
+
+def _cmd(module, *args):
+  return [sys.executable, "-m", module, "--flagfile=configs/smoke.cfg", *args]
+
+
+def _run(module, *args):
+  return subprocess.run(_cmd(module, *args), cwd=REPO, capture_output=True, text=True)
+
+
+def _train_args(smoke, run_dir, *extra):
+  return (f"--data_dir={smoke['data']}", f"--damsm_dir={smoke['damsm']}",
+          f"--run_dir={run_dir}", *extra)
+
+
+def _losses(run_dir):
+  with open(os.path.join(run_dir, "losses.jsonl")) as f:
+    return {e["step"]: e for e in map(json.loads, f)}
+
+
+def test_killed_run_resumes_with_identical_losses(smoke):
+  ref_dir, run_dir = str(smoke["root"] / "ref"), str(smoke["root"] / "killed")
+  res = _run("msmt_tf.train", *_train_args(smoke, ref_dir, "--max_steps=8"))
+  assert res.returncode == 0, res.stderr[-2000:]
+  ref = _losses(ref_dir)
+  assert sorted(ref) == list(range(1, 9))
+
+  proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8")),
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  target = os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz")
+  deadline = time.time() + 300
+  while not os.path.exists(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  killed_at = checkpoint.latest(run_dir)[0]
+  assert 3 <= killed_at < 8
+
+  res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8", "--resume"))
+  assert res.returncode == 0, res.stderr[-2000:]
+  got = _losses(run_dir)
+  assert sorted(got) == list(range(1, 9))
+  for step in range(killed_at + 1, 9):  # steps k+1.. after the kill
+    for name, value in ref[step].items():
+      assert got[step][name] == value, (step, name)
+  assert len(os.listdir(os.path.join(run_dir, "checkpoints"))) == 3  # --keep_checkpoints
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--data_dir=/nonexistent/shapes",), "dataset folder not found: /nonexistent/shapes"),
+    (("--kernel_size=0",), "--kernel_size must be >= 1"),
+    (("--num_heads=0",), "--num_heads must be >= 1"),
+    (("--batch_size=64",), "batch_size 64 is larger than the train split"),
+    (("--damsm_dir=/nonexistent/damsm",),
+     "DAMSM encoder not found: /nonexistent/damsm/text_encoder.keras; make the encoders with: "
+     "python -m msmt_tf.pretrain_damsm"),
+])
+def test_bad_flags_stop_before_training(smoke, tmp_path, extra, message):
+  run_dir = str(tmp_path / "run")
+  res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2"), *extra)
+  assert res.returncode != 0
+  assert message in res.stderr
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+
+
+def test_corrupt_damsm_file_is_named(smoke, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  damsm = tmp_path / "damsm"
+  shutil.copytree(smoke["damsm"], damsm)
+  (damsm / "image_encoder.keras").write_bytes(b"not a keras archive")
+  res = _run("msmt_tf.train", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
+             f"--run_dir={tmp_path / 'run'}", "--max_steps=1")
+  assert res.returncode != 0
+  assert f"cannot load the DAMSM encoder {damsm / 'image_encoder.keras'}" in res.stderr
+
+
+def test_existing_run_is_never_overwritten(smoke, tmp_path):
+  run_dir = str(tmp_path / "run")
+  assert _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1")).returncode == 0
+  res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2"))
+  assert res.returncode != 0 and "pass --resume" in res.stderr
+  res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2", "--resume",
+                                          "--num_heads=3"))
+  assert res.returncode != 0 and "model.num_heads: 2 -> 3" in res.stderr
+  assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
+
+
+def test_nan_guard_keeps_last_good_checkpoint(smoke, tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from msmt_tf import train  # pylint: disable=g-import-not-at-top
+  run_dir = str(tmp_path / "run")
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["train", "--flagfile=" + os.path.join(REPO, "configs", "smoke.cfg"),
+               *_train_args(smoke, run_dir, "--max_steps=2")])
+  try:
+    run = train.prepare()
+    train.train(run)
+    good = os.path.join(run_dir, "checkpoints", "ckpt-00000002.npz")
+    with open(good, "rb") as f:
+      good_bytes = f.read()
+    flags.FLAGS.max_steps = 4
+    flags.FLAGS.resume = True
+    run = train.prepare()
+    var = run.gan.generator.trainable_variables[0]
+    var.assign(np.full(var.shape, np.nan, "float32"))
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at step 3 .*ckpt-00000002"):
+      train.train(run)
+    with open(good, "rb") as f:
+      assert f.read() == good_bytes
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz"))
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
+  from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  from msmt_tf.pretrain_damsm import pretrain  # pylint: disable=g-import-not-at-top
+  data = datasets.load_split(smoke["data"], "shapes", "train")
+  test = datasets.load_split(smoke["data"], "shapes", "test")
+  cfg = ModelConfig(vocab_size=len(data.vocab), text_dim=16, embedding_dim=12)
+  hist = pretrain(data, test, cfg, str(tmp_path / "damsm"), 8, trunk="small", epochs=12,
+                  batch_size=8, snapshot_every=100, verbose=False)
+  first = hist[0]["train_word"] + hist[0]["train_sent"]
+  last = hist[-1]["train_word"] + hist[-1]["train_sent"]
+  assert last < 0.7 * first, (first, last)
+  assert os.path.isfile(str(tmp_path / "damsm" / "text_encoder.keras"))
+  assert hist[1]["lr"] == pytest.approx(0.002 * 0.98)
+
+
+def test_demo_driver_runs_all_steps_and_resumes(tmp_path):
+  cfg = tmp_path / "demo.cfg"
+  with open(os.path.join(REPO, "configs", "smoke.cfg")) as f:
+    base = f.read()
+  cfg.write_text(base + f"--data_dir={tmp_path / 'data'}\n--damsm_dir={tmp_path / 'damsm'}\n"
+                 f"--run_dir={tmp_path / 'run'}\n--max_steps=2\n--sample_every=2\n")
+  args = [sys.executable, "-m", "msmt_tf.demo", f"--config={cfg}", "--shapes_train=8",
+          "--shapes_test=2", "--shapes_image_size=64"]
+  res = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "msmt_tf.data.shapes" in res.stdout and "msmt_tf.pretrain_damsm" in res.stdout
+  assert os.path.isfile(tmp_path / "run" / "samples" / "step-00000002.png")
+  # A second run reuses the data and encoders and resumes the GAN run.
+  res = subprocess.run(args + ["--gan_steps=3"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "msmt_tf.pretrain_damsm" not in res.stdout and "--resume" in res.stdout
+  assert os.path.isfile(tmp_path / "run" / "checkpoints" / "ckpt-00000003.npz")
+
+
+def test_mixed_precision_step_matches_float32(smoke, tmp_path):
+  """bfloat16 compute gives the same first-step losses as float32 to bfloat16 accuracy."""
+  runs = {}
+  for name, extra in (("fp32", ()), ("bf16", ("--mixed_precision",))):
+    run_dir = str(tmp_path / name)
+    res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1"), *extra)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs[name] = _losses(run_dir)[1]
+  for key in ("d_loss_64", "d_loss_128", "g_adv", "damsm_word", "damsm_sent", "g_total"):
+    assert runs["bf16"][key] == pytest.approx(runs["fp32"][key], rel=2e-2), key
