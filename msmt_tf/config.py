@@ -94,8 +94,7 @@ class ModelConfig:
   skip_padding_tails: bool = True
 
   def __post_init__(self):
-    if self.initial_stage == "mtwig" and self.tail_padding == "valid":
-      pass  # checked against words_num where the data is known
+    # (MTWIG's kernel against words_num is checked in build_generator, where L is known.)
     for stage in range(1, self.num_stages):
       side = 64 * 2 ** (stage - 1)
       if self.refinement != "dmgan" and side % self.grid:

@@ -60,7 +60,6 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   text_vars = text_enc.trainable_variables
   image_vars = image_enc.trainable_variables
 
-  @tf.function(reduce_retracing=True)
   def step(batch, opt):
     with tf.GradientTape() as tape:
       w, s = damsm_loss(batch, True)
@@ -83,7 +82,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     opt = keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.999)  # fresh each epoch (AttnGAN)
     opt.build(text_vars + image_vars)
     # A fresh optimizer means a fresh step function (its variables differ).
-    step_fn = tf.function(step.python_function, reduce_retracing=True)
+    step_fn = tf.function(step, reduce_retracing=True)
     w_sum = s_sum = 0.0
     n = 0
     for _ in range(train_pipe.batches_per_epoch):

@@ -93,6 +93,7 @@ def prepare():
       "loss": {k: getattr(loss_cfg, k) for k in loss_cfg.__dataclass_fields__},
       "data": {"dataset": FLAGS.dataset, "data_dir": os.path.abspath(FLAGS.data_dir),
                "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed},
+      "damsm_dir": os.path.abspath(FLAGS.damsm_dir) if FLAGS.damsm_dir else None,
   }
   existing = checkpoint.latest(run.run_dir)
   config_path = os.path.join(run.run_dir, "config.json")

@@ -24,3 +24,9 @@ def fresh_shapes_dir(tmp_path):
   out = tmp_path / "data"
   shapes.write_dataset(str(out), num_train=12, num_test=4, seed=5, image_size=64)
   return str(out)
+
+
+def pytest_configure(config):
+  # Keras 3.15 on numpy 2 warns on every tensor -> array conversion; not ours to fix.
+  config.addinivalue_line("filterwarnings",
+                          "ignore:__array__ implementation doesn't accept a copy keyword")

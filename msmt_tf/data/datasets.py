@@ -159,24 +159,37 @@ def _rebuild_captions(data_dir, dataset):
   return [caps[0], caps[1], vocab.ixtoword, vocab.wordtoix]
 
 
+_CAPTIONS_CACHE = {}
+
+
 def load_captions(data_dir, dataset):
   """Returns (train_captions, test_captions, Vocabulary) from captions.pickle.
 
   When captions.pickle is absent it is rebuilt from text/ and written (atomically) so later runs
-  use the same word indices; a read-only folder only gets a warning.
+  use the same word indices; a read-only folder only gets a warning. A pickle already read (same
+  path, size and modification time) is not read again.
   """
   path = os.path.join(data_dir, "captions.pickle")
   if os.path.isfile(path):
-    obj = safe_load_pickle(path)
-  else:
-    logging.info("%s not found: rebuilding the vocabulary from %s", path,
-                 os.path.join(data_dir, "text"))
-    obj = _rebuild_captions(data_dir, dataset)
-    try:
-      fileio.atomic_write_bytes(path, pickle.dumps(obj, protocol=2))
-      logging.info("wrote %s", path)
-    except OSError as e:
-      logging.warning("could not write %s (%s); using the rebuilt vocabulary in memory", path, e)
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CAPTIONS_CACHE:
+      _CAPTIONS_CACHE.clear()
+      _CAPTIONS_CACHE[key] = _check_captions(safe_load_pickle(path), path)
+    return _CAPTIONS_CACHE[key]
+  logging.info("%s not found: rebuilding the vocabulary from %s", path,
+               os.path.join(data_dir, "text"))
+  obj = _rebuild_captions(data_dir, dataset)
+  try:
+    fileio.atomic_write_bytes(path, pickle.dumps(obj, protocol=2))
+    logging.info("wrote %s", path)
+  except OSError as e:
+    logging.warning("could not write %s (%s); using the rebuilt vocabulary in memory", path, e)
+  return _check_captions(obj, path)
+
+
+def _check_captions(obj, path):
+  """Validates a [train_caps, test_caps, ixtoword, wordtoix] object; returns (train, test, vocab)."""
   if not isinstance(obj, (list, tuple)) or len(obj) != 4:
     raise DatasetError(f"{path}: expected [train_captions, test_captions, ixtoword, wordtoix]")
   train_caps, test_caps, ixtoword, wordtoix = obj
