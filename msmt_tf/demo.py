@@ -6,6 +6,7 @@ Runs, in order, the same commands a user runs for CUB or COCO:
   1. `python -m msmt_tf.data.shapes` (only if the dataset folder is absent),
   2. `python -m msmt_tf.pretrain_damsm` (only if the encoders are absent),
   3. `python -m msmt_tf.train` (resuming if the run already has checkpoints),
+  4. `python -m msmt_tf.export` to `saved_models/shapes_demo/<step>` (if not there yet),
 with `--flagfile=configs/shapes.cfg`, a reduced-size MSMT-GAN (two stages, 64 and 128) sized
 to finish in about a quarter of an hour on two CPU cores. Prints where the sample grids are.
 """
@@ -24,6 +25,7 @@ flags.DEFINE_integer("gan_steps", None, "Override the GAN steps of the config.")
 flags.DEFINE_integer("shapes_train", 2000, "Training images of the demo dataset.")
 flags.DEFINE_integer("shapes_test", 200, "Test images of the demo dataset.")
 flags.DEFINE_integer("shapes_image_size", 128, "Image side of the demo dataset.")
+flags.DEFINE_string("export_root", "saved_models/shapes_demo", "Where the SavedModel versions go.")
 
 
 def _flag_value(path, name):
@@ -71,6 +73,12 @@ def main(argv):
   if FLAGS.gan_steps:
     train.append(f"--max_steps={FLAGS.gan_steps}")
   timings["gan"] = _run(train)
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  step = checkpoint.latest(run_dir)[0]
+  export_dir = os.path.join(FLAGS.export_root, str(step))
+  if not os.path.exists(export_dir):
+    timings["export"] = _run(["msmt_tf.export", f"--run_dir={run_dir}",
+                              f"--output={export_dir}"])
   samples = os.path.join(run_dir, "samples")
   grids = sorted(os.listdir(samples)) if os.path.isdir(samples) else []
   print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min "
@@ -78,6 +86,7 @@ def main(argv):
   if grids:
     print(f"sample grids (columns: fixed test captions; rows: 64 and 128 px): {samples}/")
     print(f"newest: {os.path.join(samples, grids[-1])}")
+  print(f"SavedModel for TF Serving: {export_dir} (see BUILD.md, 'Serving')")
 
 
 if __name__ == "__main__":

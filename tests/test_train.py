@@ -164,16 +164,18 @@ def test_demo_driver_runs_all_steps_and_resumes(tmp_path):
   cfg.write_text(base + f"--data_dir={tmp_path / 'data'}\n--damsm_dir={tmp_path / 'damsm'}\n"
                  f"--run_dir={tmp_path / 'run'}\n--max_steps=2\n--sample_every=2\n")
   args = [sys.executable, "-m", "msmt_tf.demo", f"--config={cfg}", "--shapes_train=8",
-          "--shapes_test=2", "--shapes_image_size=64"]
+          "--shapes_test=2", "--shapes_image_size=64", f"--export_root={tmp_path / 'models'}"]
   res = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   assert "msmt_tf.data.shapes" in res.stdout and "msmt_tf.pretrain_damsm" in res.stdout
   assert os.path.isfile(tmp_path / "run" / "samples" / "step-00000002.png")
+  assert os.path.isfile(tmp_path / "models" / "2" / "saved_model.pb")
   # A second run reuses the data and encoders and resumes the GAN run.
   res = subprocess.run(args + ["--gan_steps=3"], cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   assert "msmt_tf.pretrain_damsm" not in res.stdout and "--resume" in res.stdout
   assert os.path.isfile(tmp_path / "run" / "checkpoints" / "ckpt-00000003.npz")
+  assert os.path.isfile(tmp_path / "models" / "3" / "saved_model.pb")
 
 
 def test_mixed_precision_step_matches_float32(smoke, tmp_path):

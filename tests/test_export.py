@@ -1,0 +1,182 @@
+"""Export tests: raw text in, images equal to the Python generator's; core ops; bad inputs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from msmt_tf import export as export_lib
+from msmt_tf.data import shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def _run(*args):
+  res = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  return res
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  root = tmp_path_factory.mktemp("export")
+  data, damsm, run = (str(root / n) for n in ("data", "damsm", "run"))
+  shapes.write_dataset(data, num_train=8, num_test=2, seed=2, image_size=64)
+  smoke = ["--flagfile=configs/smoke.cfg", f"--data_dir={data}", f"--damsm_dir={damsm}"]
+  _run("msmt_tf.pretrain_damsm", *smoke)
+  _run("msmt_tf.train", *smoke, f"--run_dir={run}", "--max_steps=2")
+  out = str(root / "models" / "shapes" / "1")
+  _run("msmt_tf.export", f"--run_dir={run}", f"--output={out}")
+  return dict(run=run, out=out, model=tf.saved_model.load(out), root=root)
+
+
+def test_raw_text_matches_python_generator(exported):
+  generator, text_encoder, vocab, _ = export_lib.load_run(exported["run"])
+  words_num = 25  # shapes evaluation length
+  captions = ["A LARGE red circle, on the left!", "there is a blue square above a star",
+              "green   triangle\tin the center"]
+  got = exported["model"].signatures["generate_stages"](captions=tf.constant(captions),
+                                                         seed=tf.constant(7, tf.int64))
+  tokens = np.zeros((3, words_num), np.int32)
+  for i, c in enumerate(captions):
+    ids = vocab.encode(c)[:words_num]
+    tokens[i, :len(ids)] = ids
+  np.testing.assert_array_equal(got["tokens"], tokens)
+  words, sentence = text_encoder(tokens, training=False)
+  z, eps = export_lib.noise(3, 7, generator.z_dim, generator.condition_dim)
+  want = generator(words, sentence, tokens != 0, z, eps, training=False)["images"]
+  for img in want:
+    np.testing.assert_allclose(got[f"stage_{img.shape[1]}"], img, atol=1e-5)
+  expected_u8 = np.clip(np.asarray(want[-1]) * 127.5 + 127.5, 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(got["images"], expected_u8)
+  png = tf.io.decode_png(got["images_bytes"][0]).numpy()
+  np.testing.assert_array_equal(png, expected_u8[0])
+
+
+def test_same_seed_same_bytes(exported):
+  fn = exported["model"].signatures["generate"]
+  caps = tf.constant(["a red circle", "a blue square"])
+  a = fn(captions=caps, seed=tf.constant(3, tf.int64))["images_bytes"].numpy()
+  b = fn(captions=caps, seed=tf.constant(3, tf.int64))["images_bytes"].numpy()
+  c = fn(captions=caps, seed=tf.constant(4, tf.int64))["images_bytes"].numpy()
+  assert list(a) == list(b) and list(a) != list(c)
+  default = exported["model"].signatures["serving_default"](captions=caps)
+  assert default["images"].shape == (2, 128, 128, 3) and default["images"].dtype == tf.uint8
+
+
+def test_graph_uses_only_core_ops(exported):
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+  sm = saved_model_pb2.SavedModel()
+  with open(os.path.join(exported["out"], "saved_model.pb"), "rb") as f:
+    sm.ParseFromString(f.read())
+  ops = set()
+  for mg in sm.meta_graphs:
+    ops.update(n.op for n in mg.graph_def.node)
+    for fn in mg.graph_def.library.function:
+      ops.update(n.op for n in fn.node_def)
+  functions = {fn.signature.name for mg in sm.meta_graphs for fn in mg.graph_def.library.function}
+  missing = sorted(op for op in ops if op not in functions and op_def_registry.get(op) is None)
+  assert not missing, missing
+  assert {"LookupTableFindV2", "StringSplitV2", "EncodePng"} <= ops
+  assert not any(op.startswith(("PyFunc", "EagerPyFunc")) for op in ops)
+
+
+def test_bad_inputs(exported):
+  fn = exported["model"].signatures["generate_stages"]
+  seed = tf.constant(0, tf.int64)
+  for bad in ["", "!!! ...", "zebra unicorn everywhere"]:
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"without any vocabulary word"):
+      fn(captions=tf.constant(["a red circle", bad]), seed=seed)
+  long = fn(captions=tf.constant([" ".join(["red circle"] * 5000)]), seed=seed)
+  assert long["tokens"].shape == (1, 25) and np.all(long["tokens"].numpy() > 0)
+  invalid = fn(captions=tf.constant([b"\xff\xfe a red \xc3 circle"]), seed=seed)
+  valid = fn(captions=tf.constant(["a red circle"]), seed=seed)
+  np.testing.assert_array_equal(invalid["tokens"], valid["tokens"])
+  empty = fn(captions=tf.constant([], tf.string), seed=seed)
+  assert empty["images"].shape == (0, 128, 128, 3) and empty["images_bytes"].shape == (0,)
+
+
+def test_saved_model_cli(exported, tmp_path):
+  show = subprocess.run([CLI, "show", "--dir", exported["out"], "--all"], capture_output=True,
+                        text=True)
+  assert show.returncode == 0, show.stderr[-1000:]
+  for name in ("serving_default", "generate", "generate_stages", "images_bytes"):
+    assert name in show.stdout
+  res = subprocess.run([CLI, "run", "--dir", exported["out"], "--tag_set", "serve",
+                        "--signature_def", "serving_default", "--input_exprs",
+                        "captions=['a red circle', 'a small blue square']", "--outdir",
+                        str(tmp_path)], capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-1000:]
+  images = np.load(tmp_path / "images.npy")
+  assert images.shape == (2, 128, 128, 3) and images.dtype == np.uint8
+
+
+def test_export_refuses_bad_output(exported):
+  with pytest.raises(ValueError, match="numeric version folder"):
+    export_lib.export(exported["run"], str(exported["root"] / "models" / "shapes" / "latest"))
+  with pytest.raises(FileExistsError, match="already exists"):
+    export_lib.export(exported["run"], exported["out"])
+
+
+def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
+  """A 127.0.0.1 stub of TF Serving's REST predict API, answering from the SavedModel."""
+  import base64  # pylint: disable=g-import-not-at-top
+  import http.server  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  model = exported["model"]
+  seen = []
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+      seen.append((self.path, body))
+      try:
+        out = model.signatures[body["signature_name"]](
+            captions=tf.constant(body["inputs"]["captions"]),
+            seed=tf.constant(body["inputs"]["seed"], tf.int64))
+        reply, code = {"outputs": {"images_bytes": [
+            {"b64": base64.b64encode(b).decode()} for b in out["images_bytes"].numpy()]}}, 200
+      except tf.errors.InvalidArgumentError as e:
+        reply, code = {"error": e.message}, 400
+      data = json.dumps(reply).encode()
+      self.send_response(code)
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  url = f"http://127.0.0.1:{server.server_address[1]}"
+  try:
+    out = tmp_path / "pngs"
+    res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}",
+                          "--model=shapes", f"--out={out}", "--seed=5", "a red circle",
+                          "a small blue square"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert seen[0][0] == "/v1/models/shapes:predict"
+    assert seen[0][1]["signature_name"] == "generate_png"
+    direct = model.signatures["generate"](captions=tf.constant(["a red circle",
+                                                                 "a small blue square"]),
+                                          seed=tf.constant(5, tf.int64))["images_bytes"].numpy()
+    assert (out / "0000.png").read_bytes() == direct[0]
+    assert (out / "0001.png").read_bytes() == direct[1]
+    res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}",
+                          "--model=shapes", f"--out={tmp_path / 'bad'}", "zebra unicorn"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "HTTP 400" in res.stderr
+    assert "without any vocabulary word" in res.stderr
+  finally:
+    server.shutdown()
+    server.server_close()
