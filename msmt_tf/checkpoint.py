@@ -76,11 +76,6 @@ def save(run_dir, step, groups, record, keep=3):
   return path
 
 
-def read_meta(path):
-  with np.load(path) as data:
-    return json.loads(bytes(data["__meta__"]).decode())
-
-
 def restore(path, groups):
   """Assigns the values in `path` to `groups`; returns the checkpoint's record.
 

@@ -43,11 +43,10 @@ FLAGS = flags.FLAGS
 
 def load_run(run_dir, step=None, damsm_dir=None, data_dir=None):
   """Returns (EMA generator, text encoder, Vocabulary, record) of a training run."""
-  import keras  # pylint: disable=g-import-not-at-top
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
   from msmt_tf.config import ModelConfig, damsm_paths  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
-  import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import
+  from msmt_tf.train import load_damsm_encoder  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(run_dir, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found: --run_dir must be a msmt_tf.train run")
@@ -68,10 +67,9 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None):
   generator = cfg.build_generator(words_num)
   checkpoint.restore(path, {"generator_ema": generator.variables})
   damsm_dir = damsm_dir or record.get("damsm_dir")
-  text_path = damsm_paths(damsm_dir)[0] if damsm_dir else None
-  if not text_path or not os.path.isfile(text_path):
-    raise FileNotFoundError(f"DAMSM text encoder not found: {text_path}; pass --damsm_dir")
-  text_encoder = keras.saving.load_model(text_path)
+  if not damsm_dir:
+    raise FileNotFoundError(f"{config_path} records no DAMSM folder; pass --damsm_dir")
+  text_encoder = load_damsm_encoder(damsm_paths(damsm_dir)[0], "RNNTextEncoder")
   data_dir = data_dir or record["data"]["data_dir"]
   _, _, vocab = datasets.load_captions(data_dir, record["data"]["dataset"])
   if len(vocab) != cfg.vocab_size:

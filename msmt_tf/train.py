@@ -39,31 +39,33 @@ class TrainingError(RuntimeError):
   pass
 
 
-def load_damsm(damsm_dir, vocab_size):
-  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
+def load_damsm_encoder(path, kind):
+  """Loads one DAMSM encoder archive; names the file when it is missing, unreadable or wrong."""
   import keras  # pylint: disable=g-import-not-at-top
   import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"DAMSM encoder not found: {path}; make the encoders with: python -m "
+        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={os.path.dirname(path)}")
+  try:
+    model = keras.saving.load_model(path)
+  except Exception as e:  # zip, h5 and deserialisation errors of a bad file
+    raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
+                     "re-create it with python -m msmt_tf.pretrain_damsm") from e
+  if type(model).__name__ != kind:
+    raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
+  return model
+
+
+def load_damsm(damsm_dir, vocab_size):
+  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
   if not damsm_dir:
     raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
                             "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
                             "--damsm_dir=DIR")
   text_path, image_path = config.damsm_paths(damsm_dir)
-  for path in (text_path, image_path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-          f"DAMSM encoder not found: {path}; make the encoders with: python -m "
-          f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={damsm_dir}")
-  loaded = []
-  for path, kind in ((text_path, "RNNTextEncoder"), (image_path, "ImageEncoder")):
-    try:
-      model = keras.saving.load_model(path)
-    except Exception as e:  # zip, h5 and deserialisation errors of a bad file
-      raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
-                       "re-create it with python -m msmt_tf.pretrain_damsm") from e
-    if type(model).__name__ != kind:
-      raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
-    loaded.append(model)
-  text, image = loaded
+  text = load_damsm_encoder(text_path, "RNNTextEncoder")
+  image = load_damsm_encoder(image_path, "ImageEncoder")
   if text.vocab_size != vocab_size:
     raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
                      f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")

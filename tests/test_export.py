@@ -180,3 +180,13 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
   finally:
     server.shutdown()
     server.server_close()
+
+
+def test_export_names_a_bad_text_encoder(exported, tmp_path):
+  bad = tmp_path / "damsm"
+  bad.mkdir()
+  (bad / "text_encoder.keras").write_bytes(b"not a keras archive")
+  with pytest.raises(ValueError, match=f"cannot load the DAMSM encoder {bad / 'text_encoder.keras'}"):
+    export_lib.load_run(exported["run"], damsm_dir=str(bad))
+  with pytest.raises(FileNotFoundError, match="DAMSM encoder not found"):
+    export_lib.load_run(exported["run"], damsm_dir=str(tmp_path / "nowhere"))

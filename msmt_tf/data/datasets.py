@@ -124,6 +124,23 @@ def read_caption_file(path, needed):
   return out, skipped
 
 
+def read_key_captions(data_dir, key, dataset):
+  """Reads the captions of one image key; returns (token_lists, skipped_lines, problems).
+
+  `problems` is empty when the file exists, is UTF-8 and has `captions_per_image` usable captions.
+  """
+  per_image = _spec(dataset).captions_per_image
+  path = os.path.join(data_dir, "text", key + ".txt")
+  try:
+    caps, skipped = read_caption_file(path, per_image)
+  except DatasetError as e:
+    return [], [], list(e.problems)
+  if len(caps) < per_image:
+    return caps, skipped, [f"{path}: has {len(caps)} usable captions, {dataset} needs "
+                           f"{per_image}"]
+  return caps, skipped, []
+
+
 def _read_keys(data_dir, split):
   path = os.path.join(data_dir, split, "filenames.pickle")
   keys = safe_load_pickle(path)
@@ -136,21 +153,14 @@ def _read_keys(data_dir, split):
 
 def _rebuild_captions(data_dir, dataset):
   """Builds [train_caps, test_caps, ixtoword, wordtoix] from text/ (AttnGAN's build_dictionary)."""
-  per_image = _spec(dataset).captions_per_image
   problems, token_lists = [], {}
   for split in SPLITS:
     lists = []
     for key in _read_keys(data_dir, split):
-      path = os.path.join(data_dir, "text", key + ".txt")
-      try:
-        caps, _ = read_caption_file(path, per_image)
-      except DatasetError as e:
-        problems.extend(e.problems)
-        continue
-      if len(caps) < per_image:
-        problems.append(f"{path}: has {len(caps)} usable captions, {dataset} needs {per_image}")
-        continue
-      lists.extend(caps)
+      caps, _, bad = read_key_captions(data_dir, key, dataset)
+      problems.extend(bad)
+      if not bad:
+        lists.extend(caps)
     token_lists[split] = lists
   if problems:
     raise DatasetError(problems, hint="Fix or replace these caption files, then run again.")

@@ -21,18 +21,10 @@ __all__ = ["inspect_split"]
 
 def _check_text_files(split_data):
   problems, skipped = [], 0
-  needed = split_data.captions_per_image
   for key in split_data.keys:
-    path = os.path.join(split_data.data_dir, "text", key + ".txt")
-    try:
-      caps, bad_lines = datasets.read_caption_file(path, needed)
-    except DatasetError as e:
-      problems.extend(e.problems)
-      continue
+    _, bad_lines, bad = datasets.read_key_captions(split_data.data_dir, key, split_data.dataset)
+    problems.extend(bad)
     skipped += len(bad_lines)
-    if len(caps) < needed:
-      problems.append(f"{path}: has {len(caps)} usable captions, {split_data.dataset} needs "
-                      f"{needed}")
   return problems, skipped
 
 
