@@ -187,7 +187,9 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
 flags.DEFINE_integer("sample_every", 500, "Steps between sample grids.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar writes.")
 flags.DEFINE_integer("num_samples", 8, "Fixed test captions in the sample grids.")
-flags.DEFINE_bool("jit_compile", False, "Compile the whole train step with XLA.")
+flags.DEFINE_bool("jit_compile", False,
+                  "TensorFlow backend: compile the whole train step with XLA (slower than plain "
+                  "tf.function on CPU, see BUILD.md). KERAS_BACKEND=jax always jits the step.")
 flags.DEFINE_bool("mixed_precision", False, "bfloat16 compute with float32 weights.")
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops (slower).")
 # --- DAMSM pretraining (AttnGAN pretrain_DAMSM.py; model_spec §2.4) ----------------------------

@@ -211,13 +211,12 @@ def train(run):
   epoch, batch = divmod(run.step, run.batches_per_epoch)
   pipeline = datasets.DataPipeline(run.data, FLAGS.batch_size, run.words_num, seed=FLAGS.seed,
                                    start_epoch=epoch, start_batch=batch)
-  step_fn = tf.function(run.gan.train_step, jit_compile=FLAGS.jit_compile,
-                        reduce_retracing=True)
+  step_fn = run.gan.make_train_function(jit_compile=FLAGS.jit_compile)
   record = dict(run.record)
   progbar = None
   start = time.time()
   with open(loss_log, "a") as log_file:
-    for data in pipeline.iterate(as_numpy=False):
+    for data in pipeline.iterate(as_numpy=keras.backend.backend() != "tensorflow"):
       if run.step >= run.max_steps:
         break
       if progbar is None:
@@ -244,12 +243,17 @@ def train(run):
           tf.summary.scalar("speed/steps_per_second",
                             run.step / max(time.time() - start, 1e-9), step=run.step)
         writer.flush()
+      saving = any(run.step % every == 0 for every in (FLAGS.sample_every,
+                                                       FLAGS.checkpoint_every))
+      if saving or run.step == run.max_steps:
+        step_fn.sync()
       if run.step % FLAGS.sample_every == 0 or run.step == run.max_steps:
         write_samples(run, run.step, writer)
       if run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps:
         e, b = divmod(run.step, run.batches_per_epoch)
         record.update(epoch=e, batch_in_epoch=b)
         checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
+  step_fn.sync()
   fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
                       run.gan.generator_ema.save)
   return run.step

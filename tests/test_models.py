@@ -14,7 +14,7 @@ from msmt_tf.config import ModelConfig, PAPER_TABLE2
 from msmt_tf.layers import count_parameters
 from msmt_tf.models import (ImageEncoder, MSMTGenerator, RNNTextEncoder, SNConv2D,
                             StageDiscriminator)
-from tests import backend_outputs
+from tests import backend_outputs, backend_step
 from tests.layer_testing import assert_allclose_nested
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,3 +225,34 @@ def test_tensorflow_and_jax_give_the_same_numbers(tmp_path):
   assert not got["tensorflow_imported"]
   for name, value in expected.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_tensorflow_and_jax_train_steps_agree(tmp_path):
+  """Two steps from the same weights and batch: same losses and same updated variables (G, EMA,
+  every D with its spectral-norm vector, batch-norm statistics, Adam moments) on both backends."""
+  gan = backend_step.build()
+  rng = np.random.default_rng(11)
+  start = [x for _, x in backend_step.float_state(gan)]
+  batch = backend_step.batch_of(rng)
+  src, dst = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
+  np.savez(src, **{f"w{i}": x for i, x in enumerate(start)},
+           **{f"b_{k}": v for k, v in batch.items()})
+  history = backend_step.step(gan, batch)
+  expected = backend_step.float_state(gan)
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-m", "tests.backend_step", src, dst], cwd=REPO,
+                       env=env, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  got = np.load(dst)
+  assert str(got["backend"]) == "jax" and not got["tensorflow_imported"]
+  assert list(got["names"]) == [n for n, _ in expected]
+  for s, logs in enumerate(history):
+    assert len(logs) >= 8
+    for k, v in logs.items():
+      assert float(got[f"loss{s}_{k}"]) == pytest.approx(v, rel=1e-4, abs=1e-4), (s, k)
+  moved = 0
+  for i, (name, value) in enumerate(expected):
+    np.testing.assert_allclose(got[f"w{i}"], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    moved += not np.allclose(value, start[i])
+  assert moved > len(expected) // 2  # the step really changed the state it is compared on

@@ -144,11 +144,11 @@ class MSMTGAN(keras.Model):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tokens = batch["tokens"]
     words, sentence, mask = self.encode_text(tokens)
-    z = self.sample_noise(ops.shape(tokens)[0])
+    z = batch["z"] if "z" in batch else self.sample_noise(ops.shape(tokens)[0])
     reals = self.reals_of(batch, self.stage_sizes())
     g_tape = tf.GradientTape()
     with g_tape:
-      out = self.generator(words, sentence, mask, z, training=True)
+      out = self.generator(words, sentence, mask, z, batch.get("ca_noise"), training=True)
     logs = {}
     for k, (real, fake) in enumerate(zip(reals, out["images"])):
       d = self.discriminators[k]
@@ -165,8 +165,138 @@ class MSMTGAN(keras.Model):
     logs.update(g_logs)
     return logs
 
+  # ------------------------------------------------------------------ JAX train step
+  def state_variables(self):
+    """Every variable a training step reads or writes, in a fixed order (models, then optimizers)."""
+    seen, out = set(), []
+    groups = [self.variables, self.g_optimizer.variables]
+    groups += [opt.variables for opt in self.d_optimizers]
+    for group in groups:
+      for v in group:
+        if id(v) not in seen:
+          seen.add(id(v))
+          out.append(v)
+    return out
+
+  def jax_train_step(self, state, batch):
+    """The TensorFlow `train_step`'s math as a pure function: `(state, batch) -> (state, logs)`.
+
+    `state` holds the values of `state_variables()`. The losses are the same methods the
+    TensorFlow step calls; only gradients (`jax.vjp` / `jax.value_and_grad`) and state plumbing
+    (`keras.StatelessScope`, `optimizer.stateless_apply`) differ. Jit it whole.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    variables = self.state_variables()
+    values = {id(v): x for v, x in zip(variables, state)}
+
+    def scoped(vals, fn):
+      with keras.StatelessScope([(v, vals[id(v)]) for v in variables]) as scope:
+        result = fn()
+      return result, {id(v): scope.get_current_value(v) for v in variables}
+
+    def with_values(vals, owners, new):
+      vals = dict(vals)
+      vals.update((id(v), x) for v, x in zip(owners, new))
+      return vals
+
+    tokens = batch["tokens"]
+
+    def text_and_noise():
+      words, sentence, mask = self.encode_text(tokens)
+      z = batch["z"] if "z" in batch else self.sample_noise(ops.shape(tokens)[0])
+      return words, sentence, mask, z
+
+    (words, sentence, mask, z), values = scoped(values, text_and_noise)
+    reals = self.reals_of(batch, self.stage_sizes())
+
+    g_vars = self.generator.trainable_variables
+    g_params = [values[id(v)] for v in g_vars]
+
+    def g_forward(params):
+      return scoped(with_values(values, g_vars, params), lambda: self.generator(
+          words, sentence, mask, z, batch.get("ca_noise"), training=True))
+
+    out, g_vjp, values = jax.vjp(g_forward, g_params, has_aux=True)
+
+    logs = {}
+    for k, (real, fake) in enumerate(zip(reals, out["images"])):
+      d_vars = self.discriminators[k].trainable_variables
+
+      def d_loss_fn(params, vals, k=k, real=real, fake=fake, d_vars=d_vars):
+        (loss, _), new = scoped(with_values(vals, d_vars, params),
+                                lambda: self.discriminator_losses(k, real, fake, sentence))
+        return loss, new
+
+      d_params = [values[id(v)] for v in d_vars]
+      (d_loss, values), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params, values)
+      opt = self.d_optimizers[k]
+      new_params, new_opt = opt.stateless_apply([values[id(v)] for v in opt.variables], grads,
+                                                d_params)
+      values = with_values(with_values(values, d_vars, new_params), opt.variables, new_opt)
+      logs[f"d_loss_{64 * 2 ** k}"] = d_loss
+
+    def g_loss_fn(images_and_more):
+      (total, g_logs), new = scoped(values, lambda: self.generator_losses(
+          images_and_more, words, sentence, mask, batch["class_id"]))
+      return total, (g_logs, new)
+
+    (_, (g_logs, values)), out_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(out)
+    (g_grads,) = g_vjp(out_grads)
+    opt = self.g_optimizer
+    new_params, new_opt = opt.stateless_apply([values[id(v)] for v in opt.variables], g_grads,
+                                              [values[id(v)] for v in g_vars])
+    values = with_values(with_values(values, g_vars, new_params), opt.variables, new_opt)
+    _, values = scoped(values, self.ema_update)
+    logs.update(g_logs)
+    return [values[id(v)] for v in variables], logs
+
+  def make_train_function(self, jit_compile=True):
+    """A callable `batch -> logs` running one step on the current Keras backend.
+
+    TensorFlow: `tf.function(train_step)` (XLA when `jit_compile`). JAX: the pure
+    `jax_train_step` under `jax.jit` (always: `jit_compile` only chooses XLA on TensorFlow), holding the state between calls; its `sync()` writes the state back into
+    the Keras variables (call it before saving or sampling). Both return float losses.
+    """
+    return _StepFunction(self, jit_compile)
+
   def sample(self, tokens, z, ca_noise=None, ema=True):
     """Images of every stage for token ids `[B, L]` and noise (inference mode)."""
     words, sentence, mask = self.encode_text(tokens)
     g = self.generator_ema if ema else self.generator
     return g(words, sentence, mask, z, ca_noise, training=False)["images"]
+
+
+class _StepFunction:
+  """See `MSMTGAN.make_train_function`."""
+
+  def __init__(self, gan, jit_compile):
+    self.gan = gan
+    self.backend = keras.backend.backend()
+    if self.backend == "tensorflow":
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._fn = tf.function(gan.train_step, jit_compile=jit_compile, reduce_retracing=True)
+    elif self.backend == "jax":
+      import jax  # pylint: disable=g-import-not-at-top
+      self._vars = gan.state_variables()
+      self._state = None
+      step = gan.jax_train_step
+      self._fn = jax.jit(step, donate_argnums=0)
+    else:
+      raise ValueError(f"no MSMT-GAN train step for KERAS_BACKEND={self.backend}; "
+                       "use tensorflow or jax")
+
+  def __call__(self, batch):
+    if self.backend == "tensorflow":
+      return self._fn(batch)
+    if self._state is None:  # a copy: the jitted step donates (frees) its input buffers
+      import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+      self._state = [jnp.array(v.value, copy=True) for v in self._vars]
+    self._state, logs = self._fn(self._state, batch)
+    return logs
+
+  def sync(self):
+    """Writes the JAX state into the Keras variables (no-op on TensorFlow)."""
+    if self.backend == "jax" and self._state is not None:
+      for v, x in zip(self._vars, self._state):
+        v.assign(x)
+      self._state = None  # re-read on the next call: variables may be restored in between
