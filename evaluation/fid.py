@@ -1,0 +1,187 @@
+r"""Fréchet Inception Distance with the official network (TTUR semantics).
+
+    python -m evaluation.fid --images DIR --reference DIR|stats.npz \
+        [--inception_source keras|graph|hub] [--save_stats OUT.npz]
+
+Activations (`pool_3`, every image, no dropped tail) -> float64 mean and unbiased covariance
+(`np.cov`, ddof 1), cacheable as `.npz` with keys `mu` and `sigma` (the format TTUR and pytorch-fid
+read and write) -> FID = |mu1 - mu2|^2 + Tr S1 + Tr S2 - 2 Tr sqrt(S1 S2).
+
+The trace term comes from tensorflow-gan's eval math (`trace_sqrt_product`: symmetric square roots
+by SVD, float64) by default, or `--fid_method=ttur`: TTUR's `calculate_frechet_distance`
+behaviour, reproduced: `scipy.linalg.sqrtm(S1 @ S2)`; if the result has a non-finite entry, a
+warning and `eps * I` (1e-6) added to both covariances; if it is complex with any diagonal
+imaginary part above 1e-3 a `ValueError('Imaginary component ...')`, otherwise its real part.
+Without TensorFlow (the GPU machine) the ttur route is used. Fewer images than the 2048 feature
+dimensions make the covariances singular: allowed, but warned, as FID is then not comparable.
+"""
+
+import os
+import sys
+import warnings
+
+import numpy as np
+
+__all__ = ["statistics", "save_statistics", "load_statistics", "frechet_distance",
+           "frechet_distance_ttur", "fid_from_activations", "reference_statistics"]
+
+
+def statistics(act):
+  """(mu, sigma) of `[N, D]` activations in float64; sigma unbiased (N - 1)."""
+  act = np.asarray(act, np.float64)
+  if act.ndim != 2 or act.shape[0] < 2:
+    raise ValueError(f"need [N >= 2, D] activations, got shape {act.shape}")
+  return act.mean(axis=0), np.cov(act, rowvar=False)
+
+
+def save_statistics(path, mu, sigma, **meta):
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, mu=mu, sigma=sigma, **{k: np.asarray(v) for k, v in meta.items()})
+  fileio.atomic_write(path, write)
+  return path
+
+
+def load_statistics(path):
+  """(mu, sigma, meta) from a TTUR / pytorch-fid style `.npz`; names the file when wrong."""
+  try:
+    with np.load(path) as f:
+      data = {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise FileNotFoundError(f"FID statistics not found: {path}") from None
+  except Exception as e:
+    raise ValueError(f"cannot read FID statistics {path} ({type(e).__name__}: {e})") from e
+  if "mu" not in data or "sigma" not in data:
+    raise ValueError(f"{path} has no 'mu'/'sigma' arrays (keys: {sorted(data)})")
+  mu, sigma = data.pop("mu").astype(np.float64), data.pop("sigma").astype(np.float64)
+  if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+    raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+  return mu, sigma, {k: v.item() if v.ndim == 0 else v for k, v in data.items()}
+
+
+def frechet_distance_ttur(mu1, sigma1, mu2, sigma2, eps=1e-6):
+  """TTUR's / pytorch-fid's `calculate_frechet_distance` numerics (see the module doc)."""
+  from scipy import linalg  # pylint: disable=g-import-not-at-top
+  mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+  sigma1 = np.atleast_2d(sigma1).astype(np.float64)
+  sigma2 = np.atleast_2d(sigma2).astype(np.float64)
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+    raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
+  diff = mu1 - mu2
+  covmean = linalg.sqrtm(sigma1 @ sigma2)  # no `disp` argument: removed in SciPy 1.18
+  if not np.isfinite(covmean).all():
+    warnings.warn(f"fid calculation produces singular product; adding {eps} to diagonal of "
+                  "cov estimates")
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f"Imaginary component {np.max(np.abs(covmean.imag))}")
+    covmean = covmean.real
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, method="tfgan"):
+  """FID between two Gaussians; `method` 'tfgan' (TF-GAN's trace, float64) or 'ttur' (scipy)."""
+  if method == "ttur":
+    return frechet_distance_ttur(mu1, sigma1, mu2, sigma2)
+  if method != "tfgan":
+    raise ValueError(f"unknown FID method {method!r}: tfgan or ttur")
+  from evaluation import _tfgan  # pylint: disable=g-import-not-at-top
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  if mu1.shape != mu2.shape or np.shape(sigma1) != np.shape(sigma2):
+    raise ValueError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}")
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2 * _tfgan.trace_sqrt_product(sigma1, sigma2))
+
+
+def default_method():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return "tfgan" if importlib.util.find_spec("tensorflow") else "ttur"
+
+
+def fid_from_activations(act1, act2, method=None):
+  if min(len(act1), len(act2)) <= np.shape(act1)[1]:
+    warnings.warn(f"FID from {len(act1)} and {len(act2)} images with {np.shape(act1)[1]}-d "
+                  "features: the covariances are singular; the value is not comparable with "
+                  "published FIDs (use >= 10,000 images, the paper uses 30,000)")
+  return frechet_distance(*statistics(act1), *statistics(act2), method=method or default_method())
+
+
+def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=False):
+  """(mu, sigma, n) of an image folder, read from / written to `cache` (.npz) when given."""
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  if cache and os.path.isfile(cache):
+    mu, sigma, meta = load_statistics(cache)
+    if meta.get("extractor") not in (None, extractor.description):
+      raise ValueError(f"{cache} was computed with {meta.get('extractor')!r}, not "
+                       f"{extractor.description!r}; delete it or choose another path")
+    return mu, sigma, int(meta.get("num_images", 0))
+  act, _ = features.activations(extractor, folder, batch_size, progress=progress)
+  mu, sigma = statistics(act)
+  if cache:
+    save_statistics(cache, mu, sigma, num_images=len(act), extractor=extractor.description,
+                    folder=os.path.abspath(folder))
+  return mu, sigma, len(act)
+
+
+def reference_statistics(extractor, reference, batch_size=50, progress=False):
+  """(mu, sigma, n, label) of `reference`: a `.npz` of statistics or an image folder."""
+  if reference.endswith(".npz"):
+    mu, sigma, meta = load_statistics(reference)
+    made_by = meta.get("extractor")
+    if made_by is not None and made_by != extractor.description:
+      warnings.warn(f"{reference} was computed with {made_by!r}; comparing with "
+                    f"{extractor.description!r} mixes pipelines")
+    return mu, sigma, int(meta.get("num_images", 0)), reference
+  mu, sigma, n = folder_statistics(extractor, reference, batch_size, progress=progress)
+  return mu, sigma, n, reference
+
+
+def compute(extractor, images, reference, batch_size=50, method=None, save_stats=None,
+            progress=False):
+  """{'fid', 'num_images', 'num_reference', 'extractor', 'verified', ...} for two sources."""
+  mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress)
+  mu2, sigma2, n2, ref = reference_statistics(extractor, reference, batch_size, progress)
+  if min(n1, n2 or n1) <= mu1.size:
+    warnings.warn(f"FID from {n1} and {n2} images with {mu1.size}-d features: singular "
+                  "covariances; not comparable with published FIDs (use >= 10,000 images)")
+  method = method or default_method()
+  return {"fid": frechet_distance(mu1, sigma1, mu2, sigma2, method), "num_images": n1,
+          "num_reference": n2, "reference": ref, "method": method,
+          "extractor": extractor.description, "verified": extractor.verified}
+
+
+def format_result(name, result):
+  tag = "" if result["verified"] else "  [UNVERIFIED WEIGHTS: not the official network]"
+  return (f"{name}: {result['fid']:.4f} ({result['num_images']} images vs "
+          f"{result['num_reference']} reference; {result['extractor']}){tag}")
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  if not f.images or not f.reference:
+    sys.exit("error: set --images and --reference")
+  try:
+    extractor = eval_flags.extractor()
+    result = compute(extractor, f.images, f.reference, f.eval_batch_size, f.fid_method, f.save_stats,
+                     progress=True)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(format_result("FID", result))
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  absl_flags.DEFINE_string("images", None, "Folder of generated images.")
+  absl_flags.DEFINE_string("reference", None, "Folder of real images, or statistics .npz.")
+  absl_flags.DEFINE_string("save_stats", None, "Write/read the --images statistics here (.npz).")
+  from evaluation import flags as _  # pylint: disable=g-import-not-at-top,unused-import
+  app.run(main)

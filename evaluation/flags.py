@@ -1,0 +1,37 @@
+"""absl flags shared by the evaluation commands (which Inception copy, where its files are)."""
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("inception_source", "keras", ["keras", "graph", "hub"],
+                  "Copy of the official 2015-12-05 Inception: keras (the Keras 3 port, weights "
+                  "from `python -m evaluation.inception convert`), graph (frozen "
+                  "classify_image_graph_def.pb), hub (TF-GAN's TF-Hub module).")
+flags.DEFINE_string("fid_inception_dir", None,
+                    "Keras port weights folder (default $MSMT_FID_INCEPTION_DIR or "
+                    "~/.cache/msmt_tf/fid_inception).")
+flags.DEFINE_string("inception_graph", None, "Path of classify_image_graph_def.pb.")
+flags.DEFINE_string("inception_hub", None,
+                    "TF-Hub Inception module: a local SavedModel directory, or the handle "
+                    "(resolved offline from $TFHUB_CACHE_DIR).")
+flags.DEFINE_string("is_source", None,
+                    "Inception Score classifier (default: --inception_source when it has the "
+                    "1008-way classifier, else graph): graph or hub.")
+flags.DEFINE_integer("eval_batch_size", 50, "Images per Inception batch.")
+flags.DEFINE_enum("fid_method", None, ["tfgan", "ttur"],
+                  "Trace term: tfgan (TF-GAN's float64 SVD route; default with TensorFlow) or "
+                  "ttur (scipy sqrtm with TTUR's fallbacks; default without TensorFlow).")
+flags.DEFINE_integer("is_splits", 10, "Inception Score splits.")
+
+
+def extractor(source=None):
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  return features.make(source or FLAGS.inception_source, FLAGS.fid_inception_dir,
+                       FLAGS.inception_graph, FLAGS.inception_hub)
+
+
+def is_extractor():
+  source = FLAGS.is_source or (FLAGS.inception_source if FLAGS.inception_source != "keras"
+                               else "graph")
+  return extractor(source)

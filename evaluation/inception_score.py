@@ -1,0 +1,100 @@
+r"""Inception Score, official variant (openai/improved-gan).
+
+    python -m evaluation.inception_score --images DIR [--is_source graph|hub] \
+        [--inception_graph PB | --inception_hub DIR] [--is_splits 10]
+
+p(y|x) = softmax of the 1008 logits `pool_3 @ softmax/weights` (no bias, as improved-gan); the
+images are split in order into 10 parts (rows [i*N//10, (i+1)*N//10)); per part
+IS = exp(mean_x KL(p(y|x) || p(y))) with p(y) the part's mean, computed in float64 from
+log-softmax (equal to TF-GAN's `classifier_score_from_logits` per part, tested); the result is
+the mean and standard deviation (ddof 0) over the parts.
+
+CUB numbers in the literature use StackGAN's CUB-finetuned Inception instead (AttnGAN/DM-GAN):
+pass that classifier as `--is_source=graph --inception_graph=<its frozen graph>` (a graph with
+the same `ExpandDims` / `pool_3` / `softmax/logits/MatMul` names) or as a SavedModel returning
+`{'pool_3', 'logits'}` with `--is_source=hub`.
+"""
+
+import sys
+
+import numpy as np
+
+__all__ = ["inception_score", "split_scores"]
+
+
+def _log_softmax(logits):
+  x = np.asarray(logits, np.float64)
+  x = x - x.max(axis=1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def _score_numpy(logits):
+  logp = _log_softmax(logits)
+  p = np.exp(logp)
+  q = p.mean(axis=0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(p > 0, p * (logp - np.log(q)[None]), 0.0)  # 0 log 0 = 0
+  return float(np.exp(np.mean(np.sum(terms, axis=1))))
+
+
+def split_scores(logits, splits=10, use_tfgan=False):
+  """Per-split scores of `[N, C]` logits, splits taken in order.
+
+  The default float64 numpy route takes 0 * log 0 = 0, so probabilities that underflow to 0
+  (logits far apart) stay finite; `use_tfgan=True` uses TF-GAN's `classifier_score_from_logits`
+  per split instead (the same value otherwise; NaN when some class has probability exactly 0
+  in a whole split).
+  """
+  logits = np.asarray(logits, np.float64)
+  n = len(logits)
+  if n < splits:
+    raise ValueError(f"{n} images cannot make {splits} splits")
+  if use_tfgan:
+    from evaluation import _tfgan  # pylint: disable=g-import-not-at-top
+    score = _tfgan.classifier_score_from_logits
+  else:
+    score = _score_numpy
+  return [score(logits[i * n // splits:(i + 1) * n // splits]) for i in range(splits)]
+
+
+def inception_score(logits, splits=10, use_tfgan=False):
+  """(mean, std) over `splits` parts."""
+  scores = split_scores(logits, splits, use_tfgan)
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def compute(extractor, images, batch_size=50, splits=10, progress=False):
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  _, logits = features.activations(extractor, images, batch_size, want_logits=True,
+                                   progress=progress)
+  mean, std = inception_score(logits, splits)
+  return {"is_mean": mean, "is_std": std, "num_images": len(logits), "splits": splits,
+          "extractor": extractor.description, "verified": extractor.verified}
+
+
+def format_result(name, result):
+  tag = "" if result["verified"] else "  [UNVERIFIED WEIGHTS: not the official network]"
+  return (f"{name}: {result['is_mean']:.4f} ± {result['is_std']:.4f} ({result['num_images']} "
+          f"images, {result['splits']} splits; {result['extractor']}){tag}")
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  if not f.images:
+    sys.exit("error: set --images")
+  try:
+    result = compute(eval_flags.is_extractor(), f.images, f.eval_batch_size, f.is_splits, True)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(format_result("IS", result))
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  absl_flags.DEFINE_string("images", None, "Folder of generated images.")
+  from evaluation import flags as _  # pylint: disable=g-import-not-at-top,unused-import
+  app.run(main)

@@ -1,0 +1,191 @@
+r"""Generates the evaluation images of a training run (paper §4; DM-GAN's `sampling` protocol).
+
+    python -m msmt_tf.sample --run_dir RUN --num_images 30000 --split test --out DIR \
+        [--step N] [--sample_seed 100] [--words_num 25] [--sample_batch_size 50]
+
+Passes over the split until `--num_images` images exist: each pass visits the split's images in
+a seeded random order; each visit picks one of the image's captions at random, keeps at most the
+evaluation `words_num` words (AttnGAN's random order-preserving drop; 25 for birds, 20 for coco),
+draws one z and one CA noise vector, and the EMA generator (inference mode) makes the last
+stage's image, saved as `DIR/<index>.png` (uint8 from [-1, 1] as DM-GAN does: x * 127.5 + 127.5,
+clipped and truncated). Image i depends only on (seed, i), so the command is resumable: images
+already in DIR are skipped and a resumed folder is byte-identical to an uninterrupted one.
+`DIR/manifest.json` records the run, checkpoint step, seed and, per image, the dataset index,
+caption index, token ids and class id (R-precision reads it).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+
+from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import (--run_dir, ...)
+
+__all__ = ["plan", "generate", "read_manifest"]
+
+MANIFEST = "manifest.json"
+
+
+def drop_words(ids, words_num, rng):
+  """At most `words_num` ids, chosen uniformly without replacement, order kept."""
+  ids = list(ids)
+  if len(ids) <= words_num:
+    return ids
+  keep = np.sort(rng.choice(len(ids), words_num, replace=False))
+  return [ids[i] for i in keep]
+
+
+def plan(split_data, num_images, words_num, seed):
+  """Per output image: (dataset index, caption index, token ids, class id); a pure function of
+  its arguments."""
+  n = split_data.num_images
+  entries, orders = [], {}
+  for i in range(num_images):
+    p, pos = divmod(i, n)
+    if p not in orders:
+      orders = {p: np.random.default_rng([seed, 1, p]).permutation(n)}
+    order = orders[p]
+    index = int(order[pos])
+    rng = np.random.default_rng([seed, 2, i])
+    caps = split_data.captions[index]
+    c = int(rng.integers(len(caps)))
+    entries.append({"index": index, "caption": c,
+                    "tokens": [int(t) for t in drop_words(caps[c], words_num, rng)],
+                    "class_id": int(split_data.class_ids[index])})
+  return entries
+
+
+def noise_for(i, seed, z_dim, condition_dim):
+  rng = np.random.default_rng([seed, 3, i])
+  return (rng.standard_normal(z_dim).astype(np.float32),
+          rng.standard_normal(condition_dim).astype(np.float32))
+
+
+def image_name(i):
+  return f"{i:06d}.png"
+
+
+def read_manifest(folder):
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: make the images with python -m msmt_tf.sample")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _compiled(generator):
+  """A compiled `(words, sentence, mask, z, eps) -> last image` on the current backend."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  def last(w, s, m, z, eps):
+    return generator(w, s, m, z, eps, training=False)["images"][-1]
+
+  if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.function(last, reduce_retracing=True)
+  if keras.backend.backend() == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    variables = generator.variables
+    values = [v.value for v in variables]
+
+    def pure(vals, *args):
+      with keras.StatelessScope(list(zip(variables, vals))):
+        return last(*args)
+    jitted = jax.jit(pure)
+    return lambda *args: jitted(values, *args)
+  return last
+
+
+def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_num=None,
+             batch_size=50, damsm_dir=None, data_dir=None, progress=True):
+  """Writes the images (skipping existing ones) and the manifest; returns the manifest."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  from msmt_tf import export  # pylint: disable=g-import-not-at-top
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if num_images < 1:
+    raise ValueError(f"--num_images must be >= 1, got {num_images}")
+  generator, text_encoder, _, record = export.load_run(run_dir, step, damsm_dir, data_dir)
+  if step is None:
+    step = checkpoint.latest(run_dir)[0]
+  dataset = record["data"]["dataset"]
+  data = datasets.load_split(data_dir or record["data"]["data_dir"], dataset, split)
+  words_num = words_num or datasets.DATASETS[dataset].words_num_eval
+  manifest = {"run_dir": os.path.abspath(run_dir), "step": int(step), "split": split,
+              "seed": seed, "words_num": words_num, "num_images": num_images,
+              "dataset": dataset, "data_dir": data.data_dir,
+              "damsm_dir": damsm_dir or record.get("damsm_dir")}
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, MANIFEST)
+  if os.path.isfile(path):
+    old = read_manifest(out)
+    diff = [k for k in ("run_dir", "step", "split", "seed", "words_num", "dataset")
+            if old.get(k) != manifest[k]]
+    if diff:
+      raise ValueError(f"{out} holds images of another setting ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)}); "
+                       "choose another --out")
+  manifest["images"] = plan(data, num_images, words_num, seed)
+  fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
+  todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
+  run = _compiled(generator)
+  bar = keras.utils.Progbar(num_images, unit_name="image") if progress else None
+  done = num_images - len(todo)
+  if bar:
+    bar.update(done)
+  for start in range(0, len(todo), batch_size):
+    chunk = todo[start:start + batch_size]
+    # One compiled batch shape: the last chunk is padded with repeats, dropped after.
+    rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    tokens = np.zeros((batch_size, words_num), np.int32)
+    z = np.zeros((batch_size, generator.z_dim), np.float32)
+    eps = np.zeros((batch_size, generator.condition_dim), np.float32)
+    for r, i in enumerate(rows):
+      ids = manifest["images"][i]["tokens"]
+      tokens[r, :len(ids)] = ids
+      z[r], eps[r] = noise_for(i, seed, generator.z_dim, generator.condition_dim)
+    words, sentence = text_encoder(tokens, training=False)
+    images = image_utils.to_uint8(keras.ops.convert_to_numpy(
+        run(words, sentence, tokens != 0, z, eps)))
+    for r, i in enumerate(chunk):
+      image_utils.save_png(Image.fromarray(images[r]), os.path.join(out, image_name(i)))
+    done += len(chunk)
+    if bar:
+      bar.update(done)
+  return manifest
+
+
+# --run_dir, --data_dir, --damsm_dir (default: the ones the run recorded) and --words_num
+# (default: the dataset's evaluation length) are msmt_tf.config's flags.
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Output folder of PNGs (resumable).")
+flags.DEFINE_integer("num_images", 30000, "Images to generate (the paper: 30,000).")
+flags.DEFINE_enum("split", "test", ["test", "train"], "Captions of this split.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+flags.DEFINE_integer("sample_seed", 100, "Sampling seed (DM-GAN's evaluation seed is 100).")
+flags.DEFINE_integer("sample_batch_size", 50, "Images per generator call.")
+
+
+def main(argv):
+  del argv
+  from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
+  if not FLAGS.run_dir or not FLAGS.out:
+    sys.exit("error: set --run_dir and --out")
+  try:
+    m = generate(FLAGS.run_dir, FLAGS.out, FLAGS.num_images, FLAGS.split, FLAGS.step,
+                 FLAGS.sample_seed, FLAGS.words_num, FLAGS.sample_batch_size, FLAGS.damsm_dir,
+                 FLAGS.data_dir)
+  except (FileNotFoundError, ValueError, DatasetError) as e:
+    sys.exit(f"error: {e}")
+  print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

