@@ -24,7 +24,6 @@ DM-GAN's README shows it differs from TF FID by 10-71 % on CUB and COCO.
 
 import importlib.util
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -80,11 +79,13 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
       "normalize_only": dict(resize="legacy", normalize="pytorch_fid"),
       "pytorch_emulated": dict(resize="half_pixel", normalize="pytorch_fid"),
   }
+  from evaluation import inception  # pylint: disable=g-import-not-at-top
+  network = inception.load(fid_inception_dir)  # one copy of the weights for every variant
   stats, label, verified = {}, None, None
   for key, kw in variants.items():
     if reference.endswith(".npz") and key != "official":
       continue  # statistics files hold one preprocessing only
-    ext = features.KerasExtractor(fid_inception_dir, **kw)
+    ext = features.KerasExtractor(fid_inception_dir, **kw, model=network)
     label, verified = label or ext.description, ext.verified if verified is None else verified
     gen = _stats_of(ext, images, batch_size, progress)
     if reference.endswith(".npz"):
@@ -142,19 +143,16 @@ def format_table(result):
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
   del argv
-  f = flags.FLAGS
-  if not f.images or not f.reference:
-    sys.exit("error: set --images and --reference")
-  try:
+  f = eval_flags.FLAGS
+
+  def run():
     with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      result = compare(f.images, f.reference, f.fid_inception_dir, f.eval_batch_size,
-                       f.pytorch_fid, f.fid_method, progress=True)
-  except (FileNotFoundError, ValueError, RuntimeError) as e:
-    sys.exit(f"error: {e}")
-  print(format_table(result))
+      warnings.simplefilter("ignore")  # the table carries the small-sample note itself
+      return format_table(compare(f.images, f.reference, f.fid_inception_dir, f.eval_batch_size,
+                                  f.pytorch_fid, f.fid_method, progress=True))
+  eval_flags.run_cli(("images", "reference"), run, (FileNotFoundError, ValueError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -45,17 +45,26 @@ class Extractor:
     return self.description if self.verified else f"UNVERIFIED WEIGHTS: {self.description}"
 
 
+def unverified_tag(verified):
+  """What every printed metric computed with non-official weights carries."""
+  return "" if verified else "  [UNVERIFIED WEIGHTS: not the official network]"
+
+
 class KerasExtractor(Extractor):
-  """The Keras 3 port on the current backend, compiled (tf.function or jax.jit)."""
+  """The Keras 3 port on the current backend, compiled (tf.function or jax.jit).
+
+  `model`: an already loaded port to share (e.g. the same weights under several preprocessing
+  variants); otherwise the weights are loaded from `weights_dir`.
+  """
 
   name = "keras"
 
-  def __init__(self, weights_dir=None, resize="legacy", normalize="graph"):
+  def __init__(self, weights_dir=None, resize="legacy", normalize="graph", model=None):
     import json  # pylint: disable=g-import-not-at-top
     import keras  # pylint: disable=g-import-not-at-top
     from evaluation import inception  # pylint: disable=g-import-not-at-top
     weights_dir = weights_dir or inception.default_weights_dir()
-    self.model = inception.load(weights_dir, resize, normalize)
+    self.model = model or inception.load(weights_dir)
     manifest = os.path.join(weights_dir, "manifest.json")
     sha1 = None
     if os.path.isfile(manifest):
@@ -65,21 +74,26 @@ class KerasExtractor(Extractor):
     self.description = (f"Keras port of TF inception-2015-12-05, weights {weights_dir} "
                         f"(from {inception.SOURCE_PACKAGE} default_1.pt, sha1 "
                         f"{'verified' if self.verified else 'unknown'}), resize={resize}")
+    net = self.model
+
+    def run(images):
+      return net(images, resize=resize, normalize=normalize)
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._fn = tf.function(self.model, reduce_retracing=True)
+      self._fn = tf.function(run, reduce_retracing=True)
     elif backend == "jax":
       import jax  # pylint: disable=g-import-not-at-top
-      state = [v.value for v in self.model.variables]
+      state = [v.value for v in net.variables]
 
       def pure(values, images):
-        with keras.StatelessScope(list(zip(self.model.variables, values))):
-          return self.model(images)
+        with keras.StatelessScope(list(zip(net.variables, values))):
+          return run(images)
       jitted = jax.jit(pure)
       self._fn = lambda images: jitted(state, images)
     else:
-      self._fn = self.model
+      self._fn = run
 
   def __call__(self, images):
     import keras  # pylint: disable=g-import-not-at-top
@@ -233,9 +247,11 @@ def iter_batches(files, batch_size):
 
 
 def activations(extractor, images_or_folder, batch_size=50, want_logits=False, progress=False):
-  """(`pool_3` float64 `[N, 2048]`, logits `[N, 1008]` or None) of every image."""
-  if isinstance(images_or_folder, str):
-    files = list_images(images_or_folder)
+  """(`pool_3` float64 `[N, 2048]`, logits `[N, 1008]` or None) of every image of a folder, a
+  list of image files or an array `[N, H, W, 3]` in [0, 255]."""
+  if isinstance(images_or_folder, (str, list, tuple)):
+    files = (list_images(images_or_folder) if isinstance(images_or_folder, str)
+             else list(images_or_folder))
     batches, total = iter_batches(files, batch_size), len(files)
   else:
     arr = np.asarray(images_or_folder)

@@ -17,7 +17,6 @@ dimensions make the covariances singular: allowed, but warned, as FID is then no
 """
 
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -156,25 +155,19 @@ def compute(extractor, images, reference, batch_size=50, method=None, save_stats
 
 
 def format_result(name, result):
-  tag = "" if result["verified"] else "  [UNVERIFIED WEIGHTS: not the official network]"
+  from evaluation.features import unverified_tag  # pylint: disable=g-import-not-at-top
   return (f"{name}: {result['fid']:.4f} ({result['num_images']} images vs "
-          f"{result['num_reference']} reference; {result['extractor']}){tag}")
+          f"{result['num_reference']} reference; {result['extractor']})"
+          f"{unverified_tag(result['verified'])}")
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
   del argv
-  f = flags.FLAGS
-  if not f.images or not f.reference:
-    sys.exit("error: set --images and --reference")
-  try:
-    extractor = eval_flags.extractor()
-    result = compute(extractor, f.images, f.reference, f.eval_batch_size, f.fid_method, f.save_stats,
-                     progress=True)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(format_result("FID", result))
+  f = eval_flags.FLAGS
+  eval_flags.run_cli(("images", "reference"), lambda: format_result("FID", compute(
+      eval_flags.extractor(), f.images, f.reference, f.eval_batch_size, f.fid_method,
+      f.save_stats, progress=True)))
 
 
 if __name__ == "__main__":

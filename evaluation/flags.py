@@ -1,5 +1,7 @@
 """absl flags shared by the evaluation commands (which Inception copy, where its files are)."""
 
+import sys
+
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -35,3 +37,16 @@ def is_extractor():
   source = FLAGS.is_source or (FLAGS.inception_source if FLAGS.inception_source != "keras"
                                else "graph")
   return extractor(source)
+
+
+def run_cli(required, compute, errors=(FileNotFoundError, ValueError)):
+  """A command's main: checks the `required` flags, prints `compute()` (a string) or exits with
+  `error: <message>` naming the bad input."""
+  missing = [f"--{n}" for n in required if not getattr(FLAGS, n)]
+  if missing:
+    sys.exit(f"error: set {' and '.join(missing)}")
+  try:
+    text = compute()
+  except errors as e:
+    sys.exit(f"error: {e}")
+  print(text)

@@ -249,18 +249,20 @@ class FIDInceptionV3(keras.Model):
         self._c(f"{p}.tower_1_mixed_conv", b), self._c(f"{p}.tower_1_mixed_conv_1", b),
         self._c(f"{p}.tower_2_conv", pooled)], axis=-1)
 
-  def preprocess(self, images):
+  def preprocess(self, images, resize=None, normalize=None):
+    """Resize + normalisation (the model's own settings unless overridden)."""
+    resize, normalize = resize or self.resize, normalize or self.normalize
     x = ops.cast(images, "float32")
-    if self.resize != "none":
-      x = resize_bilinear(x, 299, half_pixel=self.resize == "half_pixel")
+    if resize != "none":
+      x = resize_bilinear(x, 299, half_pixel=resize == "half_pixel")
     elif x.shape[1] != 299 or x.shape[2] != 299:
       raise ValueError(f"resize='none' needs 299 x 299 inputs, got {tuple(x.shape[1:3])}")
-    if self.normalize == "graph":
+    if normalize == "graph":
       return (x - 128.0) * (1.0 / 128.0)
     return x / 255.0 * 2.0 - 1.0
 
-  def call(self, images):
-    return self.network(self.preprocess(images))
+  def call(self, images, resize=None, normalize=None):
+    return self.network(self.preprocess(images, resize, normalize))
 
   def network(self, x):
     """The body on already resized and normalised `[N, 299, 299, 3]` inputs."""

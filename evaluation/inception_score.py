@@ -15,8 +15,6 @@ the same `ExpandDims` / `pool_3` / `softmax/logits/MatMul` names) or as a SavedM
 `{'pool_3', 'logits'}` with `--is_source=hub`.
 """
 
-import sys
-
 import numpy as np
 
 __all__ = ["inception_score", "split_scores"]
@@ -73,23 +71,18 @@ def compute(extractor, images, batch_size=50, splits=10, progress=False):
 
 
 def format_result(name, result):
-  tag = "" if result["verified"] else "  [UNVERIFIED WEIGHTS: not the official network]"
+  from evaluation.features import unverified_tag  # pylint: disable=g-import-not-at-top
   return (f"{name}: {result['is_mean']:.4f} ± {result['is_std']:.4f} ({result['num_images']} "
-          f"images, {result['splits']} splits; {result['extractor']}){tag}")
+          f"images, {result['splits']} splits; {result['extractor']})"
+          f"{unverified_tag(result['verified'])}")
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
   del argv
-  f = flags.FLAGS
-  if not f.images:
-    sys.exit("error: set --images")
-  try:
-    result = compute(eval_flags.is_extractor(), f.images, f.eval_batch_size, f.is_splits, True)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(format_result("IS", result))
+  f = eval_flags.FLAGS
+  eval_flags.run_cli(("images",), lambda: format_result("IS", compute(
+      eval_flags.is_extractor(), f.images, f.eval_batch_size, f.is_splits, True)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import numpy as np
 
 from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
 from msmt_tf import sample  # pylint: disable=g-import-not-at-top,unused-import (its flags)
@@ -105,7 +104,19 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   for _, metric, count, split in parsed:
     if count:
       counts[split] = max(counts.get(split, 0), count)
+  # Every network file is opened before any image is made: a missing one fails at once.
+  metrics = {m for _, m, _, _ in parsed}
   extractors = {}
+  if "fid" in metrics:
+    extractors["fid"] = eval_flags.extractor()
+  if "is" in metrics:
+    extractors["is"] = eval_flags.is_extractor()
+  if "rprec" in metrics:
+    from msmt_tf import config  # pylint: disable=g-import-not-at-top
+    for path in config.damsm_paths(damsm_dir or record.get("damsm_dir") or ""):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"R-precision needs the DAMSM encoders: {path} not found "
+                                "(pass --damsm_dir)")
   results = []
   for name, metric, count, split in parsed:
     count = count or counts.get(split, 30000)
@@ -118,10 +129,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
               "images": folder, "num_generated": count, "seed": seed,
               "time": datetime.datetime.now().isoformat(timespec="seconds")}
     if metric == "fid":
-      key = FLAGS.inception_source
-      if key not in extractors:
-        extractors[key] = eval_flags.extractor()
-      ext = extractors[key]
+      ext = extractors["fid"]
       size = 64 * 2 ** (record["model"]["num_stages"] - 1)  # the generator's output size
       real = prepare_real_images(datasets.load_split(data_dir, record["data"]["dataset"], split),
                                  os.path.join(run_dir, "eval", f"real-{split}-{size}"), size)
@@ -134,10 +142,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
                     method=method, extractor=ext.description, verified=ext.verified)
       line = fid_lib.format_result(name, {**result, "num_images": count, "reference": real})
     elif metric == "is":
-      key = "is:" + (FLAGS.is_source or "")
-      if key not in extractors:
-        extractors[key] = eval_flags.is_extractor()
-      ext = extractors[key]
+      ext = extractors["is"]
       _, logits = _activations(ext, files, progress, want_logits=True)
       mean, std = inception_score.inception_score(logits, FLAGS.is_splits)
       result.update(is_mean=mean, is_std=std, splits=FLAGS.is_splits, extractor=ext.description,
@@ -156,19 +161,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
 
 def _activations(extractor, files, progress, want_logits=False):
   from evaluation import features  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  bs = FLAGS.eval_batch_size
-  pools, logits = [], []
-  bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
-  for s in range(0, len(files), bs):
-    images = np.stack([features.load_image(f) for f in files[s:s + bs]])
-    p, l = features.activations(extractor, images, bs, want_logits)
-    pools.append(p)
-    if want_logits:
-      logits.append(l)
-    if bar:
-      bar.update(min(s + bs, len(files)))
-  return np.concatenate(pools), (np.concatenate(logits) if want_logits else None)
+  return features.activations(extractor, files, FLAGS.eval_batch_size, want_logits, progress)
 
 
 def _num_in(folder):

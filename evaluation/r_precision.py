@@ -17,7 +17,6 @@ with one word-drop draw when it is longer than `words_num` (DM-GAN redraws per u
 """
 
 import os
-import sys
 
 import numpy as np
 
@@ -135,17 +134,13 @@ def format_result(name, result):
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
   from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
   del argv
-  f = flags.FLAGS
-  if not f.images:
-    sys.exit("error: set --images (a folder made by python -m msmt_tf.sample)")
-  try:
-    result = r_precision(f.images, f.damsm_dir, f.data_dir, progress=True)
-  except (FileNotFoundError, ValueError, DatasetError) as e:
-    sys.exit(f"error: {e}")
-  print(format_result("R-precision", result))
+  f = eval_flags.FLAGS
+  eval_flags.run_cli(("images",), lambda: format_result("R-precision", r_precision(
+      f.images, f.damsm_dir, f.data_dir, progress=True)),
+                     (FileNotFoundError, ValueError, DatasetError))
 
 
 if __name__ == "__main__":

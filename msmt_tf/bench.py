@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -36,6 +37,8 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after --warmup untimed ones).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_bool("parts", True, "Also time each part of the step on its own.")
 flags.DEFINE_string("out", None, "Append the JSON line to this file.")
+flags.DEFINE_string("table", None, "Print the JSON lines of this file as BUILD.md's markdown "
+                    "table and exit (no benchmark).")
 
 # Training images per epoch (AttnGAN splits): CUB 8,855, COCO 82,783.
 EPOCH_IMAGES = {"cub": 8855, "coco": 82783}
@@ -348,8 +351,40 @@ def run_benchmark(steps, warmup, with_parts):
   return result
 
 
+def markdown_table(results):
+  """BUILD.md's performance table from benchmark result dicts."""
+  head = ("| date | backend | device | config | batch | precision | ms/step (median, min-max) | "
+          "images/s | CUB epoch (8,855 images) | COCO epoch (82,783) | peak memory | command |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in results:
+    cfg = r["config"]
+    command = re.sub(r" --out[= ]\S+", "", r["command"])
+    name = (f"{r['dataset']} {cfg['initial_stage']}+{cfg['refinement']} "
+            f"{cfg['num_stages']} stages, N_r {cfg['channels']}")
+    lines.append(
+        f"| {r['date']} | {r['backend']} | {r['device']} | {name} | {r['batch_size']} | "
+        f"{r['precision']} | {r['ms_per_step_median']:.1f} ({r['ms_per_step_min']:.1f}-"
+        f"{r['ms_per_step_max']:.1f}) | {r['images_per_s']:.1f} | "
+        f"{_duration(r['cub_epoch_s']) if r['dataset'] == 'birds' else '-'} | "
+        f"{_duration(r['coco_epoch_s']) if r['dataset'] == 'coco' else '-'} | "
+        f"{r['peak_memory_mb']:.0f} MB ({r['peak_memory_kind']}) | `{command}` |")
+  return "\n".join(lines)
+
+
+def _duration(seconds):
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  if seconds < 7200:
+    return f"{seconds / 60:.1f} min"
+  return f"{seconds / 3600:.1f} h"
+
+
 def main(argv):
   del argv
+  if FLAGS.table:
+    with open(FLAGS.table) as f:
+      print(markdown_table([json.loads(l) for l in f if l.strip()]))
+    return
   if FLAGS.steps < 1:
     sys.exit("error: --steps must be >= 1")
   try:

@@ -419,13 +419,13 @@ def test_official_fid_separates_a_shifted_set(tmp_path):
   ext = features.KerasExtractor(WEIGHTS_DIR)
   assert ext.verified
   rng = np.random.default_rng(13)
-  n = 96
+  n = 64
   base = rng.uniform(0, 1, (n, 8, 8, 3))
   images = np.stack([np.kron(b, np.ones((8, 8, 1))) for b in base]) * 200 + 20
   shifted = np.clip(images * 0.6 + 90 + rng.normal(0, 20, images.shape), 0, 255)
-  a, _ = features.activations(ext, images[: n // 2].astype(np.float32), 24)
-  b, _ = features.activations(ext, images[n // 2:].astype(np.float32), 24)
-  c, _ = features.activations(ext, shifted[: n // 2].astype(np.float32), 24)
+  a, _ = features.activations(ext, images[: n // 2].astype(np.float32), 32)
+  b, _ = features.activations(ext, images[n // 2:].astype(np.float32), 32)
+  c, _ = features.activations(ext, shifted[: n // 2].astype(np.float32), 32)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     same, other = fid.fid_from_activations(a, b), fid.fid_from_activations(a, c)
@@ -497,6 +497,13 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
                         f"--run_dir={smoke_run['run']}", "--metrics=fidx_test"], cwd=REPO,
                        capture_output=True, text=True)
   assert res.returncode != 0 and "unknown metric 'fidx_test'" in res.stderr
+  # A missing classifier file stops the command before any image is generated.
+  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
+                        f"--run_dir={smoke_run['run']}", "--metrics=is40_test"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode != 0 and "--inception_graph is not set" in res.stderr
+  assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
+                                         sample.image_name(39)))
 
 
 @needs_weights
@@ -518,3 +525,33 @@ def test_compare_fid_prints_both_fids(tmp_path):
   values = [float(l.split()[-3]) for l in out.splitlines() if l.startswith(("official",
                                                                             "PyTorch"))]
   assert len(values) >= 2 and values[0] > 0 and values[0] != values[1]
+
+
+JAX_FEATURES = """
+import sys
+import numpy as np
+from tests.backend_outputs import _NoTensorFlow
+sys.meta_path.insert(0, _NoTensorFlow())
+from evaluation import features
+import keras
+images = np.load(sys.argv[1])["images"]
+ext = features.KerasExtractor(sys.argv[3])
+np.savez(sys.argv[2], pool=ext(images)["pool_3"], backend=keras.backend.backend(),
+         tf="tensorflow" in sys.modules)
+"""
+
+
+@needs_weights
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_keras_port_gives_the_same_features_on_jax_without_tensorflow(tmp_path):
+  images = np.random.default_rng(15).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
+  expected = features.KerasExtractor(WEIGHTS_DIR)(images)["pool_3"]
+  np.savez(tmp_path / "in.npz", images=images)
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", JAX_FEATURES, str(tmp_path / "in.npz"),
+                        str(tmp_path / "out.npz"), WEIGHTS_DIR], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  got = np.load(tmp_path / "out.npz")
+  assert str(got["backend"]) == "jax" and not got["tf"]
+  np.testing.assert_allclose(got["pool"], expected, rtol=1e-3, atol=1e-4)
