@@ -4,6 +4,7 @@ and writes the losses and every variable afterwards; used to compare TensorFlow 
     KERAS_BACKEND=jax python -m tests.backend_step IN.npz OUT.npz
 """
 
+import re
 import sys
 
 if __name__ == "__main__":
@@ -35,10 +36,21 @@ def build():
   return gan
 
 
+def canonical_path(path):
+  """A variable path without Keras' uniquifying suffixes (`forward_lstm_11` -> `forward_lstm`),
+  which depend on how many layers the process made before."""
+  return re.sub(r"_\d+(?=/|$)", "", path)
+
+
 def float_state(gan):
   """Names and values of the float variables (RNG states differ by backend by design)."""
-  return [(v.path, keras.ops.convert_to_numpy(v.value)) for v in gan.state_variables()
-          if "float" in str(v.dtype)]
+  return [(canonical_path(v.path), keras.ops.convert_to_numpy(v.value))
+          for v in gan.state_variables() if "float" in str(v.dtype)]
+
+
+def is_optimizer_variable(name):
+  """True for the optimizers' variables (canonical paths `adam/...`)."""
+  return name.startswith("adam/")
 
 
 def set_float_state(gan, values):

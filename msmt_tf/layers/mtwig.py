@@ -26,7 +26,7 @@ def valid_tail_mask(word_mask, kernel_size, num_tails):
   """
   lengths = ops.sum(ops.cast(word_mask, "int32"), axis=1)
   last = ops.maximum(lengths - kernel_size, 0)
-  return ops.arange(num_tails)[None, :] <= last[:, None]
+  return ops.arange(num_tails, dtype="int32")[None, :] <= last[:, None]
 
 
 @keras.saving.register_keras_serializable(package="msmt_tf")
