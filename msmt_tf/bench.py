@@ -37,6 +37,9 @@ flags.DEFINE_integer("steps", 20, "Timed steps (after --warmup untimed ones).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_bool("parts", True, "Also time each part of the step on its own.")
 flags.DEFINE_string("out", None, "Append the JSON line to this file.")
+flags.DEFINE_bool("flops_only", False,
+                  "JAX only: report XLA's FLOP count of the step and its parts (lowered, not "
+                  "compiled or run) and exit; works for the paper configs on a CPU.")
 flags.DEFINE_string("table", None, "Print the JSON lines of this file as BUILD.md's markdown "
                     "table and exit (no benchmark).")
 
@@ -147,8 +150,13 @@ def compile_part(train_vars, all_vars, fn, num_diff_inputs=0, jit_compile=True):
     jitted = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else loss)
     params = [v.value for v in train_vars]
     const = [v.value for v in const_vars]
-    return lambda *inputs: jitted(params, list(inputs[:num_diff_inputs]),
-                                  list(inputs[num_diff_inputs:]), const)
+
+    def args(inputs):
+      return params, list(inputs[:num_diff_inputs]), list(inputs[num_diff_inputs:]), const
+
+    run = lambda *inputs: jitted(*args(inputs))
+    run.lower = lambda *inputs: jitted.lower(*args(inputs))
+    return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   @tf.function(jit_compile=jit_compile)
@@ -173,7 +181,9 @@ def compile_optimizer_step(optimizer, variables, jit_compile=True):
     jitted = jax.jit(optimizer.stateless_apply)
     opt_vars = [v.value for v in optimizer.variables]
     values = [v.value for v in variables]
-    return lambda: jitted(opt_vars, grads, values)
+    run = lambda: jitted(opt_vars, grads, values)
+    run.lower = lambda: jitted.lower(opt_vars, grads, values)
+    return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   @tf.function(jit_compile=jit_compile)
@@ -283,8 +293,30 @@ def part_functions(gan, batch, jit_compile):
   opt_fns = [compile_optimizer_step(gan.g_optimizer, g.trainable_variables, jit_compile)]
   opt_fns += [compile_optimizer_step(o, d.trainable_variables, jit_compile)
               for o, d in zip(gan.d_optimizers, gan.discriminators)]
-  parts["optimizers"] = (lambda: [f() for f in opt_fns], [])
+  run_optimizers = lambda: [f() for f in opt_fns]
+  if _backend() == "jax":
+    run_optimizers.lower = lambda: [f.lower() for f in opt_fns]
+  parts["optimizers"] = (run_optimizers, [])
   return parts
+
+
+def _gflop(lowered):
+  """GFLOP of lowered JAX programs by XLA's HLO cost analysis (2 per multiply-add)."""
+  total = 0.0
+  for low in lowered if isinstance(lowered, list) else [lowered]:
+    cost = low.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    total += float(cost.get("flops", 0.0))
+  return round(total / 1e9, 2)
+
+
+def flop_counts(gan, data, parts):
+  """(GFLOP of one training step, {part: GFLOP}) on JAX, from the lowered (not compiled) HLO:
+  the arithmetic the step asks for, whatever the device. `parts`: `part_functions`' result."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state = [v.value for v in gan.state_variables()]
+  step = _gflop(jax.jit(gan.jax_train_step).lower(state, data))
+  return step, {name: _gflop(fn.lower(*inputs)) for name, (fn, inputs) in parts.items()}
 
 
 def run_benchmark(steps, warmup, with_parts):
@@ -301,13 +333,50 @@ def run_benchmark(steps, warmup, with_parts):
     data = {k: tf.constant(v) for k, v in batch.items()}
   else:
     data = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
+  parts = part_functions(gan, batch, jit) if with_parts else {}
+  flops = flop_counts(gan, data, parts) if backend == "jax" else None
+  if FLAGS.flops_only:
+    return _describe(backend, cfg, batch_size, words_num, jit) | _flops_keys(flops, batch_size)
   compile_s, times = _time(step_fn, [data], steps, warmup)
   logs = {k: float(v) for k, v in step_fn(data).items()}
   bad = [k for k, v in logs.items() if not np.isfinite(v)]
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
   median = statistics.median(times)
-  result = {
+  result = _describe(backend, cfg, batch_size, words_num, jit)
+  result.update({
+      "compile_s": round(compile_s, 2),
+      "steps": steps,
+      "ms_per_step_median": round(median, 2),
+      "ms_per_step_min": round(min(times), 2),
+      "ms_per_step_max": round(max(times), 2),
+      "images_per_s": round(1000 * batch_size / median, 2),
+  })
+  result.update(_flops_keys(flops, batch_size))
+  if flops:
+    result["achieved_tflop_per_s"] = round(flops[0] / median, 2)  # GFLOP / ms = TFLOP / s
+  for name, images in EPOCH_IMAGES.items():
+    result[f"{name}_epoch_s"] = round(images // batch_size * median / 1000, 1)
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    result["jax"] = jax.__version__
+    if jax.devices()[0].platform == "gpu":
+      result["matmul_precision"] = str(jax.config.jax_default_matmul_precision or "default")
+  if parts:
+    result["parts_ms"] = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2),
+                                                                1)[1]), 2)
+                          for name, (fn, inputs) in parts.items()}
+    result["parts_sum_ms"] = round(sum(result["parts_ms"].values()), 2)
+  memory, kind = _peak_memory_mb()
+  result["peak_memory_mb"] = round(memory, 1)
+  result["peak_memory_kind"] = kind
+  return result
+
+
+def _describe(backend, cfg, batch_size, words_num, jit):
+  """The keys saying what was measured: date, command, backend, device, model, batch."""
+  import keras  # pylint: disable=g-import-not-at-top
+  return {
       "date": datetime.date.today().isoformat(),
       "command": " ".join([f"KERAS_BACKEND={backend}", "python", "-m", "msmt_tf.bench"] +
                           sys.argv[1:]),
@@ -324,31 +393,17 @@ def run_benchmark(steps, warmup, with_parts):
       "words_num": words_num,
       "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
       "xla": jit,
-      "compile_s": round(compile_s, 2),
-      "steps": steps,
-      "ms_per_step_median": round(median, 2),
-      "ms_per_step_min": round(min(times), 2),
-      "ms_per_step_max": round(max(times), 2),
-      "images_per_s": round(1000 * batch_size / median, 2),
   }
-  for name, images in EPOCH_IMAGES.items():
-    result[f"{name}_epoch_s"] = round(images // batch_size * median / 1000, 1)
-  if backend == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    result["jax"] = jax.__version__
-    if jax.devices()[0].platform == "gpu":
-      result["matmul_precision"] = str(jax.config.jax_default_matmul_precision or "default")
-  if with_parts:
-    parts = {}
-    for name, (fn, inputs) in part_functions(gan, batch, jit).items():
-      _, t = _time(fn, inputs, max(3, steps // 2), 1)
-      parts[name] = round(statistics.median(t), 2)
-    result["parts_ms"] = parts
-    result["parts_sum_ms"] = round(sum(parts.values()), 2)
-  memory, kind = _peak_memory_mb()
-  result["peak_memory_mb"] = round(memory, 1)
-  result["peak_memory_kind"] = kind
-  return result
+
+
+def _flops_keys(flops, batch_size):
+  if not flops:
+    return {}
+  step, parts = flops
+  out = {"gflop_per_step": step, "gflop_per_image": round(step / batch_size, 2)}
+  if parts:
+    out["parts_gflop"] = parts
+  return out
 
 
 def markdown_table(results):
@@ -387,6 +442,9 @@ def main(argv):
     return
   if FLAGS.steps < 1:
     sys.exit("error: --steps must be >= 1")
+  if FLAGS.flops_only and _backend() != "jax":
+    sys.exit("error: --flops_only needs KERAS_BACKEND=jax (XLA's cost analysis of the lowered "
+             "step)")
   try:
     result = run_benchmark(FLAGS.steps, FLAGS.warmup, FLAGS.parts)
   except ValueError as e:

@@ -39,9 +39,31 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
                                      "damsm", "optimizers"}
   assert all(v > 0 for v in result["parts_ms"].values())
   assert result["peak_memory_mb"] > 0 and result["cub_epoch_s"] > 0
+  # XLA's FLOP count: the parts (each forward + backward as the step runs it) add up to the step.
+  assert set(result["parts_gflop"]) == set(result["parts_ms"])
+  assert result["gflop_per_step"] > 0
+  assert sum(result["parts_gflop"].values()) == pytest.approx(result["gflop_per_step"], rel=0.1)
+  assert result["gflop_per_image"] == pytest.approx(result["gflop_per_step"] / 3, rel=1e-2)
+  # The same count without running anything (how the paper configs are counted on a CPU).
+  res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
+                        "--vocab_size=60", "--batch_size=3", "--flops_only"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  counted = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][0])
+  assert counted["gflop_per_step"] == result["gflop_per_step"]
+  assert "ms_per_step_median" not in counted
+  # BUILD.md's table from the collected lines.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", f"--table={out}"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = res.stdout.strip().splitlines()
+  assert rows[0].startswith("| date | backend | device |") and len(rows) == 3
+  assert f"| {result['ms_per_step_median']:.1f} (" in rows[2] and "| jax | cpu" in rows[2]
 
 
-def test_bench_refuses_bad_steps():
-  res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", "--flagfile=configs/smoke.cfg",
-                        "--vocab_size=60", "--steps=0"], cwd=REPO, capture_output=True, text=True)
-  assert res.returncode != 0 and "--steps must be >= 1" in res.stderr
+def test_bench_refuses_bad_flags():
+  for extra, message in (("--steps=0", "--steps must be >= 1"),
+                         ("--flops_only", "--flops_only needs KERAS_BACKEND=jax")):
+    res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", "--flagfile=configs/smoke.cfg",
+                          "--vocab_size=60", extra], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode != 0 and message in res.stderr, res.stderr[-2000:]
