@@ -18,6 +18,18 @@ def shapes_dir(tmp_path_factory):
   return str(out)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+  """The JAX subprocesses of a test session share one persistent XLA compilation cache, every
+  compile included (eager Keras ops compile one small program each: a few hundred per process),
+  so a second process of the same model (a resumed run, the same step on another test) does not
+  compile again. Set JAX_COMPILATION_CACHE_DIR yourself to keep it between sessions."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
 @pytest.fixture
 def fresh_shapes_dir(tmp_path):
   """A private copy a test may damage."""
