@@ -215,6 +215,33 @@ def train(run):
   record = dict(run.record)
   progbar = None
   start = time.time()
+
+  def record_losses(step, device_logs):
+    """Reads one step's losses (waiting for that step only), stops on a non-finite one, logs."""
+    logs = {k: float(v) for k, v in device_logs.items()}
+    bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
+    if bad:
+      last = checkpoint.latest(run.run_dir)
+      raise TrainingError(
+          f"non-finite loss at step {step} ({', '.join(f'{k}={logs[k]}' for k in bad)}); "
+          f"stopped without saving; the newest good checkpoint is "
+          f"{last[1] if last else 'none'}. Lower the learning rates or check the data.")
+    log_file.write(json.dumps({"step": step, **logs}) + "\n")
+    log_file.flush()
+    progbar.update(step, [(k, v) for k, v in logs.items()
+                          if k in ("d_loss_64", "g_total", "damsm_word", "kl")])
+    if step % FLAGS.log_every == 0 or step == run.max_steps:
+      with writer.as_default():
+        for k, v in logs.items():
+          tf.summary.scalar(f"loss/{k}", v, step=step)
+        tf.summary.scalar("speed/steps_per_second",
+                          (step - first_step) / max(time.time() - start, 1e-9), step=step)
+      writer.flush()
+
+  # Step n's losses are read after step n + 1 is dispatched, so the device never waits for the
+  # host between steps; before anything is saved the pending losses are read and checked, so no
+  # checkpoint or sample ever follows a non-finite loss.
+  first_step, pending = run.step, None
   with open(loss_log, "a") as log_file:
     for data in pipeline.iterate(as_numpy=keras.backend.backend() != "tensorflow"):
       if run.step >= run.max_steps:
@@ -223,36 +250,26 @@ def train(run):
         progbar = keras.utils.Progbar(run.max_steps, stateful_metrics=None)
         progbar.update(run.step)
       inputs = {k: v for k, v in data.items() if k not in ("index", "epoch")}
-      logs = {k: float(v) for k, v in step_fn(inputs).items()}
-      bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
-      if bad:
-        last = checkpoint.latest(run.run_dir)
-        raise TrainingError(
-            f"non-finite loss at step {run.step + 1} ({', '.join(f'{k}={logs[k]}' for k in bad)}); "
-            f"stopped without saving; the newest good checkpoint is "
-            f"{last[1] if last else 'none'}. Lower the learning rates or check the data.")
+      device_logs = step_fn(inputs)
+      if pending:
+        record_losses(*pending)
       run.step += 1
-      log_file.write(json.dumps({"step": run.step, **logs}) + "\n")
-      log_file.flush()
-      progbar.update(run.step, [(k, v) for k, v in logs.items()
-                                if k in ("d_loss_64", "g_total", "damsm_word", "kl")])
-      if run.step % FLAGS.log_every == 0 or run.step == run.max_steps:
-        with writer.as_default():
-          for k, v in logs.items():
-            tf.summary.scalar(f"loss/{k}", v, step=run.step)
-          tf.summary.scalar("speed/steps_per_second",
-                            run.step / max(time.time() - start, 1e-9), step=run.step)
-        writer.flush()
-      saving = any(run.step % every == 0 for every in (FLAGS.sample_every,
-                                                       FLAGS.checkpoint_every))
-      if saving or run.step == run.max_steps:
-        step_fn.sync()
-      if run.step % FLAGS.sample_every == 0 or run.step == run.max_steps:
+      pending = (run.step, device_logs)
+      sample = run.step % FLAGS.sample_every == 0 or run.step == run.max_steps
+      save = run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps
+      if not (sample or save):
+        continue
+      record_losses(*pending)
+      pending = None
+      step_fn.sync()
+      if sample:
         write_samples(run, run.step, writer)
-      if run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps:
+      if save:
         e, b = divmod(run.step, run.batches_per_epoch)
         record.update(epoch=e, batch_in_epoch=b)
         checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
+    if pending:
+      record_losses(*pending)
   step_fn.sync()
   fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
                       run.gan.generator_ema.save)
