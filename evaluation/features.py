@@ -64,7 +64,7 @@ class KerasExtractor(Extractor):
     import keras  # pylint: disable=g-import-not-at-top
     from evaluation import inception  # pylint: disable=g-import-not-at-top
     weights_dir = weights_dir or inception.default_weights_dir()
-    self.model = model or inception.load(weights_dir)
+    self.model = model if model is not None else inception.load(weights_dir)
     manifest = os.path.join(weights_dir, "manifest.json")
     sha1 = None
     if os.path.isfile(manifest):

@@ -100,6 +100,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   with open(os.path.join(run_dir, "config.json")) as f:
     record = json.load(f)
   data_dir = data_dir or record["data"]["data_dir"]
+  damsm_dir = damsm_dir or record.get("damsm_dir")
   counts = {}
   for _, metric, count, split in parsed:
     if count:
@@ -112,11 +113,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   if "is" in metrics:
     extractors["is"] = eval_flags.is_extractor()
   if "rprec" in metrics:
-    from msmt_tf import config  # pylint: disable=g-import-not-at-top
-    for path in config.damsm_paths(damsm_dir or record.get("damsm_dir") or ""):
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"R-precision needs the DAMSM encoders: {path} not found "
-                                "(pass --damsm_dir)")
+    damsm_encoders = r_precision.load_encoders(damsm_dir)  # loaded once for every rprec metric
   results = []
   for name, metric, count, split in parsed:
     count = count or counts.get(split, 30000)
@@ -150,7 +147,8 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
       line = inception_score.format_result(name, {**result, "num_images": count})
     else:
       sub = folder if count == _num_in(folder) else _subset(folder, count)
-      result.update(r_precision.r_precision(sub, damsm_dir, data_dir, progress=progress))
+      result.update(r_precision.r_precision(sub, damsm_dir, data_dir, progress=progress,
+                                            encoders=damsm_encoders))
       line = r_precision.format_result(name, result)
     results.append(result)
     with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:

@@ -72,22 +72,29 @@ def _encode_captions(text_encoder, captions, words_num, seed, batch_size=500):
   return np.concatenate(out), np.asarray(offsets)
 
 
-def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, folds=10, seed=0,
-                batch_size=50, progress=False):
-  """R-precision of the images of `msmt_tf.sample` in `images_dir`."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from evaluation import features  # pylint: disable=g-import-not-at-top
+def load_encoders(damsm_dir):
+  """(text encoder, image encoder) of `damsm_dir`; errors name the missing or wrong file."""
   from msmt_tf import config  # pylint: disable=g-import-not-at-top
-  from msmt_tf import sample  # pylint: disable=g-import-not-at-top
-  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   from msmt_tf.train import load_damsm_encoder  # pylint: disable=g-import-not-at-top
-  manifest = sample.read_manifest(images_dir)
-  damsm_dir = damsm_dir or manifest.get("damsm_dir")
   if not damsm_dir:
     raise FileNotFoundError("no DAMSM folder: pass --damsm_dir")
   text_path, image_path = config.damsm_paths(damsm_dir)
-  text_encoder = load_damsm_encoder(text_path, "RNNTextEncoder")
-  image_encoder = load_damsm_encoder(image_path, "ImageEncoder")
+  return (load_damsm_encoder(text_path, "RNNTextEncoder"),
+          load_damsm_encoder(image_path, "ImageEncoder"))
+
+
+def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, folds=10, seed=0,
+                batch_size=50, progress=False, encoders=None):
+  """R-precision of the images of `msmt_tf.sample` in `images_dir`.
+
+  `encoders`: the (text, image) DAMSM encoders of `damsm_dir`, when already loaded."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  from msmt_tf import sample  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  manifest = sample.read_manifest(images_dir)
+  damsm_dir = damsm_dir or manifest.get("damsm_dir")
+  text_encoder, image_encoder = encoders or load_encoders(damsm_dir)
   data = datasets.load_split(data_dir or manifest["data_dir"], manifest["dataset"],
                              manifest["split"])
   entries = manifest["images"]

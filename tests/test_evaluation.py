@@ -509,6 +509,17 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert res.returncode != 0 and "--inception_graph is not set" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
+  # So does a corrupt DAMSM encoder for R-precision, named by its path.
+  bad_damsm = tmp_path / "bad_damsm"
+  bad_damsm.mkdir()
+  (bad_damsm / "text_encoder.keras").write_bytes(b"not a keras archive")
+  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
+                        f"--run_dir={smoke_run['run']}", "--metrics=rprec40_test",
+                        f"--damsm_dir={bad_damsm}"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode != 0
+  assert f"cannot load the DAMSM encoder {bad_damsm / 'text_encoder.keras'}" in res.stderr
+  assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
+                                         sample.image_name(39)))
 
 
 @needs_weights
