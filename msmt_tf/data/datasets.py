@@ -8,6 +8,13 @@ One code path reads every dataset (model_spec §1.1):
     <data_dir>/text/<key>.txt                one caption per line
     birds:  <data_dir>/CUB_200_2011/images/<key>.jpg (+ images.txt, bounding_boxes.txt)
     coco, shapes: <data_dir>/images/<key>.jpg
+    folder: <data_dir>/images/<key> (the key is the stored file name, JPEG or PNG), plus
+            <data_dir>/dataset_spec.json (words_num, classes, ...) and
+            <data_dir>/{train,test}/caption_counts.pickle (captions per image, 1 or more)
+
+A `folder` dataset is one `python -m msmt_tf.data.build` made from an ImageFolder-style folder;
+its images may have different numbers of captions, so `captions.pickle` holds, per split, the
+captions of image 0, then image 1, ... and `caption_counts.pickle` says how many each image has.
 
 `load_split` reads and checks the metadata (pickles through the restricted unpickler);
 `DataPipeline` turns a split into batches of the image pyramid, token ids, lengths and class ids.
@@ -30,10 +37,12 @@ from msmt_tf.data.safe_pickle import safe_load_pickle
 
 __all__ = [
     "DatasetSpec", "DATASETS", "SplitData", "load_split", "load_captions", "read_caption_file",
-    "verify_image", "DataPipeline", "epoch_order",
+    "verify_image", "DataPipeline", "epoch_order", "dataset_spec", "SPEC_FILE",
 ]
 
 SPLITS = ("train", "test")
+SPEC_FILE = "dataset_spec.json"  # in a `folder` dataset: what the build recorded
+SPEC_FORMAT = "msmt-tf folder dataset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,12 @@ class DatasetSpec:
   words_num_train: int
   words_num_eval: int
   how_to_get: str
+  # `folder` datasets: the key is the image's file name under image_dir (no ".jpg" added), the
+  # number of captions varies per image ({split}/caption_counts.pickle; captions_per_image is
+  # 0) and words_num etc. come from <data_dir>/dataset_spec.json (see `dataset_spec`).
+  variable_captions: bool = False
+  image_ext: str = ".jpg"
+  min_word_count: int = 1
 
 
 DATASETS = {
@@ -56,6 +71,12 @@ DATASETS = {
     "shapes": DatasetSpec(
         10, "images", False, 18, 25,
         "Make it with: python -m msmt_tf.data.shapes --out <data_dir>"),
+    # Defaults only: a built folder's own values are in its dataset_spec.json (`dataset_spec`).
+    "folder": DatasetSpec(
+        0, "images", False, 18, 25,
+        "Make it from a folder of captioned images with: python -m msmt_tf.data.build "
+        "--source <images folder> --out <data_dir> (README, 'Your own data').",
+        variable_captions=True, image_ext=""),
 }
 
 
@@ -63,6 +84,40 @@ def _spec(dataset):
   if dataset not in DATASETS:
     raise DatasetError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
   return DATASETS[dataset]
+
+
+def read_spec_json(data_dir):
+  """The checked dataset_spec.json of a `folder` dataset, as a dict."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(data_dir, SPEC_FILE)
+  if not os.path.isfile(path):
+    raise DatasetError(f"missing file: {path} (a folder dataset records its spec there)",
+                       hint=DATASETS["folder"].how_to_get)
+  try:
+    with open(path, "rb") as f:
+      spec = json.loads(f.read().decode("utf8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DatasetError(f"{path}: not a readable JSON file ({e})") from e
+  if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+    raise DatasetError(f"{path}: not a folder dataset spec (no \"format\": {SPEC_FORMAT!r})")
+  for name in ("words_num_train", "words_num_eval", "min_word_count"):
+    if not isinstance(spec.get(name), int) or isinstance(spec.get(name), bool) or spec[name] < 1:
+      raise DatasetError(f"{path}: {name} must be an integer >= 1, got {spec.get(name)!r}")
+  return spec
+
+
+def dataset_spec(data_dir, dataset):
+  """The DatasetSpec of one dataset folder: the fixed one of birds/coco/shapes, or, for a
+  `folder` dataset, the defaults completed from its dataset_spec.json (words_num, ...)."""
+  spec = _spec(dataset)
+  if dataset != "folder" or data_dir is None:
+    return spec
+  found = read_spec_json(os.path.abspath(os.fspath(data_dir)))
+  per_image = found.get("captions_per_image", {})
+  fixed = per_image.get("min") if per_image.get("min") == per_image.get("max") else 0
+  return dataclasses.replace(
+      spec, words_num_train=found["words_num_train"], words_num_eval=found["words_num_eval"],
+      min_word_count=found["min_word_count"], captions_per_image=int(fixed or 0))
 
 
 @dataclasses.dataclass
@@ -83,6 +138,7 @@ class SplitData:
   class_ids: np.ndarray
   bboxes: object
   vocab: vocab_lib.Vocabulary
+  spec: object = None
 
   @property
   def num_images(self):
@@ -90,7 +146,14 @@ class SplitData:
 
   @property
   def captions_per_image(self):
+    """Captions of every image; for a folder dataset with varying counts, the largest."""
+    if self.spec is not None and self.spec.variable_captions:
+      return max(len(c) for c in self.captions)
     return DATASETS[self.dataset].captions_per_image
+
+  @property
+  def caption_counts(self):
+    return np.asarray([len(c) for c in self.captions], np.int64)
 
 
 def read_caption_file(path, needed):
@@ -124,12 +187,13 @@ def read_caption_file(path, needed):
   return out, skipped
 
 
-def read_key_captions(data_dir, key, dataset):
+def read_key_captions(data_dir, key, dataset, needed=None):
   """Reads the captions of one image key; returns (token_lists, skipped_lines, problems).
 
-  `problems` is empty when the file exists, is UTF-8 and has `captions_per_image` usable captions.
+  `problems` is empty when the file exists, is UTF-8 and has `needed` usable captions
+  (default: the dataset's `captions_per_image`; a folder dataset passes each image's count).
   """
-  per_image = _spec(dataset).captions_per_image
+  per_image = needed or _spec(dataset).captions_per_image
   path = os.path.join(data_dir, "text", key + ".txt")
   try:
     caps, skipped = read_caption_file(path, per_image)
@@ -151,21 +215,46 @@ def _read_keys(data_dir, split):
   return list(keys)
 
 
+def _read_caption_counts(data_dir, split, num_keys):
+  """A folder dataset's captions per image, one positive int per key of the split."""
+  path = os.path.join(data_dir, split, "caption_counts.pickle")
+  counts = safe_load_pickle(path)
+  if (not isinstance(counts, (list, tuple)) or len(counts) != num_keys
+      or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts)):
+    raise DatasetError(f"{path}: expected {num_keys} caption counts (integers >= 1), one per "
+                       f"image of {split}/filenames.pickle")
+  return list(counts)
+
+
 def _rebuild_captions(data_dir, dataset):
-  """Builds [train_caps, test_caps, ixtoword, wordtoix] from text/ (AttnGAN's build_dictionary)."""
+  """Builds [train_caps, test_caps, ixtoword, wordtoix] from text/ (AttnGAN's build_dictionary).
+
+  A folder dataset reads each image's recorded number of captions, and leaves words seen fewer
+  than its recorded `min_word_count` times out of the vocabulary (and out of the captions).
+  """
+  spec = dataset_spec(data_dir, dataset)
   problems, token_lists = [], {}
   for split in SPLITS:
     lists = []
-    for key in _read_keys(data_dir, split):
-      caps, _, bad = read_key_captions(data_dir, key, dataset)
+    keys = _read_keys(data_dir, split)
+    counts = (_read_caption_counts(data_dir, split, len(keys)) if spec.variable_captions
+              else [None] * len(keys))
+    for key, needed in zip(keys, counts):
+      caps, _, bad = read_key_captions(data_dir, key, dataset, needed)
       problems.extend(bad)
       if not bad:
         lists.extend(caps)
     token_lists[split] = lists
   if problems:
     raise DatasetError(problems, hint="Fix or replace these caption files, then run again.")
-  vocab = vocab_lib.Vocabulary.from_captions(token_lists["train"] + token_lists["test"])
-  caps = [[[vocab.index(t) for t in tokens] for tokens in token_lists[s]] for s in SPLITS]
+  all_tokens = token_lists["train"] + token_lists["test"]
+  vocab = vocab_lib.Vocabulary.from_captions(all_tokens, min_count=spec.min_word_count)
+  caps = [[[vocab.index(t) for t in tokens if t in vocab] for tokens in token_lists[s]]
+          for s in SPLITS]
+  empty = [f"{os.path.join(data_dir, 'text')}: a {s} caption has no word seen at least "
+           f"{spec.min_word_count} times" for s, lists in zip(SPLITS, caps) if any(not c for c in lists)]
+  if empty:
+    raise DatasetError(empty, hint="Rebuild the dataset with python -m msmt_tf.data.build.")
   return [caps[0], caps[1], vocab.ixtoword, vocab.wordtoix]
 
 
@@ -272,21 +361,31 @@ def load_split(data_dir, dataset, split, check_files=True):
   data_dir = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(data_dir):
     raise DatasetError(f"dataset folder not found: {data_dir}", hint=spec.how_to_get)
+  spec = dataset_spec(data_dir, dataset)
   keys = _read_keys(data_dir, split)
   train_caps, test_caps, vocab = load_captions(data_dir, dataset)
   flat = train_caps if split == "train" else test_caps
-  per_image = spec.captions_per_image
   cap_path = os.path.join(data_dir, "captions.pickle")
   problems = []
-  if len(flat) != len(keys) * per_image:
-    raise DatasetError(
-        f"{cap_path}: the {split} list has {len(flat)} captions, but {split}/filenames.pickle "
-        f"lists {len(keys)} images x {per_image} captions = {len(keys) * per_image}")
+  if spec.variable_captions:
+    counts = _read_caption_counts(data_dir, split, len(keys))
+    if len(flat) != sum(counts):
+      raise DatasetError(
+          f"{cap_path}: the {split} list has {len(flat)} captions, but "
+          f"{split}/caption_counts.pickle counts {sum(counts)} for its {len(keys)} images")
+  else:
+    per_image = spec.captions_per_image
+    counts = [per_image] * len(keys)
+    if len(flat) != len(keys) * per_image:
+      raise DatasetError(
+          f"{cap_path}: the {split} list has {len(flat)} captions, but {split}/filenames.pickle "
+          f"lists {len(keys)} images x {per_image} captions = {len(keys) * per_image}")
+  starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
   captions = []
   for i, key in enumerate(keys):
     caps = []
-    for j in range(per_image):
-      cap = flat[i * per_image + j]
+    for j in range(counts[i]):
+      cap = flat[starts[i] + j]
       if not isinstance(cap, (list, tuple)) or not cap:
         problems.append(f"{cap_path}: caption {j} of {key} ({split}) is empty")
       elif any((not isinstance(t, int)) or t <= 0 or t >= len(vocab) for t in cap):
@@ -307,14 +406,15 @@ def load_split(data_dir, dataset, split, check_files=True):
     class_ids = np.arange(len(keys), dtype=np.int64)
 
   bboxes = _read_bboxes(data_dir, keys) if spec.uses_bbox else None
-  image_paths = [os.path.join(data_dir, spec.image_dir, k + ".jpg") for k in keys]
+  image_paths = [os.path.join(data_dir, spec.image_dir, k + spec.image_ext) for k in keys]
   if check_files:
     problems.extend(f"image listed in {split}/filenames.pickle but missing: {p}"
                     for p in image_paths if not os.path.isfile(p))
   if problems:
     raise DatasetError(problems, hint=f"Run: python -m msmt_tf.data.inspect --data_dir {data_dir} "
                        f"--dataset {dataset} for a full report.")
-  return SplitData(dataset, data_dir, split, keys, image_paths, captions, class_ids, bboxes, vocab)
+  return SplitData(dataset, data_dir, split, keys, image_paths, captions, class_ids, bboxes, vocab,
+                   spec)
 
 
 def verify_image(path):
@@ -359,13 +459,20 @@ class DataPipeline:
     start_epoch, start_batch: where to begin (resume); the batches equal an uninterrupted run's.
     num_epochs: stop after this many epochs (None: repeat forever).
     num_parallel_calls: decode threads (tf.data.AUTOTUNE by default).
+    num_shards, shard_index: multi-process training: this process reads rows
+      `[shard_index * b, (shard_index + 1) * b)` of every global batch, b = batch_size /
+      num_shards; the shards of a batch together are exactly the unsharded batch (same order,
+      captions, crops and flips), so the run stays deterministic and resumable at any batch.
   """
 
   def __init__(self, split_data, batch_size, words_num, base_size=64, num_stages=3, seed=0,
                augment=True, shuffle=True, start_epoch=0, start_batch=0, num_epochs=None,
-               num_parallel_calls=None):
+               num_parallel_calls=None, num_shards=1, shard_index=0):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
+      raise ValueError(f"cannot read shard {shard_index} of {num_shards} of batches of "
+                       f"{batch_size}: the batch must split evenly over the shards")
     if batch_size > split_data.num_images:
       raise ValueError(
           f"batch_size {batch_size} is larger than the {split_data.split} split of "
@@ -383,6 +490,8 @@ class DataPipeline:
     self.start_batch = int(start_batch)
     self.num_epochs = num_epochs
     self.num_parallel_calls = num_parallel_calls
+    self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+    self.local_batch_size = batch_size // self.num_shards
     self.batches_per_epoch = split_data.num_images // batch_size
     if not 0 <= self.start_batch < self.batches_per_epoch:
       raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch - 1}")
@@ -394,10 +503,14 @@ class DataPipeline:
 
   def _index_generator(self):
     epoch = self.start_epoch
-    first = self.start_batch * self.batch_size
+    first = self.start_batch
+    lo = self.shard_index * self.local_batch_size
     while self.num_epochs is None or epoch < self.start_epoch + self.num_epochs:
-      for idx in self.order(epoch)[first:]:
-        yield np.int64(epoch), np.int64(idx)
+      order = self.order(epoch)
+      for b in range(first, self.batches_per_epoch):
+        rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for idx in rows[lo:lo + self.local_batch_size]:
+          yield np.int64(epoch), np.int64(idx)
       first = 0
       epoch += 1
 
@@ -407,7 +520,9 @@ class DataPipeline:
     from msmt_tf.data import transforms  # pylint: disable=g-import-not-at-top
 
     data = self.data
-    per_image = data.captions_per_image
+    counts = data.caption_counts
+    first_caption = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]), tf.int64)
+    caption_count = tf.constant(counts, tf.int64)
     flat = [cap for caps in data.captions for cap in caps]
     captions = tf.RaggedTensor.from_row_lengths(
         tf.constant(np.concatenate(flat).astype(np.int32)),
@@ -424,8 +539,8 @@ class DataPipeline:
     def load(epoch, index):
       seed = tf.stack([base_seed, epoch * num_images + index])
       s_cap, s_drop, s_img = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-      j = tf.random.stateless_uniform([], s_cap, 0, per_image, dtype=tf.int64)
-      tokens = transforms.drop_words(captions[index * per_image + j], words_num, s_drop)
+      j = tf.random.stateless_uniform([], s_cap, 0, caption_count[index], dtype=tf.int64)
+      tokens = transforms.drop_words(captions[first_caption[index] + j], words_num, s_drop)
       ids, length = transforms.pad_tokens(tokens, words_num)
 
       path = paths[index]
@@ -455,7 +570,7 @@ class DataPipeline:
         output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
     ds = ds.map(load, num_parallel_calls=self.num_parallel_calls or tf.data.AUTOTUNE,
                 deterministic=True)
-    ds = ds.batch(self.batch_size, drop_remainder=True)
+    ds = ds.batch(self.local_batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
   def diagnose(self, epoch, batch, lookahead=2):

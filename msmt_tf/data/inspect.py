@@ -1,11 +1,16 @@
 r"""Checks a dataset folder through the code path training uses, before a long run.
 
     python -m msmt_tf.data.inspect --data_dir data/birds --dataset birds [--split train]
+    python -m msmt_tf.data.inspect --data_dir data/NAME --dataset folder   # built from your images
 
 Checks: the metadata pickles (restricted unpickler), every listed image opens and decodes, every
 caption file exists and has enough captions, the vocabulary tables agree, caption ids are in range.
 Prints counts, vocabulary size and one batch's shapes; exits 1 listing every problem found.
 """
+
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from concurrent import futures
 import os
@@ -21,8 +26,10 @@ __all__ = ["inspect_split"]
 
 def _check_text_files(split_data):
   problems, skipped = [], 0
-  for key in split_data.keys:
-    _, bad_lines, bad = datasets.read_key_captions(split_data.data_dir, key, split_data.dataset)
+  variable = split_data.spec is not None and split_data.spec.variable_captions
+  for key, count in zip(split_data.keys, split_data.caption_counts.tolist()):
+    _, bad_lines, bad = datasets.read_key_captions(split_data.data_dir, key, split_data.dataset,
+                                                   count if variable else None)
     problems.extend(bad)
     skipped += len(bad_lines)
   return problems, skipped
@@ -40,11 +47,14 @@ def inspect_split(data_dir, dataset, split, words_num=None, batch_size=4, check_
     workers = max(2, os.cpu_count() or 2)
     with futures.ThreadPoolExecutor(workers) as pool:
       problems.extend(p for p in pool.map(datasets.verify_image, data.image_paths) if p)
-  spec = datasets.DATASETS[dataset]
+  spec = data.spec or datasets.DATASETS[dataset]
   words_num = words_num or (spec.words_num_train if split == "train" else spec.words_num_eval)
   lengths = np.asarray([len(c) for caps in data.captions for c in caps])
+  counts = data.caption_counts
+  per_image = (f"{counts[0]} per image" if counts.min() == counts.max() else
+               f"{counts.min()}-{counts.max()} per image, mean {counts.mean():.2f}")
   out(f"[{split}] {data.num_images} images, {lengths.size} captions "
-      f"({data.captions_per_image} per image), vocabulary {len(data.vocab)} words, "
+      f"({per_image}), vocabulary {len(data.vocab)} words, "
       f"{len(np.unique(data.class_ids))} classes")
   out(f"[{split}] caption length: min {lengths.min()}, mean {lengths.mean():.1f}, max "
       f"{lengths.max()}; {np.mean(lengths > words_num) * 100:.1f}% longer than words_num="

@@ -12,6 +12,10 @@ Everything is a function of (seed, split, index): the same seed gives the same b
     python -m msmt_tf.data.shapes --out data/shapes [--num_train 2000 --num_test 500 --seed 0]
 """
 
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 import json
 import os
 import shutil

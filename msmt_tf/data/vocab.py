@@ -56,14 +56,14 @@ class Vocabulary:
       self._index[w] = i
 
   @classmethod
-  def from_captions(cls, token_lists):
-    """Builds the vocabulary from token lists in order of first appearance."""
-    seen = {END_TOKEN: 0}
+  def from_captions(cls, token_lists, min_count=1):
+    """Builds the vocabulary from token lists in order of first appearance, keeping the words
+    that occur at least `min_count` times (AttnGAN keeps every word: 1)."""
+    counts = {}
     for tokens in token_lists:
       for t in tokens:
-        if t not in seen:
-          seen[t] = len(seen)
-    return cls(list(seen))
+        counts[t] = counts.get(t, 0) + 1
+    return cls([END_TOKEN] + [t for t, n in counts.items() if n >= min_count and t != END_TOKEN])
 
   def __len__(self):
     return len(self._words)

@@ -1,0 +1,1090 @@
+r"""Builds a dataset from your own captioned images (Hugging Face `ImageFolder` convention).
+
+    python -m msmt_tf.data.build --source DIR --out data/NAME [--text_column text]
+        [--class_column COLUMN] [--test_fraction 0.1] [--seed 0] [--min_word_count 1]
+        [--skip_bad] [--workers N] [--overwrite]
+
+The source folder holds image files (subfolders allowed) and one or more `metadata.jsonl` or
+`metadata.csv` files with a `file_name` column (the image's path relative to that metadata file's
+folder) and a text column. An image with several captions has several rows, or (JSONL; CSV: a
+JSON list in the cell) a list of captions in one row. The output is a `folder` dataset that the
+loaders read through the same code path as CUB and COCO (`--dataset=folder`):
+
+    data/NAME/images/<key>              the images (JPEG kept byte for byte when it needs no
+                                        change; anything else converted to RGB: JPEG q95 for
+                                        JPEG sources, lossless PNG for the others)
+    data/NAME/text/<key>.txt            the image's captions, one per line
+    data/NAME/{train,test}/filenames.pickle, caption_counts.pickle[, class_info.pickle]
+    data/NAME/captions.pickle           word ids + vocabulary, made by the loader from text/
+                                        (AttnGAN's tokenizer and build_dictionary)
+    data/NAME/dataset_spec.json         what was built: counts, words_num, classes, parameters
+    data/NAME/NAME.cfg                  flagfile for pretrain_damsm / train / metric_main / export
+    data/NAME/skipped.txt               with --skip_bad: every row or file left out, and why
+
+`<key>` is the image's path inside the source folder; a converted image whose extension does
+not match its new format gets one appended (`a.webp` -> `a.webp.png`).
+
+Every problem (unreadable or truncated image, image under 64 px, file listed but missing, image
+without caption, duplicate listing, caption that is not UTF-8, empty or has no word) is reported
+with its metadata file, line and file name. By default the build then stops (exit 1, the list also
+written to `data/NAME.problems.txt`); `--skip_bad` leaves those rows and images out.
+
+The build writes into `data/.NAME.build/` and renames it to `data/NAME` only when complete, so a
+failed or interrupted build leaves no half dataset; rerunning the same command reuses the images
+already converted (a changed source file is converted again).
+"""
+
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import importlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import posixpath
+import re
+import shutil
+import sys
+import time
+import unicodedata
+import warnings
+
+import numpy as np
+
+from msmt_tf.data import datasets
+from msmt_tf.data import vocab as vocab_lib
+from msmt_tf.data.errors import DatasetError
+
+__all__ = ["build", "BuildError", "convert_image", "MIN_SIDE", "IMAGE_EXTENSIONS"]
+
+BUILD_VERSION = 1
+MIN_SIDE = 64
+JPEG_QUALITY = 95
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
+                    ".tiff", ".avif", ".heic", ".heif")
+_JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
+_IGNORED_DIRS = ("__MACOSX",)
+_STATE = "build_state.json"
+_PROGRESS = "progress.jsonl"
+# Words per caption: the proposal is the 75th / 95th percentile of the training captions'
+# lengths (the paper uses 18 / 25 for CUB, 12 / 20 for COCO), at least the MTWIG kernel (3) and
+# at most these caps (longer captions keep a random subset of their words, as in AttnGAN).
+_WORDS_MIN, _WORDS_TRAIN_MAX, _WORDS_EVAL_MAX = 3, 30, 40
+
+
+class BuildError(DatasetError):
+  """The source folder has problems; `problems` lists each with its file and row."""
+
+
+@dataclasses.dataclass
+class _Row:
+  meta: str            # metadata file, relative to the source folder
+  line: int            # 1-based line where the row starts
+  file_name: str       # as written in the row
+  rel: str = None      # resolved image path relative to the source folder
+  captions: list = None
+  klass: str = None
+
+  @property
+  def where(self):
+    return f"{self.meta}:{self.line}"
+
+
+def _sort_key(problem):
+  """Problems sorted by metadata file and line; files without a row (unlisted images) last."""
+  head = problem.split(": ", 1)[0]
+  meta, _, line = head.rpartition(":")
+  if meta and line.isdigit():
+    return (0, meta, int(line), problem)
+  return (1, head, 0, problem)
+
+
+def _problem(where, file_name, message):
+  return f"{where}: {file_name}: {message}" if file_name is not None else f"{where}: {message}"
+
+
+def _bad_utf8(text):
+  """The bytes of `text` (decoded with surrogateescape) that were not UTF-8, or None."""
+  bad = [c for c in text if "\udc80" <= c <= "\udcff"]
+  if not bad:
+    return None
+  return "".join(f"\\x{ord(c) - 0xdc00:02x}" for c in bad[:4])
+
+
+# --------------------------------------------------------------------------- metadata reading
+
+def find_metadata(source):
+  """The metadata files under `source` (relative paths, sorted), skipping hidden folders."""
+  found, problems = [], []
+  for folder, dirs, files in os.walk(source):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
+    present = [n for n in METADATA_NAMES if n in files]
+    rel = os.path.relpath(folder, source)
+    rel = "" if rel == "." else rel.replace(os.sep, "/")
+    if len(present) > 1:
+      problems.append(f"{rel or '.'}/ holds both metadata.jsonl and metadata.csv; keep one")
+    found.extend(posixpath.join(rel, n) for n in present)
+  if problems:
+    raise BuildError(problems)
+  if not found:
+    raise BuildError(f"no metadata.jsonl or metadata.csv in {source} (nor in its subfolders)",
+                     hint="Write one row per caption: {\"file_name\": \"img1.jpg\", \"text\": "
+                     "\"a caption\"} (JSONL) or a CSV with the header file_name,text.")
+  return sorted(found)
+
+
+def _split_captions(value, from_csv):
+  """A cell -> list of captions, or a string saying why it is not one."""
+  if value is None:
+    return []
+  if isinstance(value, str):
+    stripped = value.strip()
+    if from_csv and stripped.startswith("[") and stripped.endswith("]"):
+      try:
+        items = json.loads(stripped)
+      except ValueError:
+        items = None
+      if isinstance(items, list) and all(isinstance(i, str) for i in items):
+        return items
+    return [value]
+  if isinstance(value, list):
+    if not all(isinstance(i, str) for i in value):
+      return f"the caption list holds a non-text item ({next(i for i in value if not isinstance(i, str))!r})"
+    return list(value)
+  return f"the caption is not text ({type(value).__name__} {value!r})"
+
+
+def _records(meta_path, meta_rel):
+  """Yields (line, dict or problem string) for each row of one metadata file; returns columns."""
+  with open(meta_path, "rb") as f:
+    raw = f.read()
+  if raw.startswith(b"\xef\xbb\xbf"):
+    raw = raw[3:]
+  if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    raise BuildError(f"{meta_rel}: is UTF-16 text; save it as UTF-8")
+  text = raw.decode("utf8", "surrogateescape")
+  if meta_rel.endswith(".jsonl"):
+    if text.lstrip().startswith("["):  # a JSON array of objects instead of JSON lines
+      try:
+        items = json.loads(text)
+      except ValueError as e:
+        raise BuildError(f"{meta_rel}: starts with '[' but is not a JSON array ({e}); write "
+                         "one JSON object per line") from e
+      for i, obj in enumerate(items if isinstance(items, list) else [items], start=1):
+        yield i, obj if isinstance(obj, dict) else f"item {i} is not a JSON object"
+      return
+    for lineno, line in enumerate(text.split("\n"), start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except ValueError as e:
+        yield lineno, f"not a JSON object ({e})"
+        continue
+      if not isinstance(obj, dict):
+        yield lineno, f"not a JSON object (a {type(obj).__name__})"
+        continue
+      yield lineno, obj
+    return
+  first = text.split("\n", 1)[0].rstrip("\r")
+  skip_lines = 0
+  if first.startswith("sep=") and len(first) == 5:  # Excel's delimiter hint line
+    delimiter, skip_lines = first[4], 1
+    text = text.split("\n", 1)[1] if "\n" in text else ""
+  elif "," not in first:
+    delimiter = "\t" if "\t" in first else (";" if ";" in first else ",")
+  else:
+    delimiter = ","
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+  try:
+    header = next(reader)
+  except StopIteration:
+    raise BuildError(f"{meta_rel}: is empty; it needs a header row with file_name and a text "
+                     "column") from None
+  header = [h.strip() for h in header]
+  last = reader.line_num + skip_lines
+  try:
+    for record in reader:
+      start, last = last + 1, reader.line_num + skip_lines
+      if not record or all(not c.strip() for c in record):
+        continue
+      if len(record) != len(header):
+        yield start, f"has {len(record)} fields, the header has {len(header)}"
+        continue
+      yield start, dict(zip(header, record))
+  except csv.Error as e:
+    yield last + 1, f"CSV syntax error ({e}); the rest of the file was not read"
+
+
+def read_metadata(source, meta_rel, text_column, class_column):
+  """Reads one metadata file; returns (rows, problems)."""
+  rows, problems, seen_columns = [], [], set()
+  base = posixpath.dirname(meta_rel)
+  for line, obj in _records(os.path.join(source, meta_rel), meta_rel):
+    where = f"{meta_rel}:{line}"
+    if isinstance(obj, str):
+      problems.append(_problem(where, None, obj))
+      continue
+    seen_columns.update(obj)
+    file_name = obj.get("file_name")
+    if not isinstance(file_name, str) or not file_name.strip():
+      problems.append(_problem(where, None, f"no file_name (got {file_name!r})"))
+      continue
+    bad = _bad_utf8(file_name)
+    if bad:
+      problems.append(_problem(where, file_name.encode("utf8", "surrogateescape").decode(
+          "utf8", "replace"), f"file_name is not valid UTF-8 (bytes {bad})"))
+      continue
+    row = _Row(meta_rel, line, file_name)
+    caps = _split_captions(obj.get(text_column), meta_rel.endswith(".csv"))
+    if isinstance(caps, str):
+      problems.append(_problem(where, file_name, caps))
+      caps = None  # reported here; not again as an empty caption
+    row.captions = caps
+    if class_column:
+      value = obj.get(class_column)
+      if value is None or (isinstance(value, str) and not value.strip()):
+        problems.append(_problem(where, file_name, f"no class in column {class_column!r}"))
+        row.klass = None
+      elif isinstance(value, (dict, list)):
+        problems.append(_problem(where, file_name, f"class {value!r} is not a single value"))
+      else:
+        klass = str(value).strip()
+        if _bad_utf8(klass):
+          problems.append(_problem(where, file_name, f"class is not valid UTF-8 (bytes "
+                                   f"{_bad_utf8(klass)})"))
+        else:
+          row.klass = klass
+    row.rel = _normalise(source, base, file_name)
+    rows.append(row)
+  for column in ["file_name", text_column] + ([class_column] if class_column else []):
+    if rows or seen_columns:
+      if column not in seen_columns:
+        hint = ""
+        if column == text_column:
+          guesses = [c for c in sorted(seen_columns) if c != "file_name"]
+          hint = f"; pass --text_column (columns: {', '.join(guesses) or 'none'})"
+        raise BuildError(f"{meta_rel}: no column {column!r}{hint}")
+  return rows, problems
+
+
+def _normalise(source, base, file_name):
+  """The path of `file_name` relative to the source folder, or None if it leaves it. An
+  absolute path is accepted when it lies inside the source folder."""
+  name = file_name.replace("\\", "/")
+  if name.startswith("/"):
+    root = source.replace(os.sep, "/").rstrip("/") + "/"
+    if not posixpath.normpath(name).startswith(root):
+      return None
+    return posixpath.normpath(name)[len(root):] or None
+  if len(name) > 1 and name[1] == ":":
+    return None
+  path = posixpath.normpath(posixpath.join(base, name))
+  if path == "." or path.startswith("../") or path == "..":
+    return None
+  return path
+
+
+# --------------------------------------------------------------------------- images
+
+def _orientation(im):
+  try:
+    value = im.getexif().get(0x0112, 1)
+  except Exception:  # A broken EXIF block: treat as upright.
+    return 1
+  return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb(im):
+  """Any PIL mode -> 8-bit RGB: 16-bit and float grey scaled, alpha composited over white,
+  CMYK through its ICC profile when it has one."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  mode = im.mode
+  if mode == "RGB":
+    return im
+  if mode.startswith("I") or mode == "F":
+    a = np.asarray(im).astype(np.float64)
+    if mode.startswith("I;16"):
+      a = a / 257.0
+    elif mode == "I":
+      a = a / 257.0 if a.max(initial=0) > 255 else a
+    elif a.max(initial=0) <= 1.0:
+      a = a * 255.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+  if mode == "CMYK":
+    icc = im.info.get("icc_profile")
+    if icc:
+      try:
+        from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                         outputMode="RGB")
+      except Exception:  # No littlecms or a broken profile: the plain conversion below.
+        pass
+    return im.convert("RGB")
+  if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    white.alpha_composite(rgba)
+    return white.convert("RGB")
+  return im.convert("RGB")
+
+
+def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
+  """Checks one source image and writes it (atomically) as `images_dir/<key>`.
+
+  Returns a dict: key (the stored name, None when the image is not usable), problem (None or
+  why), width, height, action ('kept', 'converted', 'rotated'), src_size, src_mtime_ns, size.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  out = dict(rel=rel, key=None, problem=None, width=0, height=0, action=None)
+  try:
+    st = os.stat(src)
+    with open(src, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    out["problem"] = f"cannot read the file ({e.strerror or e})"
+    return out
+  out.update(src_size=st.st_size, src_mtime_ns=st.st_mtime_ns)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      im = Image.open(io.BytesIO(data))
+      fmt = im.format
+      rawmode = im.tile[0][3] if im.tile and isinstance(im.tile[0][3], str) else None
+      frames = getattr(im, "n_frames", 1)
+      im.load()  # the first frame; a truncated file raises here
+      orientation = _orientation(im)
+      upright = ImageOps.exif_transpose(im) if orientation != 1 else im
+      width, height = upright.size
+      out.update(width=width, height=height)
+      if width < min_side or height < min_side:
+        out["problem"] = (f"image is {width}x{height} px; images need at least {min_side} px "
+                          "on each side")
+        return out
+      plain = orientation == 1 and frames == 1 and "transparency" not in im.info
+      if fmt == "JPEG" and im.mode == "RGB" and plain:
+        payload, ext, action = data, ".jpg", "kept"
+      elif fmt == "PNG" and im.mode == "RGB" and rawmode == "RGB" and plain:
+        payload, ext, action = data, ".png", "kept"
+      else:
+        rgb = _to_rgb(upright)
+        buf = io.BytesIO()
+        if fmt in ("JPEG", "MPO"):
+          rgb.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+          ext = ".jpg"
+        else:
+          rgb.save(buf, format="PNG", compress_level=3)
+          ext = ".png"
+        payload = buf.getvalue()
+        action = "rotated" if orientation != 1 else "converted"
+  except Image.DecompressionBombError as e:
+    out["problem"] = f"image is too large to decode safely ({e})"
+    return out
+  except Image.UnidentifiedImageError:
+    out["problem"] = ("empty file (0 bytes)" if not data else
+                      "not an image file Pillow can read (unknown or unsupported format)")
+    if data and rel.lower().endswith((".heic", ".heif", ".avif")):
+      out["problem"] += "; this Pillow cannot read HEIC/AVIF: convert these files to JPEG"
+    return out
+  except Exception as e:  # PIL raises many types for bad files.
+    out["problem"] = f"unreadable or truncated image ({type(e).__name__}: {e})"
+    return out
+  lower = rel.lower()
+  matches = lower.endswith(_JPEG_EXTS) if ext == ".jpg" else lower.endswith(".png")
+  key = rel if matches else rel + ext
+  dst = os.path.join(images_dir, *key.split("/"))
+  try:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+      f.write(payload)
+    os.replace(tmp, dst)
+  except OSError as e:  # disk full, permissions: stop the build, never skip the image
+    out["fatal"] = f"cannot write {dst} ({e.strerror or e})"
+    return out
+  out.update(key=key, action=action, size=len(payload))
+  return out
+
+
+def _convert_task(task):
+  return convert_image(*task)
+
+
+def _ignore_sigint():
+  """Workers leave Ctrl-C to the parent, which stops them (a pool interrupted in every process
+  at once can hang)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _terminate(pool):
+  processes = list((getattr(pool, "_processes", None) or {}).values())
+  for p in processes:
+    if p.is_alive():
+      p.terminate()
+  pool.shutdown(wait=False, cancel_futures=True)
+  for p in processes:
+    p.join(5)
+
+
+def _mp_context():
+  """fork on Linux while no threaded library (TensorFlow) is loaded (fast, works from any
+  __main__, notebooks included); spawn otherwise."""
+  if sys.platform.startswith("linux") and "tensorflow" not in sys.modules and (
+      "jax" not in sys.modules):
+    return multiprocessing.get_context("fork")
+  return multiprocessing.get_context("spawn")
+
+
+# --------------------------------------------------------------------------- helpers
+
+class _Progress:
+  """A progress bar on stderr (a line every 10% when stderr is not a terminal)."""
+
+  def __init__(self, total, label, enabled=True, stream=None, already=0):
+    self.total, self.label, self.enabled = total, label, enabled and total > already
+    self.stream = stream or sys.stderr
+    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.done, self.already = already, already
+    self.start, self.last, self.next_pct = time.time(), 0.0, 10
+
+  def update(self, n=1):
+    self.done += n
+    if not self.enabled:
+      return
+    now = time.time()
+    pct = 100 * self.done // self.total
+    if self.tty and (now - self.last > 0.2 or self.done == self.total):
+      self.last = now
+      self.stream.write("\r" + self._line(now))
+      self.stream.flush()
+    elif not self.tty and (pct >= self.next_pct or self.done == self.total):
+      self.next_pct = pct // 10 * 10 + 10
+      self.stream.write(self._line(now) + "\n")
+      self.stream.flush()
+
+  def _line(self, now):
+    elapsed = max(now - self.start, 1e-9)
+    rate = (self.done - self.already) / elapsed
+    eta = (self.total - self.done) / rate if rate > 0 else 0
+    width = 30
+    fill = width * self.done // self.total
+    return (f"{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+            f"{rate:.0f}/s, {elapsed:.0f} s, ETA {eta:.0f} s ")
+
+  def close(self):
+    if self.enabled and self.tty:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def _write(path, data):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def _scan(source):
+  """Every image-like file under `source` (relative '/' paths), skipping hidden files/folders."""
+  found = []
+  for folder, dirs, files in os.walk(source):
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
+    rel = os.path.relpath(folder, source)
+    rel = "" if rel == "." else rel.replace(os.sep, "/")
+    for name in sorted(files):
+      if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(posixpath.join(rel, name))
+  return found
+
+
+def _resolve(source, rel, by_lower):
+  """The existing file `rel` names: as written, in the other Unicode normal form (macOS names
+  are NFD), with surrounding spaces removed, or the one file whose name differs only in letter
+  case. Returns (rel or None, note or None)."""
+  candidates = [rel, unicodedata.normalize("NFC", rel), unicodedata.normalize("NFD", rel),
+                rel.strip()]
+  for cand in candidates:
+    if os.path.isfile(os.path.join(source, *cand.split("/"))):
+      return cand, None if cand == rel else f"{rel!r} found as {cand!r}"
+  same = by_lower.get(unicodedata.normalize("NFC", rel).lower(), [])
+  if len(same) == 1:
+    return same[0], f"{rel!r} found as {same[0]!r} (letter case differs)"
+  return None, None
+
+
+def _natural(text):
+  """Sort key: 'c2' before 'c10', '-1' before '3'."""
+  if text.lstrip("-").isdigit():
+    return (0, [int(text)], text)
+  return (1, [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)], text)
+
+
+def _percentile_words(lengths, q, lo, hi):
+  return int(min(hi, max(lo, math.ceil(np.percentile(lengths, q)))))
+
+
+def _max_epochs(num_train):
+  """The paper's budgets: 1000 epochs for CUB (8,855 train images), 210 for COCO (82,783);
+  log-linear in between, the nearest one outside."""
+  lo, hi = math.log(8855), math.log(82783)
+  t = min(1.0, max(0.0, (math.log(max(num_train, 1)) - lo) / (hi - lo)))
+  return int(round(1000 + (210 - 1000) * t))
+
+
+def _flagfile(name, out, summary):
+  steps = max(1, summary["train_images"] // summary["batch_size"])
+  per_image = summary["captions_per_image"]
+  return "\n".join([
+      f"# MSMT-GAN on '{name}', built by python -m msmt_tf.data.build from {summary['source']}",
+      f"# data: folder dataset, {summary['train_images']} train + {summary['test_images']} test "
+      f"images, {per_image['min']}-{per_image['max']} captions per image (mean "
+      f"{per_image['mean']}),",
+      f"# words_num = 75th / 95th percentile of the caption lengths: {summary['words_num_train']}"
+      f" training, {summary['words_num_eval']} evaluation (dataset_spec.json)",
+      "--dataset=folder",
+      f"--data_dir={out}",
+      f"--vocab_size={summary['vocab_size']}",
+      f"--words_num={summary['words_num_train']}",
+      "# model: the paper's dimensions (configs/cub.cfg): MTWIG (ks 3) + two IMHM stages of",
+      "# T=6 SDM heads; N_r 48, N_m 96, h 8",
+      "--initial_stage=mtwig", "--refinement=imhm", "--channels=48", "--memory_dim=96",
+      "--grid=8", "--num_heads=6", "--num_res=2", "--kernel_size=3", "--ndf=32",
+      "# training (paper): batch 20, Adam 2e-4 (0.5, 0.999), lambda 1 / 0.5 / 5; epochs scaled",
+      "# between the paper's CUB (1000 for 8,855 images) and COCO (210 for 82,783) budgets",
+      f"--max_epochs={_max_epochs(summary['train_images'])}",
+      f"--batch_size={summary['batch_size']}",
+      "--lambda1=1", "--lambda2=0.5", "--lambda3=5",
+      f"--damsm_dir=runs/{name}/damsm",
+      f"--run_dir=runs/{name}/gan",
+      f"--checkpoint_every={5 * steps}",
+      f"--sample_every={steps}",
+      "--log_every=50",
+      "# DAMSM pretraining (AttnGAN): Inception-v3 trunk (pass --inception_weights=PATH, or",
+      "# --image_encoder_trunk=small without ImageNet weights), batch 48",
+      "--image_encoder_trunk=inception_v3",
+      f"--damsm_words_num={summary['words_num_train']}",
+      f"--damsm_batch_size={min(48, summary['train_images'])}",
+      ""])
+
+
+def _is_folder_dataset(path):
+  try:
+    datasets.read_spec_json(path)
+  except DatasetError:
+    return False
+  return True
+
+
+# --------------------------------------------------------------------------- the build
+
+def build(source, out, text_column="text", class_column=None, test_fraction=0.1, seed=0,
+          min_word_count=1, skip_bad=False, workers=None, overwrite=False, progress=True,
+          on_image=None):
+  """Builds the dataset; returns a summary dict.
+
+  Raises:
+    BuildError: the source has problems (each named) and `skip_bad` is False, or bad arguments.
+  `on_image` (tests) is called after each image is processed.
+  """
+  t0 = time.time()
+  source = os.path.abspath(os.fspath(source))
+  out = os.path.abspath(os.fspath(out))
+  name = os.path.basename(out)
+  if not os.path.isdir(source):
+    raise BuildError(f"source folder not found: {source}")
+  if not 0.0 < test_fraction < 1.0:
+    raise BuildError(f"--test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+  if min_word_count < 1:
+    raise BuildError(f"--min_word_count must be >= 1, got {min_word_count}")
+  if not name or name.startswith("."):
+    raise BuildError(f"--out {out}: the dataset's folder name must not be empty or hidden")
+  if out == source or out.startswith(source + os.sep) or source.startswith(out + os.sep):
+    raise BuildError(f"--out {out} and --source {source} must not contain one another")
+  if os.path.exists(out):
+    if not overwrite:
+      raise BuildError(f"{out} already exists; choose another --out, or pass --overwrite to "
+                       "replace a dataset made by this command")
+    if not _is_folder_dataset(out):
+      raise BuildError(f"refusing to --overwrite {out}: it is not a dataset made by "
+                       "python -m msmt_tf.data.build (no valid dataset_spec.json)")
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  staging = os.path.join(parent, f".{name}.build")
+  problems_file = os.path.join(parent, f"{name}.problems.txt")
+  notes, problems = [], []
+
+  # 1. Metadata rows.
+  rows = []
+  for meta in find_metadata(source):
+    got, bad = read_metadata(source, meta, text_column, class_column)
+    rows.extend(got)
+    problems.extend(bad)
+  if not rows:
+    raise BuildError(problems or ["the metadata files list no rows"])
+  scanned = _scan(source)
+  by_lower, by_name = collections.defaultdict(list), collections.defaultdict(list)
+  for rel in scanned:
+    by_lower[unicodedata.normalize("NFC", rel).lower()].append(rel)
+    by_name[posixpath.basename(rel).lower()].append(rel)
+
+  # 2. Rows -> images: resolve each file name once; group; duplicates.
+  bad_rows = set()   # id(row) of rows left out
+  resolved, images = {}, collections.OrderedDict()   # rel -> list of rows
+  first_spelling = {}
+  for row in rows:
+    if row.rel is None:
+      problems.append(_problem(row.where, row.file_name, "file_name points outside the source "
+                               "folder"))
+      bad_rows.add(id(row))
+      continue
+    if row.rel not in resolved:
+      resolved[row.rel] = _resolve(source, row.rel, by_lower)
+      if resolved[row.rel][1]:
+        notes.append(f"{row.where}: {resolved[row.rel][1]}")
+    rel = resolved[row.rel][0]
+    if rel is None:
+      hint = ""
+      same_name = by_name.get(posixpath.basename(row.rel).lower(), [])
+      if len(same_name) == 1:
+        hint = (f" (a file {same_name[0]!r} exists: file_name is relative to the folder of "
+                f"{row.meta})")
+      problems.append(_problem(row.where, row.file_name, "file listed but missing" + hint))
+      bad_rows.add(id(row))
+      continue
+    row.rel = rel
+    spelling = (row.meta, row.file_name)
+    if rel in first_spelling and first_spelling[rel][:2] != spelling:
+      m, f, line = first_spelling[rel]
+      problems.append(_problem(row.where, row.file_name, f"duplicate file name: the same file is "
+                               f"already listed as {f!r} at {m}:{line}"))
+      bad_rows.add(id(row))
+      continue
+    first_spelling.setdefault(rel, (row.meta, row.file_name, row.line))
+    images.setdefault(rel, []).append(row)
+
+  # 3. Caption checks (per row and caption).
+  tokens_of = {}   # (id(row), j) -> tokens
+  for rel, img_rows in images.items():
+    for row in img_rows:
+      if row.captions is None:  # not text: reported when read
+        bad_rows.add(id(row))
+        continue
+      if not row.captions:
+        problems.append(_problem(row.where, row.file_name, "empty caption"))
+        bad_rows.add(id(row))
+        continue
+      for j, cap in enumerate(row.captions):
+        which = f"caption {j + 1} of {len(row.captions)}" if len(row.captions) > 1 else "caption"
+        bad = _bad_utf8(cap)
+        if bad:
+          problems.append(_problem(row.where, row.file_name, f"{which} is not valid UTF-8 "
+                                   f"(bytes {bad})"))
+          continue
+        text = " ".join(cap.split())
+        if not text:
+          problems.append(_problem(row.where, row.file_name, f"{which} is empty"))
+          continue
+        toks = [sys.intern(t) for t in vocab_lib.tokenize(text)]
+        if not toks:
+          problems.append(_problem(
+              row.where, row.file_name, f"{which} {text[:60]!r} has no word left after "
+              "tokenization (AttnGAN's tokenizer keeps runs of ASCII letters and digits)"))
+          continue
+        tokens_of[(id(row), j)] = (text, toks)
+
+  # 4. Images: convert in parallel (resuming), check.
+  os.makedirs(staging, exist_ok=True)
+  state = dict(version=BUILD_VERSION, source=source, min_side=MIN_SIDE, quality=JPEG_QUALITY)
+  state_path = os.path.join(staging, _STATE)
+  old_state = None
+  if os.path.isfile(state_path):
+    try:
+      with open(state_path) as f:
+        old_state = json.load(f)
+    except ValueError:
+      old_state = None
+  if old_state != state:
+    shutil.rmtree(staging)
+    os.makedirs(staging)
+    with open(state_path, "w") as f:
+      json.dump(state, f)
+  images_dir = os.path.join(staging, "images")
+  progress_path = os.path.join(staging, _PROGRESS)
+  previous = {}
+  if os.path.isfile(progress_path):
+    with open(progress_path, "rb") as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+          previous[rec["rel"]] = rec
+        except (ValueError, KeyError, TypeError):
+          continue  # a line cut by an interruption
+  results, todo = {}, []
+  for rel in images:
+    src = os.path.join(source, *rel.split("/"))
+    rec = previous.get(rel)
+    if rec is not None:
+      try:
+        st = os.stat(src)
+        same = (rec.get("src_size"), rec.get("src_mtime_ns")) == (st.st_size, st.st_mtime_ns)
+        if same and rec["key"] is not None:
+          dst = os.path.join(images_dir, *rec["key"].split("/"))
+          same = os.path.isfile(dst) and os.path.getsize(dst) == rec["size"]
+        if same:
+          results[rel] = rec
+          continue
+      except OSError:
+        pass
+    todo.append((src, rel, images_dir, MIN_SIDE))
+  reused = len(results)
+  workers = max(1, int(workers or os.cpu_count() or 1))
+  bar = _Progress(len(images), f"[build] images ({workers} workers)", enabled=progress,
+                  already=reused)
+  t_images = time.time()
+  pool = None
+  with open(progress_path, "ab") as plog:
+    try:
+      if workers > 1 and len(todo) > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_mp_context(),
+                                                      initializer=_ignore_sigint)
+        # The module's own function (not __main__'s under python -m), so workers import it.
+        task = importlib.import_module("msmt_tf.data.build")._convert_task  # pylint: disable=protected-access
+        stream = pool.map(task, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))))
+      else:
+        stream = map(_convert_task, todo)
+      last_flush = time.time()
+      for rec in stream:
+        if rec.get("fatal"):
+          raise BuildError(rec["fatal"], hint="Nothing was written to --out; free space or fix "
+                           "the permissions, then run the same command again to resume.")
+        results[rec["rel"]] = rec
+        plog.write(json.dumps(rec).encode() + b"\n")
+        if time.time() - last_flush > 1.0:
+          plog.flush()
+          last_flush = time.time()
+        bar.update()
+        if on_image is not None:
+          on_image(rec)
+    except BaseException:
+      if pool is not None:  # Ctrl-C, a write error: stop the workers now, not after their work
+        _terminate(pool)
+        pool = None
+      bar.close()
+      raise
+    finally:
+      plog.flush()
+      if pool is not None:
+        pool.shutdown()
+  bar.close()
+  image_seconds = time.time() - t_images
+
+  bad_images = set()
+  for rel, img_rows in images.items():
+    rec = results[rel]
+    if rec["problem"]:
+      row = img_rows[0]
+      extra = f" (listed on {len(img_rows)} rows)" if len(img_rows) > 1 else ""
+      problems.append(_problem(row.where, row.file_name, rec["problem"] + extra))
+      bad_images.add(rel)
+  key_owner, lower_owner = {}, {}
+  for rel in images:
+    key = results[rel]["key"]
+    if rel in bad_images or key is None:
+      continue
+    other = key_owner.get(key) or lower_owner.get(key.lower())
+    if other is not None:
+      row = images[rel][0]
+      problems.append(_problem(row.where, row.file_name, f"duplicate file name: stored as "
+                               f"{key!r}, which clashes with {other!r} (listed at "
+                               f"{images[other][0].where}); rename one of them"))
+      bad_images.add(rel)
+      continue
+    key_owner[key] = rel
+    lower_owner[key.lower()] = rel
+
+  # Classes: one per image.
+  image_class = {}
+  if class_column:
+    for rel, img_rows in images.items():
+      values = [(r.klass, r) for r in img_rows if r.klass is not None and id(r) not in bad_rows]
+      if not values:
+        continue
+      first = values[0][0]
+      image_class[rel] = first
+      for value, r in values[1:]:
+        if value != first:
+          problems.append(_problem(r.where, r.file_name, f"class {value!r} conflicts with class "
+                                   f"{first!r} given for the same file at {values[0][1].where}"))
+          bad_rows.add(id(r))
+
+  # 5. Usable captions per image; vocabulary with --min_word_count.
+  repeated = [0]
+
+  def usable_captions():
+    repeated[0] = 0
+    out_caps = collections.OrderedDict()
+    for rel, img_rows in images.items():
+      if rel in bad_images:
+        continue
+      caps, seen = [], set()
+      for row in img_rows:
+        if id(row) in bad_rows or (class_column and row.klass is None):
+          continue
+        for j in range(len(row.captions)):
+          got = tokens_of.get((id(row), j))
+          if got is not None and got[0] in seen:
+            repeated[0] += 1  # the same caption twice for one image: kept once
+          elif got is not None:
+            seen.add(got[0])
+            caps.append((row, got[0], got[1]))
+      out_caps[rel] = caps
+    return out_caps
+
+  while True:  # until no caption loses its last word (counts fall as captions leave)
+    kept = usable_captions()
+    counts = collections.Counter()
+    for caps in kept.values():
+      for _, _, toks in caps:
+        counts.update(toks)
+    rare_rows = set()
+    if min_word_count > 1:
+      for rel, caps in kept.items():
+        for row, text, toks in caps:
+          if not any(counts[t] >= min_word_count for t in toks):
+            problems.append(_problem(row.where, row.file_name, f"caption {text[:60]!r} has no "
+                                     f"word seen at least --min_word_count={min_word_count} "
+                                     "times"))
+            rare_rows.add((id(row), text))
+    if not rare_rows:
+      break
+    for key_ in list(tokens_of):
+      if (key_[0], tokens_of[key_][0]) in rare_rows:
+        del tokens_of[key_]
+  for rel, caps in kept.items():
+    if not caps:
+      row = images[rel][0]
+      problems.append(_problem(row.where, row.file_name, "image without a usable caption"))
+      bad_images.add(rel)
+  listed = set(images) | {r for r, _ in resolved.values() if r}
+  for rel in scanned:
+    if rel not in listed:
+      problems.append(_problem(rel, None, "image without captions (no metadata row lists it)"))
+
+  problems.sort(key=_sort_key)
+  if problems and not skip_bad:
+    report = "\n".join(problems) + "\n"
+    with open(problems_file, "w", encoding="utf8", errors="replace") as f:
+      f.write(report)
+    raise BuildError(problems, hint=(
+        f"The full list is in {problems_file}. Fix these rows and files, or pass --skip_bad to "
+        f"leave them out; the {len(results)} images already converted are kept in {staging} and "
+        "reused by the next run."))
+  if os.path.isfile(problems_file):
+    os.remove(problems_file)
+
+  final = [rel for rel in kept if rel not in bad_images and kept[rel]]
+  if len(final) < 2:
+    raise BuildError(problems + [f"only {len(final)} usable image(s): a dataset needs at least 2 "
+                                 "(one train, one test)"])
+
+  # 6. Split (deterministic: rank by a hash of the seed and the key), classes.
+  def rank(rel):
+    return hashlib.sha256(f"{seed}\0{results[rel]['key']}".encode("utf8")).hexdigest()
+  order = sorted(final, key=rank)
+  num_test = min(len(final) - 1, max(1, int(round(len(final) * test_fraction))))
+  split_of = {rel: ("test" if i < num_test else "train") for i, rel in enumerate(order)}
+  class_names = sorted({image_class[r] for r in final if r in image_class}, key=_natural)
+  class_ids = {c: i + 1 for i, c in enumerate(class_names)}
+
+  # 7. Write text/, split pickles, spec, captions.pickle (through the loader), flagfile.
+  for sub in ("text", "train", "test"):
+    shutil.rmtree(os.path.join(staging, sub), ignore_errors=True)
+  for leftover in ("captions.pickle", datasets.SPEC_FILE, "skipped.txt"):
+    if os.path.exists(os.path.join(staging, leftover)):
+      os.remove(os.path.join(staging, leftover))
+  for leftover in os.listdir(staging):
+    if leftover.endswith(".cfg"):
+      os.remove(os.path.join(staging, leftover))
+  split_keys = {"train": [], "test": []}
+  split_counts = {"train": [], "test": []}
+  split_classes = {"train": [], "test": []}
+  lengths = {"train": [], "test": []}
+  for rel in sorted(final, key=lambda r: results[r]["key"]):
+    key, split = results[rel]["key"], split_of[rel]
+    caps = kept[rel]
+    _write(os.path.join(staging, "text", *(key + ".txt").split("/")),
+           ("\n".join(text for _, text, _ in caps) + "\n").encode("utf8"))
+    split_keys[split].append(key)
+    split_counts[split].append(len(caps))
+    if class_column:
+      split_classes[split].append(class_ids[image_class[rel]])
+    lengths[split].extend(sum(counts[t] >= min_word_count for t in toks) for _, _, toks in caps)
+  for split in ("train", "test"):
+    _write(os.path.join(staging, split, "filenames.pickle"),
+           pickle.dumps(split_keys[split], protocol=2))
+    _write(os.path.join(staging, split, "caption_counts.pickle"),
+           pickle.dumps(split_counts[split], protocol=2))
+    if class_column:
+      _write(os.path.join(staging, split, "class_info.pickle"),
+             pickle.dumps(split_classes[split], protocol=2))
+  all_counts = np.asarray(split_counts["train"] + split_counts["test"])
+  train_len = np.asarray(lengths["train"])
+  summary = dict(
+      format=datasets.SPEC_FORMAT, version=BUILD_VERSION, name=name, source=source,
+      train_images=len(split_keys["train"]), test_images=len(split_keys["test"]),
+      captions=int(all_counts.sum()),
+      captions_per_image=dict(min=int(all_counts.min()), max=int(all_counts.max()),
+                              mean=round(float(all_counts.mean()), 3)),
+      caption_length=dict(min=int(train_len.min()), p50=float(np.percentile(train_len, 50)),
+                          p75=float(np.percentile(train_len, 75)),
+                          p95=float(np.percentile(train_len, 95)), max=int(train_len.max())),
+      words_num_train=_percentile_words(train_len, 75, _WORDS_MIN, _WORDS_TRAIN_MAX),
+      words_num_eval=0, vocab_size=0, min_word_count=int(min_word_count),
+      classes=len(class_names) if class_column else None,
+      class_names=class_names if class_column else None,
+      text_column=text_column, class_column=class_column, test_fraction=test_fraction,
+      seed=int(seed), skipped=len(problems),
+      batch_size=min(20, len(split_keys["train"])))
+  summary["words_num_eval"] = max(summary["words_num_train"],
+                                  _percentile_words(train_len, 95, _WORDS_MIN, _WORDS_EVAL_MAX))
+  _write(os.path.join(staging, datasets.SPEC_FILE), json.dumps(summary, indent=1).encode())
+  _, _, vocab = datasets.load_captions(staging, "folder")
+  expected = 1 + sum(1 for n in counts.values() if n >= min_word_count)
+  if len(vocab) != expected:
+    raise RuntimeError(f"internal error: the loader's vocabulary has {len(vocab)} words, the "
+                       f"build counted {expected}")
+  summary["vocab_size"] = len(vocab)
+  _write(os.path.join(staging, datasets.SPEC_FILE), json.dumps(summary, indent=1).encode())
+  _write(os.path.join(staging, f"{name}.cfg"), _flagfile(name, out, summary).encode("utf8"))
+  if problems:
+    _write(os.path.join(staging, "skipped.txt"), ("\n".join(problems) + "\n").encode(
+        "utf8", "replace"))
+
+  # Images of earlier runs that are not in the dataset (skipped, renamed) go.
+  keep = {results[rel]["key"] for rel in final}
+  for folder, _, files in os.walk(images_dir, topdown=False):
+    for f in files:
+      rel = os.path.relpath(os.path.join(folder, f), images_dir).replace(os.sep, "/")
+      if rel not in keep:
+        os.remove(os.path.join(folder, f))
+    if folder != images_dir and not os.listdir(folder):
+      os.rmdir(folder)
+
+  # 8. Check through the loader, then move into place.
+  for split in ("train", "test"):
+    datasets.load_split(staging, "folder", split, check_files=True)
+  os.remove(progress_path)
+  os.remove(state_path)
+  if os.path.exists(out):
+    trash = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    os.rename(out, trash)
+    os.rename(staging, out)
+    shutil.rmtree(trash)
+  else:
+    os.rename(staging, out)
+  actions = collections.Counter(results[rel]["action"] for rel in final)
+  summary.update(
+      out=out, seconds=round(time.time() - t0, 1), image_seconds=round(image_seconds, 1),
+      images_processed=len(todo), reused=reused, workers=workers,
+      images_per_s=round(len(todo) / image_seconds, 1) if todo and image_seconds > 0 else None,
+      kept=actions.get("kept", 0), converted=actions.get("converted", 0),
+      rotated=actions.get("rotated", 0), notes=notes, repeated_captions=repeated[0],
+      skipped_file=os.path.join(out, "skipped.txt") if problems else None,
+      flagfile=os.path.join(out, f"{name}.cfg"))
+  return summary
+
+
+def format_summary(s):
+  per = s["captions_per_image"]
+  lines = [
+      f"built {s['out']} in {s['seconds']} s",
+      f"  images: {s['train_images']} train + {s['test_images']} test "
+      f"({s['kept']} kept as they were, {s['converted']} converted, {s['rotated']} rotated by "
+      "EXIF)",
+      f"  image stage: {s['images_processed']} processed in {s['image_seconds']} s"
+      + (f" = {s['images_per_s']} images/s" if s["images_per_s"] else "")
+      + f" ({s['workers']} workers)" + (f", {s['reused']} reused from an interrupted build"
+                                        if s["reused"] else ""),
+      f"  captions: {s['captions']} ({per['min']}-{per['max']} per image, mean {per['mean']})",
+      f"  caption length (train, words): median {s['caption_length']['p50']:g}, 75% "
+      f"{s['caption_length']['p75']:g}, 95% {s['caption_length']['p95']:g}, max "
+      f"{s['caption_length']['max']} -> words_num {s['words_num_train']} training, "
+      f"{s['words_num_eval']} evaluation",
+      f"  vocabulary: {s['vocab_size']} words (index 0 = <end>, --min_word_count "
+      f"{s['min_word_count']})",
+      f"  classes: {s['classes'] if s['classes'] is not None else 'none (each image its own class)'}",
+  ]
+  if s["notes"]:
+    lines.append(f"  note: {len(s['notes'])} file name(s) matched a file spelled differently:")
+    lines.extend(f"    {n}" for n in s["notes"][:10])
+    if len(s["notes"]) > 10:
+      lines.append(f"    ... and {len(s['notes']) - 10} more")
+  if s["repeated_captions"]:
+    lines.append(f"  note: {s['repeated_captions']} caption(s) repeated for the same image were "
+                 "kept once")
+  if s["skipped"]:
+    lines.append(f"  skipped: {s['skipped']} problem(s), listed in {s['skipped_file']}")
+  lines.append(f"  flagfile: {s['flagfile']}")
+  lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={s['flagfile']}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # the summary says what the loader's INFO lines would
+  f = flags.FLAGS
+  try:
+    summary = build(f.source, f.out, f.text_column, f.class_column, f.test_fraction, f.seed,
+                    f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress)
+  except DatasetError as e:
+    problems = e.problems
+    shown = problems[:100]
+    print(f"error: {len(problems)} problem(s) building {os.path.abspath(f.out)}:",
+          file=sys.stderr)
+    for p in shown:
+      print(f"  - {p}", file=sys.stderr)
+    if len(problems) > len(shown):
+      print(f"  ... and {len(problems) - len(shown)} more", file=sys.stderr)
+    if e.hint:
+      print(e.hint, file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    print("\ninterrupted: nothing was written to --out; run the same command again to resume",
+          file=sys.stderr)
+    sys.exit(130)
+  print(format_summary(summary))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags
+  flags.DEFINE_string("source", None, "Folder of images with metadata.jsonl or metadata.csv "
+                      "(Hugging Face ImageFolder convention).", required=True)
+  flags.DEFINE_string("out", None, "Output dataset folder, e.g. data/NAME.", required=True)
+  flags.DEFINE_string("text_column", "text", "Metadata column holding the caption(s).")
+  flags.DEFINE_string("class_column", None, "Metadata column holding a class label (default: "
+                      "each image is its own class, as COCO).")
+  flags.DEFINE_float("test_fraction", 0.1, "Share of the images in the test split.")
+  flags.DEFINE_integer("seed", 0, "Seed of the train/test split.")
+  flags.DEFINE_integer("min_word_count", 1, "Words seen fewer times are left out of the "
+                       "vocabulary (AttnGAN: 1, every word).")
+  flags.DEFINE_bool("skip_bad", False, "Leave bad rows and images out (listed in "
+                    "<out>/skipped.txt) instead of stopping.")
+  flags.DEFINE_integer("workers", None, "Image decode processes (default: one per CPU core).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing dataset made by this command.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  app.run(main)

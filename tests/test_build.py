@@ -1,0 +1,449 @@
+"""Tests of python -m msmt_tf.data.build: an ImageFolder-style folder -> a `folder` dataset.
+
+The source folder is generated here: both metadata formats (JSONL with caption lists and a class
+column; CSV with a BOM, CRLF line ends, repeated rows, a quoted multi-line caption), images as
+people have them (upper-case .JPG, EXIF-rotated JPEG, grayscale, CMYK, RGBA and 16-bit PNG,
+animated GIF, WebP, a unicode file name, subfolders) and one bad row or file of each kind.
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from msmt_tf.data import build as build_lib
+from msmt_tf.data import datasets
+from msmt_tf.data import inspect as inspect_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 64  # the smallest size the build accepts
+
+
+def _img(colour, size=(S, S), mode="RGB"):
+  im = Image.new("RGB", size, colour)
+  # A second colour in the top-left quarter, so orientation and crops are visible.
+  im.paste((255 - colour[0], 255 - colour[1], 255 - colour[2]),
+           (0, 0, size[0] // 2, size[1] // 2))
+  return im.convert(mode) if mode != "RGB" else im
+
+
+def _save(path, im, fmt, **kw):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  im.save(path, format=fmt, **kw)
+
+
+def make_source(root):
+  """Writes the quirky source folder; returns what the tests check against."""
+  a, b = os.path.join(root, "part_a"), os.path.join(root, "part_b")
+  _save(f"{a}/imgs/IMG_0001.JPG", _img((200, 30, 30)), "JPEG", quality=90)
+  # EXIF orientation 6 (rotate 90 cw to view): stored 80x64 with the dark quarter top-left;
+  # upright it is 64x80 with that quarter at the top right.
+  rot = _img((30, 200, 30), size=(80, 64))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  _save(f"{a}/imgs/phone.jpg", rot, "JPEG", quality=95, exif=exif.tobytes())
+  _save(f"{a}/imgs/gray.jpg", _img((90, 90, 90), mode="L"), "JPEG")
+  _save(f"{a}/imgs/cmyk.jpg", _img((30, 30, 200)).convert("CMYK"), "JPEG")
+  rgba = Image.new("RGBA", (S, S), (0, 0, 255, 255))
+  rgba.paste((0, 0, 0, 0), (0, 0, S, S // 2))  # top half transparent -> white
+  _save(f"{a}/imgs/alpha.png", rgba, "PNG")
+  frames = [Image.new("RGB", (S, S), c).convert("P") for c in ((255, 0, 0), (0, 0, 255))]
+  os.makedirs(f"{a}/imgs", exist_ok=True)
+  frames[0].save(f"{a}/imgs/anim.gif", save_all=True, append_images=frames[1:], duration=100)
+  _save(f"{a}/imgs/photo.webp", _img((200, 200, 30)), "WEBP", lossless=True)
+  deep = Image.fromarray(np.full((S, S), 32896, np.uint16))  # 32896 / 257 = 128
+  _save(f"{a}/imgs/deep.png", deep, "PNG")
+  _save(f"{a}/imgs/plain.png", _img((120, 60, 200)), "PNG")
+  _save(f"{a}/imgs/caf\u00e9.png", _img((10, 120, 120)), "PNG")
+  _save(f"{a}/imgs/sub/dir/nested.jpg", _img((160, 100, 40)), "JPEG")
+  # Bad files.
+  buf = io.BytesIO()
+  _img((50, 50, 50), size=(96, 96)).save(buf, format="JPEG")
+  os.makedirs(f"{a}/bad", exist_ok=True)
+  with open(f"{a}/bad/truncated.jpg", "wb") as f:
+    f.write(buf.getvalue()[:len(buf.getvalue()) // 3])
+  _save(f"{a}/bad/tiny.png", _img((1, 2, 3), size=(40, 100)), "PNG")
+  rows = [
+      {"file_name": "imgs/IMG_0001.JPG", "text": ["a red square with a cyan corner",
+                                                  "red box, cyan corner"], "species": "sparrow"},
+      {"file_name": "imgs/phone.jpg", "text": "a green photo taken on a phone", "species": "finch"},
+      {"file_name": "imgs/gray.jpg", "text": "a gray picture", "species": "crow"},
+      {"file_name": "imgs/gray.jpg", "text": "grey tones only", "species": "crow"},
+      {"file_name": "imgs/cmyk.jpg", "text": "a blue print in cmyk", "species": "finch"},
+      {"file_name": "imgs/alpha.png", "text": "a blue half under a white half", "species": "crow"},
+      {"file_name": "imgs/anim.gif", "text": "a red frame then a blue frame", "species": "sparrow"},
+      {"file_name": "imgs/photo.webp", "text": "a yellow web picture", "species": "finch"},
+      {"file_name": "imgs/deep.png", "text": "sixteen bit gray", "species": "crow"},
+      {"file_name": "imgs/plain.png", "text": "a purple png", "species": "sparrow"},
+      {"file_name": "imgs/caf\u00e9.png", "text": "un caf\u00e9 cr\u00e8me \u2615 teal", "species": "finch"},
+      {"file_name": "imgs\\sub\\dir\\nested.jpg", "text": "an orange nested image",
+       "species": "crow"},
+      # One bad row of each kind (the tests look for each line number).
+      {"file_name": "imgs/plain.png", "text": "", "species": "sparrow"},              # 14 empty
+      {"file_name": "imgs/plain.png", "text": "!!! ... ???", "species": "sparrow"},   # 15 no word
+      {"file_name": "imgs/missing.jpg", "text": "not there", "species": "crow"},     # 16 missing
+      {"file_name": "bad/truncated.jpg", "text": "half a file", "species": "crow"},  # 17 broken
+      {"file_name": "bad/tiny.png", "text": "a tiny image", "species": "crow"},      # 18 small
+  ]
+  os.makedirs(a, exist_ok=True)
+  with open(f"{a}/metadata.jsonl", "w", encoding="utf8", newline="\n") as f:
+    f.write("\n".join(json.dumps(r, ensure_ascii=False) for r in rows[:12]) + "\n\n")
+    f.write("\n".join(json.dumps(r, ensure_ascii=False) for r in rows[12:]) + "\n")
+  colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250), (250, 0, 250)]
+  for i, c in enumerate(colours):
+    _save(f"{b}/k{i}.jpg", _img(c, size=(72, 64)), "JPEG")
+  _save(f"{b}/orphan.jpg", _img((9, 9, 9)), "JPEG")  # no row lists it
+  lines = [b"file_name,caption,species"]
+  for i in range(6):
+    for j in range(1 + i % 3):  # 1, 2 or 3 captions per image as repeated rows
+      lines.append(f"k{i}.jpg,colour number {i} variant {j},{'crow' if i % 2 else 'finch'}".encode())
+  lines[2] = b'k1.jpg,"a caption that spans\r\ntwo lines, with a comma",crow'
+  lines.append(b'k5.jpg,"[""json list one"", ""json list two""]",crow')
+  lines.append(b"k0.jpg,colour number 0 variant 0,finch")  # the same row twice: kept once
+  next_line = lambda: 1 + sum(line.count(b"\n") + 1 for line in lines)  # physical line
+  bad_utf8_line = next_line()
+  lines.append(b"k4.jpg,caf\xe9 latin-1 bytes,finch")
+  dup_line = next_line()
+  lines.append("../part_a/imgs/IMG_0001.JPG,listed twice,sparrow".encode())
+  with open(f"{b}/metadata.csv", "wb") as f:
+    f.write(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+  # 17 usable images (11 + 6) with 13 + 14 captions; 19 image files are decoded (+ 2 bad).
+  return dict(good=17, captions=27, decoded=19, bad_utf8_line=bad_utf8_line, dup_line=dup_line)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  root = tmp_path_factory.mktemp("source")
+  info = make_source(str(root))
+  return dict(info, root=str(root))
+
+
+def _build(src, out, *extra, **kw):
+  kw.setdefault("class_column", "species")
+  kw.setdefault("test_fraction", 0.2)
+  kw.setdefault("progress", False)
+  return build_lib.build(src, out, text_column=kw.pop("text_column", "text"), **kw)
+
+
+EXPECTED_PROBLEMS = [
+    ("part_a/metadata.jsonl:14: imgs/plain.png:", "empty"),
+    ("part_a/metadata.jsonl:15: imgs/plain.png:", "has no word left after tokenization"),
+    ("part_a/metadata.jsonl:16: imgs/missing.jpg:", "file listed but missing"),
+    ("part_a/metadata.jsonl:17: bad/truncated.jpg:", "unreadable or truncated image"),
+    ("part_a/metadata.jsonl:18: bad/tiny.png:", "image is 40x100 px; images need at least 64 px"),
+    ("part_b/orphan.jpg:", "image without captions"),
+]
+
+
+def _check_problems(problems, info):
+  text = "\n".join(problems)
+  for where, what in EXPECTED_PROBLEMS + [
+      (f"part_b/metadata.csv:{info['bad_utf8_line']}: k4.jpg:", "not valid UTF-8 (bytes \\xe9)"),
+      (f"part_b/metadata.csv:{info['dup_line']}: ../part_a/imgs/IMG_0001.JPG:",
+       "duplicate file name: the same file is already listed as 'imgs/IMG_0001.JPG' at "
+       "part_a/metadata.jsonl:1")]:
+    assert any(p.startswith(where) and what in p for p in problems), (where, what, text)
+  assert len(problems) == 8, text
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+  """The dataset, built with --skip_bad through the command line."""
+  out = os.path.join(str(tmp_path_factory.mktemp("data")), "mine")
+  cmd = [sys.executable, "-m", "msmt_tf.data.build", f"--source={source['root']}",
+         f"--out={out}", "--text_column=text", "--class_column=species", "--test_fraction=0.2",
+         "--skip_bad", "--workers=2"]
+  # part_b names its caption column "caption": the build must say so and stop.
+  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 1
+  assert "part_b/metadata.csv: no column 'text'; pass --text_column (columns: caption, species)" \
+      in res.stderr
+  assert not os.path.exists(out)
+  with open(os.path.join(source["root"], "part_b", "metadata.csv"), "rb") as f:
+    csv_bytes = f.read()
+  fixed = csv_bytes.replace(b"file_name,caption,species", b"file_name,text,species", 1)
+  with open(os.path.join(source["root"], "part_b", "metadata.csv"), "wb") as f:
+    f.write(fixed)
+  res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "note: 1 caption(s) repeated for the same image were kept once" in res.stdout
+  return dict(out=out, stdout=res.stdout, stderr=res.stderr)
+
+
+def test_bad_rows_stop_the_build_naming_each(source, built, tmp_path):
+  out = str(tmp_path / "strict")
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(source["root"], out, workers=1)
+  _check_problems(e.value.problems, source)
+  assert not os.path.exists(out)  # no half dataset
+  with open(str(tmp_path / "strict.problems.txt"), encoding="utf8") as f:
+    assert f.read().splitlines() == e.value.problems
+  assert os.path.isdir(str(tmp_path / ".strict.build"))  # kept for the next run
+
+
+def test_skip_bad_writes_the_list_and_a_dataset_the_loader_reads(source, built):
+  out = built["out"]
+  with open(os.path.join(out, "skipped.txt"), encoding="utf8") as f:
+    _check_problems(f.read().splitlines(), source)
+  assert "8 problem(s), listed in" in built["stdout"]
+  spec = datasets.read_spec_json(out)
+  train = datasets.load_split(out, "folder", "train")
+  test = datasets.load_split(out, "folder", "test")
+  assert train.num_images + test.num_images == source["good"] == 17
+  assert test.num_images == 3  # round(17 * 0.2)
+  keys = set(train.keys) | set(test.keys)
+  assert {"part_a/imgs/IMG_0001.JPG", "part_a/imgs/phone.jpg", "part_a/imgs/anim.gif.png",
+          "part_a/imgs/photo.webp.png", "part_a/imgs/deep.png", "part_a/imgs/caf\u00e9.png",
+          "part_a/imgs/sub/dir/nested.jpg", "part_b/k0.jpg", "part_b/k5.jpg"} <= keys
+  # Captions round trip: repeated rows, lists (JSONL and a JSON list in a CSV cell), multi-line.
+  by_key = {}
+  for data in (train, test):
+    for key, caps in zip(data.keys, data.captions):
+      by_key[key] = [data.vocab.decode(c) for c in caps]
+  assert by_key["part_a/imgs/IMG_0001.JPG"] == ["a red square with a cyan corner",
+                                                 "red box cyan corner"]
+  assert by_key["part_a/imgs/gray.jpg"] == ["a gray picture", "grey tones only"]
+  assert by_key["part_a/imgs/plain.png"] == ["a purple png"]  # the bad rows are out
+  assert by_key["part_a/imgs/caf\u00e9.png"] == ["un caf crme teal"]  # AttnGAN: ASCII only
+  assert by_key["part_b/k1.jpg"] == ["a caption that spans two lines with a comma",
+                                     "colour number 1 variant 1"]
+  assert by_key["part_b/k4.jpg"] == ["colour number 4 variant 0", "colour number 4 variant 1"]
+  assert by_key["part_b/k5.jpg"] == ["colour number 5 variant 0", "colour number 5 variant 1",
+                                     "colour number 5 variant 2", "json list one",
+                                     "json list two"]
+  assert spec["captions_per_image"] == {"min": 1, "max": 5, "mean": round(27 / 17, 3)}
+  assert spec["captions"] == source["captions"] == sum(len(c) for c in by_key.values())
+  with open(os.path.join(out, "text", "part_b", "k5.jpg.txt"), encoding="utf8") as f:
+    assert len(f.read().splitlines()) == 5
+  # Classes from the column: names sorted, ids 1.., one per image.
+  assert spec["class_names"] == ["crow", "finch", "sparrow"]
+  cls = {k: c for d in (train, test) for k, c in zip(d.keys, d.class_ids.tolist())}
+  assert cls["part_a/imgs/IMG_0001.JPG"] == 3 and cls["part_b/k0.jpg"] == 2
+  assert cls["part_a/imgs/deep.png"] == 1
+  # The flagfile: dataset path, vocabulary, words_num, the paper's dimensions.
+  with open(os.path.join(out, "mine.cfg")) as f:
+    cfg = f.read().splitlines()
+  assert "--dataset=folder" in cfg and f"--data_dir={out}" in cfg
+  assert f"--vocab_size={len(train.vocab)}" in cfg and spec["vocab_size"] == len(train.vocab)
+  assert f"--words_num={spec['words_num_train']}" in cfg and "--channels=48" in cfg
+  lengths = [len(c) for caps in train.captions for c in caps]
+  assert spec["words_num_train"] == max(3, int(np.ceil(np.percentile(lengths, 75))))
+  assert datasets.dataset_spec(out, "folder").words_num_eval == spec["words_num_eval"]
+
+
+def test_images_are_rgb_upright_and_jpeg_kept_byte_for_byte(source, built):
+  img = lambda key: os.path.join(built["out"], "images", *key.split("/"))
+  src = lambda rel: os.path.join(source["root"], *rel.split("/"))
+  with open(img("part_a/imgs/IMG_0001.JPG"), "rb") as f, \
+      open(src("part_a/imgs/IMG_0001.JPG"), "rb") as g:
+    assert f.read() == g.read()
+  for key in ("part_a/imgs/phone.jpg", "part_a/imgs/gray.jpg", "part_a/imgs/cmyk.jpg",
+              "part_a/imgs/alpha.png", "part_a/imgs/anim.gif.png", "part_a/imgs/photo.webp.png",
+              "part_a/imgs/deep.png"):
+    with Image.open(img(key)) as im:
+      assert im.mode == "RGB", key
+      assert im.format == ("JPEG" if key.endswith(".jpg") else "PNG"), key
+  with Image.open(img("part_a/imgs/phone.jpg")) as im:
+    assert im.size == (64, 80)  # EXIF orientation 6 applied
+    a = np.asarray(im, np.int32)
+    assert a[5, -5, 1] < 100 and a[-5, 5, 1] > 150  # the dark quarter moved to the top right
+    assert 0x0112 not in im.getexif() or im.getexif()[0x0112] == 1
+  with Image.open(img("part_a/imgs/alpha.png")) as im:
+    a = np.asarray(im)
+    assert (a[:S // 2] == 255).all() and (a[S // 2:] == (0, 0, 255)).all()  # over white
+  with Image.open(img("part_a/imgs/anim.gif.png")) as im:
+    assert np.asarray(im)[0, 0].tolist() == [255, 0, 0]  # the first frame
+  with Image.open(img("part_a/imgs/deep.png")) as im:
+    assert np.asarray(im)[0, 0].tolist() == [128, 128, 128]  # 16 bit scaled, not clipped
+  with Image.open(img("part_a/imgs/photo.webp.png")) as im, \
+      Image.open(src("part_a/imgs/photo.webp")) as ref:
+    assert np.array_equal(np.asarray(im), np.asarray(ref.convert("RGB")))  # lossless
+  with Image.open(img("part_a/imgs/cmyk.jpg")) as im:
+    assert np.asarray(im)[-5, -5, 2] > 150  # still blue
+  # Nothing else in images/: skipped files are not stored.
+  stored = {os.path.relpath(os.path.join(d, f), os.path.join(built["out"], "images"))
+            for d, _, fs in os.walk(os.path.join(built["out"], "images")) for f in fs}
+  assert len(stored) == 17
+
+
+def test_inspect_and_pipeline_read_it_like_any_dataset(built):
+  lines = []
+  assert inspect_lib.inspect_split(built["out"], "folder", "train", out=lines.append) == []
+  text = "\n".join(lines)
+  assert "[train] 14 images" in text and "per image, mean" in text and "3 classes" in text
+  spec = datasets.read_spec_json(built["out"])
+  assert f"batch tokens: int32 [4, {spec['words_num_train']}]" in text
+  assert "batch image_256: float32 [4, 256, 256, 3]" in text
+  # Every caption of a variable-count image is drawn by the pipeline over a few epochs.
+  train = datasets.load_split(built["out"], "folder", "train")
+  pipe = datasets.DataPipeline(train, batch_size=14, words_num=30, num_stages=1, seed=0,
+                               num_epochs=12)
+  seen = {}
+  for batch in pipe:
+    for idx, toks in zip(batch["index"], batch["tokens"]):
+      seen.setdefault(int(idx), set()).add(tuple(t for t in toks if t))
+  for idx, caps in enumerate(train.captions):
+    assert seen[idx] <= {tuple(c) for c in caps}
+  most = int(np.argmax([len(c) for c in train.captions]))
+  assert len(seen[most]) >= 2
+
+
+def test_interrupted_build_resumes_to_the_same_bytes(source, built, tmp_path):
+  out = str(tmp_path / "mine")
+  calls = []
+
+  def stop(rec):
+    calls.append(rec)
+    if len(calls) == 5:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    _build(source["root"], out, skip_bad=True, workers=1, on_image=stop)
+  assert not os.path.exists(out)
+  summary = _build(source["root"], out, skip_bad=True, workers=1)
+  assert summary["reused"] == 5 and summary["images_processed"] == source["decoded"] - 5
+
+  def digest(root):
+    h = {}
+    for d, _, files in os.walk(root):
+      for f in files:
+        p = os.path.join(d, f)
+        if not f.endswith(".cfg"):
+          with open(p, "rb") as fh:
+            h[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return h
+
+  assert digest(out) == digest(built["out"])  # same source, same bytes (cfg names the path)
+  # An existing dataset is never replaced without --overwrite; --overwrite replaces it whole.
+  with pytest.raises(build_lib.BuildError, match="already exists"):
+    _build(source["root"], out, skip_bad=True, workers=1)
+  summary = _build(source["root"], out, skip_bad=True, workers=1, overwrite=True, seed=3)
+  assert datasets.read_spec_json(out)["seed"] == 3
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "keep.txt").write_text("mine")
+  with pytest.raises(build_lib.BuildError, match="not a dataset made by"):
+    _build(source["root"], str(other), skip_bad=True, workers=1, overwrite=True)
+  assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_two_training_steps_with_the_built_flagfile(built, tmp_path):
+  cfg = os.path.join(built["out"], "mine.cfg")
+  # The built flagfile first (dataset, vocabulary), then the smoke sizes for a CPU test.
+  common = [f"--flagfile={cfg}", "--flagfile=configs/smoke.cfg", "--dataset=folder",
+            f"--damsm_dir={tmp_path / 'damsm'}"]
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm", *common], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  run_dir = tmp_path / "gan"
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.train", *common, f"--run_dir={run_dir}",
+                        "--max_steps=2"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(run_dir / "losses.jsonl") as f:
+    steps = [json.loads(line) for line in f]
+  assert [s["step"] for s in steps] == [1, 2]
+  assert all(np.isfinite(v) for s in steps for v in s.values() if isinstance(v, float))
+  with open(run_dir / "config.json") as f:
+    record = json.load(f)
+  assert record["data"]["dataset"] == "folder" and record["data"]["data_dir"] == built["out"]
+
+
+def test_file_name_spellings_people_write(tmp_path):
+  """Letter case and Unicode form that differ from the file, an absolute path inside the folder,
+  a JSON array instead of JSON lines; a wrong folder gets a hint naming the file that exists."""
+  import unicodedata  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "src"
+  _save(str(src / "images" / "Photo_1.JPG"), _img((200, 10, 10)), "JPEG")
+  _save(str(src / "images" / unicodedata.normalize("NFD", "r\u00e9sum\u00e9.png")),
+        _img((10, 200, 10)), "PNG")
+  _save(str(src / "images" / "abs.jpg"), _img((10, 10, 200)), "JPEG")
+  _save(str(src / "images" / "jpeg_named.png"), _img((90, 10, 200)), "JPEG")
+  _save(str(src / "elsewhere.jpg"), _img((90, 90, 200)), "JPEG")
+  rows = [{"file_name": "images/photo_1.jpg", "text": "case differs"},
+          {"file_name": unicodedata.normalize("NFC", "images/r\u00e9sum\u00e9.png"),
+           "text": "composed accents"},
+          {"file_name": str(src / "images" / "abs.jpg"), "text": "an absolute path"},
+          {"file_name": "images/jpeg_named.png", "text": "a jpeg named png"},
+          {"file_name": "images/elsewhere.jpg", "text": "wrong folder"},
+          {"file_name": "/etc/hostname", "text": "outside"}]
+  (src / "metadata.jsonl").write_text(json.dumps(rows, indent=1), encoding="utf8")
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(src), str(tmp_path / "q"), class_column=None, workers=1)
+  assert e.value.problems == [
+      "metadata.jsonl:5: images/elsewhere.jpg: file listed but missing (a file 'elsewhere.jpg' "
+      "exists: file_name is relative to the folder of metadata.jsonl)",
+      "metadata.jsonl:6: /etc/hostname: file_name points outside the source folder",
+      "elsewhere.jpg: image without captions (no metadata row lists it)"]
+  rows[4]["file_name"] = "elsewhere.jpg"
+  (src / "metadata.jsonl").write_text(json.dumps(rows[:5], indent=1), encoding="utf8")
+  summary = _build(str(src), str(tmp_path / "q"), class_column=None, workers=1,
+                   test_fraction=0.5)
+  nfc = unicodedata.normalize("NFC", "images/r\u00e9sum\u00e9.png")
+  assert summary["notes"] == ["metadata.jsonl:1: 'images/photo_1.jpg' found as "
+                              "'images/Photo_1.JPG' (letter case differs)",
+                              f"metadata.jsonl:2: {nfc!r} found as "
+                              f"{unicodedata.normalize('NFD', nfc)!r}"]
+  data = [datasets.load_split(str(tmp_path / "q"), "folder", s) for s in ("train", "test")]
+  keys = sorted(k for d in data for k in d.keys)
+  assert keys == sorted(["images/Photo_1.JPG", "images/abs.jpg", "images/jpeg_named.png.jpg",
+                         unicodedata.normalize("NFD", "images/r\u00e9sum\u00e9.png"),
+                         "elsewhere.jpg"])
+  assert not os.path.exists(os.path.join(str(tmp_path), "q.problems.txt"))
+  classes = np.concatenate([d.class_ids for d in data])
+  assert sorted(len(d.keys) for d in data) == [2, 3] and len(classes) == 5
+
+
+def test_min_word_count_leaves_rare_words_out(source, built, tmp_path):
+  out = str(tmp_path / "common")
+  summary = _build(source["root"], out, skip_bad=True, workers=1, min_word_count=2)
+  data = [datasets.load_split(out, "folder", s) for s in ("train", "test")]
+  vocab = data[0].vocab
+  with open(os.path.join(out, "skipped.txt"), encoding="utf8") as f:
+    skipped = f.read()
+  # No word of 'grey tones only' occurs twice: reported, gray.jpg keeps its other caption; the
+  # cafe image loses its only caption, so it goes too.
+  assert "part_a/metadata.jsonl:4: imgs/gray.jpg: caption 'grey tones only' has no word seen " \
+      "at least --min_word_count=2 times" in skipped
+  assert "part_a/metadata.jsonl:11: imgs/caf\u00e9.png: image without a usable caption" in skipped
+  counts = {}
+  for d in data:
+    for caps in d.captions:
+      for c in caps:
+        for t in c:
+          counts[t] = counts.get(t, 0) + 1
+  assert len(vocab) == summary["vocab_size"] == 1 + len(counts)
+  assert min(counts.values()) >= 2 and "purple" not in vocab and "colour" in vocab
+  keys = [k for d in data for k in d.keys]
+  assert "part_a/imgs/caf\u00e9.png" not in keys and "part_a/imgs/gray.jpg" in keys
+  assert len(keys) < source["good"]
+  gray = [d.captions[d.keys.index("part_a/imgs/gray.jpg")] for d in data
+          if "part_a/imgs/gray.jpg" in d.keys][0]
+  assert [vocab.decode(c) for c in gray] == ["a gray picture"]
+
+
+def test_a_caption_that_is_not_text_is_reported_once(tmp_path):
+  """JSON values that are not text (a number, a list holding null) are reported as such, not
+  also as an "empty caption"; an empty caption and a JSON null are "empty caption"."""
+  src = tmp_path / "src"
+  for i in range(4):
+    _save(str(src / f"i{i}.jpg"), _img((40 * i, 10, 10)), "JPEG")
+  rows = [{"file_name": "i0.jpg", "text": 5},
+          {"file_name": "i1.jpg", "text": ["a fine caption", None]},
+          {"file_name": "i2.jpg", "text": None},
+          {"file_name": "i3.jpg", "text": "a good caption"}]
+  (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf8")
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(src), str(tmp_path / "q"), class_column=None, workers=1)
+  assert e.value.problems == [
+      "metadata.jsonl:1: i0.jpg: image without a usable caption",
+      "metadata.jsonl:1: i0.jpg: the caption is not text (int 5)",
+      "metadata.jsonl:2: i1.jpg: image without a usable caption",
+      "metadata.jsonl:2: i1.jpg: the caption list holds a non-text item (None)",
+      "metadata.jsonl:3: i2.jpg: empty caption",
+      "metadata.jsonl:3: i2.jpg: image without a usable caption"]
