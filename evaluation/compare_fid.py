@@ -1,26 +1,38 @@
-r"""Official TensorFlow FID and PyTorch FID on the same image files, side by side (paper §7.5).
+r"""Official TensorFlow FID and both PyTorch FIDs on the same image files, one table (paper §7.5).
 
     python -m evaluation.compare_fid --images DIR --reference DIR|stats.npz \
-        [--fid_inception_dir D] [--pytorch_fid auto|package|emulated]
+        [--fid_inception_dir D] [--pytorch_fid auto|package|emulated] \
+        [--torchvision_inception inception_v3_google-*.pth|image_encoder200.pth] \
+        [--dmgan_batch_size 64] [--nodecompose] [--save_stats DIR]
 
-Rows:
-- official (TTUR): the official network as the TF graph runs it: TF1 legacy bilinear resize to
-  299 (no half-pixel offset), (x - 128) / 128, `pool_3`, float64 statistics.
-- PyTorch FID (pytorch-fid 0.3.0): with the `pytorch-fid` package when it is installed (its own
-  loader, resize and network; it needs torchvision and its weights file
-  `pt_inception-2015-12-05-6726825d.pth` in `$TORCH_HOME/hub/checkpoints`), otherwise its
-  preprocessing emulated on the same official weights: PIL -> [0, 1] -> `F.interpolate(bilinear,
-  align_corners=False)` (half-pixel centres) -> 2x - 1. pytorch-fid's network is the same
-  2015-12-05 graph ported to PyTorch, so the emulation isolates the preprocessing.
-- the effect of each preprocessing difference alone (resize rule; normalisation).
-
-Both FIDs use the same distance code. What the delta is made of: the resize rule (the main term
-for 64/128/256 px images upsampled to 299), the normalisation ((x-128)/128 vs x/127.5-1), and with
-the real pytorch-fid package also backend numerics (convolution kernels) and the weights file.
-The older pytorch-fid (before May 2019, used by DM-GAN's evaluation code) used torchvision's
-ImageNet Inception weights instead and is not reproduced here (its weights cannot be had offline);
-DM-GAN's README shows it differs from TF FID by 10-71 % on CUB and COCO.
+The three FIDs, each from a different network or preprocessing, all with the same distance code:
+- official TF FID (TTUR): the official 2015-12-05 network (Keras port, `--fid_inception_dir`) as
+  the TF graph runs it: TF1 legacy bilinear resize to 299 (no half-pixel offset),
+  (x - 128) / 128, `pool_3`, every image, float64 statistics.
+- current pytorch-fid (0.3.0): the same 2015-12-05 weights with PyTorch preprocessing. With the
+  `pytorch-fid` package when it is usable (its own loader, resize and network; it needs
+  torchvision and `pt_inception-2015-12-05-6726825d.pth` in `$TORCH_HOME/hub/checkpoints`),
+  otherwise emulated on the Keras port: PIL -> [0, 1] -> `F.interpolate(bilinear,
+  align_corners=False)` (half-pixel centres) -> 2x - 1.
+- DM-GAN-style PyTorch FID (old pytorch-fid before its PR #16, DM-GAN's `eval/FID`, the "PyTorch"
+  numbers in DM-GAN's README): torchvision's ImageNet Inception-v3 weights
+  (`--torchvision_inception`: torchvision's `inception_v3_google-*.pth`, or, approximately,
+  AttnGAN's `image_encoder200.pth`: its trunk has the ImageNet weights but BN running statistics
+  updated by AttnGAN's DAMSM pretraining, which ran it in train mode), torchvision's architecture
+  (average pools counting padding, no max pool in Mixed_7c), DM-GAN's preprocessing: PIL bilinear
+  resize of the uint8 image to 299, `ToTensor` ([0, 1]), `align_corners=True` upsampling (a no-op
+  at 299), torchvision's `transform_input` normalisation (x * std/0.5 + (mean - 0.5)/0.5 with the
+  ImageNet mean/std); the last partial batch of `--dmgan_batch_size` (DM-GAN's default 64) is
+  dropped, in sorted file order (DM-GAN's loader walks folders in os.walk order, recursively).
+  Without `--torchvision_inception` this row names the flag instead of a value.
+Then (unless --nodecompose) the effect of each preprocessing difference of the current
+pytorch-fid alone (resize rule; normalisation). Deltas are against the official FID. Anything
+computed with weights that are not a checksummed release is marked UNVERIFIED WEIGHTS.
 """
+
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 import importlib.util
 import os
@@ -65,9 +77,40 @@ def _pytorch_fid_package(images, reference, batch_size):
   return mu1, s1, mu2, s2
 
 
+DMGAN_ROW = "DM-GAN-style PyTorch FID (torchvision ImageNet weights, DM-GAN eval/FID)"
+
+
+def _dmgan_files(folder, batch_size):
+  """DM-GAN's DataLoader(drop_last=True): the images of whole batches only."""
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  files = features.list_images(folder)
+  used = len(files) // batch_size * batch_size
+  if not used:
+    raise ValueError(f"{folder}: {len(files)} images, fewer than one DM-GAN batch "
+                     f"(--dmgan_batch_size={batch_size}; DM-GAN drops the last partial batch)")
+  return files[:used], len(files) - used
+
+
+def _dmgan_fid(images, reference, torchvision_inception, batch_size, dmgan_batch_size, method,
+               progress):
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  from evaluation import fid  # pylint: disable=g-import-not-at-top
+  ext = features.TorchvisionExtractor(torchvision_inception)
+  (gen, gen_dropped), (ref, ref_dropped) = (_dmgan_files(images, dmgan_batch_size),
+                                            _dmgan_files(reference, dmgan_batch_size))
+  g, r = (_stats_of(ext, gen, batch_size, progress), _stats_of(ext, ref, batch_size, progress))
+  value = fid.frechet_distance(g[0], g[1], r[0], r[1], method)
+  return value, ext, (g, r, gen_dropped, ref_dropped)
+
+
 def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fid="auto",
-            method=None, progress=False):
-  """Rows of (name, fid, description) and notes, for the table."""
+            method=None, progress=False, torchvision_inception=None, dmgan_batch_size=64,
+            decompose=True, save_stats=None):
+  """{'rows': [(name, fid or None, comment)], 'notes': [...], ...} for the table: the official,
+  current pytorch-fid and DM-GAN-style FIDs, then (with `decompose`) the FIDs with one
+  preprocessing difference at a time (two more passes of the official network per folder).
+  `save_stats`: a folder receiving `<row>-images.npz` / `<row>-reference.npz` (keys `mu`, `sigma`,
+  the TTUR / pytorch-fid convention, plus `num_images` and `extractor`) per computed row."""
   from evaluation import features  # pylint: disable=g-import-not-at-top
   from evaluation import fid  # pylint: disable=g-import-not-at-top
   method = method or fid.default_method()
@@ -81,10 +124,12 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   }
   from evaluation import inception  # pylint: disable=g-import-not-at-top
   network = inception.load(fid_inception_dir)  # one copy of the weights for every variant
-  stats, label, verified = {}, None, None
+  stats, label, verified, saved = {}, None, None, {}
   for key, kw in variants.items():
     if reference.endswith(".npz") and key != "official":
       continue  # statistics files hold one preprocessing only
+    if not decompose and key in ("resize_only", "normalize_only"):
+      continue
     ext = features.KerasExtractor(fid_inception_dir, **kw, model=network)
     label, verified = label or ext.description, ext.verified if verified is None else verified
     gen = _stats_of(ext, images, batch_size, progress)
@@ -94,7 +139,9 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     else:
       ref = _stats_of(ext, reference, batch_size, progress)
     stats[key] = fid.frechet_distance(gen[0], gen[1], ref[0], ref[1], method), gen[2], ref[2]
-  rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0])]
+    saved[key] = (gen, ref, ext.description)
+  tag = "" if verified else "  [UNVERIFIED WEIGHTS]"
+  rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0], tag)]
   notes = []
   use_package = False
   if pytorch_fid in ("auto", "package"):
@@ -105,14 +152,35 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
       notes.append(f"pytorch-fid package not used: {why}; its preprocessing is emulated")
   if use_package:
     mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size)
-    rows.append(("PyTorch FID (pytorch-fid 0.3.0 package)", fid.frechet_distance(
-        mu1, s1, mu2, s2, method)))
+    rows.append(("PyTorch FID (current pytorch-fid 0.3.0 package)", fid.frechet_distance(
+        mu1, s1, mu2, s2, method), ""))
   if "pytorch_emulated" in stats:
-    rows.append(("PyTorch FID (pytorch-fid preprocessing, official weights)",
-                 stats["pytorch_emulated"][0]))
-    rows.append(("  resize rule only (half-pixel bilinear)", stats["resize_only"][0]))
-    rows.append(("  normalisation only (x/127.5-1)", stats["normalize_only"][0]))
+    rows.append(("PyTorch FID (current pytorch-fid preprocessing, official weights)",
+                 stats["pytorch_emulated"][0], tag))
   else:
+    rows.append(("PyTorch FID (current pytorch-fid preprocessing, official weights)", None,
+                 "n/a: the reference is a statistics file"))
+  # DM-GAN-style (old pytorch-fid): torchvision's ImageNet network.
+  if not torchvision_inception:
+    rows.append((DMGAN_ROW, None, "n/a: set --torchvision_inception"))
+    notes.append("DM-GAN-style PyTorch FID not computed: set --torchvision_inception=PATH "
+                 "(torchvision's inception_v3_google-1a9a5a14.pth, or AttnGAN's "
+                 "image_encoder200.pth; neither can be downloaded here)")
+  elif reference.endswith(".npz"):
+    rows.append((DMGAN_ROW, None, "n/a: needs a reference folder"))
+  else:
+    value, ext, (g, r, gen_dropped, ref_dropped) = _dmgan_fid(
+        images, reference, torchvision_inception, batch_size, dmgan_batch_size, method, progress)
+    n_gen, n_ref = g[2], r[2]
+    saved["dmgan"] = (g, r, ext.description)
+    rows.append((DMGAN_ROW, value, "" if ext.verified else "  [UNVERIFIED WEIGHTS]"))
+    notes.append(f"DM-GAN-style network: {ext.label()}; {n_gen} / {n_ref} images used "
+                 f"({gen_dropped} / {ref_dropped} dropped: last partial batch of "
+                 f"{dmgan_batch_size})")
+  if "resize_only" in stats:
+    rows.append(("  resize rule only (half-pixel bilinear)", stats["resize_only"][0], tag))
+    rows.append(("  normalisation only (x/127.5-1)", stats["normalize_only"][0], tag))
+  elif reference.endswith(".npz"):
     notes.append("reference is a statistics file: only the official row can be computed")
   n_gen, n_ref = stats["official"][1], stats["official"][2]
   if min(n_gen, n_ref or n_gen) <= 2048:
@@ -121,23 +189,37 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   if not verified:
     notes.append("UNVERIFIED WEIGHTS: the Keras port's weights are not the checksummed official "
                  "ones")
+  if save_stats:
+    os.makedirs(save_stats, exist_ok=True)
+    for key, (g, r, description) in saved.items():
+      for part, st in (("images", g), ("reference", r)):
+        if st[2]:  # a statistics-file reference is not written again
+          fid.save_statistics(os.path.join(save_stats, f"{key}-{part}.npz"), st[0], st[1],
+                              num_images=st[2], extractor=description)
+    notes.append(f"statistics written to {save_stats} (<row>-images.npz, <row>-reference.npz)")
   return {"rows": rows, "notes": notes, "extractor": label, "verified": verified,
           "num_images": n_gen, "num_reference": n_ref, "method": method}
 
 
 def format_table(result):
+  """One table: per FID its value, and its delta (absolute, relative) to the official one."""
   official = result["rows"][0][1]
   width = max(len(r[0]) for r in result["rows"])
   lines = [f"{'FID':<{width}}  {'value':>10}  {'delta':>9}  {'rel':>8}"]
-  for name, value in result["rows"]:
+  for name, value, comment in result["rows"]:
+    if value is None:
+      lines.append(f"{name:<{width}}  {'-':>10}  {'-':>9}  {'-':>8}  {comment}")
+      continue
     delta = value - official
     rel = delta / official if official else float("nan")
-    lines.append(f"{name:<{width}}  {value:10.4f}  {delta:+9.4f}  {rel:+8.2%}")
+    lines.append(f"{name:<{width}}  {value:10.4f}  {delta:+9.4f}  {rel:+8.2%}{comment}")
   lines.append(f"images: {result['num_images']} generated, {result['num_reference']} reference; "
-               f"network: {result['extractor']}; distance: {result['method']}")
-  lines.append("causes of the delta: resize rule (TF1 legacy vs half-pixel bilinear to 299), "
-               "normalisation ((x-128)/128 vs x/127.5-1), and for the package row backend "
-               "numerics; the two FIDs are not interchangeable (paper §7.5).")
+               f"official network: {result['extractor']}; distance: {result['method']}")
+  lines.append("networks: official and current pytorch-fid rows: the 2015-12-05 TF Inception; "
+               "DM-GAN-style row: torchvision's ImageNet Inception-v3. Causes of the deltas: "
+               "resize rule (TF1 legacy vs half-pixel bilinear vs PIL), normalisation, for the "
+               "package row backend numerics, for the DM-GAN row a different network and "
+               "weights; the FIDs are not interchangeable (paper §7.5).")
   lines += [f"note: {n}" for n in result["notes"]]
   return "\n".join(lines)
 
@@ -151,7 +233,10 @@ def main(argv):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # the table carries the small-sample note itself
       return format_table(compare(f.images, f.reference, f.fid_inception_dir, f.eval_batch_size,
-                                  f.pytorch_fid, f.fid_method, progress=True))
+                                  f.pytorch_fid, f.fid_method, progress=True,
+                                  torchvision_inception=f.torchvision_inception,
+                                  dmgan_batch_size=f.dmgan_batch_size,
+                                  decompose=f.decompose, save_stats=f.save_stats))
   eval_flags.run_cli(("images", "reference"), run, (FileNotFoundError, ValueError, RuntimeError))
 
 
@@ -163,5 +248,12 @@ if __name__ == "__main__":
   absl_flags.DEFINE_enum("pytorch_fid", "auto", ["auto", "package", "emulated"],
                          "PyTorch FID from the pytorch-fid package (auto: when usable) or the "
                          "emulation of its preprocessing.")
+  absl_flags.DEFINE_string("save_stats", None, "Folder for the statistics of every row: "
+                           "<row>-images.npz, <row>-reference.npz (keys mu, sigma).")
+  absl_flags.DEFINE_bool("decompose", True, "Also compute the FIDs with only the resize rule "
+                         "or only the normalisation of pytorch-fid (two more passes).")
+  absl_flags.DEFINE_integer("dmgan_batch_size", 64,
+                            "DM-GAN-style FID: batch size whose last partial batch is dropped "
+                            "(DM-GAN eval/FID's default 64).")
   from evaluation import flags as _  # pylint: disable=g-import-not-at-top,unused-import
   app.run(main)

@@ -12,6 +12,17 @@ the 1008 `logits` computed as improved-gan does (`pool_3 @ softmax/weights`, no 
   resolved from `$TFHUB_CACHE_DIR`); it expects 299 x 299 inputs in [-1, 1], so images get the
   graph's legacy resize and normalisation first.
 
+Not the official network: `torchvision` is torchvision's ImageNet Inception-v3
+(`msmt_tf.models.torchvision_inception`), what the old pytorch-fid and DM-GAN's `eval/FID`
+computed "PyTorch FID" with (metrics_spec §3.2), fed as DM-GAN fed it: PIL bilinear resize of the
+uint8 image to 299 x 299, `ToTensor` ([0, 1]), `align_corners=True` upsampling to 299 (a no-op
+then), torchvision's `transform_input` normalisation, 2048-d average pool. Weights from
+`--torchvision_inception`: torchvision's `inception_v3_google-<sha256 prefix>.pth` or AttnGAN's
+`image_encoder*.pth` (its trunk has the ImageNet weights, but AttnGAN's DAMSM pretraining ran the
+frozen trunk in train mode, so its BN running statistics moved: an approximation), told apart by
+their keys and read without PyTorch. Verified only for a known release file name whose SHA-256 starts with the
+prefix in the name.
+
 Nothing is downloaded: a missing or wrong file is named with the flag to set. Each extractor
 carries `description` and `verified` (True only for files whose checksum is that of the official
 release); metric results carry both, and unverified ones are printed as such.
@@ -22,14 +33,24 @@ import os
 
 import numpy as np
 
-__all__ = ["Extractor", "KerasExtractor", "FrozenGraphExtractor", "HubExtractor", "make",
-           "list_images", "load_image", "iter_batches", "activations", "GRAPH_MD5",
-           "GRAPH_SIZE", "HUB_HANDLE"]
+from msmt_tf import fileio
+
+__all__ = ["Extractor", "KerasExtractor", "FrozenGraphExtractor", "HubExtractor",
+           "TorchvisionExtractor", "make", "list_images", "load_image", "iter_batches",
+           "activations", "dmgan_preprocess", "torchvision_weights_check", "GRAPH_MD5",
+           "GRAPH_SIZE", "HUB_HANDLE", "TORCHVISION_RELEASES"]
 
 # classify_image_graph_def.pb of inception-2015-12-05.tgz (metrics_spec §1.1).
 GRAPH_SIZE = 95673916
 GRAPH_MD5 = "e6bb154e85f5d4331c22abcddb5dcf31"
 HUB_HANDLE = "https://tfhub.dev/tensorflow/tfgan/eval/inception/1"
+# torchvision's release files of the ImageNet Inception-v3; torch.hub names each file after the
+# first hex digits of its SHA-256.
+TORCHVISION_RELEASES = {
+    "inception_v3_google-1a9a5a14.pth": "torchvision's 2018 release (AttnGAN, DM-GAN, old "
+                                        "pytorch-fid)",
+    "inception_v3_google-0cc3c7bd.pth": "torchvision's later re-release",
+}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -79,25 +100,30 @@ class KerasExtractor(Extractor):
     def run(images):
       return net(images, resize=resize, normalize=normalize)
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._fn = tf.function(run, reduce_retracing=True)
-    elif backend == "jax":
-      import jax  # pylint: disable=g-import-not-at-top
-      state = [v.value for v in net.variables]
-
-      def pure(values, images):
-        with keras.StatelessScope(list(zip(net.variables, values))):
-          return run(images)
-      jitted = jax.jit(pure)
-      self._fn = lambda images: jitted(state, images)
-    else:
-      self._fn = run
+    self._fn = _compiled(net, run)
 
   def __call__(self, images):
     import keras  # pylint: disable=g-import-not-at-top
     return {"pool_3": keras.ops.convert_to_numpy(self._fn(np.asarray(images, np.float32)))}
+
+
+def _compiled(net, run):
+  """`run` compiled for the current backend (tf.function, or jax.jit with `net`'s weights)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.function(run, reduce_retracing=True)
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    state = [v.value for v in net.variables]
+
+    def pure(values, images):
+      with keras.StatelessScope(list(zip(net.variables, values))):
+        return run(images)
+    jitted = jax.jit(pure)
+    return lambda images: jitted(state, images)
+  return run
 
 
 class FrozenGraphExtractor(Extractor):
@@ -200,15 +226,105 @@ class HubExtractor(Extractor):
     return result
 
 
-def make(source, fid_inception_dir=None, inception_graph=None, inception_hub=None, **kwargs):
-  """The extractor named `source` ('keras', 'graph' or 'hub')."""
+def torchvision_weights_check(path):
+  """(verified, why): True only for a known torchvision release file name
+  (`TORCHVISION_RELEASES`) whose SHA-256 starts with the hex digits in the name."""
+  import re  # pylint: disable=g-import-not-at-top
+  name = os.path.basename(path)
+  m = re.fullmatch(r"inception_v3_google-([0-9a-f]{8,64})\.pth", name)
+  if not m:
+    return False, (f"{name} is not named like a torchvision release "
+                   "(inception_v3_google-<sha256 prefix>.pth)")
+  digest = fileio.file_digest(path)
+  if not digest.startswith(m.group(1)):
+    return False, (f"SHA-256 {digest[:16]}... does not start with the {m.group(1)} in its name "
+                   "(a damaged or renamed file)")
+  if name not in TORCHVISION_RELEASES:
+    return False, f"SHA-256 matches its name, but {name} is not a known torchvision release"
+  return True, f"{TORCHVISION_RELEASES[name]}, SHA-256 {digest[:16]}... checked"
+
+
+def dmgan_preprocess(images):
+  """DM-GAN `eval/FID`'s loader on `[N, H, W, 3]` images in [0, 255]: PIL `Image.resize((299,
+  299), BILINEAR)` of the uint8 RGB image (torchvision `transforms.Resize((299, 299))`; Pillow's
+  filter, antialiased when shrinking, rounded back to uint8), then `ToTensor` (/ 255). Values are
+  rounded to uint8 first (they are, when read from image files). Returns float32
+  `[N, 299, 299, 3]` in [0, 1]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  arr = np.clip(np.rint(np.asarray(images, np.float32)), 0, 255).astype(np.uint8)
+  out = np.empty((len(arr), 299, 299, 3), np.float32)
+  for i, image in enumerate(arr):
+    out[i] = np.asarray(Image.fromarray(image, "RGB").resize((299, 299), Image.BILINEAR),
+                        np.float32) / np.float32(255.0)
+  return out
+
+
+class TorchvisionExtractor(Extractor):
+  """torchvision's ImageNet Inception-v3, DM-GAN `eval/FID` preprocessing (see the module doc):
+  the "PyTorch FID" of DM-GAN's and AttnGAN's published numbers, not the official TF FID."""
+
+  name = "torchvision"
+
+  def __init__(self, path):
+    from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
+    from msmt_tf.models import inception_blocks  # pylint: disable=g-import-not-at-top
+    from msmt_tf.models import torchvision_inception as tvi  # pylint: disable=g-import-not-at-top
+    if not path:
+      raise FileNotFoundError(
+          "--torchvision_inception is not set: point it at torchvision's "
+          "inception_v3_google-*.pth or AttnGAN's image_encoder*.pth (not downloadable here)")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--torchvision_inception {path} does not exist (torchvision's "
+                              "inception_v3_google-*.pth or AttnGAN's image_encoder*.pth)")
+    try:
+      arrays = torch_io.load_state_dict(path)
+    except ValueError as e:  # TorchFileError
+      raise ValueError(f"--torchvision_inception: {e}") from e
+    kind, trunk, _ = tvi.split_state_dict(arrays, f"--torchvision_inception {path}")
+    self.model = tvi.TorchvisionInceptionV3(outputs=("pool",), name="torchvision_inception")
+    self.ignored = tvi.load_torchvision_weights(self.model, trunk,
+                                                source=f"--torchvision_inception {path}")
+    self.kind = kind
+    if kind == "torchvision":
+      self.verified, why = torchvision_weights_check(path)
+    else:
+      self.verified = False
+      why = ("the trunk of an AttnGAN image encoder: ImageNet convolution and BN scale/shift "
+             "weights, but BN running statistics that AttnGAN's DAMSM pretraining kept "
+             "updating (pretrain_DAMSM.py trains with cnn_model.train()), so not exactly "
+             "torchvision's network; no known checksum"
+             if kind == "attngan_image_encoder" else "a bare trunk, no known checksum")
+    self.description = (f"torchvision ImageNet Inception-v3, weights {path} ({why}), DM-GAN "
+                        "eval/FID preprocessing (not the official TF FID network)")
+    net = self.model
+
+    def run(x):
+      if x.shape[1] != 299 or x.shape[2] != 299:
+        x = inception_blocks.resize_bilinear(x, 299, mode="align_corners")
+      return net(tvi.transform_input(x))
+
+    self._fn = _compiled(net, run)
+
+  def preprocess(self, images):
+    return dmgan_preprocess(images)
+
+  def __call__(self, images):
+    import keras  # pylint: disable=g-import-not-at-top
+    return {"pool_3": keras.ops.convert_to_numpy(self._fn(self.preprocess(images)))}
+
+
+def make(source, fid_inception_dir=None, inception_graph=None, inception_hub=None,
+         torchvision_inception=None, **kwargs):
+  """The extractor named `source` ('keras', 'graph', 'hub' or 'torchvision')."""
   if source == "keras":
     return KerasExtractor(fid_inception_dir, **kwargs)
   if source == "graph":
     return FrozenGraphExtractor(inception_graph)
   if source == "hub":
     return HubExtractor(inception_hub)
-  raise ValueError(f"unknown Inception source {source!r}: keras, graph or hub")
+  if source == "torchvision":
+    return TorchvisionExtractor(torchvision_inception)
+  raise ValueError(f"unknown Inception source {source!r}: keras, graph, hub or torchvision")
 
 
 # ----------------------------------------------------------------------------- images

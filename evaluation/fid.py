@@ -1,7 +1,7 @@
 r"""Fréchet Inception Distance with the official network (TTUR semantics).
 
     python -m evaluation.fid --images DIR --reference DIR|stats.npz \
-        [--inception_source keras|graph|hub] [--save_stats OUT.npz]
+        [--inception_source keras|graph|hub|torchvision] [--save_stats OUT.npz]
 
 Activations (`pool_3`, every image, no dropped tail) -> float64 mean and unbiased covariance
 (`np.cov`, ddof 1), cacheable as `.npz` with keys `mu` and `sigma` (the format TTUR and pytorch-fid
@@ -15,6 +15,10 @@ imaginary part above 1e-3 a `ValueError('Imaginary component ...')`, otherwise i
 Without TensorFlow (the GPU machine) the ttur route is used. Fewer images than the 2048 feature
 dimensions make the covariances singular: allowed, but warned, as FID is then not comparable.
 """
+
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 import os
 import warnings

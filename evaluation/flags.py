@@ -6,14 +6,20 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("inception_source", "keras", ["keras", "graph", "hub"],
+flags.DEFINE_enum("inception_source", "keras", ["keras", "graph", "hub", "torchvision"],
                   "Copy of the official 2015-12-05 Inception: keras (the Keras 3 port, weights "
                   "from `python -m evaluation.inception convert`), graph (frozen "
-                  "classify_image_graph_def.pb), hub (TF-GAN's TF-Hub module).")
+                  "classify_image_graph_def.pb), hub (TF-GAN's TF-Hub module); or torchvision: "
+                  "NOT the official network, torchvision's ImageNet Inception-v3 with DM-GAN's "
+                  "eval/FID preprocessing (the old 'PyTorch FID'; --torchvision_inception).")
 flags.DEFINE_string("fid_inception_dir", None,
                     "Keras port weights folder (default $MSMT_FID_INCEPTION_DIR or "
                     "~/.cache/msmt_tf/fid_inception).")
 flags.DEFINE_string("inception_graph", None, "Path of classify_image_graph_def.pb.")
+flags.DEFINE_string("torchvision_inception", None,
+                    "torchvision's inception_v3_google-*.pth, or AttnGAN's image_encoder*.pth "
+                    "(its trunk), for --inception_source=torchvision and compare_fid's DM-GAN "
+                    "column.")
 flags.DEFINE_string("inception_hub", None,
                     "TF-Hub Inception module: a local SavedModel directory, or the handle "
                     "(resolved offline from $TFHUB_CACHE_DIR).")
@@ -30,11 +36,11 @@ flags.DEFINE_integer("is_splits", 10, "Inception Score splits.")
 def extractor(source=None):
   from evaluation import features  # pylint: disable=g-import-not-at-top
   return features.make(source or FLAGS.inception_source, FLAGS.fid_inception_dir,
-                       FLAGS.inception_graph, FLAGS.inception_hub)
+                       FLAGS.inception_graph, FLAGS.inception_hub, FLAGS.torchvision_inception)
 
 
 def is_extractor():
-  source = FLAGS.is_source or (FLAGS.inception_source if FLAGS.inception_source != "keras"
+  source = FLAGS.is_source or (FLAGS.inception_source if FLAGS.inception_source in ("graph", "hub")
                                else "graph")
   return extractor(source)
 

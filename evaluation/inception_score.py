@@ -15,6 +15,10 @@ the same `ExpandDims` / `pool_3` / `softmax/logits/MatMul` names) or as a SavedM
 `{'pool_3', 'logits'}` with `--is_source=hub`.
 """
 
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 import numpy as np
 
 __all__ = ["inception_score", "split_scores"]

@@ -15,6 +15,10 @@ others: shorter side to 256 and a centre crop; PIL bilinear with antialiasing), 
 route as the generated images.
 """
 
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 import datetime
 import json
 import os
@@ -92,13 +96,13 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   parsed = [(name, *parse(name)) for name in metric_names]
-  if step is None:
-    found = checkpoint.latest(run_dir)
+  if step is None:  # the newest checkpoint that reads (damaged newer ones are set aside, said)
+    found = checkpoint.newest_readable(run_dir)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     step = found[0]
-  with open(os.path.join(run_dir, "config.json")) as f:
-    record = json.load(f)
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  record = runs.read_config(run_dir)
   data_dir = data_dir or record["data"]["data_dir"]
   damsm_dir = damsm_dir or record.get("damsm_dir")
   counts = {}

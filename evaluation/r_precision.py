@@ -16,6 +16,10 @@ images (DM-GAN's slice drops the last image of each fold). Each candidate captio
 with one word-drop draw when it is longer than `words_num` (DM-GAN redraws per use).
 """
 
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 import os
 
 import numpy as np
@@ -75,7 +79,7 @@ def _encode_captions(text_encoder, captions, words_num, seed, batch_size=500):
 def load_encoders(damsm_dir):
   """(text encoder, image encoder) of `damsm_dir`; errors name the missing or wrong file."""
   from msmt_tf import config  # pylint: disable=g-import-not-at-top
-  from msmt_tf.train import load_damsm_encoder  # pylint: disable=g-import-not-at-top
+  from msmt_tf.runs import load_damsm_encoder  # pylint: disable=g-import-not-at-top
   if not damsm_dir:
     raise FileNotFoundError("no DAMSM folder: pass --damsm_dir")
   text_path, image_path = config.damsm_paths(damsm_dir)
@@ -131,13 +135,20 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
   mean, std = aggregate(hits, folds, seed)
   return {"r_precision_mean": mean, "r_precision_std": std, "num_images": int(len(hits)),
           "candidates": num_candidates, "folds": folds, "damsm_dir": os.path.abspath(damsm_dir),
+          "damsm_encoders": _provenance(damsm_dir),
           "notes": "images read from PNG; folds of N//10; one word-drop draw per caption"}
+
+
+def _provenance(damsm_dir):
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  return runs.damsm_provenance(damsm_dir)
 
 
 def format_result(name, result):
   return (f"{name}: {result['r_precision_mean']:.2f} ± {result['r_precision_std']:.2f} % "
           f"({result['num_images']} images, 1 true + {result['candidates'] - 1} mismatched "
-          f"captions, {result['folds']} folds; DAMSM {result['damsm_dir']})")
+          f"captions, {result['folds']} folds; DAMSM {result['damsm_dir']}: "
+          f"{result.get('damsm_encoders', '?')})")
 
 
 def main(argv):

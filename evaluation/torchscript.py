@@ -8,22 +8,14 @@ what a module tree of plain tensors needs (`torch._utils._rebuild_tensor_v2`, ty
 plain attribute holder. Nothing else is importable from the pickle, so a file cannot run code.
 """
 
-import collections
-import pickle
 import zipfile
 
-import numpy as np
+from msmt_tf.interop import torch_io
 
 __all__ = ["TorchScriptError", "read_module", "flatten"]
 
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
 
-
-class TorchScriptError(ValueError):
+class TorchScriptError(torch_io.TorchFileError):
   pass
 
 
@@ -45,22 +37,17 @@ class ScriptModule:
     return f"<{self._kind}>"
 
 
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-  size, stride = tuple(size), tuple(stride)
-  if not size:
-    return storage[offset]
-  view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
-                                         strides=[s * storage.itemsize for s in stride])
-  return np.array(view)
-
-
 def _int_list(values):
   return list(values)
 
 
 def read_module(path):
   """The root module of the TorchScript archive `path` (attributes: sub-modules, numpy arrays,
-  ints, lists). Raises `TorchScriptError` naming the file when it is not one."""
+  ints, lists). Raises `TorchScriptError` naming the file when it is not one.
+
+  The pickle is read by the restricted unpickler of `msmt_tf.interop.torch_io` (tensors,
+  storages, OrderedDict), which here also admits `torch.jit._pickle.build_*list` and turns every
+  `__torch__` class into a plain attribute holder; nothing else is importable."""
   try:
     archive = zipfile.ZipFile(path)
   except (OSError, zipfile.BadZipFile) as e:
@@ -69,49 +56,24 @@ def read_module(path):
     names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
     if not names:
       raise TorchScriptError(f"{path} is a zip without data.pkl: not a TorchScript archive")
-    prefix = names[0][:-len("data.pkl")]
+    prefix = torch_io.zip_prefix(archive, path, TorchScriptError)
     if not any(n.startswith(prefix + "code/") for n in archive.namelist()):
       raise TorchScriptError(f"{path} has no code/ folder: a torch.save checkpoint, not a "
                              "TorchScript archive (torch.jit.save)")
     classes = {}
 
-    class _Unpickler(pickle.Unpickler):
+    def script_globals(module, name):
+      if module == "torch.jit._pickle" and name.startswith("build_") and name.endswith("list"):
+        return _int_list
+      if module.startswith("__torch__"):
+        key = f"{module}.{name}"
+        if key not in classes:
+          classes[key] = type(name, (ScriptModule,), {"_kind": key})
+        return classes[key]
+      return None
 
-      def find_class(self, module, name):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-          return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-          return name
-        if module == "torch.jit._pickle" and name.startswith("build_") and name.endswith("list"):
-          return _int_list
-        if (module, name) == ("collections", "OrderedDict"):
-          return collections.OrderedDict
-        if module.startswith("__torch__"):
-          key = f"{module}.{name}"
-          if key not in classes:
-            classes[key] = type(name, (ScriptModule,), {"_kind": key})
-          return classes[key]
-        raise TorchScriptError(f"{path}: refusing to load {module}.{name} from its pickle")
-
-      def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-          raise TorchScriptError(f"{path}: unexpected persistent id {pid!r}")
-        _, kind, key, _, numel = pid
-        raw = archive.read(f"{prefix}data/{key}")
-        data = np.frombuffer(raw, _STORAGE_DTYPES[kind])
-        if data.size < numel:
-          raise TorchScriptError(f"{path}: storage {key} holds {data.size} values, {numel} "
-                                 "expected (truncated file?)")
-        return data[:numel].copy()
-
-    try:
-      with archive.open(names[0]) as f:
-        return _Unpickler(f).load()
-    except TorchScriptError:
-      raise
-    except Exception as e:  # truncated or corrupt pickle / zip member
-      raise TorchScriptError(f"{path}: cannot read its module pickle ({type(e).__name__}: "
-                             f"{e})") from e
+    return torch_io.read_zip_pickle(archive, path, prefix, script_globals, TorchScriptError,
+                                    scalar_arrays=False)
 
 
 def flatten(module, prefix=""):

@@ -49,6 +49,10 @@ flags.DEFINE_enum("query_mode", "iterative", ["iterative", "previous"], "Head t 
 flags.DEFINE_bool("fuse_per_channel", False, "Per-channel instead of scalar fuse gates.")
 flags.DEFINE_enum("tail_padding", "valid", ["valid", "same"], "MTWIG tails: L-ks+1 or L.")
 flags.DEFINE_bool("skip_padding_tails", True, "Leave tails that cover padding out of the fuse.")
+flags.DEFINE_enum("dmgan_word_mask", "per_sample", ["per_sample", "official_repeat"],
+                  "--refinement=dmgan: word mask of the memory read: each pixel its own "
+                  "caption's (per_sample) or DM-GAN's released code's mask.repeat quirk "
+                  "(official_repeat, needed to reproduce the released models; interop.md §3).")
 
 for _name in ("channels", "memory_dim", "num_heads", "kernel_size", "condition_dim", "z_dim",
               "text_dim", "embedding_dim", "num_stages", "ndf", "sdm_kernel_size", "grid"):
@@ -92,6 +96,7 @@ class ModelConfig:
   fuse_per_channel: bool = False
   tail_padding: str = "valid"
   skip_padding_tails: bool = True
+  dmgan_word_mask: str = "per_sample"
 
   def __post_init__(self):
     # (MTWIG's kernel against words_num is checked in build_generator, where L is known.)
@@ -105,7 +110,7 @@ class ModelConfig:
     names = ("initial_stage", "refinement", "channels", "memory_dim", "grid", "num_heads",
              "num_res", "kernel_size", "condition_dim", "z_dim", "num_stages", "sdm_kernel_size",
              "key_mode", "detach_grid", "query_mode", "fuse_per_channel", "tail_padding",
-             "skip_padding_tails")
+             "skip_padding_tails", "dmgan_word_mask")
     return {n: getattr(self, n) for n in names}
 
   def build_generator(self, words_num=18, seed=None):
@@ -151,7 +156,8 @@ def resolve_vocab_size(data_dir, dataset, vocab_size):
 
 
 def words_num_from_flags():
-  return FLAGS.words_num or datasets.DATASETS[FLAGS.dataset].words_num_train
+  return FLAGS.words_num or datasets.dataset_spec(FLAGS.data_dir,
+                                                  FLAGS.dataset).words_num_train
 
 
 def model_config_from_flags(vocab_size=None):
@@ -193,9 +199,14 @@ flags.DEFINE_bool("jit_compile", False,
 flags.DEFINE_bool("mixed_precision", False, "bfloat16 compute with float32 weights.")
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops (slower).")
 # --- DAMSM pretraining (AttnGAN pretrain_DAMSM.py; model_spec §2.4) ----------------------------
-flags.DEFINE_enum("image_encoder_trunk", "inception_v3", ["inception_v3", "small"],
-                  "DAMSM image trunk: Inception-v3 (AttnGAN, frozen) or a small CNN (demo).")
-flags.DEFINE_string("inception_weights", None, "Local Keras InceptionV3 no-top weights file.")
+flags.DEFINE_enum("image_encoder_trunk", "inception_v3",
+                  ["inception_v3", "small", "torchvision_inception_v3"],
+                  "DAMSM image trunk: Inception-v3 (Keras application, frozen), a small CNN "
+                  "(demo), or torchvision_inception_v3: AttnGAN's exact torchvision trunk "
+                  "(frozen; resize with align_corners=True as AttnGAN's PyTorch did).")
+flags.DEFINE_string("inception_weights", None, "Local trunk weights: a Keras InceptionV3 no-top "
+                    "file (inception_v3), or torchvision's inception_v3_google-*.pth / AttnGAN's "
+                    "image_encoder*.pth (torchvision_inception_v3).")
 flags.DEFINE_integer("damsm_epochs", 600, "DAMSM pretraining epochs.")
 flags.DEFINE_integer("damsm_max_steps", None, "Cap on DAMSM pretraining steps.")
 flags.DEFINE_integer("damsm_batch_size", 48, "DAMSM batch size.")

@@ -4,10 +4,20 @@ A crash mid-write never leaves a truncated checkpoint, model, image or metadata 
 existing file is only replaced by a complete new one.
 """
 
+import hashlib
 import os
 import tempfile
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "file_digest"]
+
+
+def file_digest(path, algorithm="sha256"):
+  """Hex digest of a file's bytes, read in 1 MB chunks (weights files are large)."""
+  h = hashlib.new(algorithm)
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
 
 
 def atomic_write(path, write_fn):

@@ -16,6 +16,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -23,7 +26,7 @@ from absl import logging
 import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top
-from msmt_tf import fileio
+from msmt_tf import runs
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
@@ -108,8 +111,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:
       text_path, image_path = config.damsm_paths(damsm_dir)
-      fileio.atomic_write(text_path, text_enc.save)
-      fileio.atomic_write(image_path, image_enc.save)
+      runs.save_encoder(text_enc, text_path)
+      runs.save_encoder(image_enc, image_path)
     if last:
       break
     if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate

@@ -19,6 +19,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -105,20 +108,18 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
              batch_size=50, damsm_dir=None, data_dir=None, progress=True):
   """Writes the images (skipping existing ones) and the manifest; returns the manifest."""
   import keras  # pylint: disable=g-import-not-at-top
-  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
-  from msmt_tf import export  # pylint: disable=g-import-not-at-top
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
   from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if num_images < 1:
     raise ValueError(f"--num_images must be >= 1, got {num_images}")
-  generator, text_encoder, _, record = export.load_run(run_dir, step, damsm_dir, data_dir)
-  if step is None:
-    step = checkpoint.latest(run_dir)[0]
+  generator, text_encoder, _, record = runs.load_run(run_dir, step, damsm_dir, data_dir)
+  step = record["step"]  # without --step: the newest checkpoint that reads
   dataset = record["data"]["dataset"]
   data = datasets.load_split(data_dir or record["data"]["data_dir"], dataset, split)
-  words_num = words_num or datasets.DATASETS[dataset].words_num_eval
+  words_num = words_num or datasets.dataset_spec(data.data_dir, dataset).words_num_eval
   manifest = {"run_dir": os.path.abspath(run_dir), "step": int(step), "split": split,
               "seed": seed, "words_num": words_num, "num_images": num_images,
               "dataset": dataset, "data_dir": data.data_dir,

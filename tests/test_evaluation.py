@@ -495,6 +495,8 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert got["is20_test"]["is_mean"] >= 1.0 and not got["is20_test"]["verified"]
   assert "UNVERIFIED WEIGHTS" in res.stdout  # the stand-in classifier is labelled
   assert 0 <= got["rprec_test"]["r_precision_mean"] <= 100
+  # Which encoders made the number is recorded: this project's, not AttnGAN's released ones.
+  assert got["rprec_test"]["damsm_encoders"].startswith("msmt_tf.pretrain_damsm")
   assert got["rprec_test"]["num_images"] == 20
   if HAVE_WEIGHTS:
     assert got["fid20_test"]["fid"] > 0 and got["fid20_test"]["verified"]

@@ -7,7 +7,7 @@ from msmt_tf.layers.blocks import ResBlock, UpBlock
 from msmt_tf.layers.fuse import GatedFusion
 from msmt_tf.layers.sdm import SpatialDynamicMemory
 
-__all__ = ["IterativeMultiHeadRefinement", "DMGANRefinement"]
+__all__ = ["IterativeMultiHeadRefinement", "DMGANRefinement", "WORD_MASKS"]
 
 
 def _build_tail(res_blocks, up, shape):
@@ -109,22 +109,57 @@ class IterativeMultiHeadRefinement(keras.layers.Layer):
             "fuse_per_channel": self.fuse_per_channel}
 
 
+WORD_MASKS = ("per_sample", "official_repeat")
+
+
+def _official_repeat_mask(word_mask, num_pixels):
+  """The word mask DM-GAN's `Memory.forward` applies, `[B, P, L]` for `[B, L]`.
+
+  The official code flattens the scores to rows `b * P + q` (sample b, pixel q) and masks them
+  with `mask.repeat(P, 1)`, whose row r is `mask[r mod B]`: pixel q of sample b gets the padding
+  pattern of sample `(b * P + q) mod B`. (Both terms are reduced mod B first, so nothing
+  overflows.)
+  """
+  batch = ops.shape(word_mask)[0]
+  b = ops.arange(batch, dtype="int32")[:, None]
+  q = ops.arange(num_pixels, dtype="int32")[None, :]
+  source = ops.mod(ops.mod(b * ops.mod(num_pixels, batch), batch) + ops.mod(q, batch), batch)
+  return ops.take(word_mask, source, axis=0)                               # [B, P, L]
+
+
 @keras.saving.register_keras_serializable(package="msmt_tf")
 class DMGANRefinement(keras.layers.Layer):
-  """DM-GAN's dynamic-memory refinement stage (`NEXT_STAGE_G`, model_spec §3), for the ablations.
+  """DM-GAN's dynamic-memory refinement stage (`NEXT_STAGE_G` of DM-GAN's `code/model.py`).
 
   `h_bar = mean(h)` (stop-gradient); per word `g_l = sigmoid(A w_l + B h_bar)`;
   `m_l = ReLU(M_w w_l) g_l + ReLU(M_r h_bar) (1 - g_l)` (2C wide); key / value = ReLU(1x1(m));
-  each pixel's feature is the query: `o = softmax_l(h . key_l) value`; response gate
-  `h' = fuse(h, o)`; `concat(h', h')` -> `num_res` ResBlocks(2C) -> UpBlock(C).
+  each pixel's feature is the query: `o = softmax_l(h . key_l) value` (padded words masked);
+  response gate `r = sigmoid(conv1x1(concat(h, o)))`, `h' = h (1 - r) + o r`;
+  `concat(h', h')` -> `num_res` ResBlocks(2C) -> UpBlock(C).
+
+  Args:
+    channels: C, DM-GAN's ngf (64).
+    num_res: ResBlocks (DM-GAN's R_NUM: 2 CUB, 3 COCO).
+    word_mask: which padding mask each pixel's word softmax uses.
+      'per_sample' (default): every pixel masks its own caption's padding (what the model is
+        meant to do; used for our own training).
+      'official_repeat': DM-GAN's released code, `mask.repeat(queryL, 1)` on scores flattened
+        to rows `b * queryL + q`, so pixel q of sample b masks with the padding of sample
+        `(b * queryL + q) mod B` (interop.md §3). The released DM-GAN models were trained and
+        evaluated this way; reproducing their images needs it. Outputs then depend on the
+        other captions of the batch (their order included), and on padded word vectors, which
+        must be zero (as DM-GAN's and our text encoders give them).
 
   Call arguments / returns: as `IterativeMultiHeadRefinement` (the head list holds `o`).
   """
 
-  def __init__(self, channels=64, num_res=2, **kwargs):
+  def __init__(self, channels=64, num_res=2, word_mask="per_sample", **kwargs):
     super().__init__(**kwargs)
+    if word_mask not in WORD_MASKS:
+      raise ValueError(f"word_mask must be one of {WORD_MASKS}, got {word_mask!r}")
     self.channels = channels
     self.num_res = num_res
+    self.word_mask = word_mask
     init = "orthogonal"
     self.word_gate = keras.layers.Dense(1, use_bias=False, kernel_initializer=init, name="A")
     self.image_gate = keras.layers.Dense(1, use_bias=False, kernel_initializer=init, name="B")
@@ -136,6 +171,8 @@ class DMGANRefinement(keras.layers.Layer):
                                   name="key")
     self.value = keras.layers.Dense(channels, activation="relu", kernel_initializer=init,
                                     name="value")
+    # Holds the response gate's 1x1 convolution (2C -> 1, bias); `call` applies it the way
+    # DM-GAN does (the gate weighs the memory output), not as GatedFusion's `a g + b (1 - g)`.
     self.fuse = GatedFusion(name="response_gate")
     self.res_blocks = [ResBlock(name=f"res{i}") for i in range(num_res)]
     self.up = UpBlock(channels, name="up")
@@ -161,11 +198,16 @@ class DMGANRefinement(keras.layers.Layer):
     keys, values = self.key(m), self.value(m)                                # [B, L, C]
     query = ops.reshape(features, (-1, s * s, c))
     logits = ops.cast(ops.einsum("bpc,blc->bpl", query, keys), "float32")
-    valid = ops.cast(word_mask, "bool")[:, None, :]
+    word_mask = ops.cast(word_mask, "bool")
+    if self.word_mask == "official_repeat":
+      valid = _official_repeat_mask(word_mask, s * s)                         # [B, P, L]
+    else:
+      valid = word_mask[:, None, :]
     logits = ops.where(valid, logits, ops.full_like(logits, -1e30))
     alpha = ops.cast(ops.where(valid, ops.softmax(logits, axis=-1), 0.0), values.dtype)
     o = ops.reshape(ops.einsum("bpl,blc->bpc", alpha, values), (-1, s, s, c))
-    response = self.fuse(features, o)
+    r = ops.sigmoid(self.fuse.gate(ops.concatenate([features, o], axis=-1)))
+    response = features * (1.0 - r) + o * r
     return _run_tail(self.res_blocks, self.up, response, training), [o]
 
   def compute_output_shape(self, features_shape, words_shape=None, word_mask_shape=None):
@@ -174,4 +216,5 @@ class DMGANRefinement(keras.layers.Layer):
     return up, [features_shape]
 
   def get_config(self):
-    return {**super().get_config(), "channels": self.channels, "num_res": self.num_res}
+    return {**super().get_config(), "channels": self.channels, "num_res": self.num_res,
+            "word_mask": self.word_mask}

@@ -31,6 +31,9 @@ class MSMTGenerator(keras.Model):
     sdm_kernel_size, key_mode, detach_grid, query_mode, fuse_per_channel, tail_padding,
     skip_padding_tails: the documented resolutions of the paper's ambiguities (see
       `MultiTailedWordInit`, `SpatialDynamicMemory`, `IterativeMultiHeadRefinement`).
+    dmgan_word_mask: with refinement='dmgan', the word mask of the memory read: 'per_sample'
+      (default) or 'official_repeat' (the released DM-GAN models' behaviour; see
+      `DMGANRefinement`).
     seed: seed of the CA noise generator.
 
   Call arguments:
@@ -47,7 +50,7 @@ class MSMTGenerator(keras.Model):
                grid=8, num_heads=6, num_res=2, kernel_size=3, condition_dim=100, z_dim=100,
                num_stages=3, sdm_kernel_size=3, key_mode="split", detach_grid=True,
                query_mode="iterative", fuse_per_channel=False, tail_padding="valid",
-               skip_padding_tails=True, seed=None, **kwargs):
+               skip_padding_tails=True, dmgan_word_mask="per_sample", seed=None, **kwargs):
     super().__init__(**kwargs)
     if initial_stage not in INITIAL_STAGES:
       raise ValueError(f"initial_stage must be one of {INITIAL_STAGES}, got {initial_stage!r}")
@@ -75,6 +78,7 @@ class MSMTGenerator(keras.Model):
     self.fuse_per_channel = fuse_per_channel
     self.tail_padding = tail_padding
     self.skip_padding_tails = skip_padding_tails
+    self.dmgan_word_mask = dmgan_word_mask
     self.seed = seed
 
     self.ca = ConditioningAugmentation(condition_dim, seed=seed, name="ca")
@@ -86,7 +90,7 @@ class MSMTGenerator(keras.Model):
     self.refine_stages = []
     for k in range(1, num_stages):
       if refinement == "dmgan":
-        stage = DMGANRefinement(channels, num_res, name=f"refine{k}")
+        stage = DMGANRefinement(channels, num_res, dmgan_word_mask, name=f"refine{k}")
       else:
         stage = IterativeMultiHeadRefinement(
             num_heads if refinement == "imhm" else 1, num_res, grid, memory_dim, channels,
@@ -134,4 +138,4 @@ class MSMTGenerator(keras.Model):
         "initial_stage", "refinement", "channels", "memory_dim", "grid", "num_heads", "num_res",
         "kernel_size", "condition_dim", "z_dim", "num_stages", "sdm_kernel_size", "key_mode",
         "detach_grid", "query_mode", "fuse_per_channel", "tail_padding", "skip_padding_tails",
-        "seed")}}
+        "dmgan_word_mask", "seed")}}

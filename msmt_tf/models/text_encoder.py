@@ -65,7 +65,7 @@ class RNNTextEncoder(keras.Model):
             "dropout": self.dropout_rate}
 
 
-TRUNKS = ("inception_v3", "small")
+TRUNKS = ("inception_v3", "small", "torchvision_inception_v3")
 
 
 def _small_trunk():
@@ -89,29 +89,48 @@ class ImageEncoder(keras.Model):
   to Keras' InceptionV3 without further normalisation (Keras' Inception preprocessing also maps
   to [-1, 1]); `mixed7` (Mixed_6e, 17 x 17 x 768) -> 1x1 conv (no bias) -> local features;
   `mixed10` (Mixed_7c) -> global average pool -> Dense -> global feature. The trunk is frozen.
+  trunk='torchvision_inception_v3': AttnGAN's exact trunk, torchvision's `inception_v3`
+  (`msmt_tf.models.torchvision_inception`: BN with scale, average pools counting padding), so
+  AttnGAN's released `image_encoder200.pth` imports exactly
+  (`msmt_tf.interop.attngan_image.image_encoder_from_state_dict`); same projections.
   trunk='small': a 5-conv CNN on 128 x 128 input with 8 x 8 regions, trained with the projections
   (for the built-in demo and tests, where no ImageNet weights can be had).
 
   Args:
     nef: feature width (256).
-    trunk: 'inception_v3' or 'small'.
-    trunk_weights: None (random init) or a local Keras InceptionV3 no-top weights file
-      (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing is downloaded.
+    trunk: 'inception_v3', 'torchvision_inception_v3' or 'small'.
+    trunk_weights: None (random init) or a local weights file, nothing is downloaded:
+      inception_v3: a Keras InceptionV3 no-top file
+      (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`); torchvision_inception_v3:
+      a `torch.save` file, torchvision's `inception_v3_google-*.pth` or AttnGAN's
+      `image_encoder*.pth` (its trunk), read without PyTorch.
+    align_corners: the bilinear resize to the trunk's input size. True: PyTorch
+      `align_corners=True` (corner pixels aligned), what AttnGAN's `nn.Upsample(mode='bilinear')`
+      did on the PyTorch <= 0.3 it ran on, and what DM-GAN's copy of `CNN_ENCODER` sets: the
+      released DAMSM encoders were trained with it. False: half-pixel centres (TF2 / PyTorch
+      >= 0.4 default). None (default): True for torchvision_inception_v3 (to reproduce the
+      released encoders), False for the other trunks (their behaviour so far).
 
   Call arguments:
     images: `[B, H, W, 3]` in [-1, 1].
 
   Returns:
-    `(local [B, R, R, nef], global [B, nef])`; R = 17 (inception_v3) or 8 (small).
+    `(local [B, R, R, nef], global [B, nef])`; R = 17 (both Inception trunks) or 8 (small).
   """
 
-  def __init__(self, nef=256, trunk="inception_v3", trunk_weights=None, **kwargs):
+  def __init__(self, nef=256, trunk="inception_v3", trunk_weights=None, align_corners=None,
+               **kwargs):
     super().__init__(**kwargs)
     if trunk not in TRUNKS:
       raise ValueError(f"trunk must be one of {TRUNKS}, got {trunk!r}")
+    if align_corners not in (None, True, False):
+      raise ValueError(f"align_corners must be None, True or False, got {align_corners!r}")
     self.nef = nef
     self.trunk_name = trunk
     self.trunk_weights = trunk_weights
+    self.align_corners = align_corners
+    self.resize_align_corners = (trunk == "torchvision_inception_v3" if align_corners is None
+                                 else align_corners)
     if trunk_weights is not None:
       import os  # pylint: disable=g-import-not-at-top
       if not os.path.isfile(trunk_weights):
@@ -124,10 +143,19 @@ class ImageEncoder(keras.Model):
                                name="inception_trunk")
       self.trunk.trainable = False
       self.input_size, self.local_shape = 299, (17, 17, 768)
+    elif trunk == "torchvision_inception_v3":
+      from msmt_tf.models import torchvision_inception  # pylint: disable=g-import-not-at-top
+      self.trunk = torchvision_inception.TorchvisionInceptionV3(
+          outputs=("Mixed_6e", "Mixed_7c"), name="inception_trunk")
+      if trunk_weights is not None:
+        torchvision_inception.load_weights_file(self.trunk, trunk_weights)
+      self.trunk.trainable = False
+      self.input_size, self.local_shape = 299, (17, 17, 768)
     else:
       self.trunk = _small_trunk()
       self.input_size, self.local_shape = 128, (8, 8, 256)
-    self.top_channels = self.trunk.outputs[1].shape[-1]
+    self.top_channels = (2048 if trunk == "torchvision_inception_v3"
+                         else self.trunk.outputs[1].shape[-1])
     self.local_proj = keras.layers.Conv2D(nef, 1, use_bias=False, kernel_initializer=_uniform(),
                                           name="emb_features")
     self.global_proj = keras.layers.Dense(nef, kernel_initializer=_uniform(),
@@ -139,7 +167,11 @@ class ImageEncoder(keras.Model):
 
   def call(self, images, training=None):
     size = self.input_size
-    x = ops.image.resize(images, (size, size), interpolation="bilinear")
+    if self.resize_align_corners:
+      from msmt_tf.models import inception_blocks  # pylint: disable=g-import-not-at-top
+      x = inception_blocks.resize_bilinear(images, size, mode="align_corners")
+    else:
+      x = ops.image.resize(images, (size, size), interpolation="bilinear")
     trunk_training = training if self.trunk.trainable else False
     local, top = self.trunk(x, training=trunk_training)
     return self.local_proj(local), self.global_proj(ops.mean(top, axis=(1, 2)))
@@ -150,4 +182,4 @@ class ImageEncoder(keras.Model):
 
   def get_config(self):
     return {**super().get_config(), "nef": self.nef, "trunk": self.trunk_name,
-            "trunk_weights": self.trunk_weights}
+            "trunk_weights": self.trunk_weights, "align_corners": self.align_corners}

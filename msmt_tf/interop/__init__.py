@@ -1,0 +1,2 @@
+"""Interop with the PyTorch ancestors (AttnGAN, DM-GAN, torchvision): PyTorch-free readers and
+importers of their released weights."""

@@ -1,0 +1,146 @@
+"""One home for run directories and model artefacts: reading and writing them.
+
+A run directory (written by `msmt_tf.train`, or by `msmt_tf.import_torch dmgan_generator`):
+
+    <run_dir>/config.json            the resolved configuration (model, loss, data, damsm_dir, ...)
+    <run_dir>/flags.txt              the flags it was started with
+    <run_dir>/checkpoints/ckpt-<step>.npz   see msmt_tf.checkpoint
+    <run_dir>/losses.jsonl, samples/, tb/, generator_ema.keras   (training only)
+
+A DAMSM folder (`--damsm_dir`, written by `msmt_tf.pretrain_damsm` or `import_torch damsm`):
+
+    <damsm_dir>/text_encoder.keras   RNNTextEncoder
+    <damsm_dir>/image_encoder.keras  ImageEncoder
+
+Entry points (train, export, sample, import_torch) and `evaluation/` read and write these only
+through this module, which imports no entry point.
+"""
+
+import json
+import os
+import sys
+
+from msmt_tf import checkpoint
+from msmt_tf import config
+from msmt_tf import fileio
+
+__all__ = ["CONFIG", "FLAGS_FILE", "read_config", "write_run_files", "load_damsm_encoder",
+           "load_damsm", "save_encoder", "load_run", "damsm_provenance"]
+
+CONFIG = "config.json"
+FLAGS_FILE = "flags.txt"
+
+
+def read_config(run_dir):
+  """The run's config.json as a dict; names the file when it is missing or unreadable."""
+  path = os.path.join(run_dir, CONFIG)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: --run_dir must be a msmt_tf.train run (or an "
+                            "imported one)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+
+
+def write_run_files(run_dir, record, flags_text=None):
+  """Writes config.json (atomically) and, when given, flags.txt."""
+  os.makedirs(run_dir, exist_ok=True)
+  if flags_text is not None:
+    fileio.atomic_write_bytes(os.path.join(run_dir, FLAGS_FILE), flags_text.encode())
+  fileio.atomic_write_bytes(os.path.join(run_dir, CONFIG), json.dumps(record, indent=1).encode())
+
+
+def save_encoder(model, path):
+  """Writes a DAMSM encoder archive atomically (a crash never leaves a half file)."""
+  fileio.atomic_write(path, model.save)
+
+
+def load_damsm_encoder(path, kind):
+  """Loads one DAMSM encoder archive; names the file when it is missing, unreadable or wrong."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"DAMSM encoder not found: {path}; make the encoders with: python -m "
+        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={os.path.dirname(path)}")
+  try:
+    model = keras.saving.load_model(path)
+  except Exception as e:  # zip, h5 and deserialisation errors of a bad file
+    raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
+                     "re-create it with python -m msmt_tf.pretrain_damsm") from e
+  if type(model).__name__ != kind:
+    raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
+  return model
+
+
+def load_damsm(damsm_dir, vocab_size):
+  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
+  if not damsm_dir:
+    raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
+                            "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
+                            "--damsm_dir=DIR")
+  text_path, image_path = config.damsm_paths(damsm_dir)
+  text = load_damsm_encoder(text_path, "RNNTextEncoder")
+  image = load_damsm_encoder(image_path, "ImageEncoder")
+  if text.vocab_size != vocab_size:
+    raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
+                     f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
+  return text, image
+
+
+def damsm_provenance(damsm_dir):
+  """Which DAMSM encoders a folder holds, for metric records: AttnGAN's released ones imported
+  by `import_torch damsm` (its import_manifest.json: source files and SHA-256), or encoders
+  pretrained by this project (`pretrain_damsm`)."""
+  manifest = os.path.join(damsm_dir, "import_manifest.json")
+  if os.path.isfile(manifest):
+    try:
+      with open(manifest) as f:
+        found = json.load(f)
+      text = found.get("text_encoder") or {}
+      return (f"AttnGAN DAMSM imported from {os.path.basename(text.get('file', '?'))} "
+              f"(sha256 {str(text.get('sha256', '?'))[:12]})")
+    except (OSError, ValueError):
+      return f"imported (unreadable {manifest})"
+  return "msmt_tf.pretrain_damsm (this project's encoders, not AttnGAN's)"
+
+
+def _warn(message):
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
+  """Returns (EMA generator, text encoder, Vocabulary, record) of a run; `record["step"]` is the
+  restored checkpoint's step. Without `step`, the newest checkpoint that reads (damaged newer
+  ones are renamed aside and passed to `report`, default: a warning on stderr)."""
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  record = read_config(run_dir)
+  cfg = config.ModelConfig(**record["model"])
+  words_num = record["data"]["words_num"]
+  generator = cfg.build_generator(words_num)
+  groups = {"generator_ema": generator.variables}
+  if step is None:
+    found = checkpoint.restore_newest(run_dir, groups, report=report or _warn)
+    if found is None:
+      raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    step = found[0]
+  else:
+    path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
+    if not os.path.isfile(path):
+      steps = [s for s, _ in checkpoint.list_checkpoints(run_dir)]
+      raise FileNotFoundError(f"no checkpoint for --step {step} in {run_dir} (have: {steps})")
+    checkpoint.restore(path, groups)
+  record = dict(record, step=int(step))
+  damsm_dir = damsm_dir or record.get("damsm_dir")
+  if not damsm_dir:
+    raise FileNotFoundError(f"{os.path.join(run_dir, CONFIG)} records no DAMSM folder; pass "
+                            "--damsm_dir")
+  text_encoder = load_damsm_encoder(config.damsm_paths(damsm_dir)[0], "RNNTextEncoder")
+  data_dir = data_dir or record["data"]["data_dir"]
+  _, _, vocab = datasets.load_captions(data_dir, record["data"]["dataset"])
+  if len(vocab) != cfg.vocab_size:
+    raise ValueError(f"{data_dir} has {len(vocab)} words, the run was trained on "
+                     f"{cfg.vocab_size}")
+  return generator, text_encoder, vocab, record
