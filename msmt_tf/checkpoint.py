@@ -5,25 +5,37 @@ generator_ema, each discriminator, each optimizer, the noise RNG), the group's v
 creation order, plus a JSON record (step, data position, config). It is written to a temporary
 file and renamed, so a crash never leaves a half-written checkpoint; the newest `keep` are kept.
 Works for any Keras backend (values go through numpy).
+
+A checkpoint can still be damaged after it was written (a full disk during a copy, a truncated
+transfer, a bad sector). `restore_newest` then restores the newest checkpoint that reads, and
+renames each damaged newer one aside to `ckpt-<step>.npz.damaged` (kept for inspection, never
+deleted; out of the rotation, so it can neither be picked again nor push good checkpoints out).
 """
 
 import glob
 import json
 import os
 import re
+import sys
 
 import keras
 import numpy as np
 
 from msmt_tf import fileio
 
-__all__ = ["state_groups", "save", "restore", "latest", "list_checkpoints", "CheckpointError"]
+__all__ = ["state_groups", "save", "restore", "restore_newest", "newest_readable", "verify",
+           "set_aside", "latest", "list_checkpoints",
+           "CheckpointError", "DamagedCheckpointError"]
 
 _NAME = re.compile(r"ckpt-(\d+)\.npz$")
 
 
 class CheckpointError(ValueError):
   pass
+
+
+class DamagedCheckpointError(CheckpointError):
+  """The file cannot be read (truncated, not a zip archive, bad CRC, bad record)."""
 
 
 def state_groups(gan):
@@ -76,30 +88,117 @@ def save(run_dir, step, groups, record, keep=3):
   return path
 
 
+def _read(path, groups):
+  """{group: [arrays]} and the record of checkpoint `path`, checked against `groups` before
+  anything is assigned (a damaged file never leaves the model half restored)."""
+  try:
+    with np.load(path) as data:
+      meta = json.loads(bytes(data["__meta__"]).decode())
+      arrays = {name: [data[f"{name}/{i}"] for i in range(len(meta["shapes"].get(name, [])))]
+                for name in groups}
+  except Exception as e:  # zipfile / zlib / pickle / json / key errors of a damaged file
+    raise DamagedCheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+  for name, variables in groups.items():
+    saved = meta["shapes"].get(name)
+    if saved is None or len(saved) != len(variables):
+      raise CheckpointError(
+          f"{path} does not match this model: group {name!r} has "
+          f"{0 if saved is None else len(saved)} variables in the checkpoint, "
+          f"{len(variables)} in the model (were the model flags changed?)")
+    for i, (v, value) in enumerate(zip(variables, arrays[name])):
+      if tuple(value.shape) != tuple(v.shape):
+        raise CheckpointError(
+            f"{path} does not match this model: {saved[i][0]} has shape {list(value.shape)} "
+            f"in the checkpoint, {list(v.shape)} in the model (were the model flags changed?)")
+  return arrays, meta
+
+
 def restore(path, groups):
   """Assigns the values in `path` to `groups`; returns the checkpoint's record.
 
   Raises:
-    CheckpointError: the file is unreadable or was written for a different model.
+    DamagedCheckpointError: the file is unreadable (nothing was assigned).
+    CheckpointError: it was written for a different model (nothing was assigned).
+  """
+  arrays, meta = _read(path, groups)
+  for name, variables in groups.items():
+    for v, value in zip(variables, arrays[name]):
+      v.assign(value)
+  return meta
+
+
+def set_aside(path):
+  """Renames a damaged checkpoint to `<path>.damaged` (`.damaged.1`, ... if taken); returns the
+  new path. The file is kept, never deleted."""
+  target, n = path + ".damaged", 0
+  while os.path.exists(target):
+    n += 1
+    target = f"{path}.damaged.{n}"
+  os.replace(path, target)
+  return target
+
+
+def restore_newest(run_dir, groups, report=None, rename=True):
+  """Restores the newest checkpoint of `run_dir` that reads; returns (step, path, record), or None
+  when the run has no checkpoint.
+
+  Each newer checkpoint that cannot be read is renamed aside (`set_aside`) and reported with
+  `report(message)` (default: a warning on stderr). A checkpoint of another model stops the
+  search (all of them would mismatch): the CheckpointError is raised. `rename=False` skips
+  damaged files without renaming them (the other processes of a multi-process run: process 0
+  renames).
+
+  Raises:
+    DamagedCheckpointError: every checkpoint is damaged (all renamed aside, listed).
+    CheckpointError: the newest readable checkpoint does not match `groups`.
+  """
+  return _newest(run_dir, lambda path: restore(path, groups), report, rename)
+
+
+def verify(path):
+  """Reads every array of checkpoint `path` (CRC-checked) and returns its record.
+
+  Raises:
+    DamagedCheckpointError: the file cannot be read.
   """
   try:
-    data = np.load(path)
-    meta = json.loads(bytes(data["__meta__"]).decode())
-  except Exception as e:  # zipfile / pickle / json errors of a damaged file
-    raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-  with data:
-    for name, variables in groups.items():
-      saved = meta["shapes"].get(name)
-      if saved is None or len(saved) != len(variables):
-        raise CheckpointError(
-            f"{path} does not match this model: group {name!r} has "
-            f"{0 if saved is None else len(saved)} variables in the checkpoint, "
-            f"{len(variables)} in the model (were the model flags changed?)")
-      for i, v in enumerate(variables):
-        value = data[f"{name}/{i}"]
-        if tuple(value.shape) != tuple(v.shape):
-          raise CheckpointError(
-              f"{path} does not match this model: {saved[i][0]} has shape {list(value.shape)} "
-              f"in the checkpoint, {list(v.shape)} in the model (were the model flags changed?)")
-        v.assign(value)
-  return meta
+    with np.load(path) as data:
+      meta = json.loads(bytes(data["__meta__"]).decode())
+      for key in data.files:
+        data[key]  # pylint: disable=pointless-statement  (decompresses and checks the CRC)
+    return meta
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def newest_readable(run_dir, report=None):
+  """(step, path, record) of the newest checkpoint that reads, without a model (damaged newer
+  ones are renamed aside and reported, as in `restore_newest`); None when there is none."""
+  return _newest(run_dir, verify, report)
+
+
+def _warn(message):
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _newest(run_dir, load, report, rename=True):
+  report = report or _warn
+  damaged = []
+  for step, path in reversed(list_checkpoints(run_dir)):
+    try:
+      meta = load(path)
+    except DamagedCheckpointError as e:
+      aside = set_aside(path) if rename else path
+      damaged.append(aside)
+      cause = e.__cause__ or e
+      report(f"skipped damaged checkpoint {path} ({type(cause).__name__}: {str(cause)[:200]}); "
+             f"kept as {aside}")
+      continue
+    if damaged:
+      report(f"using step {step} ({path}), the newest checkpoint that reads")
+    return step, path, meta
+  if damaged:
+    raise DamagedCheckpointError(
+        f"no readable checkpoint in {os.path.join(run_dir, 'checkpoints')}: every one is "
+        f"damaged (kept as {', '.join(damaged)})")
+  return None

@@ -16,6 +16,10 @@ import subprocess
 import sys
 import time
 
+if __name__ == "__main__":  # its known-harmless native lines off (this and every step it runs)
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
+
 from absl import app
 from absl import flags
 

@@ -21,6 +21,12 @@ Signatures:
 Bad input: a caption with no vocabulary word (empty, punctuation only, or only unknown words)
 fails the request with INVALID_ARGUMENT naming its index; a batch of zero captions returns
 empty outputs.
+
+Memory: every signature generates in chunks of `--serving_chunk` captions (default 8), so a
+request's working memory is that of one chunk whatever its size, and refuses (INVALID_ARGUMENT,
+naming the limit) a request of more than `--max_batch` captions (default 64), the bound on
+its outputs. The noise of the whole request is drawn first, so the images do not depend on the
+chunk size (except with the DM-GAN word-mask quirk, where an image depends on its batch-mates).
 """
 
 import json
@@ -30,52 +36,18 @@ import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import  (--run_dir etc.)
 
-__all__ = ["load_run", "ServingModule", "noise", "export"]
+__all__ = ["ServingModule", "noise", "export"]
 
 FLAGS = flags.FLAGS
-
-
-def load_run(run_dir, step=None, damsm_dir=None, data_dir=None):
-  """Returns (EMA generator, text encoder, Vocabulary, record) of a training run."""
-  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
-  from msmt_tf.config import ModelConfig, damsm_paths  # pylint: disable=g-import-not-at-top
-  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
-  from msmt_tf.train import load_damsm_encoder  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(run_dir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found: --run_dir must be a msmt_tf.train run")
-  with open(config_path) as f:
-    record = json.load(f)
-  if step is None:
-    found = checkpoint.latest(run_dir)
-    if found is None:
-      raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    path = found[1]
-  else:
-    path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
-    if not os.path.isfile(path):
-      steps = [s for s, _ in checkpoint.list_checkpoints(run_dir)]
-      raise FileNotFoundError(f"no checkpoint for --step {step} in {run_dir} (have: {steps})")
-  cfg = ModelConfig(**record["model"])
-  words_num = record["data"]["words_num"]
-  generator = cfg.build_generator(words_num)
-  checkpoint.restore(path, {"generator_ema": generator.variables})
-  damsm_dir = damsm_dir or record.get("damsm_dir")
-  if not damsm_dir:
-    raise FileNotFoundError(f"{config_path} records no DAMSM folder; pass --damsm_dir")
-  text_encoder = load_damsm_encoder(damsm_paths(damsm_dir)[0], "RNNTextEncoder")
-  data_dir = data_dir or record["data"]["data_dir"]
-  _, _, vocab = datasets.load_captions(data_dir, record["data"]["dataset"])
-  if len(vocab) != cfg.vocab_size:
-    raise ValueError(f"{data_dir} has {len(vocab)} words, the run was trained on "
-                     f"{cfg.vocab_size}")
-  return generator, text_encoder, vocab, record
 
 
 def noise(batch, seed, z_dim, condition_dim):
@@ -87,14 +59,32 @@ def noise(batch, seed, z_dim, condition_dim):
   return z, eps
 
 
-class ServingModule:
-  """Tokenizer + text encoder + EMA generator behind string-in, image-out functions."""
+MAX_BATCH = 64
+CHUNK = 8
 
-  def __init__(self, generator, text_encoder, vocab_words, words_num):
+
+class ServingModule:
+  """Tokenizer + text encoder + EMA generator behind string-in, image-out functions.
+
+  Args:
+    generator, text_encoder: the built EMA generator and DAMSM text encoder.
+    vocab_words: the vocabulary (index 0 = padding).
+    words_num: words kept per caption.
+    max_batch: the most captions one request may hold (more: INVALID_ARGUMENT).
+    chunk: captions generated at once (bounds a request's working memory).
+  """
+
+  def __init__(self, generator, text_encoder, vocab_words, words_num, max_batch=MAX_BATCH,
+               chunk=CHUNK):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if max_batch < 1 or chunk < 1:
+      raise ValueError(f"--max_batch and --serving_chunk must be >= 1, got {max_batch} and "
+                       f"{chunk}")
     self.generator = generator
     self.text_encoder = text_encoder
     self.words_num = int(words_num)
+    self.max_batch = int(max_batch)
+    self.chunk = int(min(chunk, max_batch))
     self.table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(vocab_words[1:]), tf.range(1, len(vocab_words), dtype=tf.int64)),
@@ -121,15 +111,33 @@ class ServingModule:
 
   def run(self, captions, seed):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tokens = self.tokenize(captions)
+    limit = tf.debugging.assert_less_equal(
+        tf.size(captions), self.max_batch,
+        message=f"too many captions in one request: the limit is max_batch={self.max_batch} "
+                "(set at export with --max_batch); split the request")
+    with tf.control_dependencies([limit]):
+      tokens = self.tokenize(captions)
     n = tf.shape(tokens)[0]
-    # An empty request runs one placeholder row and returns zero rows.
-    feed = tf.cond(n > 0, lambda: tokens, lambda: tf.ones([1, self.words_num], tf.int32))
-    words, sentence = self.text_encoder(feed, training=False)
-    z, eps = noise(tf.shape(feed)[0], seed, self.generator.z_dim, self.generator.condition_dim)
-    images = self.generator(words, sentence, tf.not_equal(feed, 0), z, eps,
-                            training=False)["images"]
-    images = [img[:n] for img in images]
+    # The whole request's noise first: the images do not depend on the chunking.
+    z, eps = noise(n, seed, self.generator.z_dim, self.generator.condition_dim)
+    sizes = [64 * 2 ** k for k in range(self.generator.num_stages)]
+    chunk = self.chunk
+
+    def body(i, arrays):
+      lo = i * chunk
+      hi = tf.minimum(lo + chunk, n)
+      part = tokens[lo:hi]
+      words, sentence = self.text_encoder(part, training=False)
+      out = self.generator(words, sentence, tf.not_equal(part, 0), z[lo:hi], eps[lo:hi],
+                           training=False)["images"]
+      return i + 1, [a.write(i, tf.cast(img, tf.float32)) for a, img in zip(arrays, out)]
+
+    arrays = [tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
+                             element_shape=tf.TensorShape([None, s, s, 3])) for s in sizes]
+    # One chunk at a time (parallel_iterations=1): memory is that of one chunk.
+    _, arrays = tf.while_loop(lambda i, _: i * chunk < n, body, (tf.constant(0), arrays),
+                              parallel_iterations=1)
+    images = [tf.ensure_shape(a.concat(), [None, s, s, 3]) for a, s in zip(arrays, sizes)]
     last = tf.cast(tf.clip_by_value(images[-1] * 127.5 + 127.5, 0.0, 255.0), tf.uint8)
     png = tf.map_fn(tf.io.encode_png, last, fn_output_signature=tf.string)
     return tokens, images, {"images": last, "images_bytes": png}
@@ -153,7 +161,7 @@ class ServingModule:
 
 
 def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=None,
-           overwrite=False):
+           overwrite=False, max_batch=MAX_BATCH, chunk=CHUNK):
   """Writes the SavedModel to `output` (`.../<name>/<version>`); returns the module."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
@@ -162,9 +170,11 @@ def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=
                      f"(e.g. saved_models/cub/1), got {output}")
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} already exists; choose a new version or pass --overwrite")
-  generator, text_encoder, vocab, record = load_run(run_dir, step, damsm_dir, data_dir)
-  words_num = words_num or datasets.DATASETS[record["data"]["dataset"]].words_num_eval
-  module = ServingModule(generator, text_encoder, vocab.words, words_num)
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  generator, text_encoder, vocab, record = runs.load_run(run_dir, step, damsm_dir, data_dir)
+  words_num = words_num or datasets.dataset_spec(
+      data_dir or record["data"]["data_dir"], record["data"]["dataset"]).words_num_eval
+  module = ServingModule(generator, text_encoder, vocab.words, words_num, max_batch, chunk)
   import keras  # pylint: disable=g-import-not-at-top
   archive = keras.export.ExportArchive()
   archive.track(generator)
@@ -194,7 +204,7 @@ def main(argv):
     if not FLAGS.run_dir:
       raise ValueError("--run_dir is not set")
     export(FLAGS.run_dir, FLAGS.output, FLAGS.step, FLAGS.damsm_dir, FLAGS.data_dir,
-           FLAGS.serving_words_num, FLAGS.overwrite)
+           FLAGS.serving_words_num, FLAGS.overwrite, FLAGS.max_batch, FLAGS.serving_chunk)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"error: {e}")
   print(f"exported SavedModel to {os.path.abspath(FLAGS.output)} (signatures: serving_default, "
@@ -209,4 +219,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("serving_words_num", None, "Words kept per caption (default: the "
                        "dataset's evaluation length, 25 birds/shapes, 20 coco).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing version folder.")
+  flags.DEFINE_integer("max_batch", MAX_BATCH, "Most captions one request may hold; a larger "
+                       "request fails with INVALID_ARGUMENT naming this limit.")
+  flags.DEFINE_integer("serving_chunk", CHUNK, "Captions generated at once inside a request "
+                       "(bounds its working memory; same images whatever the value).")
   app.run(main)

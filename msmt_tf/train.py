@@ -7,10 +7,13 @@ The run directory receives `flags.txt` and `config.json` (the resolved configura
 `--keep_checkpoints` kept; generator, EMA generator, discriminators, optimizer states, noise RNG,
 data position), `samples/step-<step>.png` (fixed test captions, EMA generator), `tb/`
 (TensorBoard scalars and grids) and, at the end, `generator_ema.keras`.
-`--resume` continues from the newest checkpoint exactly as if the run had not stopped.
+`--resume` continues from the newest checkpoint exactly as if the run had not stopped; a damaged
+newest checkpoint (truncated copy, full disk) is renamed aside to `ckpt-<step>.npz.damaged`, said
+on stderr, and the run continues from the newest one that reads.
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +21,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -27,49 +33,18 @@ import numpy as np
 from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
 from msmt_tf import fileio
 from msmt_tf import config
+from msmt_tf import distribute
+from msmt_tf import runs
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
 
-__all__ = ["prepare", "train", "load_damsm"]
+__all__ = ["prepare", "train"]
 
 
 class TrainingError(RuntimeError):
   pass
-
-
-def load_damsm_encoder(path, kind):
-  """Loads one DAMSM encoder archive; names the file when it is missing, unreadable or wrong."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"DAMSM encoder not found: {path}; make the encoders with: python -m "
-        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={os.path.dirname(path)}")
-  try:
-    model = keras.saving.load_model(path)
-  except Exception as e:  # zip, h5 and deserialisation errors of a bad file
-    raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
-                     "re-create it with python -m msmt_tf.pretrain_damsm") from e
-  if type(model).__name__ != kind:
-    raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
-  return model
-
-
-def load_damsm(damsm_dir, vocab_size):
-  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
-  if not damsm_dir:
-    raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
-                            "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
-                            "--damsm_dir=DIR")
-  text_path, image_path = config.damsm_paths(damsm_dir)
-  text = load_damsm_encoder(text_path, "RNNTextEncoder")
-  image = load_damsm_encoder(image_path, "ImageEncoder")
-  if text.vocab_size != vocab_size:
-    raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
-                     f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
-  return text, image
 
 
 class Run:
@@ -86,6 +61,10 @@ def prepare():
   run = Run()
   run.run_dir = os.path.abspath(FLAGS.run_dir)
   run.words_num = config.words_num_from_flags()
+  # Devices and processes first: a multi-host JAX run connects before any JAX computation.
+  run.placement = distribute.placement_from_flags(FLAGS.batch_size)
+  run.world = distribute.world_of(run.placement)
+  run.is_writer = run.world["process_index"] == 0
   data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
   run.test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
   model_cfg = config.model_config_from_flags(vocab_size=len(data.vocab))
@@ -96,26 +75,32 @@ def prepare():
       "data": {"dataset": FLAGS.dataset, "data_dir": os.path.abspath(FLAGS.data_dir),
                "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed},
       "damsm_dir": os.path.abspath(FLAGS.damsm_dir) if FLAGS.damsm_dir else None,
+      # Not compared on --resume: a checkpoint of N devices resumes on M (the state is
+      # replicated and the data position is the global step).
+      "world": {"processes": run.world["processes"], "devices": run.world["devices"]},
   }
   existing = checkpoint.latest(run.run_dir)
-  config_path = os.path.join(run.run_dir, "config.json")
+  config_path = os.path.join(run.run_dir, runs.CONFIG)
   if existing and not FLAGS.resume:
     raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
                      "--resume to continue it or choose another --run_dir")
   if FLAGS.resume and os.path.isfile(config_path):
     with open(config_path) as f:
       old = json.load(f)
+    # A model option added after the run started counts as its default (older config.json).
+    added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
     diff = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
             for sec in ("model", "loss", "data") for k, v in run.record[sec].items()
             if sec != "data" or k != "data_dir"
-            if old.get(sec, {}).get(k) != v]
+            if old.get(sec, {}).get(k, added.get(k) if sec == "model" else None) != v]
     if diff:
       raise ValueError(f"--resume with a different configuration than {config_path}: "
                        + "; ".join(diff))
   # Data pipeline checks (batch larger than the dataset, ...) before building anything big.
-  datasets.DataPipeline(data, FLAGS.batch_size, run.words_num)
+  datasets.DataPipeline(data, FLAGS.batch_size, run.words_num, num_shards=run.world["processes"],
+                        shard_index=run.world["process_index"])
   run.data = data
-  text_enc, image_enc = load_damsm(FLAGS.damsm_dir, len(data.vocab))
+  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab))
 
   if FLAGS.deterministic:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -144,18 +129,11 @@ def prepare():
     raise ValueError("set --max_steps or --max_epochs")
   run.step = 0
   if FLAGS.resume and existing:
-    meta = checkpoint.restore(existing[1], run.groups)
-    run.step = meta["step"]
-    logging.info("resumed from %s (step %d)", existing[1], run.step)
+    # The newest checkpoint that reads; damaged newer ones are renamed aside and reported.
+    found = checkpoint.restore_newest(run.run_dir, run.groups, rename=run.is_writer)
+    run.step = found[2]["step"]
+    logging.info("resumed from %s (step %d)", found[1], run.step)
   return run
-
-
-def _write_run_files(run):
-  os.makedirs(run.run_dir, exist_ok=True)
-  with open(os.path.join(run.run_dir, "flags.txt"), "w") as f:
-    f.write(FLAGS.flags_into_string())
-  fileio.atomic_write_bytes(os.path.join(run.run_dir, "config.json"),
-                           json.dumps(run.record, indent=1).encode())
 
 
 def _trim_loss_log(path, step):
@@ -203,15 +181,20 @@ def train(run):
   """Runs the training loop from `run.step` to `run.max_steps`."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  _write_run_files(run)
+  writes = run.is_writer  # only process 0 of a multi-process run writes files
   loss_log = os.path.join(run.run_dir, "losses.jsonl")
-  _trim_loss_log(loss_log, run.step)
+  writer = None
+  if writes:
+    runs.write_run_files(run.run_dir, run.record, FLAGS.flags_into_string())
+    _trim_loss_log(loss_log, run.step)
+    writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
   run.samples = _fixed_samples(run, FLAGS.num_samples)
-  writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
   epoch, batch = divmod(run.step, run.batches_per_epoch)
   pipeline = datasets.DataPipeline(run.data, FLAGS.batch_size, run.words_num, seed=FLAGS.seed,
-                                   start_epoch=epoch, start_batch=batch)
-  step_fn = run.gan.make_train_function(jit_compile=FLAGS.jit_compile)
+                                   start_epoch=epoch, start_batch=batch,
+                                   num_shards=run.world["processes"],
+                                   shard_index=run.world["process_index"])
+  step_fn = run.gan.make_train_function(jit_compile=FLAGS.jit_compile, placement=run.placement)
   record = dict(run.record)
   progbar = None
   start = time.time()
@@ -226,6 +209,8 @@ def train(run):
           f"non-finite loss at step {step} ({', '.join(f'{k}={logs[k]}' for k in bad)}); "
           f"stopped without saving; the newest good checkpoint is "
           f"{last[1] if last else 'none'}. Lower the learning rates or check the data.")
+    if not writes:
+      return
     log_file.write(json.dumps({"step": step, **logs}) + "\n")
     log_file.flush()
     progbar.update(step, [(k, v) for k, v in logs.items()
@@ -242,11 +227,11 @@ def train(run):
   # host between steps; before anything is saved the pending losses are read and checked, so no
   # checkpoint or sample ever follows a non-finite loss.
   first_step, pending = run.step, None
-  with open(loss_log, "a") as log_file:
+  with open(loss_log if writes else os.devnull, "a") as log_file:
     for data in pipeline.iterate(as_numpy=keras.backend.backend() != "tensorflow"):
       if run.step >= run.max_steps:
         break
-      if progbar is None:
+      if progbar is None and writes:
         progbar = keras.utils.Progbar(run.max_steps, stateful_metrics=None)
         progbar.update(run.step)
       inputs = {k: v for k, v in data.items() if k not in ("index", "epoch")}
@@ -262,17 +247,22 @@ def train(run):
       record_losses(*pending)
       pending = None
       step_fn.sync()
-      if sample:
-        write_samples(run, run.step, writer)
-      if save:
-        e, b = divmod(run.step, run.batches_per_epoch)
-        record.update(epoch=e, batch_in_epoch=b)
-        checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
+      if writes:
+        if sample:
+          write_samples(run, run.step, writer)
+        if save:
+          e, b = divmod(run.step, run.batches_per_epoch)
+          record.update(epoch=e, batch_in_epoch=b)
+          checkpoint.save(run.run_dir, run.step, run.groups, record,
+                          keep=FLAGS.keep_checkpoints)
+      if run.placement is not None:  # the other processes wait for process 0's writes here
+        run.placement.barrier(f"written_{run.step}")
     if pending:
       record_losses(*pending)
   step_fn.sync()
-  fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
-                      run.gan.generator_ema.save)
+  if writes:
+    fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
+                        run.gan.generator_ema.save)
   return run.step
 
 

@@ -1,7 +1,11 @@
-"""Runs one MSMT-GAN training step with given weights and batch under the current KERAS_BACKEND
-and writes the losses and every variable afterwards; used to compare TensorFlow and JAX.
+"""Runs MSMT-GAN training steps from given states and batch under the current KERAS_BACKEND and
+writes the losses and every variable after each step; used to compare TensorFlow and JAX.
 
     KERAS_BACKEND=jax python -m tests.backend_step IN.npz OUT.npz
+
+IN holds the batch (`b_*`) and, per step s, the float state to start that step from (`s{s}_w*`):
+step 0 starts from the initial weights, step 1 from the *other* backend's state after step 0, so
+each step is compared from identical inputs (see the test's docstring for why).
 """
 
 import re
@@ -60,34 +64,48 @@ def set_float_state(gan, values):
     v.assign(x)
 
 
-def batch_of(rng):
-  tokens = np.zeros((BATCH, WORDS_NUM), np.int32)
-  for i, n in enumerate((7, 3, 5)):
+def batch_of(rng, size=BATCH):
+  """A batch of captions of lengths 7, 3, 5, 6, 7, 3, ... (classes 1, 2, 1, 3, ...)."""
+  tokens = np.zeros((size, WORDS_NUM), np.int32)
+  for i in range(size):
+    n = (7, 3, 5, 6)[i % 4]
     tokens[i, :n] = rng.integers(1, 30, n)
-  batch = dict(tokens=tokens, class_id=np.array([1, 2, 1], np.int32),
-               z=rng.standard_normal((BATCH, SMALL["z_dim"])).astype("float32"),
-               ca_noise=rng.standard_normal((BATCH, SMALL["condition_dim"])).astype("float32"))
+  batch = dict(tokens=tokens, class_id=np.array([(1, 2, 1, 3)[i % 4] for i in range(size)],
+                                                np.int32),
+               z=rng.standard_normal((size, SMALL["z_dim"])).astype("float32"),
+               ca_noise=rng.standard_normal((size, SMALL["condition_dim"])).astype("float32"))
   for k in range(SMALL["num_stages"]):
-    size = 64 * 2 ** k
-    batch[f"image_{size}"] = rng.uniform(-1, 1, (BATCH, size, size, 3)).astype("float32")
+    side = 64 * 2 ** k
+    batch[f"image_{side}"] = rng.uniform(-1, 1, (size, side, side, 3)).astype("float32")
   return batch
 
 
-def step(gan, batch, steps=2):
-  fn = gan.make_train_function(jit_compile=False)
-  logs = [{k: float(v) for k, v in fn(batch).items()} for _ in range(steps)]
-  fn.sync()
-  return logs
+def run_steps(gan, batch, starts, steps=2, placement=None):
+  """Runs `steps` training steps with one train function; before step s the float state is set to
+  `starts[s]` when given (None: continue from the previous step). Integer state (optimizer
+  iteration counters, RNG seeds) always carries over. Returns per step (logs, float state after).
+  `placement`: a `msmt_tf.distribute.Placement` (data-parallel JAX step)."""
+  fn = gan.make_train_function(jit_compile=False, placement=placement)
+  out = []
+  for s in range(steps):
+    if starts[s] is not None:
+      fn.sync()
+      set_float_state(gan, starts[s])
+    logs = {k: float(v) for k, v in fn(batch).items()}
+    fn.sync()
+    out.append((logs, [x for _, x in float_state(gan)]))
+  return out
 
 
 if __name__ == "__main__":
   src = np.load(sys.argv[1])
   model = build()
   names = [n for n, _ in float_state(model)]
-  set_float_state(model, [src[f"w{i}"] for i in range(len(names))])
   data = {k[2:]: src[k] for k in src.files if k.startswith("b_")}
-  history = step(model, data)
-  out = {f"w{i}": x for i, (_, x) in enumerate(float_state(model))}
-  out.update({f"loss{s}_{k}": v for s, logs in enumerate(history) for k, v in logs.items()})
+  starts = [[src[f"s{s}_w{i}"] for i in range(len(names))] for s in range(2)]
+  out = {}
+  for s, (logs, state) in enumerate(run_steps(model, data, starts)):
+    out.update({f"s{s}_w{i}": x for i, x in enumerate(state)})
+    out.update({f"loss{s}_{k}": v for k, v in logs.items()})
   np.savez(sys.argv[2], backend=keras.backend.backend(),
            tensorflow_imported="tensorflow" in sys.modules, names=np.array(names), **out)

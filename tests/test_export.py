@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from msmt_tf import export as export_lib
+from msmt_tf import runs
 from msmt_tf.data import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +31,14 @@ def exported(tmp_path_factory):
   _run("msmt_tf.pretrain_damsm", *smoke)
   _run("msmt_tf.train", *smoke, f"--run_dir={run}", "--max_steps=2")
   out = str(root / "models" / "shapes" / "1")
-  _run("msmt_tf.export", f"--run_dir={run}", f"--output={out}")
+  # A small limit and chunk, so that a request of the limit runs in several chunks (3 + 3 + 2).
+  _run("msmt_tf.export", f"--run_dir={run}", f"--output={out}", "--max_batch=8",
+       "--serving_chunk=3")
   return dict(run=run, out=out, model=tf.saved_model.load(out), root=root)
 
 
 def test_raw_text_matches_python_generator(exported):
-  generator, text_encoder, vocab, _ = export_lib.load_run(exported["run"])
+  generator, text_encoder, vocab, _ = runs.load_run(exported["run"])
   words_num = 25  # shapes evaluation length
   captions = ["A LARGE red circle, on the left!", "there is a blue square above a star",
               "green   triangle\tin the center"]
@@ -55,6 +58,30 @@ def test_raw_text_matches_python_generator(exported):
   np.testing.assert_array_equal(got["images"], expected_u8)
   png = tf.io.decode_png(got["images_bytes"][0]).numpy()
   np.testing.assert_array_equal(png, expected_u8[0])
+
+
+def test_requests_run_in_chunks_up_to_the_limit(exported):
+  """8 captions (the limit) in chunks of 3 give the images of one unchunked generator call;
+  9 are refused with INVALID_ARGUMENT naming the limit."""
+  generator, text_encoder, vocab, _ = runs.load_run(exported["run"])
+  colours = ["red", "blue", "green", "yellow", "purple", "orange", "red", "blue", "green"]
+  captions = [f"a {c} circle on the left" for c in colours]
+  fn = exported["model"].signatures["generate_stages"]
+  seed = tf.constant(5, tf.int64)
+  got = fn(captions=tf.constant(captions[:8]), seed=seed)
+  tokens = got["tokens"].numpy()
+  assert tokens.shape == (8, 25)
+  words, sentence = text_encoder(tokens, training=False)
+  z, eps = export_lib.noise(8, 5, generator.z_dim, generator.condition_dim)
+  want = generator(words, sentence, tokens != 0, z, eps, training=False)["images"]
+  for img in want:
+    np.testing.assert_allclose(got[f"stage_{img.shape[1]}"], img, atol=1e-5)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"limit is max_batch=8"):
+    fn(captions=tf.constant(captions), seed=seed)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"limit is max_batch=8"):
+    exported["model"].signatures["generate_png"](captions=tf.constant(captions), seed=seed)
+  assert exported["model"].signatures["serving_default"](
+      captions=tf.constant(captions[:1]))["images"].shape == (1, 128, 128, 3)
 
 
 def test_same_seed_same_bytes(exported):
@@ -187,6 +214,25 @@ def test_export_names_a_bad_text_encoder(exported, tmp_path):
   bad.mkdir()
   (bad / "text_encoder.keras").write_bytes(b"not a keras archive")
   with pytest.raises(ValueError, match=f"cannot load the DAMSM encoder {bad / 'text_encoder.keras'}"):
-    export_lib.load_run(exported["run"], damsm_dir=str(bad))
+    runs.load_run(exported["run"], damsm_dir=str(bad))
   with pytest.raises(FileNotFoundError, match="DAMSM encoder not found"):
-    export_lib.load_run(exported["run"], damsm_dir=str(tmp_path / "nowhere"))
+    runs.load_run(exported["run"], damsm_dir=str(tmp_path / "nowhere"))
+
+
+def test_export_without_step_skips_a_damaged_newest_checkpoint(exported, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path / "run")
+  shutil.copytree(exported["run"], run)
+  newest = os.path.join(run, "checkpoints", "ckpt-00000002.npz")
+  with open(newest, "r+b") as f:
+    f.truncate(os.path.getsize(newest) // 2)
+  said = []
+  _, _, _, record = runs.load_run(run, report=said.append)
+  assert record["step"] == 1
+  assert said[0].startswith(f"skipped damaged checkpoint {newest}") and \
+      os.path.exists(newest + ".damaged")
+  # An explicit --step of a damaged file is an error naming it, not a silent fallback.
+  with open(os.path.join(run, "checkpoints", "ckpt-00000001.npz"), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match="cannot read checkpoint .*ckpt-00000001.npz"):
+    runs.load_run(run, step=1)

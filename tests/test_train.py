@@ -42,6 +42,13 @@ def _train_args(smoke, run_dir, *extra):
           f"--run_dir={run_dir}", *extra)
 
 
+def assert_quiet(stderr):
+  """TensorFlow's known-harmless native lines are not shown (msmt_tf.console)."""
+  for line in ("failed call to cuInit", "remapper failed", "oneDNN supports DT_BOOL",
+               "All log messages before absl::InitializeLog"):
+    assert line not in stderr, stderr[-2000:]
+
+
 def _losses(run_dir):
   with open(os.path.join(run_dir, "losses.jsonl")) as f:
     return {e["step"]: e for e in map(json.loads, f)}
@@ -66,15 +73,29 @@ def test_killed_run_resumes_with_identical_losses(smoke):
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
   killed_at = checkpoint.latest(run_dir)[0]
   assert 3 <= killed_at < 8
+  # And the newest checkpoint is damaged afterwards (a truncated copy): the resume skips it,
+  # says so, keeps it aside and continues from the one before.
+  newest = checkpoint.latest(run_dir)[1]
+  with open(newest, "rb") as f:
+    content = f.read()
+  with open(newest, "wb") as f:
+    f.write(content[:len(content) // 2])
 
   res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8", "--resume"))
   assert res.returncode == 0, res.stderr[-2000:]
+  assert f"skipped damaged checkpoint {newest}" in res.stderr
+  assert f"kept as {newest}.damaged" in res.stderr
+  assert_quiet(res.stderr)
+  with open(newest + ".damaged", "rb") as f:
+    assert f.read() == content[:len(content) // 2]  # kept as it was
   got = _losses(run_dir)
   assert sorted(got) == list(range(1, 9))
-  for step in range(killed_at + 1, 9):  # steps k+1.. after the kill
+  for step in range(killed_at, 9):  # steps k.. redone from checkpoint k - 1
     for name, value in ref[step].items():
       assert got[step][name] == value, (step, name)
-  assert len(os.listdir(os.path.join(run_dir, "checkpoints"))) == 3  # --keep_checkpoints
+  names = set(os.listdir(os.path.join(run_dir, "checkpoints")))
+  assert names == {"ckpt-00000006.npz", "ckpt-00000007.npz", "ckpt-00000008.npz",
+                   os.path.basename(newest) + ".damaged"}  # --keep_checkpoints 3
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -91,6 +112,7 @@ def test_bad_flags_stop_before_training(smoke, tmp_path, extra, message):
   res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2"), *extra)
   assert res.returncode != 0
   assert message in res.stderr
+  assert_quiet(res.stderr)
   assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
 
 

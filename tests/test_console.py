@@ -1,0 +1,80 @@
+"""The CLIs' console: TensorFlow's known-harmless native lines are hidden, real errors are not."""
+
+import os
+import subprocess
+import sys
+
+from msmt_tf import console
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Lines as TensorFlow 2.21 prints them on a CPU machine (copied from a run of msmt_tf.bench).
+NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795696356.717519   11639 port.cc:153] oneDNN custom operations are on. You may "
+    "see slightly different numerical results due to floating-point round-off errors.",
+    "I0000 00:00:1795696356.717894   11639 cudart_stub.cc:31] Could not find cuda drivers on your "
+    "machine, GPU will not be used.",
+    "E0000 00:00:1795696362.034627   11639 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
+    "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    "E0000 00:00:1795696413.380241   11639 meta_optimizer.cc:967] remapper failed: "
+    "INVALID_ARGUMENT: Mutation::Apply error: fanout 'gradient_tape/image_encoder_1/small_trunk_1/"
+    "leaky_re_lu_4_1/LeakyRelu/LeakyReluGrad' exist for missing node 'image_encoder_1/x'.",
+    "E0000 00:00:1795696416.642505   11639 util.cc:131] oneDNN supports DT_BOOL only on platforms "
+    "with AVX-512. Falling back to the default Eigen-based implementation if present.",
+]
+REAL = [
+    "E0000 00:00:1795696416.642505   11639 op_kernel.cc:1800] OP_REQUIRES failed at "
+    "conv_ops.cc:101 : RESOURCE_EXHAUSTED: OOM when allocating tensor",
+    "W0000 00:00:1795696416.642505   11639 meta_optimizer.cc:967] a warning we do not know",
+    "Traceback (most recent call last):",
+    "  File \"x.py\", line 1, in <module>",
+    "E0000 this line is not in the native format",
+]
+
+
+def test_only_known_lines_and_levels_are_hidden():
+  assert all(console.is_harmless(line) for line in NOISE)
+  assert not any(console.is_harmless(line) for line in REAL[:1] + REAL[2:])
+  # TF_CPP_MIN_LOG_LEVEL semantics for other native lines: 2 hides WARNING, 1 keeps it; ERROR
+  # is never hidden by level.
+  assert console.is_harmless(REAL[1], min_level=2)
+  assert not console.is_harmless(REAL[1], min_level=1)
+  assert not console.is_harmless(REAL[0], min_level=3)
+  # A grappler remapper failure about something else is not known to be harmless.
+  assert not console.is_harmless(NOISE[4].replace("LeakyReluGrad", "Conv2DBackpropInput"))
+
+
+SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from msmt_tf import console
+console.quiet_native_logs()
+lines = {lines!r}
+os.write(2, ("\\n".join(lines) + "\\n").encode())  # as native code writes: straight to fd 2
+print("progress 1/2\\rprogress 2/2", file=sys.stderr)
+sys.exit("error: the real message")
+"""
+
+
+def _run(extra_args=(), env=None):
+  lines = [l for pair in zip(NOISE, REAL + [""]) for l in pair if l]
+  code = SCRIPT.format(repo=REPO, lines=lines)
+  res = subprocess.run([sys.executable, "-c", code, *extra_args], capture_output=True,
+                       env=dict(os.environ, **(env or {})), timeout=60)
+  res.stderr = res.stderr.decode()  # bytes as written: "\r" kept
+  return res
+
+
+def test_filter_keeps_real_errors_in_order_and_the_exit_message():
+  res = _run(env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert res.returncode == 1
+  assert res.stderr == "\n".join([REAL[0], REAL[2], REAL[3], REAL[4],
+                                   "progress 1/2\rprogress 2/2", "error: the real message\n"])
+
+
+def test_verbose_or_level_zero_shows_everything():
+  for res in (_run(["--verbose"]), _run(env={"TF_CPP_MIN_LOG_LEVEL": "0"})):
+    for line in NOISE + REAL:
+      assert line in res.stderr
+    assert res.stderr.rstrip().endswith("error: the real message")
