@@ -250,14 +250,19 @@ class MSMTGAN(keras.Model):
     logs.update(g_logs)
     return [values[id(v)] for v in variables], logs
 
-  def make_train_function(self, jit_compile=True):
+  def make_train_function(self, jit_compile=True, placement=None):
     """A callable `batch -> logs` running one step on the current Keras backend.
 
     TensorFlow: `tf.function(train_step)` (XLA when `jit_compile`). JAX: the pure
-    `jax_train_step` under `jax.jit` (always: `jit_compile` only chooses XLA on TensorFlow), holding the state between calls; its `sync()` writes the state back into
-    the Keras variables (call it before saving or sampling). Both return float losses.
+    `jax_train_step` under `jax.jit` (always: `jit_compile` only chooses XLA on TensorFlow),
+    holding the state between calls; its `sync()` writes the state back into the Keras variables
+    (call it before saving or sampling). Both return scalar losses.
+
+    `placement` (JAX only; `msmt_tf.distribute.Placement`): data-parallel over its device mesh,
+    the batch sharded, the state replicated; the step is the same function of the global batch.
+    The batch given to each call is then this process's rows of the global batch.
     """
-    return _StepFunction(self, jit_compile)
+    return _StepFunction(self, jit_compile, placement)
 
   def sample(self, tokens, z, ca_noise=None, ema=True):
     """Images of every stage for token ids `[B, L]` and noise (inference mode)."""
@@ -269,9 +274,12 @@ class MSMTGAN(keras.Model):
 class _StepFunction:
   """See `MSMTGAN.make_train_function`."""
 
-  def __init__(self, gan, jit_compile):
+  def __init__(self, gan, jit_compile, placement=None):
     self.gan = gan
     self.backend = keras.backend.backend()
+    self.placement = placement
+    if placement is not None and self.backend != "jax":
+      raise ValueError("a device placement needs KERAS_BACKEND=jax")
     if self.backend == "tensorflow":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._fn = tf.function(gan.train_step, jit_compile=jit_compile, reduce_retracing=True)
@@ -279,8 +287,14 @@ class _StepFunction:
       import jax  # pylint: disable=g-import-not-at-top
       self._vars = gan.state_variables()
       self._state = None
+      self._compiled = False
       step = gan.jax_train_step
-      self._fn = jax.jit(step, donate_argnums=0)
+      if placement is None:
+        self._fn = jax.jit(step, donate_argnums=0)
+      else:  # XLA SPMD: state replicated, batch sharded on its first axis
+        p = placement
+        self._fn = jax.jit(step, donate_argnums=0, in_shardings=(p.replicated, p.batch),
+                           out_shardings=(p.replicated, p.replicated))
     else:
       raise ValueError(f"no MSMT-GAN train step for KERAS_BACKEND={self.backend}; "
                        "use tensorflow or jax")
@@ -288,6 +302,19 @@ class _StepFunction:
   def __call__(self, batch):
     if self.backend == "tensorflow":
       return self._fn(batch)
+    if self.placement is not None:
+      p = self.placement
+      if self._state is None:
+        self._state = p.put_state([keras.ops.convert_to_numpy(v.value) for v in self._vars])
+      batch = p.put_batch(batch)
+      if p.multi_process and not self._compiled:
+        # Compile ahead of time, then meet: compile times differ between processes by more
+        # than gloo's 30 s for the first collective.
+        self._fn = self._fn.lower(self._state, batch).compile()
+        self._compiled = True
+        p.barrier("step_compiled")
+      self._state, logs = self._fn(self._state, batch)
+      return {k: p.local(v) for k, v in logs.items()}
     if self._state is None:  # a copy: the jitted step donates (frees) its input buffers
       import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
       self._state = [jnp.array(v.value, copy=True) for v in self._vars]
@@ -298,5 +325,5 @@ class _StepFunction:
     """Writes the JAX state into the Keras variables (no-op on TensorFlow)."""
     if self.backend == "jax" and self._state is not None:
       for v, x in zip(self._vars, self._state):
-        v.assign(x)
+        v.assign(x if self.placement is None else self.placement.local(x))
       self._state = None  # re-read on the next call: variables may be restored in between
