@@ -12,6 +12,17 @@ images/s, peak memory, the CUB and COCO epoch times this implies, and a per-part
 (each part compiled and timed on its own, forward + backward where training needs one; the parts
 overlap with nothing, so their sum is an upper bound of the fused step). `--out FILE` appends
 the line to FILE (the source of BUILD.md's performance table).
+
+Under JAX it adds XLA's cost analysis of the step and of each part: FLOPs, bytes accessed, their
+ratio (FLOP/byte) and the roofline bound on an H100 (`--flops_only`: only these, nothing compiled
+or run, so it works for the paper configs on a CPU).
+
+    python -m msmt_tf.bench --pipeline --flagfile=configs/cub.cfg [--pipeline_dir data/birds]
+
+times the training input pipeline instead (tf.data `DataPipeline` at the flags' batch size, on a
+real dataset folder or on a synthetic CUB-layout folder of 500 x 375 JPEGs with boxes) and prints
+images/s, images/s per core and the cores a training step of `--step_ms` needs.
+`benchmarks/h100.sh` runs the GPU rows of BUILD.md's table.
 """
 
 import datetime
@@ -25,23 +36,55 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import numpy as np
 
 from msmt_tf import config
+from msmt_tf import distribute  # pylint: disable=unused-import  (--distribute, --devices)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("steps", 20, "Timed steps (after --warmup untimed ones).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_bool("parts", True, "Also time each part of the step on its own.")
-flags.DEFINE_string("out", None, "Append the JSON line to this file.")
-flags.DEFINE_bool("flops_only", False,
-                  "JAX only: report XLA's FLOP count of the step and its parts (lowered, not "
-                  "compiled or run) and exit; works for the paper configs on a CPU.")
-flags.DEFINE_string("table", None, "Print the JSON lines of this file as BUILD.md's markdown "
-                    "table and exit (no benchmark).")
+
+
+def define_flags():
+  """The benchmark's own flags: defined when it runs as the command only (its --out and --step_ms
+  would clash with other commands' flags in a process that imports several, e.g. the tests)."""
+  flags.DEFINE_integer("steps", 20, "Timed steps (after --warmup untimed ones).")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  flags.DEFINE_bool("parts", True, "Also time each part of the step on its own.")
+  flags.DEFINE_string("out", None, "Append the JSON line to this file.")
+  flags.DEFINE_bool("flops_only", False,
+                    "JAX only: report XLA's FLOP count of the step and its parts (lowered, not "
+                    "compiled or run) and exit; works for the paper configs on a CPU.")
+  flags.DEFINE_bool("fused_bytes", False,
+                    "JAX: also compile each part (not the whole step: too slow on a CPU) for the CPU "
+                    "and report the bytes accessed that XLA's CPU fusion leaves "
+                    "(`parts_gbytes_cpu_fused`), a closer estimate of the traffic than the unfused "
+                    "count; seconds per part.")
+  flags.DEFINE_string("table", None, "Print the JSON lines of this file as BUILD.md's markdown "
+                      "table and exit (no benchmark).")
+  flags.DEFINE_bool("pipeline", False,
+                    "Time the training input pipeline (tf.data DataPipeline, the --batch_size of the "
+                    "flags) instead of the model: images/s, per core, and the cores a step of "
+                    "--step_ms needs. Data: --pipeline_dir, else a synthetic CUB-layout folder of "
+                    "--pipeline_images 500x375 JPEGs with boxes, written once in the temp folder.")
+  flags.DEFINE_string("pipeline_dir", None, "--pipeline: a real dataset folder of kind --dataset "
+                      "(e.g. data/birds) instead of the synthetic CUB folder.")
+  flags.DEFINE_integer("pipeline_images", 64, "--pipeline: training images of the synthetic CUB "
+                       "folder.")
+  flags.DEFINE_integer("pipeline_batches", 30, "--pipeline: timed batches.")
+  flags.DEFINE_integer("pipeline_warmup", 3, "--pipeline: untimed batches first.")
+  flags.DEFINE_list("step_ms", ["75", "40"], "--pipeline: step times (ms per --batch_size batch) to "
+                    "compare the input rate with (default: the H100 targets, float32 and bf16).")
+  flags.DEFINE_bool("dry_run", False,
+                    "Check the flags and the model config, print what would be measured as a JSON "
+                    "line and exit (nothing built, run or appended to --out; benchmarks/h100.sh "
+                    "uses it to check its commands).")
+
 
 # Training images per epoch (AttnGAN splits): CUB 8,855, COCO 82,783.
 EPOCH_IMAGES = {"cub": 8855, "coco": 82783}
@@ -155,7 +198,8 @@ def compile_part(train_vars, all_vars, fn, num_diff_inputs=0, jit_compile=True):
       return params, list(inputs[:num_diff_inputs]), list(inputs[num_diff_inputs:]), const
 
     run = lambda *inputs: jitted(*args(inputs))
-    run.lower = lambda *inputs: jitted.lower(*args(inputs))
+    run.lower = lambda *inputs, platforms=None: jitted.trace(*args(inputs)).lower(
+        lowering_platforms=platforms)
     return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -182,7 +226,8 @@ def compile_optimizer_step(optimizer, variables, jit_compile=True):
     opt_vars = [v.value for v in optimizer.variables]
     values = [v.value for v in variables]
     run = lambda: jitted(opt_vars, grads, values)
-    run.lower = lambda: jitted.lower(opt_vars, grads, values)
+    run.lower = lambda platforms=None: jitted.trace(opt_vars, grads, values).lower(
+        lowering_platforms=platforms)
     return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -295,28 +340,361 @@ def part_functions(gan, batch, jit_compile):
               for o, d in zip(gan.d_optimizers, gan.discriminators)]
   run_optimizers = lambda: [f() for f in opt_fns]
   if _backend() == "jax":
-    run_optimizers.lower = lambda: [f.lower() for f in opt_fns]
+    run_optimizers.lower = lambda platforms=None: [f.lower(platforms=platforms) for f in opt_fns]
   parts["optimizers"] = (run_optimizers, [])
   return parts
 
 
-def _gflop(lowered):
-  """GFLOP of lowered JAX programs by XLA's HLO cost analysis (2 per multiply-add)."""
-  total = 0.0
-  for low in lowered if isinstance(lowered, list) else [lowered]:
-    cost = low.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    total += float(cost.get("flops", 0.0))
-  return round(total / 1e9, 2)
+def _cost_in(cost):
+  """(FLOPs, bytes accessed) in a `cost_analysis()` result (a dict, a list of per-program dicts,
+  or None: JAX returns None for a lowered GPU program on some versions); None where missing."""
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  def number(key):
+    try:
+      return float(cost[key])
+    except (TypeError, KeyError, ValueError):
+      return None
+  return number("flops"), number("bytes accessed")
 
 
-def flop_counts(gan, data, parts):
-  """(GFLOP of one training step, {part: GFLOP}) on JAX, from the lowered (not compiled) HLO:
-  the arithmetic the step asks for, whatever the device. `parts`: `part_functions`' result."""
+def _flops_in(cost):
+  """The FLOP count in a `cost_analysis()` result, or None (see `_cost_in`)."""
+  return _cost_in(cost)[0]
+
+
+def _program_cost(lower):
+  """(FLOPs, bytes accessed, source) of the programs `lower(platforms)` returns (a jax Lowered or
+  a list of them).
+
+  Sources, tried in order: 'lowered' (XLA's HLO cost analysis of the program as lowered for the
+  device: the arithmetic the step asks for), 'cpu_lowered' (the same program lowered for the CPU:
+  the same StableHLO, so the same count, and it never needs a device compile), 'compiled' (the
+  device program after XLA's optimisations; costs a compile). The first source with a FLOP count
+  for every program wins; its bytes are those of the same analysis (None where it has none):
+  for a lowered program every HLO op's operands and results, as if nothing were fused (an upper
+  bound of the memory traffic), for a compiled one those of the fused program. (None, None, why)
+  when no source reports FLOPs; this never raises."""
+  def total(programs):
+    costs = [_cost_in(p.cost_analysis()) for p in programs]
+    if any(f is None for f, _ in costs):
+      return None
+    nbytes = None if any(b is None for _, b in costs) else sum(b for _, b in costs)
+    return sum(f for f, _ in costs), nbytes
+
+  def listed(lowered):
+    return lowered if isinstance(lowered, list) else [lowered]
+
+  attempts = (("lowered", lambda: total(listed(lower(None)))),
+              ("cpu_lowered", lambda: total(listed(lower(("cpu",))))),
+              ("compiled", lambda: total([p.compile() for p in listed(lower(None))])))
+  failures = []
+  for source, get in attempts:
+    try:
+      counted = get()
+    except Exception as e:  # pylint: disable=broad-except  # best effort: the timing matters more
+      failures.append(f"{source}: {type(e).__name__}: {e}"[:200])
+      continue
+    if counted is not None:
+      return counted[0], counted[1], source
+    failures.append(f"{source}: no cost analysis")
+  return None, None, "; ".join(failures)
+
+
+def _program_flops(lower):
+  """(FLOPs, source) of the programs `lower(platforms)` returns; see `_program_cost`."""
+  flops, _, source = _program_cost(lower)
+  return flops, source
+
+
+def flop_counts(gan, data, parts, fused_bytes=False):
+  """XLA cost analysis on JAX: FLOPs and bytes accessed of the step and of each part.
+
+  `{"gflop_per_step": ..., "parts_gflop": {...}, "gbytes_per_step": ..., "parts_gbytes": {...},
+  "flop_per_byte": ..., "parts_flop_per_byte": {...}, "gflop_source": ...}`. Counted from the
+  lowered (not compiled) HLO where XLA reports it: the arithmetic the step asks for, whatever the
+  device (2 FLOP per multiply-add), and the bytes every HLO op reads and writes as if nothing
+  were fused (an upper bound of the traffic; `_program_cost`). The intensity (FLOP/byte) is
+  computed before rounding. `parts`: `part_functions`' result. A program without any count is
+  left out and `gflop_source` (the source of both counts) says why; this never raises.
+  `fused_bytes`: also compile each part for the CPU and report its bytes accessed after XLA's
+  CPU fusion (`parts_gbytes_cpu_fused`; a part whose compile fails is left out, and
+  `fused_bytes_failed` names it)."""
   import jax  # pylint: disable=g-import-not-at-top
   state = [v.value for v in gan.state_variables()]
-  step = _gflop(jax.jit(gan.jax_train_step).lower(state, data))
-  return step, {name: _gflop(fn.lower(*inputs)) for name, (fn, inputs) in parts.items()}
+  step_fn = jax.jit(gan.jax_train_step)
+  programs = {"step": lambda platforms=None: step_fn.trace(state, data).lower(
+      lowering_platforms=platforms)}
+  programs.update((name, lambda platforms=None, fn=fn, inputs=inputs: fn.lower(
+      *inputs, platforms=platforms)) for name, (fn, inputs) in parts.items())
+  counted, nbytes, intensity, sources, missing = {}, {}, {}, {}, {}
+  for name, lower in programs.items():
+    flops, size, source = _program_cost(lower)
+    if flops is None:
+      missing[name] = source
+      continue
+    counted[name], sources[name] = round(flops / 1e9, 2), source
+    if size:
+      nbytes[name] = _significant(size / 1e9)
+      intensity[name] = round(flops / size, 2)
+  out = {}
+  if "step" in counted:
+    out["gflop_per_step"] = counted.pop("step")
+  if counted:
+    out["parts_gflop"] = counted
+  if "step" in nbytes:
+    out["gbytes_per_step"] = nbytes.pop("step")
+    out["flop_per_byte"] = intensity.pop("step")
+  if nbytes:
+    out["parts_gbytes"] = nbytes
+    out["parts_flop_per_byte"] = intensity
+  kinds = sorted(set(sources.values()))
+  source = kinds[0] if len(kinds) == 1 else ", ".join(f"{n}: {s}" for n, s in sources.items())
+  if missing:
+    why = "; ".join(f"{n}: {reason}" for n, reason in missing.items())
+    source = f"unavailable ({why})" if not sources else f"{source}; not counted ({why})"
+  out["gflop_source"] = source
+  if fused_bytes:
+    fused, failed = cpu_fused_bytes({n: f for n, f in programs.items() if n != "step"})
+    if fused:
+      out["parts_gbytes_cpu_fused"] = fused
+    if failed:
+      out["fused_bytes_failed"] = failed
+  return out
+
+
+def cpu_fused_bytes(programs):
+  """`({name: GB}, {name: why})`: the bytes accessed of each program (`{name: lower(platforms)}`,
+  a jax Lowered or a list of them) compiled by XLA for the CPU, i.e. after its fusion; a program
+  whose compile or cost analysis fails goes to the second dict. Never raises."""
+  fused, failed = {}, {}
+  for name, lower in programs.items():
+    try:
+      lowered = lower(("cpu",))
+      costs = [_cost_in(p.compile().cost_analysis())[1]
+               for p in (lowered if isinstance(lowered, list) else [lowered])]
+      if any(c is None for c in costs):
+        raise ValueError("no bytes accessed in the compiled cost analysis")
+      fused[name] = _significant(sum(costs) / 1e9)
+    except Exception as e:  # pylint: disable=broad-except  # best effort, as flop_counts
+      failed[name] = f"{type(e).__name__}: {e}"[:200]
+  return fused, failed
+
+
+def _significant(x, digits=5):
+  return float(f"{x:.{digits}g}")
+
+
+# H100 SXM5 (NVIDIA's datasheet): HBM3 bandwidth and dense tensor-core peaks.
+H100 = {"name": "H100 SXM", "hbm_tb_per_s": 3.35, "tf32_tflop_per_s": 494.7,
+        "bf16_tflop_per_s": 989.4}
+
+
+def roofline(gflop, gbytes, bf16, device=None):
+  """Roofline time of one program on `device` (default: the H100): `(ms, bound)` with
+  ms = max(GFLOP / peak TFLOP/s, GB / bandwidth TB/s) (GFLOP / (TFLOP/s) is milliseconds) and
+  bound 'compute' or 'memory'. The peak is the dense tensor-core one (bf16 with `bf16`, else TF32),
+  which elementwise work cannot reach. A lower bound of the program's time only where `gbytes`
+  is no more than the device really moves: the unfused count overstates the traffic, so its
+  roofline bounds the time of the program as if nothing were fused."""
+  device = device or H100
+  peak = device["bf16_tflop_per_s" if bf16 else "tf32_tflop_per_s"]
+  compute, memory = gflop / peak, gbytes / device["hbm_tb_per_s"]
+  return round(max(compute, memory), 3), "compute" if compute >= memory else "memory"
+
+
+# ----------------------------------------------------------------------------- input pipeline
+_BIRD_WORDS = ("this bird has a white belly and breast with short pointy bill small brown wings "
+               "grey black yellow red crown the tail is long orange feet rounded head striped "
+               "medium sized throat nape blue green eyes").split()
+PIPELINE_IMAGE_SIZE = (500, 375)  # CUB's typical width x height
+
+
+def _synthetic_bird(rng, width, height):
+  """One deterministic CUB-like picture (smooth colour field, blobs, a large ellipse as the bird,
+  mild noise: a JPEG of about 57 KB at quality 90) and its bird box `(x, y, w, h)`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+  from PIL import ImageFilter  # pylint: disable=g-import-not-at-top
+  low = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+  image = Image.fromarray(low).resize((width, height), Image.BICUBIC)
+  draw = ImageDraw.Draw(image)
+  for _ in range(40):
+    x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(3, 30))
+    draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+  w, h = int(rng.integers(width * 2 // 5, width * 9 // 10)), int(
+      rng.integers(height * 2 // 5, height * 9 // 10))
+  x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+  draw.ellipse([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+  image = image.filter(ImageFilter.GaussianBlur(1.0))
+  pixels = np.asarray(image, np.float32) + rng.normal(0, 8, (height, width, 3))
+  return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), (x, y, w, h)
+
+
+def write_synthetic_cub(root, num_images, seed=0, num_test=2, captions_per_image=10):
+  """Writes a CUB-layout (`birds`) folder of synthetic 500 x 375 JPEGs with bounding boxes and
+  10 captions each: CUB_200_2011/images/<key>.jpg, images.txt, bounding_boxes.txt, text/,
+  {train,test}/filenames.pickle and class_info.pickle (the loader builds captions.pickle from
+  text/). `num_images` training images plus `num_test` test ones; the same arguments give the
+  same bytes. Returns `root`."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  cub = os.path.join(root, "CUB_200_2011")
+  lines_img, lines_box = [], []
+  width, height = PIPELINE_IMAGE_SIZE
+  for split, count in (("train", num_images), ("test", num_test)):
+    keys, classes = [], []
+    for _ in range(count):
+      i = len(lines_img) + 1
+      rng = np.random.default_rng([seed, i])
+      cls = 1 + i % 200
+      key = f"{cls:03d}.Bird_{cls}/Bird_{cls}_{i:05d}"
+      image, box = _synthetic_bird(rng, width, height)
+      path = os.path.join(cub, "images", key + ".jpg")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      image.save(path, "JPEG", quality=90)
+      caps = [" ".join(rng.choice(_BIRD_WORDS, int(rng.integers(8, 30))))
+              for _ in range(captions_per_image)]
+      text = os.path.join(root, "text", key + ".txt")
+      os.makedirs(os.path.dirname(text), exist_ok=True)
+      with open(text, "w") as f:
+        f.write("\n".join(caps) + "\n")
+      lines_img.append(f"{i} {key}.jpg")
+      lines_box.append(f"{i} {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}")
+      keys.append(key)
+      classes.append(cls)
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    with open(os.path.join(root, split, "filenames.pickle"), "wb") as f:
+      pickle.dump(keys, f, protocol=2)
+    with open(os.path.join(root, split, "class_info.pickle"), "wb") as f:
+      pickle.dump(classes, f, protocol=2)
+  with open(os.path.join(cub, "images.txt"), "w") as f:
+    f.write("\n".join(lines_img) + "\n")
+  with open(os.path.join(cub, "bounding_boxes.txt"), "w") as f:
+    f.write("\n".join(lines_box) + "\n")
+  return root
+
+
+def synthetic_cub_folder(num_images, seed=0):
+  """The synthetic CUB folder of `num_images` in the temporary directory, written once (in a
+  private folder renamed into place, so concurrent runs never see half a folder)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  root = os.path.join(tempfile.gettempdir(), f"msmt_bench_cub_{num_images}_seed{seed}_v1")
+  if os.path.isfile(os.path.join(root, ".complete")):
+    return root
+  work = tempfile.mkdtemp(prefix=os.path.basename(root) + ".", dir=os.path.dirname(root))
+  try:
+    write_synthetic_cub(work, num_images, seed)
+    open(os.path.join(work, ".complete"), "w").close()
+    if os.path.isdir(root):  # an interrupted earlier run's leftovers (no .complete)
+      shutil.rmtree(root, ignore_errors=True)
+    os.rename(work, root)
+  except OSError:
+    if not os.path.isfile(os.path.join(root, ".complete")):
+      raise
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  return root
+
+
+def _loadavg():
+  try:
+    return round(os.getloadavg()[0], 2)
+  except OSError:
+    return None
+
+
+def pipeline_benchmark(data_dir, dataset, batch_size, words_num, num_stages=3, seed=0,
+                       batches=30, warmup=3, step_ms=(75.0, 40.0)):
+  """Times the training input pipeline (`DataPipeline`, iterated as numpy batches as the JAX
+  training loop does) on the train split of `data_dir`; returns the result dict.
+
+  After `warmup` batches (tf.data's threads and prefetch started), `batches` batches are pulled
+  as fast as they come. `step_ms`: training-step times (ms at `batch_size`) whose image rate is
+  compared with the measured one: `cores_needed_for_step_ms` is that rate over the rate per
+  core (the rate on all the process's cores divided by their number). On a shared machine the
+  wall-clock rate depends on the other jobs; `images_per_cpu_s` (images per second of this
+  process's CPU time, all threads) and `cores_needed_for_step_ms_by_cpu_time` do much less."""
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  split = datasets.load_split(data_dir, dataset, "train")
+  pipe = datasets.DataPipeline(split, batch_size, words_num, num_stages=num_stages, seed=seed)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  load_start = _loadavg()
+  it = pipe.iterate(as_numpy=True)
+  first = None
+  for _ in range(max(1, warmup)):
+    first = next(it)
+  start, cpu_start = time.perf_counter(), time.process_time()
+  times = []
+  for _ in range(batches):
+    t = time.perf_counter()
+    next(it)
+    times.append(1000 * (time.perf_counter() - t))
+  seconds = time.perf_counter() - start
+  cpu_seconds = time.process_time() - cpu_start
+  rate = batches * batch_size / seconds
+  per_core = rate / cores
+  per_cpu_s = batches * batch_size / cpu_seconds if cpu_seconds > 0 else float("inf")
+  sizes = [int(first[k].shape[1]) for k in sorted(first) if k.startswith("image_")]
+  result = {
+      "mode": "pipeline",
+      "date": datetime.date.today().isoformat(),
+      "command": " ".join(["python", "-m", "msmt_tf.bench"] + sys.argv[1:]),
+      "device": f"cpu: {_cpu_name()}",
+      "cores": cores,
+      "tensorflow": tf.__version__,
+      "dataset": dataset,
+      "data_dir": data_dir,
+      "train_images": split.num_images,
+      "batch_size": batch_size,
+      "words_num": words_num,
+      "image_sizes": sorted(sizes),
+      "warmup_batches": max(1, warmup),
+      "batches": batches,
+      "seconds": _significant(seconds),
+      "ms_per_batch_median": round(statistics.median(times), 2),
+      "images_per_s": _significant(rate),
+      "images_per_s_per_core": _significant(per_core),
+      "cpu_s": _significant(cpu_seconds),
+      "images_per_cpu_s": _significant(per_cpu_s),
+      "loadavg_1min": [load_start, _loadavg()],
+  }
+  if step_ms:
+    need = {f"{ms:g}": batch_size * 1000 / ms for ms in step_ms}
+    result["images_per_s_needed_for_step_ms"] = {k: round(v, 1) for k, v in need.items()}
+    result["cores_needed_for_step_ms"] = {k: _significant(v / per_core) for k, v in need.items()}
+    result["cores_needed_for_step_ms_by_cpu_time"] = {k: _significant(v / per_cpu_s)
+                                                      for k, v in need.items()}
+  return result
+
+
+def run_pipeline_benchmark():
+  """`--pipeline`: the input pipeline on --pipeline_dir or on the synthetic CUB folder."""
+  if FLAGS.pipeline_images < FLAGS.batch_size:
+    raise ValueError(f"--pipeline_images={FLAGS.pipeline_images} is smaller than --batch_size="
+                     f"{FLAGS.batch_size}")
+  if FLAGS.pipeline_batches < 1:
+    raise ValueError("--pipeline_batches must be >= 1")
+  step_ms = [float(v) for v in FLAGS.step_ms]
+  if any(v <= 0 for v in step_ms):
+    raise ValueError(f"--step_ms values must be > 0, got {FLAGS.step_ms}")
+  if FLAGS.pipeline_dir:
+    data_dir, dataset, data = FLAGS.pipeline_dir, FLAGS.dataset, FLAGS.pipeline_dir
+  else:
+    data_dir, dataset = synthetic_cub_folder(FLAGS.pipeline_images, FLAGS.seed), "birds"
+    jpegs = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(data_dir, "CUB_200_2011"))
+             for f in fs if f.endswith(".jpg")]
+    kb = sum(os.path.getsize(p) for p in jpegs) / len(jpegs) / 1024
+    data = (f"synthetic CUB layout: {FLAGS.pipeline_images} train JPEGs "
+            f"{PIPELINE_IMAGE_SIZE[0]}x{PIPELINE_IMAGE_SIZE[1]} (quality 90, mean {kb:.0f} KB) "
+            "with bounding boxes, 10 captions each")
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  words_num = FLAGS.words_num or datasets.dataset_spec(data_dir, dataset).words_num_train
+  result = pipeline_benchmark(data_dir, dataset, FLAGS.batch_size, words_num, FLAGS.num_stages,
+                              FLAGS.seed, FLAGS.pipeline_batches, FLAGS.pipeline_warmup, step_ms)
+  result["data"] = data
+  return result
 
 
 def run_benchmark(steps, warmup, with_parts):
@@ -325,20 +703,23 @@ def run_benchmark(steps, warmup, with_parts):
   backend = _backend()
   words_num = config.words_num_from_flags()
   batch_size = FLAGS.batch_size
+  # --distribute / --devices (JAX): the step data-parallel over a device mesh, global batch.
+  placement = None if FLAGS.flops_only else distribute.placement_from_flags(batch_size, backend)
   gan, cfg, batch = build(batch_size, words_num, FLAGS.seed)
   jit = True if backend == "jax" else FLAGS.jit_compile
-  step_fn = gan.make_train_function(jit_compile=jit)
+  step_fn = gan.make_train_function(jit_compile=jit, placement=placement)
   if backend == "tensorflow":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     data = {k: tf.constant(v) for k, v in batch.items()}
   else:
     data = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
+  step_data = data if placement is None else placement.put_batch(batch)  # placed once
   parts = part_functions(gan, batch, jit) if with_parts else {}
-  flops = flop_counts(gan, data, parts) if backend == "jax" else None
+  flops = flop_counts(gan, data, parts, FLAGS.fused_bytes) if backend == "jax" else {}
   if FLAGS.flops_only:
-    return _describe(backend, cfg, batch_size, words_num, jit) | _flops_keys(flops, batch_size)
-  compile_s, times = _time(step_fn, [data], steps, warmup)
-  logs = {k: float(v) for k, v in step_fn(data).items()}
+    return _describe(backend, cfg, batch_size, words_num, jit) | _flops_keys(flops, batch_size, FLAGS.mixed_precision)
+  compile_s, times = _time(step_fn, [step_data], steps, warmup)
+  logs = {k: float(v) for k, v in step_fn(step_data).items()}
   bad = [k for k, v in logs.items() if not np.isfinite(v)]
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
@@ -351,10 +732,13 @@ def run_benchmark(steps, warmup, with_parts):
       "ms_per_step_min": round(min(times), 2),
       "ms_per_step_max": round(max(times), 2),
       "images_per_s": round(1000 * batch_size / median, 2),
+      "devices": distribute.world_of(placement)["devices"],
+      "images_per_s_per_device": round(1000 * batch_size / median /
+                                       distribute.world_of(placement)["devices"], 2),
   })
-  result.update(_flops_keys(flops, batch_size))
-  if flops:
-    result["achieved_tflop_per_s"] = round(flops[0] / median, 2)  # GFLOP / ms = TFLOP / s
+  result.update(_flops_keys(flops, batch_size, FLAGS.mixed_precision))
+  if "gflop_per_step" in flops:  # GFLOP / ms = TFLOP / s
+    result["achieved_tflop_per_s"] = round(flops["gflop_per_step"] / median, 2)
   for name, images in EPOCH_IMAGES.items():
     result[f"{name}_epoch_s"] = round(images // batch_size * median / 1000, 1)
   if backend == "jax":
@@ -393,16 +777,43 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       "words_num": words_num,
       "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
       "xla": jit,
-  }
+  } | _jax_version(backend)
 
 
-def _flops_keys(flops, batch_size):
-  if not flops:
+def _jax_version(backend):
+  if backend != "jax":
     return {}
-  step, parts = flops
-  out = {"gflop_per_step": step, "gflop_per_image": round(step / batch_size, 2)}
-  if parts:
-    out["parts_gflop"] = parts
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"jax": jax.__version__}
+
+
+def _flops_keys(flops, batch_size, bf16):
+  """`flop_counts`' keys, plus GFLOP per image and the H100 roofline bound of the step and of
+  each part (`h100_roofline`; at the dense bf16 peak with `bf16`, else TF32)."""
+  out = dict(flops)
+  if "gflop_per_step" in out:
+    out["gflop_per_image"] = round(out["gflop_per_step"] / batch_size, 2)
+  line = {"device": H100["name"], "hbm_tb_per_s": H100["hbm_tb_per_s"],
+          "peak_tflop_per_s": H100["bf16_tflop_per_s" if bf16 else "tf32_tflop_per_s"],
+          "peak": "dense bf16" if bf16 else "dense TF32",
+          "bytes": "XLA's bytes accessed of the unfused lowered HLO (an upper bound of the "
+                   "traffic)" if "compiled" not in out.get("gflop_source", "") else
+                   "XLA's bytes accessed (lowered: unfused; compiled: fused; see gflop_source)"}
+  if "gbytes_per_step" in out:
+    line["ms_per_step"], line["step_bound"] = roofline(out["gflop_per_step"],
+                                                       out["gbytes_per_step"], bf16)
+  if "parts_gbytes" in out:
+    bounds = {n: roofline(out["parts_gflop"][n], gb, bf16) for n, gb in out["parts_gbytes"].items()}
+    line["parts_ms"] = {n: ms for n, (ms, _) in bounds.items()}
+    line["parts_bound"] = {n: bound for n, (_, bound) in bounds.items()}
+  fused = {n: gb for n, gb in out.get("parts_gbytes_cpu_fused", {}).items()
+           if n in out.get("parts_gflop", {})}
+  if fused:
+    line["parts_ms_cpu_fused"] = {n: roofline(out["parts_gflop"][n], gb, bf16)[0]
+                                  for n, gb in fused.items()}
+    line["parts_sum_ms_cpu_fused"] = round(sum(line["parts_ms_cpu_fused"].values()), 3)
+  if "ms_per_step" in line or "parts_ms" in line:
+    out["h100_roofline"] = line
   return out
 
 
@@ -426,6 +837,27 @@ def markdown_table(results):
   return "\n".join(lines)
 
 
+def pipeline_table(results):
+  """BUILD.md's input-pipeline table from `--pipeline` result dicts."""
+  head = ("| date | device | data | batch | images/s | per core | images per CPU-second | cores "
+          "needed at 75 / 40 ms per step (per core; by CPU time) | load (1 min, start-end) | "
+          "command |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in results:
+    need = r.get("cores_needed_for_step_ms", {})
+    by_cpu = r.get("cores_needed_for_step_ms_by_cpu_time", {})
+    command = re.sub(r" --out[= ]\S+", "", r["command"])
+    load = "-".join(str(v) for v in r.get("loadavg_1min", []))
+    lines.append(
+        f"| {r['date']} | {r['device']} ({r['cores']} in affinity) | "
+        f"{r.get('data', r['data_dir'])} | {r['batch_size']} | "
+        f"{r['images_per_s']:.0f} | {r['images_per_s_per_core']:.0f} | "
+        f"{r.get('images_per_cpu_s', float('nan')):.0f} | "
+        f"{need.get('75', '-')} / {need.get('40', '-')}; "
+        f"{by_cpu.get('75', '-')} / {by_cpu.get('40', '-')} | {load} | `{command}` |")
+  return "\n".join(lines)
+
+
 def _duration(seconds):
   if seconds < 120:
     return f"{seconds:.0f} s"
@@ -434,19 +866,49 @@ def _duration(seconds):
   return f"{seconds / 3600:.1f} h"
 
 
+def dry_run():
+  """`--dry_run`: what the flags ask for, checked (flags parsed, model config valid), unrun."""
+  out = {"dry_run": True,
+         "command": " ".join(["python", "-m", "msmt_tf.bench"] + sys.argv[1:]),
+         "mode": "pipeline" if FLAGS.pipeline else "flops_only" if FLAGS.flops_only else "step",
+         "keras_backend": os.environ.get("KERAS_BACKEND"),
+         "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+         "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size,
+         "words_num": config.words_num_from_flags(),
+         "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
+         "steps": FLAGS.steps, "warmup": FLAGS.warmup, "parts": FLAGS.parts, "out": FLAGS.out}
+  if not FLAGS.pipeline:
+    cfg = config.model_config_from_flags()
+    out["config"] = {"initial_stage": cfg.initial_stage, "refinement": cfg.refinement,
+                     "num_stages": cfg.num_stages, "channels": cfg.channels}
+  return out
+
+
 def main(argv):
   del argv
   if FLAGS.table:
     with open(FLAGS.table) as f:
-      print(markdown_table([json.loads(l) for l in f if l.strip()]))
+      results = [json.loads(l) for l in f if l.strip()]
+    steps = [r for r in results if r.get("mode") != "pipeline"]
+    pipes = [r for r in results if r.get("mode") == "pipeline"]
+    print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
+                                    pipeline_table(pipes) if pipes else "") if t))
     return
   if FLAGS.steps < 1:
     sys.exit("error: --steps must be >= 1")
-  if FLAGS.flops_only and _backend() != "jax":
-    sys.exit("error: --flops_only needs KERAS_BACKEND=jax (XLA's cost analysis of the lowered "
-             "step)")
+  if FLAGS.flops_only and FLAGS.pipeline:
+    sys.exit("error: --flops_only and --pipeline exclude each other")
   try:
-    result = run_benchmark(FLAGS.steps, FLAGS.warmup, FLAGS.parts)
+    if FLAGS.dry_run:
+      print(json.dumps(dry_run()))
+      return
+    if FLAGS.flops_only and _backend() != "jax":
+      sys.exit("error: --flops_only needs KERAS_BACKEND=jax (XLA's cost analysis of the lowered "
+               "step)")
+    if FLAGS.pipeline:
+      result = run_pipeline_benchmark()
+    else:
+      result = run_benchmark(FLAGS.steps, FLAGS.warmup, FLAGS.parts)
   except ValueError as e:
     sys.exit(f"error: {e}")
   line = json.dumps(result)
@@ -457,4 +919,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -11,9 +11,19 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RUNNER = """
-import runpy, sys
+import os, runpy, sys
 from tests.backend_outputs import _NoTensorFlow
 sys.meta_path.insert(0, _NoTensorFlow())
+# MSMT_FAKE_COST=list|none: cost_analysis() as other JAX versions / devices answer it (a list of
+# per-program dicts; None, as JAX 0.11 does for a lowered GPU program), for the lowered and the
+# compiled program alike.
+fake = os.environ.get("MSMT_FAKE_COST")
+if fake:
+  import jax.stages
+  for cls in (jax.stages.Lowered, jax.stages.Compiled):
+    real = cls.cost_analysis
+    cls.cost_analysis = ((lambda self, real=real: [real(self)]) if fake == "list"
+                         else (lambda self: None))
 sys.argv = ["msmt_tf.bench"] + sys.argv[1:]
 runpy.run_module("msmt_tf.bench", run_name="__main__")
 """
@@ -22,7 +32,7 @@ runpy.run_module("msmt_tf.bench", run_name="__main__")
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   out = tmp_path / "bench.jsonl"
-  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", MSMT_FAKE_COST="list")
   res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
                         "--vocab_size=60", "--steps=2", "--warmup=0", "--batch_size=3",
                         f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True)
@@ -44,14 +54,36 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert result["gflop_per_step"] > 0
   assert sum(result["parts_gflop"].values()) == pytest.approx(result["gflop_per_step"], rel=0.1)
   assert result["gflop_per_image"] == pytest.approx(result["gflop_per_step"] / 3, rel=1e-2)
+  assert result["gflop_source"] == "lowered"  # a list-valued cost analysis is read too
+  _check_bytes_and_roofline(result, 494.7, "dense TF32")
   # The same count without running anything (how the paper configs are counted on a CPU).
+  env.pop("MSMT_FAKE_COST")
   res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
                         "--vocab_size=60", "--batch_size=3", "--flops_only"], cwd=REPO, env=env,
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   counted = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][0])
   assert counted["gflop_per_step"] == result["gflop_per_step"]
+  assert counted["parts_gflop"] == result["parts_gflop"]
   assert "ms_per_step_median" not in counted
+  _check_bytes_and_roofline(counted, 494.7, "dense TF32")
+  assert counted["parts_gbytes"] == result["parts_gbytes"]
+  assert "parts_gbytes_cpu_fused" not in counted  # only with --fused_bytes
+  # No cost analysis at all (lowered and compiled both answer None): still timed, FLOPs left out
+  # and said so. The same run data-parallel over 2 (forced) CPU devices, global batch 4.
+  env.update(MSMT_FAKE_COST="none", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
+                        "--vocab_size=60", "--steps=2", "--warmup=0", "--batch_size=4",
+                        "--noparts", "--devices=2"], cwd=REPO, env=env, capture_output=True,
+                       text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  blind = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][0])
+  assert blind["ms_per_step_median"] > 0 and blind["devices"] == 2
+  assert blind["images_per_s_per_device"] == pytest.approx(blind["images_per_s"] / 2, rel=1e-2)
+  assert result["devices"] == 1
+  assert blind["gflop_source"].startswith("unavailable (step: lowered: no cost analysis")
+  assert not {"gflop_per_step", "parts_gflop", "achieved_tflop_per_s", "gbytes_per_step",
+              "h100_roofline"} & set(blind)
   # BUILD.md's table from the collected lines.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", f"--table={out}"], cwd=REPO,
                        capture_output=True, text=True)
@@ -67,3 +99,205 @@ def test_bench_refuses_bad_flags():
     res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", "--flagfile=configs/smoke.cfg",
                           "--vocab_size=60", extra], cwd=REPO, capture_output=True, text=True)
     assert res.returncode != 0 and message in res.stderr, res.stderr[-2000:]
+
+
+class _FakeProgram:
+  """A jax Lowered/Compiled stand-in whose cost analysis answers like a given device would."""
+
+  def __init__(self, flops, platforms, none_unless_cpu=False, compiled_flops=None):
+    self.flops, self.platforms = flops, platforms
+    self.none_unless_cpu, self.compiled_flops = none_unless_cpu, compiled_flops
+
+  def cost_analysis(self):
+    if self.none_unless_cpu and self.platforms != ("cpu",):
+      return None
+    return {"flops": self.flops, "bytes accessed": 1.0}
+
+  def compile(self):
+    return _FakeProgram(self.compiled_flops, None) if self.compiled_flops else _NoCost()
+
+
+class _NoCost:
+  def cost_analysis(self):
+    return None
+
+
+def test_flop_count_falls_back_when_the_device_has_no_cost_analysis():
+  """What differs on the GPU: a lowered GPU program has no cost analysis (JAX 0.11.2 returns
+  None); the same program lowered for the CPU has. Simulated with programs that answer like that."""
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  gpu_like = lambda platforms=None: _FakeProgram(3e9, platforms, none_unless_cpu=True)
+  assert bench._program_flops(gpu_like) == (3e9, "cpu_lowered")
+  # Several programs (the optimizers part): all must be counted.
+  pair = lambda platforms=None: [_FakeProgram(1e9, platforms), _FakeProgram(2e9, platforms)]
+  assert bench._program_flops(pair) == (3e9, "lowered")
+  # Nothing before compiling: the compiled program's analysis.
+  compiled = lambda platforms=None: _FakeProgram(None, platforms, compiled_flops=5e9)
+  assert bench._program_flops(compiled) == (5e9, "compiled")
+  # A lowering that raises is reported, not raised.
+  def broken(platforms=None):
+    raise RuntimeError("no lowering for this platform")
+  flops, why = bench._program_flops(broken)
+  assert flops is None and "RuntimeError: no lowering" in why
+  assert bench._flops_in([{"flops": 2.0}]) == 2.0 and bench._flops_in(None) is None
+  assert bench._flops_in([]) is None and bench._flops_in({"bytes accessed": 1.0}) is None
+
+
+def test_cost_analysis_reads_bytes_with_the_flops():
+  """The bytes accessed come from the same analysis as the FLOPs (whichever source answered)."""
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  gpu_like = lambda platforms=None: _FakeProgram(3e9, platforms, none_unless_cpu=True)
+  assert bench._program_cost(gpu_like) == (3e9, 1.0, "cpu_lowered")
+  pair = lambda platforms=None: [_FakeProgram(1e9, platforms), _FakeProgram(2e9, platforms)]
+  assert bench._program_cost(pair) == (3e9, 2.0, "lowered")
+  assert bench._cost_in([{"flops": 2.0, "bytes accessed": 8.0}]) == (2.0, 8.0)
+  assert bench._cost_in({"flops": 2.0}) == (2.0, None) and bench._cost_in(None) == (None, None)
+  # The roofline: the larger of the compute and the memory time (GFLOP / TFLOP/s = ms).
+  device = {"hbm_tb_per_s": 2.0, "tf32_tflop_per_s": 100.0, "bf16_tflop_per_s": 200.0}
+  assert bench.roofline(1000.0, 12.0, False, device) == (10.0, "compute")
+  assert bench.roofline(1000.0, 12.0, True, device) == (6.0, "memory")
+  counts = {"gflop_per_step": 200.0, "gbytes_per_step": 1.0, "parts_gflop": {"a": 98.94},
+            "parts_gbytes": {"a": 0.335}, "gflop_source": "lowered"}
+  line = bench._flops_keys(counts, 4, bf16=True)["h100_roofline"]
+  assert line["peak"] == "dense bf16" and line["ms_per_step"] == round(1.0 / 3.35, 3)
+  assert line["parts_ms"] == {"a": 0.1} and line["step_bound"] == "memory"
+  line = bench._flops_keys(counts, 4, bf16=False)["h100_roofline"]
+  assert line["peak"] == "dense TF32" and line["parts_ms"] == {"a": 0.2}
+  assert line["step_bound"] == line["parts_bound"]["a"] == "compute"
+  assert "h100_roofline" not in bench._flops_keys({"gflop_source": "unavailable"}, 4, False)
+  # With --fused_bytes' counts: the roofline of each part at its CPU-fused traffic too.
+  line = bench._flops_keys(dict(counts, parts_gbytes_cpu_fused={"a": 0.67}), 4, True)
+  assert line["h100_roofline"]["parts_ms_cpu_fused"] == {"a": 0.2}
+  assert line["h100_roofline"]["parts_sum_ms_cpu_fused"] == 0.2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_cpu_fused_bytes_of_a_compiled_program():
+  """--fused_bytes compiles each part for the CPU: fusing an elementwise chain into the matmul's
+  consumer leaves less traffic than the unfused HLO, whose every op goes through memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(lambda x, w: jnp.tanh(x @ w) * 2.0 + 1.0)
+  args = (jnp.ones((64, 128)), jnp.ones((128, 256)))
+  lower = lambda platforms=None: fn.trace(*args).lower(lowering_platforms=platforms)
+  flops, unfused, source = bench._program_cost(lower)
+  assert source == "lowered" and flops >= 2 * 64 * 128 * 256 and unfused > 0
+  def broken(platforms=None):
+    raise RuntimeError("cannot lower")
+  fused, failed = bench.cpu_fused_bytes({"f": lower, "pair": lambda platforms=None: [
+      lower(platforms), lower(platforms)], "broken": broken})
+  # At least the inputs and the output cross memory once; the unfused count is larger.
+  minimum = 4 * (64 * 128 + 128 * 256 + 64 * 256) / 1e9
+  assert minimum <= fused["f"] < unfused / 1e9
+  assert fused["pair"] == pytest.approx(2 * fused["f"], rel=1e-4)
+  assert set(failed) == {"broken"} and "RuntimeError: cannot lower" in failed["broken"]
+
+
+def _check_bytes_and_roofline(r, peak, label):
+  """XLA's bytes accessed of the step and its parts, their FLOP/byte, the H100 roofline."""
+  parts = set(r["parts_gflop"])
+  assert set(r["parts_gbytes"]) == set(r["parts_flop_per_byte"]) == parts
+  assert r["gbytes_per_step"] > 0 and all(v > 0 for v in r["parts_gbytes"].values())
+  assert r["flop_per_byte"] == pytest.approx(r["gflop_per_step"] / r["gbytes_per_step"], rel=2e-2)
+  for name, gbytes in r["parts_gbytes"].items():
+    if r["parts_gflop"][name] >= 0.1:  # GFLOP are rounded to 0.01
+      assert r["parts_flop_per_byte"][name] == pytest.approx(r["parts_gflop"][name] / gbytes,
+                                                             rel=5e-2)
+  # The unfused bytes of the parts add up to about the step's, as the FLOPs do.
+  assert sum(r["parts_gbytes"].values()) == pytest.approx(r["gbytes_per_step"], rel=0.25)
+  line = r["h100_roofline"]
+  assert line["peak_tflop_per_s"] == peak and line["peak"] == label
+  assert line["ms_per_step"] == pytest.approx(max(r["gflop_per_step"] / peak,
+                                                  r["gbytes_per_step"] / 3.35), abs=2e-3)
+  assert set(line["parts_ms"]) == set(line["parts_bound"]) == parts
+  for name, ms in line["parts_ms"].items():
+    compute, memory = r["parts_gflop"][name] / peak, r["parts_gbytes"][name] / 3.35
+    assert ms == pytest.approx(max(compute, memory), abs=2e-3)
+    assert line["parts_bound"][name] == ("compute" if compute >= memory else "memory")
+
+
+def test_pipeline_mode_times_the_training_input_pipeline(tmp_path):
+  """--pipeline on the synthetic CUB folder (written once, deterministic) prints one JSON line."""
+  out = tmp_path / "pipe.jsonl"
+  env = dict(os.environ, TMPDIR=str(tmp_path))
+  cmd = [sys.executable, "-m", "msmt_tf.bench", "--pipeline", "--flagfile=configs/cub.cfg",
+         "--pipeline_images=4", "--batch_size=2", "--pipeline_batches=3", "--pipeline_warmup=1",
+         "--step_ms=100,20", f"--out={out}"]
+  res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+  assert len(lines) == 1
+  r = json.loads(lines[0])
+  assert json.loads(out.read_text()) == r
+  assert r["mode"] == "pipeline" and r["dataset"] == "birds" and r["train_images"] == 4
+  assert r["batch_size"] == 2 and r["batches"] == 3 and r["words_num"] == 18
+  assert r["image_sizes"] == [64, 128, 256]
+  assert r["cores"] == len(os.sched_getaffinity(0))
+  assert r["images_per_s"] == pytest.approx(3 * 2 / r["seconds"], rel=2e-2)
+  assert r["images_per_s_per_core"] == pytest.approx(r["images_per_s"] / r["cores"], rel=2e-2)
+  assert r["images_per_s_needed_for_step_ms"] == {"100": 20.0, "20": 100.0}
+  for ms, need in r["images_per_s_needed_for_step_ms"].items():
+    assert r["cores_needed_for_step_ms"][ms] == pytest.approx(need / r["images_per_s_per_core"],
+                                                              rel=2e-2)
+  assert r["images_per_cpu_s"] == pytest.approx(3 * 2 / r["cpu_s"], rel=2e-2)
+  for ms, need in r["images_per_s_needed_for_step_ms"].items():
+    assert r["cores_needed_for_step_ms_by_cpu_time"][ms] == pytest.approx(
+        need / r["images_per_cpu_s"], rel=2e-2)
+  assert "500x375" in r["data"]
+  # The folder it made is a valid birds dataset of 500 x 375 JPEGs whose boxes lie inside them,
+  # and the same arguments write the same bytes.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  split = datasets.load_split(r["data_dir"], "birds", "train")
+  assert split.num_images == 4 and all(len(c) == 10 for c in split.captions)
+  for path, (x, y, w, h) in zip(split.image_paths, split.bboxes):
+    with Image.open(path) as im:
+      assert im.format == "JPEG" and im.size == (500, 375)
+    assert 0 <= x and x + w <= 500 and 0 <= y and y + h <= 375 and w > 100 and h > 100
+  again = bench.write_synthetic_cub(str(tmp_path / "again"), 4)
+  first = split.image_paths[2]
+  with open(first, "rb") as f, open(os.path.join(again, os.path.relpath(
+      first, r["data_dir"])), "rb") as g:
+    assert f.read() == g.read()
+  # A real folder (--pipeline_dir), and the culprit named when it is not a dataset.
+  res = subprocess.run(cmd[:-1] + [f"--pipeline_dir={tmp_path / 'missing'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode != 0 and "missing" in res.stderr, res.stderr[-2000:]
+  # The table of pipeline lines.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", f"--table={out}"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = res.stdout.strip().splitlines()
+  assert rows[0].startswith("| date | device | data |") and len(rows) == 3
+  assert f"| {r['images_per_s']:.0f} | {r['images_per_s_per_core']:.0f} |" in rows[2]
+
+
+def test_h100_script_commands_parse(tmp_path):
+  """benchmarks/h100.sh's commands (float32 and bf16 per config, the pipeline), checked by
+  --dry_run: parsed flags, valid model configs, the JAX backend and the persistent cache."""
+  cache = tmp_path / "jax_cache"
+  env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=str(cache))
+  out = tmp_path / "h100.jsonl"
+  res = subprocess.run(["bash", "benchmarks/h100.sh", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
+  steps = [(l["command"].split("--flagfile=")[1].split()[0], l["precision"])
+           for l in lines if l["mode"] == "step"]
+  assert steps == [("configs/cub.cfg", "float32"), ("configs/cub.cfg", "mixed_bfloat16"),
+                   ("configs/cub_dmgan.cfg", "float32"), ("configs/cub_dmgan.cfg",
+                                                          "mixed_bfloat16")]
+  for l in lines:
+    assert l["dry_run"] and l["keras_backend"] == "jax" and l["batch_size"] == 20
+    assert l["jax_compilation_cache_dir"] == str(cache) and l["out"] == str(out)
+  assert all(l["parts"] and l["steps"] == 50 for l in lines if l["mode"] == "step")
+  assert {l["config"]["refinement"] for l in lines if l["mode"] == "step"} == {"imhm", "dmgan"}
+  if importlib.util.find_spec("tensorflow") is not None:
+    assert [l["mode"] for l in lines][-1] == "pipeline"
+  assert not out.exists() and cache.is_dir()
+  # A bad flag in a command fails the script.
+  res = subprocess.run(["bash", "benchmarks/h100.sh", str(out)], cwd=REPO,
+                       env=dict(env, EXTRA="--no_such_flag=1"), capture_output=True, text=True)
+  assert res.returncode != 0 and "no_such_flag" in res.stderr
