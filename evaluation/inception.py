@@ -212,7 +212,6 @@ def convert(source=None, out_dir=None, fetch=False, check_sha1=True):
     if stride != spec["stride"] or pad != spec["pad"]:
       raise ValueError(f"{source}: {name} has stride {stride} padding {pad}, expected "
                        f"{spec['stride']} {spec['pad']}")
-  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, WEIGHTS_FILE)
   keep = {k: v for k, v in arrays.items() if k.rsplit(".", 1)[0] in model.convs}
