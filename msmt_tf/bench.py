@@ -358,11 +358,6 @@ def _cost_in(cost):
   return number("flops"), number("bytes accessed")
 
 
-def _flops_in(cost):
-  """The FLOP count in a `cost_analysis()` result, or None (see `_cost_in`)."""
-  return _cost_in(cost)[0]
-
-
 def _program_cost(lower):
   """(FLOPs, bytes accessed, source) of the programs `lower(platforms)` returns (a jax Lowered or
   a list of them).
@@ -399,12 +394,6 @@ def _program_cost(lower):
       return counted[0], counted[1], source
     failures.append(f"{source}: no cost analysis")
   return None, None, "; ".join(failures)
-
-
-def _program_flops(lower):
-  """(FLOPs, source) of the programs `lower(platforms)` returns; see `_program_cost`."""
-  flops, _, source = _program_cost(lower)
-  return flops, source
 
 
 def flop_counts(gan, data, parts, fused_bytes=False):

@@ -88,16 +88,31 @@ def save(run_dir, step, groups, record, keep=3):
   return path
 
 
-def _read(path, groups):
-  """{group: [arrays]} and the record of checkpoint `path`, checked against `groups` before
-  anything is assigned (a damaged file never leaves the model half restored)."""
+def _load(path, groups=None):
+  """(record, {group: [arrays]}) of checkpoint `path`: the arrays of `groups`, or, when None,
+  every array of the file (each decompressed and CRC-checked) without keeping them.
+
+  Raises:
+    DamagedCheckpointError: the file cannot be read.
+  """
   try:
     with np.load(path) as data:
       meta = json.loads(bytes(data["__meta__"]).decode())
-      arrays = {name: [data[f"{name}/{i}"] for i in range(len(meta["shapes"].get(name, [])))]
-                for name in groups}
+      if groups is None:
+        for key in data.files:
+          data[key]  # pylint: disable=pointless-statement  (reads and checks the CRC)
+        return meta, {}
+      return meta, {name: [data[f"{name}/{i}"]
+                           for i in range(len(meta["shapes"].get(name, [])))]
+                    for name in groups}
   except Exception as e:  # zipfile / zlib / pickle / json / key errors of a damaged file
     raise DamagedCheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def _read(path, groups):
+  """{group: [arrays]} and the record of checkpoint `path`, checked against `groups` before
+  anything is assigned (a damaged file never leaves the model half restored)."""
+  meta, arrays = _load(path, groups)
   for name, variables in groups.items():
     saved = meta["shapes"].get(name)
     if saved is None or len(saved) != len(variables):
@@ -161,14 +176,7 @@ def verify(path):
   Raises:
     DamagedCheckpointError: the file cannot be read.
   """
-  try:
-    with np.load(path) as data:
-      meta = json.loads(bytes(data["__meta__"]).decode())
-      for key in data.files:
-        data[key]  # pylint: disable=pointless-statement  (decompresses and checks the CRC)
-    return meta
-  except Exception as e:  # pylint: disable=broad-except
-    raise DamagedCheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+  return _load(path)[0]
 
 
 def newest_readable(run_dir, report=None):

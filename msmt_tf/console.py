@@ -93,12 +93,28 @@ def quiet_native_logs(argv=None):
   sys.stderr.flush()
   os.dup2(write_fd, 2)
   os.close(write_fd)
+  if os.isatty(original):  # stderr is now a pipe: progress bars must still see the terminal
+    sys.stderr = _TerminalStream(sys.stderr)
   thread = threading.Thread(target=_pump, args=(read_fd, original, min_level),
                             name="msmt-stderr-filter", daemon=True)
   thread.start()
   _state.update(original=original, thread=thread)
   atexit.register(_stop)
   return True
+
+
+class _TerminalStream:
+  """`sys.stderr` as before, except that `isatty()` still says True: its file descriptor now
+  leads to the filter, but what it writes ends on the terminal (progress bars check isatty)."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def isatty(self):
+    return True
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
 
 
 def _pump(read_fd, out_fd, min_level):

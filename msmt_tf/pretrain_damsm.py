@@ -111,8 +111,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:
       text_path, image_path = config.damsm_paths(damsm_dir)
-      runs.save_encoder(text_enc, text_path)
-      runs.save_encoder(image_enc, image_path)
+      runs.save_model(text_enc, text_path)
+      runs.save_model(image_enc, image_path)
     if last:
       break
     if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate

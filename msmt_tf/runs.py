@@ -18,14 +18,13 @@ through this module, which imports no entry point.
 
 import json
 import os
-import sys
 
 from msmt_tf import checkpoint
 from msmt_tf import config
 from msmt_tf import fileio
 
 __all__ = ["CONFIG", "FLAGS_FILE", "read_config", "write_run_files", "load_damsm_encoder",
-           "load_damsm", "save_encoder", "load_run", "damsm_provenance"]
+           "load_damsm", "save_model", "load_run", "damsm_provenance"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
@@ -52,8 +51,9 @@ def write_run_files(run_dir, record, flags_text=None):
   fileio.atomic_write_bytes(os.path.join(run_dir, CONFIG), json.dumps(record, indent=1).encode())
 
 
-def save_encoder(model, path):
-  """Writes a DAMSM encoder archive atomically (a crash never leaves a half file)."""
+def save_model(model, path):
+  """Writes a Keras model archive (a DAMSM encoder, the EMA generator) atomically: a crash never
+  leaves a half file."""
   fileio.atomic_write(path, model.save)
 
 
@@ -107,10 +107,6 @@ def damsm_provenance(damsm_dir):
   return "msmt_tf.pretrain_damsm (this project's encoders, not AttnGAN's)"
 
 
-def _warn(message):
-  print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
   """Returns (EMA generator, text encoder, Vocabulary, record) of a run; `record["step"]` is the
   restored checkpoint's step. Without `step`, the newest checkpoint that reads (damaged newer
@@ -122,7 +118,7 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
   generator = cfg.build_generator(words_num)
   groups = {"generator_ema": generator.variables}
   if step is None:
-    found = checkpoint.restore_newest(run_dir, groups, report=report or _warn)
+    found = checkpoint.restore_newest(run_dir, groups, report=report)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     step = found[0]

@@ -31,7 +31,6 @@ from absl import logging
 import numpy as np
 
 from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
-from msmt_tf import fileio
 from msmt_tf import config
 from msmt_tf import distribute
 from msmt_tf import runs
@@ -85,8 +84,7 @@ def prepare():
     raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
                      "--resume to continue it or choose another --run_dir")
   if FLAGS.resume and os.path.isfile(config_path):
-    with open(config_path) as f:
-      old = json.load(f)
+    old = runs.read_config(run.run_dir)
     # A model option added after the run started counts as its default (older config.json).
     added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
     diff = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
@@ -261,8 +259,7 @@ def train(run):
       record_losses(*pending)
   step_fn.sync()
   if writes:
-    fileio.atomic_write(os.path.join(run.run_dir, "generator_ema.keras"),
-                        run.gan.generator_ema.save)
+    runs.save_model(run.gan.generator_ema, os.path.join(run.run_dir, "generator_ema.keras"))
   return run.step
 
 

@@ -78,3 +78,35 @@ def test_verbose_or_level_zero_shows_everything():
     for line in NOISE + REAL:
       assert line in res.stderr
     assert res.stderr.rstrip().endswith("error: the real message")
+
+
+def test_a_terminal_stays_a_terminal_for_progress_bars():
+  """On a terminal, Python's stderr still reports isatty() after the filter is in place (progress
+  bars draw in place), and what it writes still reaches the terminal."""
+  import pty  # pylint: disable=g-import-not-at-top
+  code = ("import sys\n"
+          f"sys.path.insert(0, {REPO!r})\n"
+          "from msmt_tf import console\n"
+          "assert console.quiet_native_logs()\n"
+          "print('isatty', sys.stderr.isatty(), file=sys.stderr)\n")
+  main, child = pty.openpty()
+  try:
+    res = subprocess.run([sys.executable, "-c", code], stderr=child, stdout=subprocess.PIPE,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
+    os.close(child)
+    child = None
+    out = b""
+    while True:
+      try:
+        chunk = os.read(main, 4096)
+      except OSError:  # the terminal's other end is closed: all is read
+        break
+      if not chunk:
+        break
+      out += chunk
+  finally:
+    if child is not None:
+      os.close(child)
+    os.close(main)
+  assert res.returncode == 0, out.decode(errors="replace")
+  assert b"isatty True" in out

@@ -182,9 +182,9 @@ def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=T
       raise WeightsMismatchError(f"{image_encoder}: {e}") from e
   os.makedirs(out_dir, exist_ok=True)
   text_path, image_path = config.damsm_paths(out_dir)
-  runs.save_encoder(text_model, text_path)
+  runs.save_model(text_model, text_path)
   if image_model is not None:
-    runs.save_encoder(image_model, image_path)
+    runs.save_model(image_model, image_path)
   elif os.path.exists(image_path):  # an older image encoder would not belong to this pair
     os.remove(image_path)
   manifest = {
