@@ -25,6 +25,7 @@ images/s, images/s per core and the cores a training step of `--step_ms` needs.
 `benchmarks/h100.sh` runs the GPU rows of BUILD.md's table.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -80,6 +81,20 @@ def define_flags():
   flags.DEFINE_integer("pipeline_warmup", 3, "--pipeline: untimed batches first.")
   flags.DEFINE_list("step_ms", ["75", "40"], "--pipeline: step times (ms per --batch_size batch) to "
                     "compare the input rate with (default: the H100 targets, float32 and bf16).")
+  flags.DEFINE_string("sync_dir", None,
+                      "Several bench processes sharing one device in one sitting: each compiles "
+                      "everything it will time, writes sync_dir/ready.<--sync_index>, waits until "
+                      "--sync_count such files exist (at most --sync_timeout s), then times while "
+                      "holding an exclusive lock on sync_dir/lock, so that compiles (and their "
+                      "autotuning) overlap while no two timings, and no timing and compile, do. "
+                      "compile_s is then measured beside the other compiles.")
+  flags.DEFINE_integer("sync_count", 1, "--sync_dir: processes in the group.")
+  flags.DEFINE_string("sync_index", "0", "--sync_dir: this process's name in the group.")
+  flags.DEFINE_float("sync_timeout", 600, "--sync_dir: longest wait for the group, in seconds.")
+  flags.DEFINE_string("profile_dir", None,
+                      "JAX: after timing, trace --profile_steps steps with jax.profiler into this "
+                      "folder (an .xplane.pb for XProf / TensorBoard's profile plugin).")
+  flags.DEFINE_integer("profile_steps", 3, "--profile_dir: steps traced.")
   flags.DEFINE_bool("dry_run", False,
                     "Check the flags and the model config, print what would be measured as a JSON "
                     "line and exit (nothing built, run or appended to --out; benchmarks/h100.sh "
@@ -148,11 +163,16 @@ def _peak_memory_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
 
 
-def _time(fn, args, steps, warmup):
-  """(compile seconds, list of per-call milliseconds)."""
+def _first_call_s(fn, args):
+  """Seconds of the first call (compile and run)."""
   t = time.perf_counter()
   _block(fn(*args))
-  compile_s = time.perf_counter() - t
+  return time.perf_counter() - t
+
+
+def _time(fn, args, steps, warmup, compiled=False):
+  """(compile seconds, list of per-call milliseconds); compile seconds are 0.0 if `compiled`."""
+  compile_s = 0.0 if compiled else _first_call_s(fn, args)
   for _ in range(warmup):
     _block(fn(*args))
   times = []
@@ -237,6 +257,32 @@ def compile_optimizer_step(optimizer, variables, jit_compile=True):
     return optimizer.iterations
 
   return run
+
+
+@contextlib.contextmanager
+def timing_turn(sync_dir, count, index, timeout_s):
+  """With `sync_dir`: announce this process ready, wait for `count` ready processes (or
+  `timeout_s`), then hold an exclusive lock on sync_dir/lock for the block. Yields a dict of
+  what happened ({} without `sync_dir`)."""
+  if not sync_dir:
+    yield {}
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top
+  os.makedirs(sync_dir, exist_ok=True)
+  with open(os.path.join(sync_dir, f"ready.{index}"), "w") as f:
+    f.write(str(os.getpid()))
+  t = time.perf_counter()
+  ready = lambda: sum(n.startswith("ready.") for n in os.listdir(sync_dir))
+  while ready() < count and time.perf_counter() - t < timeout_s:
+    time.sleep(0.2)
+  info = {"sync_group": count, "sync_ready": ready(), "sync_wait_s": 0.0}
+  with open(os.path.join(sync_dir, "lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    info["sync_wait_s"] = round(time.perf_counter() - t, 1)
+    try:
+      yield info
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -707,8 +753,22 @@ def run_benchmark(steps, warmup, with_parts):
   flops = flop_counts(gan, data, parts, FLAGS.fused_bytes) if backend == "jax" else {}
   if FLAGS.flops_only:
     return _describe(backend, cfg, batch_size, words_num, jit) | _flops_keys(flops, batch_size, FLAGS.mixed_precision)
-  compile_s, times = _time(step_fn, [step_data], steps, warmup)
-  logs = {k: float(v) for k, v in step_fn(step_data).items()}
+  # Everything timed below is compiled first (with --sync_dir, beside the group's compiles).
+  compile_s = _first_call_s(step_fn, [step_data])
+  for fn, inputs in parts.values():
+    _first_call_s(fn, inputs)
+  with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
+                   FLAGS.sync_timeout) as sync:
+    _, times = _time(step_fn, [step_data], steps, warmup, compiled=True)
+    parts_ms = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2), 1,
+                                                    compiled=True)[1]), 2)
+                for name, (fn, inputs) in parts.items()}
+    if FLAGS.profile_dir and backend == "jax":
+      import jax  # pylint: disable=g-import-not-at-top
+      with jax.profiler.trace(FLAGS.profile_dir):
+        for _ in range(FLAGS.profile_steps):
+          _block(step_fn(step_data))
+    logs = {k: float(v) for k, v in step_fn(step_data).items()}
   bad = [k for k, v in logs.items() if not np.isfinite(v)]
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
@@ -736,10 +796,13 @@ def run_benchmark(steps, warmup, with_parts):
     if jax.devices()[0].platform == "gpu":
       result["matmul_precision"] = str(jax.config.jax_default_matmul_precision or "default")
   if parts:
-    result["parts_ms"] = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2),
-                                                                1)[1]), 2)
-                          for name, (fn, inputs) in parts.items()}
-    result["parts_sum_ms"] = round(sum(result["parts_ms"].values()), 2)
+    result["parts_ms"] = parts_ms
+    result["parts_sum_ms"] = round(sum(parts_ms.values()), 2)
+  result.update(sync)
+  if FLAGS.upsample_conv != "fused":
+    result["upsample_conv"] = FLAGS.upsample_conv
+  if os.environ.get("XLA_FLAGS"):
+    result["xla_flags"] = os.environ["XLA_FLAGS"]
   memory, kind = _peak_memory_mb()
   result["peak_memory_mb"] = round(memory, 1)
   result["peak_memory_kind"] = kind
@@ -751,8 +814,10 @@ def _describe(backend, cfg, batch_size, words_num, jit):
   import keras  # pylint: disable=g-import-not-at-top
   return {
       "date": datetime.date.today().isoformat(),
-      "command": " ".join([f"KERAS_BACKEND={backend}", "python", "-m", "msmt_tf.bench"] +
-                          sys.argv[1:]),
+      "command": " ".join([f"KERAS_BACKEND={backend}"] +
+                          ([f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'"]
+                           if os.environ.get("XLA_FLAGS") else []) +
+                          ["python", "-m", "msmt_tf.bench"] + sys.argv[1:]),
       "backend": backend,
       "device": _device(),
       "keras": keras.__version__,
@@ -813,7 +878,7 @@ def markdown_table(results):
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in results:
     cfg = r["config"]
-    command = re.sub(r" --out[= ]\S+", "", r["command"])
+    command = re.sub(r" --(out|sync_\w+|profile_dir)[= ]\S+", "", r["command"])
     name = (f"{r['dataset']} {cfg['initial_stage']}+{cfg['refinement']} "
             f"{cfg['num_stages']} stages, N_r {cfg['channels']}")
     lines.append(
@@ -835,7 +900,7 @@ def pipeline_table(results):
   for r in results:
     need = r.get("cores_needed_for_step_ms", {})
     by_cpu = r.get("cores_needed_for_step_ms_by_cpu_time", {})
-    command = re.sub(r" --out[= ]\S+", "", r["command"])
+    command = re.sub(r" --(out|sync_\w+|profile_dir)[= ]\S+", "", r["command"])
     load = "-".join(str(v) for v in r.get("loadavg_1min", []))
     lines.append(
         f"| {r['date']} | {r['device']} ({r['cores']} in affinity) | "

@@ -11,6 +11,7 @@ import os
 from absl import flags
 
 from msmt_tf.data import datasets
+from msmt_tf.layers import blocks
 
 __all__ = ["ModelConfig", "model_config_from_flags", "resolve_vocab_size", "PAPER_TABLE2"]
 
@@ -46,6 +47,10 @@ flags.DEFINE_enum("key_mode", "split", ["split", "concat", "project"], "How the 
 flags.DEFINE_bool("detach_grid", True, "Stop gradients through the SDM grid features C.")
 flags.DEFINE_enum("query_mode", "iterative", ["iterative", "previous"], "Head t queries U_{t-1} "
                   "(paper) or R_{k-1}.")
+flags.DEFINE_enum("upsample_conv", "fused", list(blocks.UPSAMPLE_CONV_MODES),
+                  "How UpBlocks compute conv3x3(upsample x2): 'fused' (2x2 phase kernels on the "
+                  "low-resolution input: 4/9 of the work) or 'reference' (upsample, then conv). "
+                  "Same weights and function; rounding differs (BUILD.md, Performance).")
 flags.DEFINE_bool("fuse_per_channel", False, "Per-channel instead of scalar fuse gates.")
 flags.DEFINE_enum("tail_padding", "valid", ["valid", "same"], "MTWIG tails: L-ks+1 or L.")
 flags.DEFINE_bool("skip_padding_tails", True, "Leave tails that cover padding out of the fuse.")
@@ -161,6 +166,8 @@ def words_num_from_flags():
 
 
 def model_config_from_flags(vocab_size=None):
+  # An implementation choice, not part of the model: applied here, where every command builds it.
+  blocks.set_upsample_conv(FLAGS.upsample_conv)
   vocab = vocab_size or resolve_vocab_size(FLAGS.data_dir, FLAGS.dataset, FLAGS.vocab_size)
   names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
   return ModelConfig(vocab_size=vocab, **{n: getattr(FLAGS, n) for n in names})

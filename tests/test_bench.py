@@ -303,3 +303,41 @@ def test_h100_script_commands_parse(tmp_path):
   res = subprocess.run(["bash", "benchmarks/h100.sh", str(out)], cwd=REPO,
                        env=dict(env, EXTRA="--no_such_flag=1"), capture_output=True, text=True)
   assert res.returncode != 0 and "no_such_flag" in res.stderr
+
+
+_TURN = """
+import json, sys, time
+from msmt_tf.bench import timing_turn
+sync_dir, count, index, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+time.sleep(float(sys.argv[5]))  # a slower 'compile'
+with timing_turn(sync_dir, count, index, timeout_s=float(sys.argv[6])) as info:
+  start = time.time()
+  time.sleep(0.6)  # the 'timing'
+  end = time.time()
+json.dump({"start": start, "end": end, **info}, open(out, "w"))
+"""
+
+
+def test_timing_turn_waits_for_the_group_and_never_overlaps(tmp_path):
+  """bench --sync_dir: runs that compile together time one at a time, each after all compiled;
+  a missing member only delays the group by --sync_timeout."""
+  sync = tmp_path / "sync"
+  delays = [0.0, 1.5, 0.3]
+  procs = [subprocess.Popen([sys.executable, "-c", _TURN, str(sync), "3", str(i),
+                             str(tmp_path / f"{i}.json"), str(d), "60"], cwd=REPO)
+           for i, d in enumerate(delays)]
+  assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+  runs = sorted((json.load(open(tmp_path / f"{i}.json")) for i in range(3)),
+                key=lambda r: r["start"])
+  for a, b in zip(runs, runs[1:]):
+    assert a["end"] <= b["start"], runs  # no two timings overlap
+  assert all(r["sync_ready"] == 3 and r["sync_group"] == 3 for r in runs)
+  # Every timing starts after the slowest member got ready (its 1.5 s 'compile').
+  assert runs[0]["sync_wait_s"] >= 0 and min(r["start"] for r in runs) >= max(
+      os.path.getmtime(sync / f"ready.{i}") for i in range(3)) - 0.05
+  # A group of 2 with one member only: it goes ahead after the timeout, and says so.
+  res = subprocess.run([sys.executable, "-c", _TURN, str(tmp_path / "alone"), "2", "0",
+                        str(tmp_path / "alone.json"), "0", "1.0"], cwd=REPO, timeout=120)
+  assert res.returncode == 0
+  alone = json.load(open(tmp_path / "alone.json"))
+  assert alone["sync_ready"] == 1 and alone["sync_wait_s"] >= 1.0

@@ -1,6 +1,7 @@
 """MSMT-GAN layers, written with `keras.ops` only (TensorFlow and JAX backends)."""
 
-from msmt_tf.layers.blocks import GLU, ResBlock, ToImage, UpBlock, count_parameters
+from msmt_tf.layers.blocks import (GLU, ResBlock, ToImage, UpBlock, count_parameters,
+                                   set_upsample_conv, upsample_conv3x3)
 from msmt_tf.layers.conditioning import ConditioningAugmentation
 from msmt_tf.layers.fuse import GatedFusion
 from msmt_tf.layers.imhm import DMGANRefinement, IterativeMultiHeadRefinement
@@ -10,5 +11,6 @@ from msmt_tf.layers.sdm import SpatialDynamicMemory
 __all__ = [
     "GLU", "ResBlock", "ToImage", "UpBlock", "count_parameters", "ConditioningAugmentation",
     "GatedFusion", "DMGANRefinement", "IterativeMultiHeadRefinement", "ConventionalInit",
-    "MultiTailedWordInit", "UpsamplingTrunk", "SpatialDynamicMemory",
+    "MultiTailedWordInit", "UpsamplingTrunk", "SpatialDynamicMemory", "set_upsample_conv",
+    "upsample_conv3x3",
 ]

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One sitting on one GPU, as few device minutes as possible: groups of `msmt_tf.bench` runs that
+# compile concurrently (XLA's compile and autotuning take 1-2 min per configuration) and are then
+# timed one at a time (bench --sync_dir: no timing overlaps another timing or a compile).
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR
+#
+# Writes OUT_DIR/results.jsonl (one JSON line per run, appended as each finishes, so a run cut
+# short keeps what was measured), OUT_DIR/logs.tgz (each run's log) and OUT_DIR/profile_*.tgz
+# (jax.profiler XPlane of one step of the fused float32 / bf16 runs; read them with XProf, e.g.
+# `xprof.convert.raw_to_tool_data.xspace_to_tool_data([path], "hlo_stats", {})`).
+# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "1 2"), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
+# (the configs; a CPU rehearsal: "--flagfile=configs/smoke.cfg --vocab_size=50" for each), DRY_RUN=1
+# (check every command's flags with --dry_run, sequentially; nothing is compiled or timed).
+#
+# Group 1, configs/cub.cfg, batch 20, with the per-part breakdown (--parts): float32 (TF32) and
+#   bf16, each with the reference UpBlock (upsample then conv3x3) and the fused one (the default).
+# Group 2: cub_dmgan.cfg float32 reference and fused; cub.cfg float32 fused with XLA's NHWC
+#   convolution layout forced; coco.cfg float32 fused.
+# The reference runs are the "before" of the same sitting; --devices 1 is the default placement
+# on a one-GPU machine (no mesh), named to show it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:?usage: gpu_session.sh OUT_DIR}
+mkdir -p "$OUT_DIR" "$OUT_DIR/work/logs"
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-30}
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+# Several processes share the GPU: each allocates what it uses instead of 75% of the memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+RESULTS="$OUT_DIR/results.jsonl"
+LOGS="$OUT_DIR/work/logs"
+
+group() {  # group NAME "ENV... bench args" ...
+  local name=$1; shift
+  local sync; sync=$(mktemp -d)
+  local i=0
+  echo "=== group $name: $# runs, $(date -u +%T)" >&2
+  for spec in "$@"; do
+    local env_vars=""  # leading NAME=value words of the spec go before the command
+    while [[ $spec == [A-Z_]*=* ]]; do env_vars="$env_vars ${spec%% *}"; spec=${spec#* }; done
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+      eval "$env_vars $PY -m msmt_tf.bench $spec --steps $STEPS --dry_run" || echo "DRY RUN FAILED: $spec" >&2
+      continue
+    fi
+    # The wrapper marks the run ready when it ends, so that a run that dies before it compiled
+    # does not hold up the group's timings.
+    ( eval "$env_vars $PY -m msmt_tf.bench $spec --steps $STEPS --warmup 3 --out $RESULTS \
+        --sync_dir $sync --sync_count $# --sync_index $i" >"$LOGS/$name.$i.log" 2>&1
+      echo "exit $?: $spec" >>"$LOGS/$name.$i.log"; touch "$sync/ready.$i" ) &
+    i=$((i + 1))
+  done
+  wait
+  echo "=== group $name done $(date -u +%T)" >&2
+  tail -n 3 "$LOGS/$name".*.log >&2 || true
+  tar czf "$OUT_DIR/logs.tgz" -C "$OUT_DIR/work" logs 2>/dev/null || true
+  # One step's device trace per profiled run, XPlane only (the trace.json.gz repeats it), one
+  # archive each: files come back from the device machine only up to 16 MB each.
+  for p in "$OUT_DIR"/work/profile_*; do
+    [ -d "$p" ] || continue
+    find "$p" -name '*.trace.json.gz' -delete
+    tar czf "$OUT_DIR/$(basename "$p").tgz" -C "$OUT_DIR/work" "$(basename "$p")" 2>/dev/null || true
+  done
+}
+
+if [ "${DRY_RUN:-0}" != 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >&2 || true
+  $PY -c "import jax, keras; print('jax', jax.__version__, 'keras', keras.__version__, jax.devices())" >&2
+fi
+CUB=${CUB_FLAGS:---flagfile=configs/cub.cfg}
+DMGAN=${DMGAN_FLAGS:---flagfile=configs/cub_dmgan.cfg}
+COCO=${COCO_FLAGS:---flagfile=configs/coco.cfg}
+for g in ${RUN_GROUPS:-1 2}; do
+  case $g in
+    1) group 1 \
+         "$CUB --parts --devices 1 --upsample_conv=reference" \
+         "$CUB --parts --profile_dir $OUT_DIR/work/profile_f32 --profile_steps 1" \
+         "$CUB --parts --mixed_precision --upsample_conv=reference" \
+         "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16 --profile_steps 1" ;;
+    2) group 2 \
+         "$DMGAN --noparts --upsample_conv=reference" \
+         "$DMGAN --noparts" \
+         "XLA_FLAGS=--xla_gpu_force_conv_nhwc $CUB --noparts" \
+         "$COCO --noparts" ;;
+  esac
+done
+[ "${DRY_RUN:-0}" = 1 ] && exit 0
+$PY -m msmt_tf.bench --table "$RESULTS" || true
+$PY - "$RESULTS" <<'EOF' || true
+import json, re, sys
+for l in open(sys.argv[1]):
+  r = json.loads(l)
+  cmd = re.sub(r" --(out|sync_\w+|profile_\w+|steps|warmup)[= ]\S+", "", r["command"])
+  print(cmd.split("python -m msmt_tf.bench", 1)[1], r.get("xla_flags", ""), "|", r["precision"], "|",
+        r["ms_per_step_median"], f"({r['ms_per_step_min']}-{r['ms_per_step_max']})",
+        "| compile", r["compile_s"], "| peak MB", r["peak_memory_mb"],
+        "| parts", r.get("parts_ms"))
+EOF
