@@ -9,16 +9,19 @@
 # short keeps what was measured), OUT_DIR/logs.tgz (each run's log) and OUT_DIR/profile_*.tgz
 # (jax.profiler XPlane of one step of the fused float32 / bf16 runs; read them with XProf, e.g.
 # `xprof.convert.raw_to_tool_data.xspace_to_tool_data([path], "hlo_stats", {})`).
-# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "1 2"), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
+# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "1 2 3 4"), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
 # (the configs; a CPU rehearsal: "--flagfile=configs/smoke.cfg --vocab_size=50" for each), DRY_RUN=1
 # (check every command's flags with --dry_run, sequentially; nothing is compiled or timed).
 #
 # Group 1, configs/cub.cfg, batch 20, with the per-part breakdown (--parts): float32 (TF32) and
-#   bf16, each with the reference UpBlock (upsample then conv3x3) and the fused one (the default).
-# Group 2: cub_dmgan.cfg float32 reference and fused; cub.cfg float32 fused with XLA's NHWC
-#   convolution layout forced; coco.cfg float32 fused.
-# The reference runs are the "before" of the same sitting; --devices 1 is the default placement
-# on a one-GPU machine (no mesh), named to show it.
+#   bf16, each with the reference UpBlock (upsample then conv3x3, the default) and the fused one.
+#   (First sitting, 2026-11-26: 7.5 min for the group; the bf16 reference run ran out of device
+#   memory beside the three others, each allocating on demand.)
+# Group 2: cub_dmgan.cfg float32 reference and fused; cub.cfg float32 with XLA's NHWC
+#   convolution layout forced; coco.cfg float32.
+# Groups 3, 4 (second sitting, one run each): cub.cfg bf16 reference with parts, then float32
+#   reference, each with a one-step profile.
+# --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:?usage: gpu_session.sh OUT_DIR}
@@ -70,18 +73,20 @@ fi
 CUB=${CUB_FLAGS:---flagfile=configs/cub.cfg}
 DMGAN=${DMGAN_FLAGS:---flagfile=configs/cub_dmgan.cfg}
 COCO=${COCO_FLAGS:---flagfile=configs/coco.cfg}
-for g in ${RUN_GROUPS:-1 2}; do
+for g in ${RUN_GROUPS:-1 2 3 4}; do
   case $g in
     1) group 1 \
          "$CUB --parts --devices 1 --upsample_conv=reference" \
-         "$CUB --parts --profile_dir $OUT_DIR/work/profile_f32 --profile_steps 1" \
+         "$CUB --parts --upsample_conv=fused --profile_dir $OUT_DIR/work/profile_f32 --profile_steps 1" \
          "$CUB --parts --mixed_precision --upsample_conv=reference" \
-         "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16 --profile_steps 1" ;;
+         "$CUB --parts --mixed_precision --upsample_conv=fused --profile_dir $OUT_DIR/work/profile_bf16 --profile_steps 1" ;;
     2) group 2 \
          "$DMGAN --noparts --upsample_conv=reference" \
-         "$DMGAN --noparts" \
+         "$DMGAN --noparts --upsample_conv=fused" \
          "XLA_FLAGS=--xla_gpu_force_conv_nhwc $CUB --noparts" \
          "$COCO --noparts" ;;
+    3) group 3 "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" ;;
+    4) group 4 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" ;;
   esac
 done
 [ "${DRY_RUN:-0}" = 1 ] && exit 0

@@ -47,10 +47,11 @@ flags.DEFINE_enum("key_mode", "split", ["split", "concat", "project"], "How the 
 flags.DEFINE_bool("detach_grid", True, "Stop gradients through the SDM grid features C.")
 flags.DEFINE_enum("query_mode", "iterative", ["iterative", "previous"], "Head t queries U_{t-1} "
                   "(paper) or R_{k-1}.")
-flags.DEFINE_enum("upsample_conv", "fused", list(blocks.UPSAMPLE_CONV_MODES),
-                  "How UpBlocks compute conv3x3(upsample x2): 'fused' (2x2 phase kernels on the "
-                  "low-resolution input: 4/9 of the work) or 'reference' (upsample, then conv). "
-                  "Same weights and function; rounding differs (BUILD.md, Performance).")
+flags.DEFINE_enum("upsample_conv", "reference", list(blocks.UPSAMPLE_CONV_MODES),
+                  "How UpBlocks compute conv3x3(upsample x2): 'reference' (upsample, then conv) "
+                  "or 'fused' (2x2 phase kernels on the low-resolution input: 4/9 of the "
+                  "multiply-adds, but slower on the H100, BUILD.md Performance). Same weights "
+                  "and function; rounding differs.")
 flags.DEFINE_bool("fuse_per_channel", False, "Per-channel instead of scalar fuse gates.")
 flags.DEFINE_enum("tail_padding", "valid", ["valid", "same"], "MTWIG tails: L-ks+1 or L.")
 flags.DEFINE_bool("skip_padding_tails", True, "Leave tails that cover padding out of the fuse.")

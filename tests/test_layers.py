@@ -103,6 +103,7 @@ def test_up_block_fused_and_reference_agree(policy):
   rounding of different intermediate sums (bf16 has 8 significant bits: 2^-8 = 3.9e-3)."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   bound = 1e-5 if policy == "float32" else 2e-2
+  before = blocks.upsample_conv()
   keras.mixed_precision.set_global_policy(policy)
   try:
     for seed in range(3):
@@ -120,7 +121,7 @@ def test_up_block_fused_and_reference_agree(policy):
         rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))
         assert rel < bound, (policy, seed, name, rel)
   finally:
-    blocks.set_upsample_conv("fused")
+    blocks.set_upsample_conv(before)
     keras.mixed_precision.set_global_policy("float32")
 
 

@@ -15,12 +15,14 @@ _PKG = "msmt_tf"
 
 # How `UpBlock` computes conv3x3(nearest_upsample_x2(x)); both give the same function of the same
 # 3x3 kernel variable (checkpoints and imported weights are unaffected), rounded differently:
+#   "reference" (default): upsample, then the 3x3 convolution (DM-GAN's `upBlock` literally).
 #   "fused": four 2x2 phase kernels (sums of the 3x3 kernel's taps) in one 2x2 convolution of
 #     the low-resolution input with 4x the output channels, then interleaved: 4/9 of the
-#     multiply-adds, and the upsampled input is never written to memory.
-#   "reference": upsample, then the 3x3 convolution (DM-GAN's `upBlock` literally).
-UPSAMPLE_CONV_MODES = ("fused", "reference")
-_upsample_conv = "fused"
+#     multiply-adds, and the upsampled input is never written to memory. Slower on the H100
+#     (BUILD.md, Performance: XLA lowers its kernel gradient to a cuDNN forward convolution with
+#     a 129 x 129 window, 15.6 ms of the CUB step for the 256 px stage alone).
+UPSAMPLE_CONV_MODES = ("reference", "fused")
+_upsample_conv = "reference"
 
 
 def set_upsample_conv(mode):
