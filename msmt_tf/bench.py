@@ -25,7 +25,6 @@ images/s, images/s per core and the cores a training step of `--step_ms` needs.
 `benchmarks/h100.sh` runs the GPU rows of BUILD.md's table.
 """
 
-import contextlib
 import datetime
 import json
 import os
@@ -46,6 +45,7 @@ from absl import flags
 import numpy as np
 
 from msmt_tf import config
+from msmt_tf.timing import timing_turn
 from msmt_tf import distribute  # pylint: disable=unused-import  (--distribute, --devices)
 
 FLAGS = flags.FLAGS
@@ -257,32 +257,6 @@ def compile_optimizer_step(optimizer, variables, jit_compile=True):
     return optimizer.iterations
 
   return run
-
-
-@contextlib.contextmanager
-def timing_turn(sync_dir, count, index, timeout_s):
-  """With `sync_dir`: announce this process ready, wait for `count` ready processes (or
-  `timeout_s`), then hold an exclusive lock on sync_dir/lock for the block. Yields a dict of
-  what happened ({} without `sync_dir`)."""
-  if not sync_dir:
-    yield {}
-    return
-  import fcntl  # pylint: disable=g-import-not-at-top
-  os.makedirs(sync_dir, exist_ok=True)
-  with open(os.path.join(sync_dir, f"ready.{index}"), "w") as f:
-    f.write(str(os.getpid()))
-  t = time.perf_counter()
-  ready = lambda: sum(n.startswith("ready.") for n in os.listdir(sync_dir))
-  while ready() < count and time.perf_counter() - t < timeout_s:
-    time.sleep(0.2)
-  info = {"sync_group": count, "sync_ready": ready(), "sync_wait_s": 0.0}
-  with open(os.path.join(sync_dir, "lock"), "a") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    info["sync_wait_s"] = round(time.perf_counter() - t, 1)
-    try:
-      yield info
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -320,7 +320,7 @@ def test_h100_script_commands_parse(tmp_path):
 
 _TURN = """
 import json, sys, time
-from msmt_tf.bench import timing_turn
+from msmt_tf.timing import timing_turn
 sync_dir, count, index, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 time.sleep(float(sys.argv[5]))  # a slower 'compile'
 with timing_turn(sync_dir, count, index, timeout_s=float(sys.argv[6])) as info:
