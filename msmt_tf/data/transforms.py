@@ -11,8 +11,8 @@ the `seed` tensor passed in, so a pipeline is deterministic whatever its paralle
 import tensorflow as tf
 
 __all__ = [
-    "cub_crop_box", "load_size_for", "resize_shorter_side", "random_crop_flip", "center_crop",
-    "image_pyramid", "drop_words", "pad_tokens",
+    "cub_crop_box", "load_size_for", "resized_size", "resize_shorter_side", "random_crop_flip",
+    "center_crop", "resized_crop", "image_pyramid", "drop_words", "pad_tokens",
 ]
 
 
@@ -43,27 +43,35 @@ def load_size_for(image_size):
   return int(image_size * 76 / 64)
 
 
+def resized_size(height, width, size):
+  """`[new_h, new_w]` int32 with the shorter side `size` (torchvision `Resize(int)` arithmetic:
+  the long side becomes int(size * long / short), truncated)."""
+  size_t = tf.constant(size, tf.int32)
+  new_h = tf.where(height <= width, size_t, tf.cast(size * height // width, tf.int32))
+  new_w = tf.where(height <= width, tf.cast(size * width // height, tf.int32), size_t)
+  return tf.stack([new_h, new_w])
+
+
 def resize_shorter_side(image, size):
   """Resizes so the shorter side is `size` (torchvision `Resize(int)` arithmetic), bilinear."""
   shape = tf.shape(image)
-  h, w = shape[0], shape[1]
-  size_t = tf.constant(size, tf.int32)
-  # torchvision: the long side becomes int(size * long / short) (truncation).
-  new_h = tf.where(h <= w, size_t, tf.cast(size * h // w, tf.int32))
-  new_w = tf.where(h <= w, tf.cast(size * w // h, tf.int32), size_t)
-  out = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                        method="bilinear", antialias=True)
-  return out
+  return tf.image.resize(tf.cast(image, tf.float32), resized_size(shape[0], shape[1], size),
+                         method="bilinear", antialias=True)
+
+
+def _crop_offsets(seed, height, width, size):
+  """(top, left, flip) of `random_crop_flip` on a `height` x `width` image (stateless)."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  top = tf.random.stateless_uniform([], seeds[0], 0, height - size + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], seeds[1], 0, width - size + 1, dtype=tf.int32)
+  return top, left, tf.random.stateless_uniform([], seeds[2]) < 0.5
 
 
 def random_crop_flip(image, size, seed):
   """Random `size` x `size` crop then horizontal flip with p = 0.5 (stateless)."""
-  seeds = tf.random.experimental.stateless_split(seed, 3)
   shape = tf.shape(image)
-  top = tf.random.stateless_uniform([], seeds[0], 0, shape[0] - size + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - size + 1, dtype=tf.int32)
+  top, left, flip = _crop_offsets(seed, shape[0], shape[1], size)
   image = image[top:top + size, left:left + size, :]
-  flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
   return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
@@ -72,6 +80,29 @@ def center_crop(image, size):
   top = (shape[0] - size) // 2
   left = (shape[1] - size) // 2
   return image[top:top + size, left:left + size, :]
+
+
+def resized_crop(image, load_size, size, seed=None):
+  """`random_crop_flip(resize_shorter_side(image, load_size), size, seed)` (or `center_crop`
+  when `seed` is None) without resizing the pixels the crop throws away: the same antialiased
+  bilinear filter (TensorFlow's ScaleAndTranslate, which `tf.image.resize` runs), the same
+  scale and the same crop offsets, evaluated on the `size` x `size` window only. The CUB crop
+  keeps 256 x 256 of a 304 x >= 304 resize: about half the resize's work. Equal to the two-step
+  version up to float rounding of the sample positions (tests/test_data.py)."""
+  shape = tf.shape(image)
+  new = resized_size(shape[0], shape[1], load_size)
+  if seed is None:
+    top, left, flip = (new[0] - size) // 2, (new[1] - size) // 2, None
+  else:
+    top, left, flip = _crop_offsets(seed, new[0], new[1], size)
+  scale = tf.cast(new, tf.float32) / tf.cast(shape[:2], tf.float32)
+  out = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(image, tf.float32)[None], size=tf.constant([size, size], tf.int32),
+      scale=scale, translation=-tf.cast(tf.stack([top, left]), tf.float32),
+      kernel_type="triangle", antialias=True)[0]
+  if flip is None:
+    return out
+  return tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
 
 
 def image_pyramid(image, sizes):
