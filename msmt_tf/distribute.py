@@ -1,8 +1,9 @@
-"""Data-parallel training over the devices of one machine and over many machines (JAX backend).
+"""Data-parallel training over the devices of one machine and over many machines.
 
-The engine is XLA's SPMD partitioner: the jitted `MSMTGAN.jax_train_step` is the same function of
-the *global* batch as on one device; its inputs are placed on a one-axis device mesh ("batch"),
-the batch sharded along its first axis and the training state replicated. XLA then inserts the
+JAX backend (`Placement`): the engine is XLA's SPMD partitioner: the jitted
+`MSMTGAN.jax_train_step` is the same function of the *global* batch as on one device; its inputs
+are placed on a one-axis device mesh ("batch"), the batch sharded along its first axis and the
+training state replicated. XLA then inserts the
 collectives itself (gradient all-reduce, and the all-gathers that batch-norm statistics, the DAMSM
 in-batch negatives and the discriminators' "wrong caption" pairs need), so N devices compute the
 single-device step's math at the same global batch (to float32 reduction order).
@@ -13,25 +14,37 @@ id from flags, or from the cluster environment: Slurm, Open MPI, ...). Each proc
 rows of every global batch (`DataPipeline(num_shards=..., shard_index=...)`), contributes them
 with `jax.make_array_from_process_local_data`, and only process 0 writes files.
 
-TensorFlow's `tf.distribute` is not wired into the TensorFlow train step yet: under
-KERAS_BACKEND=tensorflow `--distribute=auto` uses one device (see BUILD.md, "Multi-GPU and
-multi-host").
+TensorFlow backend (`TFPlacement`): `tf.distribute.MirroredStrategy` over this machine's devices
+(every local GPU; on a CPU-only machine one device, or `--devices N` logical CPU devices), or
+`tf.distribute.MultiWorkerMirroredStrategy` over the workers of `TF_CONFIG`. There is no SPMD
+partitioner: each replica runs `MSMTGAN.train_step` on its rows with a `BatchShard`, and the
+global-batch math is explicit: its losses are its shares of the global batch's losses, the
+optimizers all-reduce (sum) the gradients, batch norm is synchronized
+(`BatchNormalization.synchronized`, set while the step is traced), and the DAMSM negatives and
+wrong-caption pairs read the global batch through `ReplicaContext.all_gather` (see BUILD.md,
+"Multi-GPU and multi-host").
 """
+
+import contextlib
+import json
+import os
 
 from absl import flags
 from absl import logging
 import numpy as np
 
-__all__ = ["Placement", "initialize_from_flags", "placement_from_flags", "check_batch_size",
-           "world_of"]
+__all__ = ["Placement", "TFPlacement", "initialize_from_flags", "placement_from_flags",
+           "check_batch_size", "world_of", "tf_config_world", "tf_placement"]
 
 flags.DEFINE_enum("distribute", "auto", ["auto", "none"],
-                  "auto: data-parallel over every local accelerator (JAX backend; on a CPU-only "
-                  "machine only the CPU devices XLA was asked for, e.g. XLA_FLAGS="
-                  "--xla_force_host_platform_device_count=4) and over every process of a "
-                  "multi-host run; none: one device.")
+                  "auto: data-parallel over every local accelerator and over every process of a "
+                  "multi-host run (JAX: jax.distributed; TensorFlow: the workers of TF_CONFIG). "
+                  "On a CPU-only machine: JAX uses the CPU devices XLA was asked for (XLA_FLAGS="
+                  "--xla_force_host_platform_device_count=4), TensorFlow one device unless "
+                  "--devices asks for more; none: one device.")
 flags.DEFINE_integer("devices", 0, "With --distribute=auto: use this many devices of each "
-                     "process (0: all).")
+                     "process (0: all; TensorFlow on a CPU-only machine: this many logical CPU "
+                     "devices, set before TensorFlow initialises).")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-host JAX: host:port of process 0 (jax.distributed.initialize). Unset: "
                     "single process, or taken from the cluster environment (Slurm, Open MPI) "
@@ -150,9 +163,10 @@ class Placement:
 
 
 def placement_from_flags(batch_size, backend=None):
-  """The Placement for --distribute/--devices (None: a plain single-device step), after checking
-  the batch splits evenly. Under TensorFlow: None (one device), with a warning when more than one
-  would have been used."""
+  """The Placement (JAX) or TFPlacement (TensorFlow) for --distribute/--devices (None: a plain
+  single-device step), after checking the batch splits evenly. Call it before any model is
+  built: under TensorFlow the strategy becomes the process's current one, so that the models and
+  optimizers built afterwards have mirrored variables."""
   import keras  # pylint: disable=g-import-not-at-top
   backend = backend or keras.backend.backend()
   if FLAGS.devices < 0:
@@ -160,10 +174,22 @@ def placement_from_flags(batch_size, backend=None):
   if FLAGS.distribute == "none":
     if FLAGS.devices > 1:
       raise ValueError("--devices > 1 needs --distribute=auto")
+    if backend == "tensorflow" and tf_config_world() is not None:
+      raise ValueError("--distribute=none with a multi-worker TF_CONFIG: every worker would "
+                       "train alone; use --distribute=auto or unset TF_CONFIG")
     return None
+  if backend == "tensorflow":
+    if FLAGS.num_processes is not None or FLAGS.coordinator_address is not None:
+      raise ValueError("--num_processes / --coordinator_address are for KERAS_BACKEND=jax; a "
+                       "multi-worker TensorFlow run is described by TF_CONFIG")
+    placement = tf_placement(batch_size, FLAGS.devices)
+    if placement is not None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.distribute.experimental_set_strategy(placement.strategy)
+    return placement
   if backend != "jax":
-    logging.warning("--distribute=auto: data-parallel training runs on the JAX backend; the "
-                    "TensorFlow step uses one device (KERAS_BACKEND=jax for several)")
+    logging.warning("--distribute=auto: no data-parallel step for KERAS_BACKEND=%s; one device",
+                    backend)
     return None
   import jax  # pylint: disable=g-import-not-at-top
   initialize_from_flags()
@@ -189,3 +215,146 @@ def placement_from_flags(batch_size, backend=None):
   check_batch_size(batch_size, len(devices), jax.process_count())
   return Placement(devices)
 
+
+# ---------------------------------------------------------------------------------- TensorFlow
+def tf_config_world(environ=None):
+  """`(num_processes, process_index)` of the multi-worker run `TF_CONFIG` describes, or None when
+  it is unset or names a single task. The chief (or, without one, worker 0) is process 0."""
+  text = (os.environ if environ is None else environ).get("TF_CONFIG")
+  if not text:
+    return None
+  try:
+    conf = json.loads(text)
+    cluster, task = conf["cluster"], conf["task"]
+    kind, index = task["type"], int(task["index"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"TF_CONFIG is not a valid cluster description ({type(e).__name__}: {e}): "
+                     f"{text!r}") from e
+  chiefs = len(cluster.get("chief", []))
+  workers = len(cluster.get("worker", []))
+  if kind not in ("chief", "worker") or index >= len(cluster.get(kind, [])):
+    raise ValueError(f"TF_CONFIG task {kind}:{index} is not a chief or worker of its cluster "
+                     f"{cluster}")
+  if chiefs + workers <= 1:
+    return None
+  return chiefs + workers, (index if kind == "chief" else chiefs + index)
+
+
+def _logical_cpus(n):
+  """Splits the CPU into `n` logical devices (before TensorFlow initialises); their names."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  current = tf.config.get_logical_device_configuration(cpu)
+  if (len(current) if current else 1) != n:  # raises RuntimeError once TensorFlow initialised
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
+  return [d.name for d in tf.config.list_logical_devices("CPU")][:n]
+
+
+def tf_placement(batch_size, devices=0):
+  """The TensorFlow backend's placement: None for one device (the plain step, unchanged), else a
+  TFPlacement. Devices of each process: every GPU (`devices` of them when > 0); on a CPU-only
+  machine one, or `devices` logical CPU devices. Several processes when `TF_CONFIG` describes a
+  multi-worker cluster (MultiWorkerMirroredStrategy). Call it before any TensorFlow computation:
+  the logical devices and the multi-worker runtime are set up when TensorFlow initialises."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  world = tf_config_world()
+  num_processes, process_index = world or (1, 0)
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus and devices > len(gpus):
+    raise ValueError(f"--devices {devices}: this process has only {len(gpus)} GPU(s)")
+  if not gpus and world is not None and devices > 1:
+    raise ValueError(f"--devices {devices} with TF_CONFIG: a CPU-only worker of a multi-worker "
+                     "run uses one device (start more workers instead)")
+  per_process = (devices or len(gpus)) if gpus else max(devices, 1)
+  check_batch_size(batch_size, num_processes * per_process, num_processes)
+  if world is None and per_process == 1:
+    return None
+  try:
+    if gpus and devices:
+      tf.config.set_visible_devices(gpus[:devices], "GPU")
+    local = ([f"/gpu:{i}" for i in range(per_process)] if gpus else
+             _logical_cpus(per_process) if per_process > 1 else ["/cpu:0"])
+  except RuntimeError as e:
+    raise ValueError(f"--devices {devices}: TensorFlow is already initialised; the devices must "
+                     f"be chosen before any TensorFlow computation ({e})") from e
+  if world is None:
+    return TFPlacement(tf.distribute.MirroredStrategy(local))
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  if strategy.num_replicas_in_sync != num_processes * per_process:
+    raise ValueError(f"TF_CONFIG: {strategy.num_replicas_in_sync} replicas in sync, expected "
+                     f"{num_processes} workers x {per_process} devices (every worker needs the "
+                     "same --devices and device count)")
+  return TFPlacement(strategy, num_processes, process_index)
+
+
+class TFPlacement:
+  """The TensorFlow train step's devices: a `tf.distribute` strategy, one replica per device.
+
+  Build the models and optimizers under `scope()` (or after `placement_from_flags`, which makes the
+  strategy the current one); `MSMTGAN.make_train_function(placement=...)` then runs the step on
+  every replica. The batch given to each call is this process's rows of the global batch.
+
+  Args:
+    strategy: a MirroredStrategy, or a MultiWorkerMirroredStrategy with the same number of
+      devices on every worker.
+    num_processes, process_index: the workers of a multi-worker run and this one's index (its
+      `id_in_cluster`: the chief is 0).
+  """
+
+  def __init__(self, strategy, num_processes=1, process_index=0):
+    self.strategy = strategy
+    self.num_devices = int(strategy.num_replicas_in_sync)
+    self.num_processes = int(num_processes)
+    self.process_index = int(process_index)
+    self.local_devices = len(strategy.extended.worker_devices)
+    self.is_writer = self.process_index == 0
+    if self.local_devices * self.num_processes != self.num_devices:
+      raise ValueError(f"{self.num_devices} replicas are not {self.num_processes} processes x "
+                       f"{self.local_devices} devices")
+
+  @property
+  def multi_process(self):
+    return self.num_processes > 1
+
+  def scope(self):
+    """The strategy's scope (variables created in it are mirrored)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy() is self.strategy:
+      return contextlib.nullcontext()
+    return self.strategy.scope()
+
+  def put_batch(self, batch):
+    """This process's rows of a global batch (a dict of arrays) -> per-replica values, local
+    replica i holding the i-th block of rows (values already distributed are kept)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if any(isinstance(v, tf.distribute.DistributedValues) for v in batch.values()):
+      return batch
+    batch = {k: tf.convert_to_tensor(v) for k, v in batch.items()}
+    rows = {int(v.shape[0]) for v in batch.values()}
+    if len(rows) != 1:
+      raise ValueError(f"batch arrays have different row counts: {sorted(rows)}")
+    (rows,) = rows
+    n = self.local_devices
+    if rows % n:
+      raise ValueError(f"{rows} rows of this process's batch do not split over its {n} devices")
+    b = rows // n
+
+    def rows_of(ctx):
+      i = ctx.replica_id_in_sync_group % n
+      return {k: v[i * b:(i + 1) * b] for k, v in batch.items()}
+
+    return self.strategy.experimental_distribute_values_from_function(rows_of)
+
+  def barrier(self, name, timeout_s=3600):
+    """A no-op: the workers' next collective (in the next step) waits for the slowest worker,
+    without a time limit."""
+    del name, timeout_s
+
+  @staticmethod
+  def local(x):
+    return x
+
+  def __repr__(self):
+    return (f"TFPlacement({type(self.strategy).__name__}, {self.num_devices} devices, "
+            f"{self.num_processes} processes)")

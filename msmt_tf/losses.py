@@ -10,6 +10,12 @@ Paper §7.4 (Eq. 19-23) with the conventions of the code it builds on (model_spe
     averaged outputs, averaged over the batch;
   * DAMSM word and sentence losses (AttnGAN `words_loss` / `sent_loss`) with the class mask.
 Logits are pre-sigmoid; binary cross-entropies are computed from logits (stable, same value).
+
+Data-parallel steps that do not see the global batch as one tensor (TensorFlow's tf.distribute:
+each replica holds its rows) use the `*_share` functions: a replica's share of each loss over the
+global batch of B rows, given its own rows, the global tensors gathered from every replica, and
+`rows`, the global indices of its own rows. The shares of all replicas sum to the loss of the
+global batch (and so do their gradients, through the gather), whatever the split.
 """
 
 from keras import ops
@@ -17,18 +23,22 @@ from keras import ops
 __all__ = [
     "bce_with_logits", "discriminator_loss", "generator_adversarial_loss", "kl_loss",
     "redundancy_loss", "damsm_word_similarity", "damsm_word_loss", "damsm_sentence_loss",
-    "class_mask",
+    "class_mask", "class_mask_rows", "discriminator_loss_share", "damsm_word_loss_share",
+    "damsm_sentence_loss_share",
 ]
 
 _NEG = -1e30
 
 
-def bce_with_logits(logits, target):
-  """Mean binary cross-entropy of sigmoid(logits) against a constant target (0 or 1)."""
+def _bce_elements(logits, target):
   logits = ops.cast(logits, "float32")
   # max(x, 0) - x t + log(1 + exp(-|x|))
-  loss = ops.relu(logits) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
-  return ops.mean(loss)
+  return ops.relu(logits) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
+
+
+def bce_with_logits(logits, target):
+  """Mean binary cross-entropy of sigmoid(logits) against a constant target (0 or 1)."""
+  return ops.mean(_bce_elements(logits, target))
 
 
 def discriminator_loss(real_uncond, real_cond, fake_uncond, fake_cond, wrong_cond):
@@ -38,6 +48,31 @@ def discriminator_loss(real_uncond, real_cond, fake_uncond, fake_cond, wrong_con
   fake = bce_with_logits(fake_uncond, 0.0)
   cond_fake = bce_with_logits(fake_cond, 0.0)
   cond_wrong = bce_with_logits(wrong_cond, 0.0)
+  total = (real + cond_real) / 2.0 + (fake + cond_fake + cond_wrong) / 3.0
+  return total, {"real": real, "cond_real": cond_real, "fake": fake, "cond_fake": cond_fake,
+                 "cond_wrong": cond_wrong}
+
+
+def discriminator_loss_share(real_uncond, real_cond, fake_uncond, fake_cond, wrong_cond,
+                             wrong_valid, fraction, num_wrong):
+  """A replica's share of `discriminator_loss` over the global batch; returns (total, parts).
+
+  Args:
+    real_uncond, real_cond, fake_uncond, fake_cond: logits of this replica's rows (`[b, ...]`).
+    wrong_cond: `[b, ...]` logits of each own real image (global row i) with the sentence of
+      global row i + 1 (any sentence for the global batch's last row, which has no pair).
+    wrong_valid: `[b]`, 1.0 where the pair exists (global row i < B - 1), else 0.0.
+    fraction: b / B.
+    num_wrong: B - 1, the global number of wrong pairs.
+  """
+  real = bce_with_logits(real_uncond, 1.0) * fraction
+  cond_real = bce_with_logits(real_cond, 1.0) * fraction
+  fake = bce_with_logits(fake_uncond, 0.0) * fraction
+  cond_fake = bce_with_logits(fake_cond, 0.0) * fraction
+  per_pair = ops.mean(ops.reshape(_bce_elements(wrong_cond, 0.0),
+                                  (ops.shape(wrong_cond)[0], -1)), axis=1)
+  cond_wrong = ops.sum(per_pair * ops.cast(wrong_valid, "float32")) / ops.cast(num_wrong,
+                                                                               "float32")
   total = (real + cond_real) / 2.0 + (fake + cond_fake + cond_wrong) / 3.0
   return total, {"real": real, "cond_real": cond_real, "fake": fake, "cond_fake": cond_fake,
                  "cond_wrong": cond_wrong}
@@ -79,6 +114,25 @@ def class_mask(class_ids):
   c = ops.reshape(class_ids, (-1,))
   same = ops.equal(c[:, None], c[None, :])
   return ops.logical_and(same, ops.logical_not(ops.eye(ops.shape(c)[0], dtype="bool")))
+
+
+def class_mask_rows(class_ids, all_class_ids, rows):
+  """Rows `rows` of `class_mask(all_class_ids)`: `[b, B]`, True where global column j != rows[r]
+  and has the class of own row r (`class_ids`, `[b]`)."""
+  c = ops.reshape(class_ids, (-1,))
+  a = ops.reshape(all_class_ids, (-1,))
+  same = ops.equal(c[:, None], a[None, :])
+  other = ops.not_equal(ops.reshape(rows, (-1, 1)),
+                        ops.arange(ops.shape(a)[0], dtype=rows.dtype)[None, :])
+  return ops.logical_and(same, other)
+
+
+def _cross_entropy_rows(scores, rows, total):
+  """Sum over own rows of the cross-entropy of row r against label rows[r], divided by the
+  global row count `total` (this replica's share of `_cross_entropy_diag` of the global scores)."""
+  logp = scores - ops.logsumexp(scores, axis=1, keepdims=True)
+  picked = ops.take_along_axis(logp, ops.reshape(rows, (-1, 1)), axis=1)
+  return -ops.sum(picked) / ops.cast(total, scores.dtype)
 
 
 def _cross_entropy_diag(scores):
@@ -127,3 +181,40 @@ def damsm_sentence_loss(image_code, sentence, class_ids=None, gamma3=10.0):
   if class_ids is not None:
     scores = ops.where(class_mask(class_ids), _NEG, scores)
   return _cross_entropy_diag(scores), _cross_entropy_diag(ops.transpose(scores))
+
+
+def damsm_word_loss_share(regions, words, word_mask, class_ids, all_regions, all_words,
+                          all_word_mask, all_class_ids, rows, gamma1=4.0, gamma2=5.0,
+                          gamma3=10.0):
+  """A replica's share of `damsm_word_loss` over the global batch; returns `(loss0, loss1)`.
+
+  Its images (`regions`, global rows `rows`) against every caption give its rows of the global
+  similarity matrix (loss0, image -> text); every image against its captions its columns (loss1).
+  `all_*` are the global batch's tensors (every replica's rows, in replica order); class ids may
+  be None (no class mask) on both.
+  """
+  total = ops.shape(all_words)[0]
+  rows0 = gamma3 * damsm_word_similarity(regions, all_words, all_word_mask, gamma1, gamma2)
+  rows1 = gamma3 * ops.transpose(damsm_word_similarity(all_regions, words, word_mask, gamma1,
+                                                       gamma2))
+  if class_ids is not None:
+    mask = class_mask_rows(class_ids, all_class_ids, rows)  # symmetric: same for both
+    rows0, rows1 = ops.where(mask, _NEG, rows0), ops.where(mask, _NEG, rows1)
+  return _cross_entropy_rows(rows0, rows, total), _cross_entropy_rows(rows1, rows, total)
+
+
+def damsm_sentence_loss_share(image_code, sentence, class_ids, all_image_code, all_sentence,
+                              all_class_ids, rows, gamma3=10.0):
+  """A replica's share of `damsm_sentence_loss` over the global batch (see
+  `damsm_word_loss_share`); returns `(loss0, loss1)`."""
+  total = ops.shape(all_sentence)[0]
+
+  def unit(x):
+    return _l2_normalize(ops.cast(x, "float32"))
+
+  rows0 = gamma3 * ops.matmul(unit(image_code), ops.transpose(unit(all_sentence)))
+  rows1 = gamma3 * ops.matmul(unit(sentence), ops.transpose(unit(all_image_code)))
+  if class_ids is not None:
+    mask = class_mask_rows(class_ids, all_class_ids, rows)
+    rows0, rows1 = ops.where(mask, _NEG, rows0), ops.where(mask, _NEG, rows1)
+  return _cross_entropy_rows(rows0, rows, total), _cross_entropy_rows(rows1, rows, total)

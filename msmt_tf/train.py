@@ -11,6 +11,12 @@ data position), `samples/step-<step>.png` (fixed test captions, EMA generator), 
 newest checkpoint (truncated copy, full disk) is renamed aside to `ckpt-<step>.npz.damaged`, said
 on stderr, and the run continues from the newest one that reads.
 A non-finite loss stops the run with a message; checkpoints already written are kept.
+
+Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
+the local devices and the processes of `--coordinator_address/--num_processes/--process_id`;
+TensorFlow over every local GPU (`--devices N` logical CPU devices on a CPU-only machine) and the
+workers of `TF_CONFIG` (MultiWorkerMirroredStrategy; the chief, or worker 0, is process 0). Only
+process 0 writes files; the run directory must be shared by all processes.
 """
 
 import dataclasses
@@ -60,8 +66,14 @@ def prepare():
   run = Run()
   run.run_dir = os.path.abspath(FLAGS.run_dir)
   run.words_num = config.words_num_from_flags()
-  # Devices and processes first: a multi-host JAX run connects before any JAX computation.
+  # Devices and processes first: a multi-host JAX run connects before any JAX computation, and
+  # TensorFlow's logical devices and multi-worker runtime are set up before it initialises. Under
+  # TensorFlow the placement's strategy is then the current one: the models, optimizers and
+  # DAMSM encoders built below have mirrored variables.
   run.placement = distribute.placement_from_flags(FLAGS.batch_size)
+  if FLAGS.jit_compile and run.placement is not None and keras.backend.backend() == "tensorflow":
+    raise ValueError(f"--jit_compile is not supported by the distributed TensorFlow step "
+                     f"({run.placement}); leave it off, or use --distribute=none")
   run.world = distribute.world_of(run.placement)
   run.is_writer = run.world["process_index"] == 0
   data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")

@@ -7,14 +7,17 @@ same fakes; then the EMA generator moves towards the generator (decay 0.999; bat
 statistics are copied, as DM-GAN saves its averaged parameters with the live statistics).
 """
 
+import contextlib
 import dataclasses
+import logging
 
 import keras
 from keras import ops
+import numpy as np
 
 from msmt_tf import losses
 
-__all__ = ["LossConfig", "MSMTGAN", "clone_generator"]
+__all__ = ["LossConfig", "MSMTGAN", "BatchShard", "clone_generator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,53 @@ def clone_generator(generator, words_num, text_dim):
   for a, b in zip(clone.variables, generator.variables):
     a.assign(b)
   return clone
+
+
+class BatchShard:
+  """One replica's rows of the global batch, for a data-parallel step in which no replica sees
+  the global batch as one tensor (TensorFlow's tf.distribute step; under JAX, XLA SPMD computes the
+  global batch's math itself). The replica's losses are then its *shares* of the global batch's
+  losses (`msmt_tf.losses.*_share`, means scaled by b / B), so that the sum over replicas, and the
+  sum of their gradients, is the single-device step's at the global batch. The DAMSM in-batch
+  negatives and the discriminators' wrong-caption pairs read the global batch through `gather`.
+
+  Args:
+    gather: a nested structure of `[b, ...]` tensors -> the same structure of `[B, ...]`, every
+      replica's rows in replica order (differentiable: its gradient goes back to the replica
+      that owns the rows). Every replica must call it in the same order.
+    replica_id: this replica's index (int or int scalar tensor); it holds global rows
+      `replica_id * b ... replica_id * b + b - 1`.
+    num_replicas: N (int); every replica holds b = B / N rows.
+    local_size: b (int).
+  """
+
+  def __init__(self, gather, replica_id, num_replicas, local_size):
+    self.gather = gather
+    self.num_replicas = int(num_replicas)
+    self.local_size = int(local_size)
+    self.total = self.local_size * self.num_replicas
+    self.fraction = 1.0 / self.num_replicas
+    self.rows = (ops.cast(replica_id, "int32") * self.local_size
+                 + ops.arange(self.local_size, dtype="int32"))
+    self.text = None
+
+  def own(self, x):
+    """This replica's rows of a global `[B, ...]` tensor."""
+    return ops.take(x, self.rows, axis=0)
+
+  def gather_text(self, words, sentence, mask, class_ids):
+    """Gathers the global batch's text once per step (no gradient flows into it). The mask and
+    class ids travel as float32 (exact below 2**24): collectives of integer tensors are not
+    available on every device."""
+    all_words, all_sentence, all_mask, all_class_ids = self.gather(
+        (words, sentence, ops.cast(mask, "float32"), ops.cast(class_ids, "float32")))
+    nxt = ops.mod(self.rows + 1, self.total)
+    self.text = dict(words=all_words, sentence=all_sentence,
+                     mask=ops.greater(all_mask, 0.5),
+                     class_ids=ops.cast(ops.round(all_class_ids), class_ids.dtype),
+                     # the wrong caption of global row i is row i + 1's; row B - 1 has none
+                     next_sentence=ops.take(all_sentence, nxt, axis=0),
+                     wrong_valid=ops.cast(ops.less(self.rows, self.total - 1), "float32"))
 
 
 class MSMTGAN(keras.Model):
@@ -95,36 +145,58 @@ class MSMTGAN(keras.Model):
   def stage_sizes(self):
     return [64 * 2 ** k for k in range(self.generator.num_stages)]
 
-  def discriminator_losses(self, k, real, fake, sentence, training=True):
+  def discriminator_losses(self, k, real, fake, sentence, training=True, shard=None):
+    """Stage k's D loss and its parts; with a `BatchShard` (text gathered), this replica's share
+    of the global batch's."""
     d = self.discriminators[k]
     real_code = d.encode(real, training=training)
     fake_code = d.encode(ops.stop_gradient(fake), training=training)
+    if shard is not None:
+      return losses.discriminator_loss_share(
+          d.uncond_logits(real_code), d.cond_logits(real_code, sentence, training=training),
+          d.uncond_logits(fake_code), d.cond_logits(fake_code, sentence, training=training),
+          d.cond_logits(real_code, shard.text["next_sentence"], training=training),
+          shard.text["wrong_valid"], shard.fraction, shard.total - 1)
     return losses.discriminator_loss(
         d.uncond_logits(real_code), d.cond_logits(real_code, sentence, training=training),
         d.uncond_logits(fake_code), d.cond_logits(fake_code, sentence, training=training),
         d.cond_logits(real_code[:-1], sentence[1:], training=training))
 
-  def generator_losses(self, out, words, sentence, mask, class_ids, training=True):
+  def generator_losses(self, out, words, sentence, mask, class_ids, training=True, shard=None):
+    """G's objective and its parts; with a `BatchShard` (text gathered), this replica's share
+    of the global batch's."""
     cfg = self.loss_config
+    # A replica's share of a per-example mean is the mean over its rows times b / B.
+    share = (lambda x: x) if shard is None else (lambda x: x * shard.fraction)
     logs = {}
     adv = 0.0
     for k, (d, fake) in enumerate(zip(self.discriminators, out["images"])):
       code = d.encode(fake, training=training)
-      term = losses.generator_adversarial_loss(
-          d.uncond_logits(code), d.cond_logits(code, sentence, training=training))
+      term = share(losses.generator_adversarial_loss(
+          d.uncond_logits(code), d.cond_logits(code, sentence, training=training)))
       logs[f"g_adv_{64 * 2 ** k}"] = term
       adv = adv + term
-    kl = losses.kl_loss(out["mu"], out["logvar"])
+    kl = share(losses.kl_loss(out["mu"], out["logvar"]))
     red = 0.0
     for heads in out["head_outputs"]:
-      red = red + losses.redundancy_loss(heads)
+      red = red + share(losses.redundancy_loss(heads))
     stages = out["images"] if cfg.damsm_all_stages else out["images"][-1:]
     w_loss = s_loss = 0.0
     for image in stages:
       regions, code = self.image_encoder(image, training=False)
-      w0, w1 = losses.damsm_word_loss(regions, words, mask, class_ids, cfg.gamma1, cfg.gamma2,
-                                      cfg.gamma3)
-      s0, s1 = losses.damsm_sentence_loss(code, sentence, class_ids, cfg.gamma3)
+      if shard is None:
+        w0, w1 = losses.damsm_word_loss(regions, words, mask, class_ids, cfg.gamma1, cfg.gamma2,
+                                        cfg.gamma3)
+        s0, s1 = losses.damsm_sentence_loss(code, sentence, class_ids, cfg.gamma3)
+      else:  # in-batch negatives over the global batch
+        text = shard.text
+        all_regions, all_code = shard.gather((regions, code))
+        w0, w1 = losses.damsm_word_loss_share(
+            regions, words, mask, class_ids, all_regions, text["words"], text["mask"],
+            text["class_ids"], shard.rows, cfg.gamma1, cfg.gamma2, cfg.gamma3)
+        s0, s1 = losses.damsm_sentence_loss_share(code, sentence, class_ids, all_code,
+                                                  text["sentence"], text["class_ids"],
+                                                  shard.rows, cfg.gamma3)
       w_loss, s_loss = w_loss + w0 + w1, s_loss + s0 + s1
     total = adv + cfg.lambda1 * kl + cfg.lambda2 * red + cfg.lambda3 * (w_loss + s_loss)
     logs.update(g_adv=adv, kl=kl, redundancy=red, damsm_word=w_loss, damsm_sent=s_loss,
@@ -140,25 +212,40 @@ class MSMTGAN(keras.Model):
         ema.assign(var)
 
   # ------------------------------------------------------------------ TensorFlow train step
-  def train_step(self, batch):
+  def train_step(self, batch, shard=None):
+    """One step on `batch`. With a `BatchShard` (inside `tf.distribute.Strategy.run`): `batch`
+    is this replica's rows of the global batch, the losses returned are its shares (their sum
+    over replicas is the global batch's), and the noise not given in `batch` is drawn for the
+    global batch (as one device would) and this replica's rows taken. The optimizers all-reduce
+    (sum) the gradients of the shares."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tokens = batch["tokens"]
     words, sentence, mask = self.encode_text(tokens)
-    z = batch["z"] if "z" in batch else self.sample_noise(ops.shape(tokens)[0])
+    ca_noise = batch.get("ca_noise")
+    if shard is None:
+      z = batch["z"] if "z" in batch else self.sample_noise(ops.shape(tokens)[0])
+    else:
+      z = batch["z"] if "z" in batch else shard.own(self.sample_noise(shard.total))
+      if ca_noise is None:  # the draw the CA layer would make for the global batch
+        ca = self.generator.ca
+        ca_noise = shard.own(keras.random.normal((shard.total, ca.condition_dim),
+                                                 dtype=ca.compute_dtype, seed=ca.seed_generator))
+      shard.gather_text(words, sentence, mask, batch["class_id"])
     reals = self.reals_of(batch, self.stage_sizes())
     g_tape = tf.GradientTape()
     with g_tape:
-      out = self.generator(words, sentence, mask, z, batch.get("ca_noise"), training=True)
+      out = self.generator(words, sentence, mask, z, ca_noise, training=True)
     logs = {}
     for k, (real, fake) in enumerate(zip(reals, out["images"])):
       d = self.discriminators[k]
       with tf.GradientTape() as tape:
-        d_loss, _ = self.discriminator_losses(k, real, fake, sentence)
+        d_loss, _ = self.discriminator_losses(k, real, fake, sentence, shard=shard)
       grads = tape.gradient(d_loss, d.trainable_variables)
       self.d_optimizers[k].apply(grads, d.trainable_variables)
       logs[f"d_loss_{64 * 2 ** k}"] = d_loss
     with g_tape:
-      g_total, g_logs = self.generator_losses(out, words, sentence, mask, batch["class_id"])
+      g_total, g_logs = self.generator_losses(out, words, sentence, mask, batch["class_id"],
+                                              shard=shard)
     grads = g_tape.gradient(g_total, self.generator.trainable_variables)
     self.g_optimizer.apply(grads, self.generator.trainable_variables)
     self.ema_update()
@@ -258,9 +345,12 @@ class MSMTGAN(keras.Model):
     holding the state between calls; its `sync()` writes the state back into the Keras variables
     (call it before saving or sampling). Both return scalar losses.
 
-    `placement` (JAX only; `msmt_tf.distribute.Placement`): data-parallel over its device mesh,
-    the batch sharded, the state replicated; the step is the same function of the global batch.
-    The batch given to each call is then this process's rows of the global batch.
+    `placement`: data-parallel; the batch given to each call is then this process's rows of the
+    global batch and the logs are the global batch's losses. JAX (`msmt_tf.distribute.Placement`):
+    over its device mesh, the batch sharded, the state replicated; the step is the same function
+    of the global batch. TensorFlow (`msmt_tf.distribute.TFPlacement`, the model built under its
+    strategy): `train_step` with a `BatchShard` on every replica (`strategy.run`), batch norm
+    synchronized over the replicas, the replicas' loss shares summed (no `jit_compile`).
     """
     return _StepFunction(self, jit_compile, placement)
 
@@ -278,9 +368,13 @@ class _StepFunction:
     self.gan = gan
     self.backend = keras.backend.backend()
     self.placement = placement
-    if placement is not None and self.backend != "jax":
-      raise ValueError("a device placement needs KERAS_BACKEND=jax")
-    if self.backend == "tensorflow":
+    distributed_tf = placement is not None and hasattr(placement, "strategy")
+    if placement is not None and (self.backend == "jax") == distributed_tf:
+      raise ValueError(f"{type(placement).__name__} does not place a "
+                       f"KERAS_BACKEND={self.backend} step")
+    if self.backend == "tensorflow" and distributed_tf:
+      self._fn = _tf_distributed_step(gan, placement, jit_compile)
+    elif self.backend == "tensorflow":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._fn = tf.function(gan.train_step, jit_compile=jit_compile, reduce_retracing=True)
     elif self.backend == "jax":
@@ -301,6 +395,8 @@ class _StepFunction:
 
   def __call__(self, batch):
     if self.backend == "tensorflow":
+      if self.placement is not None:
+        batch = self.placement.put_batch(batch)
       return self._fn(batch)
     if self.placement is not None:
       p = self.placement
@@ -327,3 +423,85 @@ class _StepFunction:
       for v, x in zip(self._vars, self._state):
         v.assign(x if self.placement is None else self.placement.local(x))
       self._state = None  # re-read on the next call: variables may be restored in between
+
+
+@contextlib.contextmanager
+def _synchronized_batch_norm(models):
+  """Batch norm over the replicas' global batch while a distributed step is traced (Keras'
+  `BatchNormalization.synchronized`, TensorFlow only). Set for the trace only, not in the layers'
+  configs: a saved model stays loadable under JAX (which refuses `synchronized=True`), and a
+  single-device step keeps `tf.nn.moments` (the synchronized moments, E[x^2] - E[x]^2, round
+  differently even over one replica)."""
+  # pylint: disable-next=protected-access
+  layers = [layer for m in models for layer in m._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+  before = [layer.synchronized for layer in layers]
+  for layer in layers:
+    layer.synchronized = True
+  try:
+    yield
+  finally:
+    for layer, value in zip(layers, before):
+      layer.synchronized = value
+
+
+def _tf_distributed_step(gan, placement, jit_compile):
+  """`per-replica batch -> global logs`: `gan.train_step` with a `BatchShard` on every replica of
+  the placement's strategy (see `MSMTGAN.make_train_function`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  strategy = placement.strategy
+  probe = gan.generator.trainable_variables[0].value
+  if getattr(probe, "distribute_strategy", None) is not strategy:
+    raise ValueError(f"{placement}: the model's variables were not created under its strategy; "
+                     "build the models and optimizers under placement.scope() (or after "
+                     "distribute.placement_from_flags)")
+  if jit_compile:
+    # XLA compiles each replica's step for the first device and cannot read the other replicas'
+    # variables there ("Trying to access resource .../replica_1 ... from device ...:0").
+    raise ValueError(f"--jit_compile is not supported by the distributed TensorFlow step "
+                     f"({placement}); leave it off, or use KERAS_BACKEND=jax (always compiled)")
+
+  keys = []  # the logs' names, in the order of the vector each replica returns
+
+  def replica_step(batch):
+    ctx = tf.distribute.get_replica_context()
+    local = batch["tokens"].shape[0]
+    if local is None:
+      raise ValueError("the distributed TensorFlow step needs a static per-replica batch size")
+    n = ctx.num_replicas_in_sync
+
+    def gather(tree):
+      # One all-gather per dtype: the tensors are flattened to [b, -1] and concatenated. (Also
+      # needed for the gradient: ReplicaContext.all_gather's gradient stacks the gradients of
+      # the tensors it gathers together, which fails for different shapes.)
+      flat = tf.nest.flatten(tree)
+      out = [None] * len(flat)
+      for dtype in sorted({x.dtype for x in flat}, key=lambda d: d.name):
+        idx = [i for i, x in enumerate(flat) if x.dtype == dtype]
+        sizes = [int(np.prod(flat[i].shape[1:])) for i in idx]
+        joined = tf.concat([tf.reshape(flat[i], (local, size)) for i, size in zip(idx, sizes)],
+                           axis=1)
+        gathered = ctx.all_gather(joined, axis=0)
+        for i, part in zip(idx, tf.split(gathered, sizes, axis=1)):
+          out[i] = tf.reshape(part, [n * local] + flat[i].shape[1:])
+      return tf.nest.pack_sequence_as(tree, out)
+
+    shard = BatchShard(gather, ctx.replica_id_in_sync_group, n, local)
+    logs = gan.train_step(batch, shard)
+    keys[:] = list(logs)
+    return tf.stack([tf.cast(logs[k], tf.float32) for k in keys])  # one reduction for all
+
+  def step(batch):
+    # tf.distribute logs every collective it traces at INFO (70 lines per replica and trace).
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(max(tf_logger.getEffectiveLevel(), logging.WARNING))
+    try:
+      with _synchronized_batch_norm([gan.generator, *gan.discriminators]):
+        shares = strategy.run(replica_step, args=(batch,))
+      total = strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
+    finally:
+      tf_logger.setLevel(level)
+    return {k: total[i] for i, k in enumerate(keys)}
+
+  return tf.function(step, reduce_retracing=True)
