@@ -734,6 +734,14 @@ def run_benchmark(steps, warmup, with_parts):
   else:
     data = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
   step_data = data if placement is None else placement.put_batch(batch)  # placed once
+  parts_skipped = None
+  if with_parts and placement is not None and backend == "tensorflow":
+    # The parts are plain tf.functions; the strategy's mirrored variables are readable only
+    # inside its replica context.
+    parts_skipped = (f"--parts is not timed with a TensorFlow strategy ({placement}); the "
+                     "step is")
+    print(f"warning: {parts_skipped}", file=sys.stderr)
+    with_parts = False
   parts = part_functions(gan, batch, jit) if with_parts else {}
   flops = flop_counts(gan, data, parts, FLAGS.fused_bytes) if backend == "jax" else {}
   if FLAGS.flops_only:
@@ -784,6 +792,8 @@ def run_benchmark(steps, warmup, with_parts):
     result["parts_ms"] = parts_ms
     result["parts_sum_ms"] = round(sum(parts_ms.values()), 2)
   result.update(sync)
+  if parts_skipped:
+    result["parts_skipped"] = parts_skipped
   if FLAGS.upsample_conv != "reference":
     result["upsample_conv"] = FLAGS.upsample_conv
   if os.environ.get("XLA_FLAGS"):

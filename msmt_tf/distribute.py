@@ -179,9 +179,16 @@ def placement_from_flags(batch_size, backend=None):
                        "train alone; use --distribute=auto or unset TF_CONFIG")
     return None
   if backend == "tensorflow":
-    if FLAGS.num_processes is not None or FLAGS.coordinator_address is not None:
-      raise ValueError("--num_processes / --coordinator_address are for KERAS_BACKEND=jax; a "
-                       "multi-worker TensorFlow run is described by TF_CONFIG")
+    if (FLAGS.num_processes is not None or FLAGS.coordinator_address is not None
+        or FLAGS.process_id is not None):
+      raise ValueError("--num_processes / --coordinator_address / --process_id are for "
+                       "KERAS_BACKEND=jax; a multi-worker TensorFlow run is described by TF_CONFIG")
+    tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if tasks > 1 and tf_config_world() is None:
+      raise ValueError(f"SLURM_NTASKS={tasks} but no multi-worker TF_CONFIG: every task would "
+                       "train alone and write the same run directory; set TF_CONFIG for each "
+                       "task (BUILD.md, Multi-GPU and multi-host) or use KERAS_BACKEND=jax, "
+                       "which reads Slurm's environment")
     placement = tf_placement(batch_size, FLAGS.devices)
     if placement is not None:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -333,7 +340,8 @@ class TFPlacement:
     batch = {k: tf.convert_to_tensor(v) for k, v in batch.items()}
     rows = {int(v.shape[0]) for v in batch.values()}
     if len(rows) != 1:
-      raise ValueError(f"batch arrays have different row counts: {sorted(rows)}")
+      counts = ", ".join(f"{k}: {int(v.shape[0])}" for k, v in batch.items())
+      raise ValueError(f"batch arrays have different row counts ({counts})")
     (rows,) = rows
     n = self.local_devices
     if rows % n:
@@ -342,7 +350,8 @@ class TFPlacement:
 
     def rows_of(ctx):
       i = ctx.replica_id_in_sync_group % n
-      return {k: v[i * b:(i + 1) * b] for k, v in batch.items()}
+      with tf.device("/cpu:0"):  # sliced on the host, then copied to each replica's device
+        return {k: tf.identity(v[i * b:(i + 1) * b]) for k, v in batch.items()}
 
     return self.strategy.experimental_distribute_values_from_function(rows_of)
 

@@ -72,8 +72,8 @@ def prepare():
   # DAMSM encoders built below have mirrored variables.
   run.placement = distribute.placement_from_flags(FLAGS.batch_size)
   if FLAGS.jit_compile and run.placement is not None and keras.backend.backend() == "tensorflow":
-    raise ValueError(f"--jit_compile is not supported by the distributed TensorFlow step "
-                     f"({run.placement}); leave it off, or use --distribute=none")
+    from msmt_tf.models.msmt_gan import JIT_REFUSED  # pylint: disable=g-import-not-at-top
+    raise ValueError(JIT_REFUSED.format(placement=run.placement))
   run.world = distribute.world_of(run.placement)
   run.is_writer = run.world["process_index"] == 0
   data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")

@@ -257,6 +257,17 @@ def test_tensorflow_placement_from_flags(monkeypatch):
     with pytest.raises(ValueError, match="TF_CONFIG"):
       distribute.placement_from_flags(4, "tensorflow")
     fl.unparse_flags()
+    fl(["x", "--process_id=1"])  # JAX's multi-host flag: refused, not ignored
+    with pytest.raises(ValueError, match="--process_id are for KERAS_BACKEND=jax"):
+      distribute.placement_from_flags(4, "tensorflow")
+    fl.unparse_flags()
+    # Several Slurm tasks without TF_CONFIG would each train alone into the same run directory.
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    fl(["x"])
+    with pytest.raises(ValueError, match="SLURM_NTASKS=2 but no multi-worker TF_CONFIG"):
+      distribute.placement_from_flags(4, "tensorflow")
+    fl.unparse_flags()
+    monkeypatch.delenv("SLURM_NTASKS")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["h:1", "h:2"]},
                                                 "task": {"type": "worker", "index": 1}}))
     fl(["x"])
@@ -274,9 +285,15 @@ def test_distributed_step_refuses_a_model_built_outside_its_strategy_and_xla():
   from tests import backend_step  # pylint: disable=g-import-not-at-top
   placement = distribute.TFPlacement(tf.distribute.MirroredStrategy(["/cpu:0"]))
   plain = backend_step.build()
-  with pytest.raises(ValueError, match=r"not created under its strategy; build the models and "
-                     r"optimizers under placement\.scope\(\)"):
+  with pytest.raises(ValueError, match=r"generator's variables \(\S+, \d+ in all\) were not "
+                     r"created under its strategy"):
     plain.make_train_function(jit_compile=False, placement=placement)
+  with placement.scope():
+    half = backend_step.build()
+  # Models mirrored, one discriminator replaced by one built outside the strategy: named.
+  half.discriminators[0] = plain.discriminators[0]
+  with pytest.raises(ValueError, match=f"{plain.discriminators[0].name}'s variables"):
+    half.make_train_function(jit_compile=False, placement=placement)
   with placement.scope():
     mirrored = backend_step.build()
   with pytest.raises(ValueError, match="--jit_compile is not supported by the distributed "

@@ -112,10 +112,17 @@ def test_up_block_fused_and_reference_agree(policy):
       layer = L.UpBlock(6)
       layer.build(x.shape)
       layer.conv.kernel.assign(rng.standard_normal(layer.conv.kernel.shape) * 0.2)
-      results = {}
-      for mode in blocks.UPSAMPLE_CONV_MODES:
-        blocks.set_upsample_conv(mode)
-        results[mode] = _value_and_grads(layer, x)
+      results, calls = {}, []
+      fused_fn = blocks.upsample_conv3x3
+      blocks.upsample_conv3x3 = lambda *a: calls.append(1) or fused_fn(*a)
+      try:
+        for mode in blocks.UPSAMPLE_CONV_MODES:
+          blocks.set_upsample_conv(mode)
+          results[mode] = _value_and_grads(layer, x)
+          assert bool(calls) == (mode == "fused"), (mode, len(calls))  # the mode's own path
+          calls.clear()
+      finally:
+        blocks.upsample_conv3x3 = fused_fn
       for name, a, b in zip(("output", "d/dx", "d/dkernel"), results["fused"],
                             results["reference"]):
         rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))

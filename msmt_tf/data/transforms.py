@@ -53,7 +53,9 @@ def resized_size(height, width, size):
 
 
 def resize_shorter_side(image, size):
-  """Resizes so the shorter side is `size` (torchvision `Resize(int)` arithmetic), bilinear."""
+  """Resizes so the shorter side is `size` (torchvision `Resize(int)` arithmetic), bilinear.
+  With `random_crop_flip` / `center_crop`: the two-step form of `resized_crop`, which the
+  pipeline uses; kept as its reference (tests/test_data.py)."""
   shape = tf.shape(image)
   return tf.image.resize(tf.cast(image, tf.float32), resized_size(shape[0], shape[1], size),
                          method="bilinear", antialias=True)

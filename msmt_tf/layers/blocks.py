@@ -45,11 +45,9 @@ _PHASE_TAPS = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
 
 def _float32_kernel(variable):
   """The variable's value without mixed-precision autocasting, so that the phase sums of its
-  taps are formed in the variable's own precision (then cast once, like the plain conv's)."""
-  try:
-    from keras.src.backend.common.variables import AutocastScope  # pylint: disable=g-import-not-at-top
-  except ImportError:  # a Keras without it: the (autocast) value as read
-    return variable.value
+  taps are formed in the variable's own precision (then cast once, like the plain conv's).
+  Keras has no public switch for this: its AutocastScope (Keras 3.15) with no dtype."""
+  from keras.src.backend.common.variables import AutocastScope  # pylint: disable=g-import-not-at-top
   with AutocastScope(None):
     return variable.value
 

@@ -425,6 +425,10 @@ class _StepFunction:
       self._state = None  # re-read on the next call: variables may be restored in between
 
 
+JIT_REFUSED = ("--jit_compile is not supported by the distributed TensorFlow step ({placement}): "
+               "leave it off, or use KERAS_BACKEND=jax (always compiled)")
+
+
 @contextlib.contextmanager
 def _synchronized_batch_norm(models):
   """Batch norm over the replicas' global batch while a distributed step is traced (Keras'
@@ -450,16 +454,21 @@ def _tf_distributed_step(gan, placement, jit_compile):
   the placement's strategy (see `MSMTGAN.make_train_function`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   strategy = placement.strategy
-  probe = gan.generator.trainable_variables[0].value
-  if getattr(probe, "distribute_strategy", None) is not strategy:
-    raise ValueError(f"{placement}: the model's variables were not created under its strategy; "
-                     "build the models and optimizers under placement.scope() (or after "
-                     "distribute.placement_from_flags)")
+  owners = [("generator", gan.generator), ("generator_ema", gan.generator_ema)]
+  owners += [(d.name, d) for d in gan.discriminators]
+  owners += [("g_optimizer", gan.g_optimizer)] + [
+      (f"d_optimizers[{k}]", o) for k, o in enumerate(gan.d_optimizers)]
+  for name, owner in owners:
+    stray = [v.path for v in owner.variables
+             if getattr(v.value, "distribute_strategy", None) is not strategy]
+    if stray:
+      raise ValueError(f"{placement}: {name}'s variables ({stray[0]}, {len(stray)} in all) were "
+                       "not created under its strategy; build the models and optimizers after "
+                       "distribute.placement_from_flags (or under placement.scope())")
   if jit_compile:
     # XLA compiles each replica's step for the first device and cannot read the other replicas'
     # variables there ("Trying to access resource .../replica_1 ... from device ...:0").
-    raise ValueError(f"--jit_compile is not supported by the distributed TensorFlow step "
-                     f"({placement}); leave it off, or use KERAS_BACKEND=jax (always compiled)")
+    raise ValueError(JIT_REFUSED.format(placement=placement))
 
   keys = []  # the logs' names, in the order of the vector each replica returns
 
