@@ -16,7 +16,8 @@ from tests.backend_outputs import _NoTensorFlow
 sys.meta_path.insert(0, _NoTensorFlow())
 # MSMT_FAKE_COST=list|none: cost_analysis() as other JAX versions / devices answer it (a list of
 # per-program dicts; None, as JAX 0.11 does for a lowered GPU program), for the lowered and the
-# compiled program alike.
+# compiled program alike; with none, an explicit Lowered.compile() (the count's last resort, not
+# the step's jit call) raises too, which saves the test a second compile of the step.
 fake = os.environ.get("MSMT_FAKE_COST")
 if fake:
   import jax.stages
@@ -24,6 +25,10 @@ if fake:
     real = cls.cost_analysis
     cls.cost_analysis = ((lambda self, real=real: [real(self)]) if fake == "list"
                          else (lambda self: None))
+  if fake == "none":  # and no compile for a count either (as on a GPU): fails fast, says so
+    def no_compile(self, *args, **kwargs):
+      raise RuntimeError("simulated: no compiled cost analysis")
+    jax.stages.Lowered.compile = no_compile
 sys.argv = ["msmt_tf.bench"] + sys.argv[1:]
 runpy.run_module("msmt_tf.bench", run_name="__main__")
 """
