@@ -170,9 +170,8 @@ def _first_call_s(fn, args):
   return time.perf_counter() - t
 
 
-def _time(fn, args, steps, warmup, compiled=False):
-  """(compile seconds, list of per-call milliseconds); compile seconds are 0.0 if `compiled`."""
-  compile_s = 0.0 if compiled else _first_call_s(fn, args)
+def _time(fn, args, steps, warmup):
+  """Milliseconds of each of `steps` calls of an already compiled `fn`, after `warmup` calls."""
   for _ in range(warmup):
     _block(fn(*args))
   times = []
@@ -180,7 +179,7 @@ def _time(fn, args, steps, warmup, compiled=False):
     t = time.perf_counter()
     _block(fn(*args))
     times.append(1000 * (time.perf_counter() - t))
-  return compile_s, times
+  return times
 
 
 def _sum_of_means(tree):
@@ -752,9 +751,8 @@ def run_benchmark(steps, warmup, with_parts):
     _first_call_s(fn, inputs)
   with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
                    FLAGS.sync_timeout) as sync:
-    _, times = _time(step_fn, [step_data], steps, warmup, compiled=True)
-    parts_ms = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2), 1,
-                                                    compiled=True)[1]), 2)
+    times = _time(step_fn, [step_data], steps, warmup)
+    parts_ms = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2), 1)), 2)
                 for name, (fn, inputs) in parts.items()}
     if FLAGS.profile_dir and backend == "jax":
       import jax  # pylint: disable=g-import-not-at-top

@@ -52,12 +52,6 @@ def text_encoder_keys(vocab_size, embedding_dim=300, hidden_dim=256):
   return keys
 
 
-def _short(keys, n=12):
-  """The first `n` keys, and how many there are in all when that is more."""
-  keys = list(keys)
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
 def check_keys(arrays, expected, source, what="the architecture"):
   """Raises `WeightsMismatchError` naming `source` and listing missing / unexpected keys and every
   tensor whose shape differs from `expected` ({key: shape})."""
@@ -67,9 +61,9 @@ def check_keys(arrays, expected, source, what="the architecture"):
             for k, v in expected.items() if k in arrays and tuple(arrays[k].shape) != tuple(v)]
   problems = []
   if missing:
-    problems.append(f"missing keys: {_short(missing)}")
+    problems.append(f"missing keys: {torch_io.key_list(missing)}")
   if unexpected:
-    problems.append(f"unexpected keys: {_short(unexpected)}")
+    problems.append(f"unexpected keys: {torch_io.key_list(unexpected)}")
   if shapes:
     problems.append("shape mismatch: " + "; ".join(shapes))
   if problems:
@@ -94,7 +88,7 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=30
     if any(k.startswith(("emb_features.", "emb_cnn_code.", "Mixed_")) for k in arrays):
       raise WeightsMismatchError(
           f"{source} is an image encoder (AttnGAN's CNN_ENCODER / Inception-v3 keys such as "
-          f"{_short([k for k in arrays if k.startswith(('emb_', 'Mixed_'))], 2)}), not "
+          f"{torch_io.key_list([k for k in arrays if k.startswith(('emb_', 'Mixed_'))], 2)}), not "
           f"{_TEXT}: pass it as --image_encoder and text_encoder*.pth as --text_encoder")
     check_keys(arrays, text_encoder_keys("ntoken", embedding_dim, hidden_dim), source, _TEXT)
   vocab_size = int(arrays["encoder.weight"].shape[0])

@@ -49,6 +49,7 @@ import sys
 import numpy as np
 
 from msmt_tf import fileio
+from msmt_tf.interop import torch_io
 
 __all__ = ["DMGANImportError", "ImportReport", "key_map", "describe_state_dict",
            "assign_state_dict", "load_generator", "write_run", "define_flags", "run_from_flags",
@@ -198,12 +199,6 @@ def _strip_module(state_dict):
   return state_dict
 
 
-def _short(keys, limit=12):
-  keys = list(keys)
-  more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
-  return ", ".join(keys[:limit]) + more
-
-
 def _config_hint(state_dict, generator):
   info = describe_state_dict(state_dict)
   if not info:
@@ -244,9 +239,9 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
   if missing or unexpected:
     parts = []
     if missing:
-      parts.append(f"missing keys: {_short(missing)}")
+      parts.append(f"missing keys: {torch_io.key_list(missing)}")
     if unexpected:
-      parts.append(f"unexpected keys: {_short(unexpected)}")
+      parts.append(f"unexpected keys: {torch_io.key_list(unexpected)}")
     raise DMGANImportError(f"{source} is not a DM-GAN G_NET state dict for this config "
                            f"({'; '.join(parts)}){_config_hint(state_dict, generator)}")
   values, bad = [], []
@@ -263,7 +258,7 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
     values.append((variable, value))
   if bad:
     raise DMGANImportError(f"{source}: {len(bad)} tensor(s) do not fit this config: "
-                           f"{_short(bad, 6)}{_config_hint(state_dict, generator)}")
+                           f"{torch_io.key_list(bad, 6)}{_config_hint(state_dict, generator)}")
   for variable, value in values:
     variable.assign(value)
   return ImportReport(source=source, assigned_keys=len(values),
@@ -280,7 +275,6 @@ def load_generator(netg_path, model_cfg, words_num, seed=0):
     FileNotFoundError, torch_io.TorchFileError: the file is missing or not a torch.save file.
     DMGANImportError: the weights do not fit `model_cfg`.
   """
-  from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(netg_path):
     raise FileNotFoundError(f"DM-GAN generator file not found: {netg_path}")
   if model_cfg.initial_stage != "ig" or model_cfg.refinement != "dmgan":
@@ -412,7 +406,6 @@ def run_from_flags(flag_values=None):
 def main(argv):
   """absl main of `python -m msmt_tf.import_torch dmgan_generator`."""
   del argv
-  from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
   try:
     path, report, model_cfg = run_from_flags()
   except (FileNotFoundError, FileExistsError, ValueError, torch_io.TorchFileError) as e:

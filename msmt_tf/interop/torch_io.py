@@ -35,7 +35,14 @@ import zipfile
 import numpy as np
 
 __all__ = ["TorchFileError", "STORAGE_DTYPES", "RestrictedUnpickler", "load", "load_state_dict",
-           "read_zip_pickle", "resolve", "zip_prefix"]
+           "read_zip_pickle", "resolve", "zip_prefix", "key_list"]
+
+
+def key_list(keys, limit=12):
+  """The first `limit` of `keys` (state-dict keys, for an error message), and how many there are
+  in all when that is more."""
+  keys = list(keys)
+  return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 PROTOCOL_VERSION = 1001

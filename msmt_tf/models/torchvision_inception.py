@@ -21,6 +21,7 @@ import re
 from keras import ops
 import numpy as np
 
+from msmt_tf.interop import torch_io
 from msmt_tf.models import inception_blocks as blocks
 
 __all__ = ["TorchvisionInceptionV3", "OUTPUTS", "load_torchvision_weights", "load_weights_file",
@@ -133,9 +134,9 @@ def state_dict_names(model, prefix=""):
   return names
 
 
-def _short(keys, n=8):
-  keys = sorted(keys)
-  return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+def _short(keys):
+  """Sorted, at most 8 (the torchvision loaders' error messages)."""
+  return torch_io.key_list(sorted(keys), 8)
 
 
 def load_torchvision_weights(model, arrays, prefix="", source="state dict"):
