@@ -361,3 +361,38 @@ def test_timing_turn_waits_for_the_group_and_never_overlaps(tmp_path):
   assert res.returncode == 0
   alone = json.load(open(tmp_path / "alone.json"))
   assert alone["sync_ready"] == 1 and alone["sync_wait_s"] >= 1.0
+
+
+def test_profile_summary_counts_device_time_by_kind():
+  """benchmarks/profile_summary.py (BUILD.md's H100 profile numbers) on trace events of the shape
+  XProf's trace viewer gives: kernels of a device stream, command-buffer ones included, sorted
+  into library convolutions / GEMMs, XLA fusions (by kind), copies and the rest; host threads
+  left out; the busy time and the span of the stream."""
+  import importlib.util as iu  # pylint: disable=g-import-not-at-top,reimported
+  spec = iu.spec_from_file_location("profile_summary",
+                                    os.path.join(REPO, "benchmarks", "profile_summary.py"))
+  ps = iu.module_from_spec(spec)
+  spec.loader.exec_module(ps)
+  meta = lambda tid, name: {"ph": "M", "name": "thread_name", "pid": 1, "tid": tid,
+                            "args": {"name": name}}
+  kernel = lambda name, ts, dur, tid=1: {"ph": "X", "pid": 1, "tid": tid, "name": name,
+                                         "ts": ts, "dur": dur}
+  events = [meta(1, "Stream #14(Compute)"), meta(2, "bench.py"),
+            kernel("sm90_xmma_fprop_implicit_gemm_f32", 0, 40),
+            kernel("input_transpose_fusion_12", 40, 10), kernel("input_transpose_fusion.3", 50, 5),
+            kernel("input_reduce_fusion", 60, 20), kernel("gemm_fusion_dot_290", 80, 4),
+            kernel("memcpy32_post", 90, 1), kernel("wrapped_broadcast", 91, 2),
+            kernel("python step", 0, 500, tid=2)]
+  (name, s), = ps.summarize(events).items()
+  assert name == "Stream #14(Compute)" and s["kernels"] == 7
+  assert s["span_us"] == 93 and s["busy_us"] == 82
+  assert s["kinds"] == {"conv/gemm library": 44, "xla fusion": 35, "copy/memset": 1, "other": 2}
+  assert s["fusions"] == {"input_transpose_fusion": 15, "input_reduce_fusion": 20}
+  assert "53.7%  conv/gemm library" in ps.report({name: s})
+  table = {"cols": [{"id": "hlo_op_name"}, {"id": "tf_op_name"}, {"id": "total_self_time"}],
+           "rows": [{"c": [{"v": "a"}, None, {"v": 5.0}]},
+                    {"c": [{"v": "cudnn-conv.9"}, {"v": "jit(step)/refine2/up/conv"},
+                           {"v": 15560.0}]}]}
+  rows = ps.hlo_rows(table)
+  assert [r["hlo_op_name"] for r in rows] == ["cudnn-conv.9", "a"] and rows[1]["tf_op_name"] is None
+  assert "15.56 ms  cudnn-conv.9  jit(step)/refine2/up/conv" in ps.report_ops(rows, 1)

@@ -1,0 +1,124 @@
+"""Where a profiled step's device time goes: the table behind BUILD.md's H100 profile bullet.
+
+  pip install xprof   # not a project dependency: only this script reads XPlane files
+  python benchmarks/profile_summary.py PROFILE_DIR_OR_XPLANE.pb [...] [--ops N]
+
+PROFILE_DIR is what `bench --profile_dir` wrote (benchmarks/gpu_session.sh: profile_*.tgz,
+unpacked). Prints, per device stream: the span of the traced step(s), the busy time, and the busy
+time by kind of kernel (library convolutions / GEMMs, XLA fusions, copies, other), then the XLA
+fusions by kind (transpose, reduce, concatenate, ...). Kernels run from CUDA graphs (XLA's command
+buffers) are counted too: the trace viewer has them, XProf's per-op tables do not. `--ops N`: also
+the N HLO ops with the most self time (XProf's hlo_stats: outside command buffers only), with the
+framework op (the Keras layer path) each comes from.
+"""
+
+import collections
+import glob
+import json
+import os
+import re
+import sys
+
+_LIBRARY = re.compile(r"xmma|cudnn|conv|implicit|winograd|fft|cutlass|sm90|sm80|wgrad|dgrad|gemm",
+                      re.I)
+
+
+def kernel_kind(name):
+  """'xla fusion', 'copy/memset', 'conv/gemm library' or 'other' for a device kernel's name."""
+  if "fusion" in name and not _LIBRARY.search(name.replace("fusion", "")):
+    return "xla fusion"
+  if re.search("memcpy|memset", name, re.I):
+    return "copy/memset"
+  if _LIBRARY.search(name):
+    return "conv/gemm library"
+  return "other"
+
+
+def summarize(events):
+  """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}}} from Chrome
+  trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete events)."""
+  threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  streams = collections.defaultdict(list)
+  for e in events:
+    name = threads.get((e.get("pid"), e.get("tid")), "")
+    if e.get("ph") == "X" and name.startswith("Stream #"):
+      streams[name].append(e)
+  out = {}
+  for name, kernels in streams.items():
+    kinds, fusions = collections.Counter(), collections.Counter()
+    for k in kernels:
+      kind = kernel_kind(k["name"])
+      kinds[kind] += k.get("dur", 0)
+      if kind == "xla fusion":
+        fusions[re.sub(r"[._]\d+$", "", k["name"])] += k.get("dur", 0)
+    start = min(k["ts"] for k in kernels)
+    end = max(k["ts"] + k.get("dur", 0) for k in kernels)
+    out[name] = {"kernels": len(kernels), "span_us": end - start, "busy_us": sum(kinds.values()),
+                 "kinds": dict(kinds), "fusions": dict(fusions)}
+  return out
+
+
+def trace_events(path):
+  """The trace viewer's events of an XPlane file (needs the xprof package)."""
+  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
+  data, _ = raw_to_tool_data.xspace_to_tool_data(
+      [path], "trace_viewer", {"trace_viewer_options": {"resolution": 0}})
+  return json.loads(data)["traceEvents"]
+
+
+def hlo_rows(table):
+  """XProf's hlo_stats table (`{"cols": [{"id"}...], "rows": [{"c": [{"v"}...]}]}`) as dicts,
+  most self time first."""
+  ids = [c["id"] for c in table["cols"]]
+  rows = [dict(zip(ids, [c["v"] if c else None for c in r["c"]])) for r in table["rows"]]
+  return sorted(rows, key=lambda r: -(r.get("total_self_time") or 0))
+
+
+def hlo_stats(path):
+  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
+  data, _ = raw_to_tool_data.xspace_to_tool_data([path], "hlo_stats", {})
+  return json.loads(data)
+
+
+def report_ops(rows, n):
+  return "\n".join(f"  {(r.get('total_self_time') or 0) / 1000:8.2f} ms  {r.get('hlo_op_name')}  "
+                   f"{r.get('tf_op_name') or ''}" for r in rows[:n])
+
+
+def report(summary):
+  lines = []
+  for name, s in summary.items():
+    busy = s["busy_us"]
+    lines.append(f"{name}: {s['kernels']} kernels, span {s['span_us'] / 1000:.2f} ms, busy "
+                 f"{busy / 1000:.2f} ms")
+    for kind, us in sorted(s["kinds"].items(), key=lambda kv: -kv[1]):
+      lines.append(f"  {us / 1000:8.2f} ms {100 * us / busy:5.1f}%  {kind}")
+    top = sorted(s["fusions"].items(), key=lambda kv: -kv[1])[:8]
+    lines.append("  fusions: " + ", ".join(f"{k} {us / 1000:.2f} ms" for k, us in top))
+  return "\n".join(lines)
+
+
+def main(args):
+  ops = 0
+  if "--ops" in args:
+    i = args.index("--ops")
+    ops, args = int(args[i + 1]), args[:i] + args[i + 2:]
+  paths = args
+  if not paths:
+    sys.exit(__doc__)
+  for path in paths:
+    files = [path] if os.path.isfile(path) else sorted(
+        glob.glob(os.path.join(path, "**", "*.xplane.pb"), recursive=True))
+    if not files:
+      sys.exit(f"error: no .xplane.pb file in {path}")
+    for f in files:
+      print(f"== {f}")
+      print(report(summarize(trace_events(f))))
+      if ops:
+        print(f"top {ops} HLO ops by self time (outside command buffers):")
+        print(report_ops(hlo_rows(hlo_stats(f)), ops))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
