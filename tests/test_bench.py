@@ -75,11 +75,11 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert counted["parts_gbytes"] == result["parts_gbytes"]
   assert "parts_gbytes_cpu_fused" not in counted  # only with --fused_bytes
   # No cost analysis at all (lowered and compiled both answer None): still timed, FLOPs left out
-  # and said so. The same run data-parallel over 2 (forced) CPU devices, global batch 4.
+  # and said so. The same run, one stage, data-parallel over 2 (forced) CPU devices, global batch 4.
   env.update(MSMT_FAKE_COST="none", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
                         "--vocab_size=60", "--steps=2", "--warmup=0", "--batch_size=4",
-                        "--noparts", "--devices=2"], cwd=REPO, env=env, capture_output=True,
+                        "--num_stages=1", "--noparts", "--devices=2"], cwd=REPO, env=env, capture_output=True,
                        text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   blind = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][0])

@@ -106,7 +106,8 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   from msmt_tf.data import shapes  # pylint: disable=g-import-not-at-top
   data, damsm = str(tmp_path / "data"), str(tmp_path / "damsm")
   shapes.write_dataset(data, num_train=16, num_test=4, seed=1, image_size=64)
-  common = ["--flagfile=configs/smoke.cfg", f"--data_dir={data}", f"--damsm_dir={damsm}"]
+  common = ["--flagfile=configs/smoke.cfg", "--num_stages=1", f"--data_dir={data}",
+            f"--damsm_dir={damsm}"]
   res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm", *common], cwd=REPO,
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
