@@ -21,6 +21,10 @@
 #   convolution layout forced; coco.cfg float32.
 # Groups 3, 4 (second sitting, one run each): cub.cfg bf16 reference with parts, then float32
 #   reference, each with a one-step profile.
+# Groups 5, 6: cub.cfg float32 / bf16, Keras's batch norm (the baseline, same sitting) beside
+#   --batch_norm=fused. Group 7: 3 steps of the fused UpBlock with XLA's HLO dump, kept only as
+#   OUT_DIR/cudnn_convs_fused.txt (each distinct cuDNN convolution: shapes, window, target).
+# Third sitting, in order of value: RUN_GROUPS="6 5 3 7 2".
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +59,7 @@ group() {  # group NAME "ENV... bench args" ...
   done
   wait
   echo "=== group $name done $(date -u +%T)" >&2
-  tail -n 3 "$LOGS/$name".*.log >&2 || true
+  tail -n 3 "$LOGS/$name".*.log >&2 2>/dev/null || true
   tar czf "$OUT_DIR/logs.tgz" -C "$OUT_DIR/work" logs 2>/dev/null || true
   # One step's device trace per profiled run, XPlane only (the trace.json.gz repeats it), one
   # archive each: files come back from the device machine only up to 16 MB each.
@@ -87,6 +91,15 @@ for g in ${RUN_GROUPS:-1 2 3 4}; do
          "$COCO --noparts" ;;
     3) group 3 "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" ;;
     4) group 4 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" ;;
+    5) group 5 "$CUB --noparts" "$CUB --noparts --batch_norm=fused" ;;
+    6) group 6 "$CUB --noparts --mixed_precision" "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
+    7) # Which cuDNN call each convolution became (the fused UpBlock's kernel gradient: forward or
+       # backward-filter?), from XLA's optimized HLO; the dump itself is deleted (too large).
+       dump="$OUT_DIR/work/hlo_fused"
+       STEPS=3 group 7 "XLA_FLAGS=--xla_dump_to=$dump $CUB --noparts --upsample_conv=fused"
+       [ "${DRY_RUN:-0}" = 1 ] || $PY benchmarks/profile_summary.py --cudnn_convs "$dump" \
+         >"$OUT_DIR/cudnn_convs_fused.txt"
+       rm -rf "$dump" ;;
   esac
 done
 [ "${DRY_RUN:-0}" = 1 ] && exit 0

@@ -10,6 +10,12 @@ fusions by kind (transpose, reduce, concatenate, ...). Kernels run from CUDA gra
 buffers) are counted too: the trace viewer has them, XProf's per-op tables do not. `--ops N`: also
 the N HLO ops with the most self time (XProf's hlo_stats: outside command buffers only), with the
 framework op (the Keras layer path) each comes from.
+
+  python benchmarks/profile_summary.py --cudnn_convs XLA_DUMP_DIR
+
+prints instead which cuDNN call XLA made of each convolution (forward, backward-input or
+backward-filter), with its result and operand shapes, window and dimension labels, counted over
+the optimized HLO modules of an `XLA_FLAGS=--xla_dump_to=DIR` run (gpu_session.sh group 7).
 """
 
 import collections
@@ -99,7 +105,45 @@ def report(summary):
   return "\n".join(lines)
 
 
+_CUDNN_TARGET = re.compile(r'custom_call_target="__cudnn\$(\w+)"')
+_SHAPE = re.compile(r"\b([a-z]+\d*\[[\d,]*\])")
+
+
+def cudnn_convs(hlo_text):
+  """{(target, result shape, operand shapes, window, dim_labels): count} of the cuDNN
+  convolution custom-calls in optimized HLO text (layouts and names left out)."""
+  found = collections.Counter()
+  for line in hlo_text.splitlines():
+    target = _CUDNN_TARGET.search(line)
+    if not target or " custom-call(" not in line:
+      continue
+    lhs, rest = line.split(" custom-call(", 1)
+    result = _SHAPE.findall(lhs.split("=", 1)[1])
+    operands = _SHAPE.findall(rest.split(")", 1)[0])
+    window = re.search(r"window=\{([^}]*)\}", rest)
+    labels = re.search(r"dim_labels=([\w>-]+)", rest)
+    found[(target.group(1), result[0] if result else "?", " ".join(operands),
+           window.group(1) if window else "", labels.group(1) if labels else "")] += 1
+  return found
+
+
+def report_cudnn_convs(found):
+  return "\n".join(f"{n:4d}  {target:22s} {result} <- {operands}  window {window or '-'}  "
+                   f"{labels}" for (target, result, operands, window, labels), n in
+                   sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def main(args):
+  if args[:1] == ["--cudnn_convs"] and len(args) == 2:
+    files = sorted(glob.glob(os.path.join(args[1], "*after_optimizations.txt")))
+    if not files:
+      sys.exit(f"error: no *after_optimizations.txt in {args[1]} (XLA_FLAGS=--xla_dump_to=DIR)")
+    found = collections.Counter()
+    for f in files:
+      with open(f) as fh:
+        found.update(cudnn_convs(fh.read()))
+    print(report_cudnn_convs(found))
+    return
   ops = 0
   if "--ops" in args:
     i = args.index("--ops")

@@ -792,8 +792,6 @@ def run_benchmark(steps, warmup, with_parts):
   result.update(sync)
   if parts_skipped:
     result["parts_skipped"] = parts_skipped
-  if FLAGS.upsample_conv != "reference":
-    result["upsample_conv"] = FLAGS.upsample_conv
   if os.environ.get("XLA_FLAGS"):
     result["xla_flags"] = os.environ["XLA_FLAGS"]
   memory, kind = _peak_memory_mb()
@@ -824,6 +822,9 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       "words_num": words_num,
       "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
       "xla": jit,
+      # Implementation choices (same function, different kernels), always said.
+      "upsample_conv": FLAGS.upsample_conv,
+      "batch_norm": FLAGS.batch_norm,
   } | _jax_version(backend)
 
 
@@ -920,6 +921,7 @@ def dry_run():
          "mode": "pipeline" if FLAGS.pipeline else "flops_only" if FLAGS.flops_only else "step",
          "keras_backend": os.environ.get("KERAS_BACKEND"),
          "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+         "xla_flags": os.environ.get("XLA_FLAGS"),
          "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size,
          "words_num": config.words_num_from_flags(),
          "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
@@ -928,6 +930,7 @@ def dry_run():
     cfg = config.model_config_from_flags()
     out["config"] = {"initial_stage": cfg.initial_stage, "refinement": cfg.refinement,
                      "num_stages": cfg.num_stages, "channels": cfg.channels}
+    out["upsample_conv"], out["batch_norm"] = FLAGS.upsample_conv, FLAGS.batch_norm
   return out
 
 

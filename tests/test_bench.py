@@ -323,6 +323,27 @@ def test_h100_script_commands_parse(tmp_path):
   assert res.returncode != 0 and "no_such_flag" in res.stderr
 
 
+def test_gpu_session_script_commands_parse(tmp_path):
+  """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
+  command's flags parse and build a valid model, the batch-norm groups pair the baseline with
+  --batch_norm=fused in both precisions, and the HLO-dump group runs 3 steps."""
+  env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, RUN_GROUPS="1 2 3 4 5 6 7")
+  res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
+                       env=env, capture_output=True, text=True)
+  assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
+  lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
+  assert len(lines) == 15 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
+  for precision in ("float32", "mixed_bfloat16"):
+    pair = [l for l in lines if l["precision"] == precision and not l["parts"]
+            and "profile" not in l["command"] and "cub.cfg" in l["command"]
+            and l["upsample_conv"] == "reference" and not l["xla_flags"]]
+    assert [l["batch_norm"] for l in pair] == ["keras", "fused"], pair
+  dump = [l for l in lines if (l["xla_flags"] or "").startswith("--xla_dump_to=")]
+  assert len(dump) == 1 and dump[0]["steps"] == 3 and dump[0]["upsample_conv"] == "fused"
+  assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
+  assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
 _TURN = """
 import json, sys, time
 from msmt_tf.timing import timing_turn
@@ -363,11 +384,12 @@ def test_timing_turn_waits_for_the_group_and_never_overlaps(tmp_path):
   assert alone["sync_ready"] == 1 and alone["sync_wait_s"] >= 1.0
 
 
-def test_profile_summary_counts_device_time_by_kind():
+def test_profile_summary_counts_device_time_by_kind(tmp_path):
   """benchmarks/profile_summary.py (BUILD.md's H100 profile numbers) on trace events of the shape
   XProf's trace viewer gives: kernels of a device stream, command-buffer ones included, sorted
   into library convolutions / GEMMs, XLA fusions (by kind), copies and the rest; host threads
-  left out; the busy time and the span of the stream."""
+  left out; the busy time and the span of the stream. Then --cudnn_convs on optimized GPU HLO
+  lines of the form XLA dumps: each convolution's cuDNN call, counted."""
   import importlib.util as iu  # pylint: disable=g-import-not-at-top,reimported
   spec = iu.spec_from_file_location("profile_summary",
                                     os.path.join(REPO, "benchmarks", "profile_summary.py"))
@@ -396,3 +418,37 @@ def test_profile_summary_counts_device_time_by_kind():
   rows = ps.hlo_rows(table)
   assert [r["hlo_op_name"] for r in rows] == ["cudnn-conv.9", "a"] and rows[1]["tf_op_name"] is None
   assert "15.56 ms  cudnn-conv.9  jit(step)/refine2/up/conv" in ps.report_ops(rows, 1)
+  # --cudnn_convs: which cuDNN call each convolution of an optimized HLO dump became.
+  hlo = "\n".join([
+      '  %cudnn-conv.1 = (f32[20,129,129,192]{2,1,3,0}, u8[0]{0}) custom-call(f32[20,128,128,48]'
+      '{2,1,3,0} %p.1, f32[192,48,2,2]{1,0,2,3} %b.2), window={size=2x2 pad=1_1x1_1}, '
+      'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", '
+      'metadata={op_name="jit(step)/up/conv"}, backend_config={"cudnn_conv_backend_config":{}}',
+      '  %cudnn-conv.7 = (f32[48,2,2,192]{3,2,1,0}, u8[0]{0}) custom-call(f32[20,128,128,48]'
+      '{2,1,3,0} %p.1, f32[20,129,129,192]{2,1,3,0} %g), window={size=129x129 pad=1_1x1_1}, '
+      'dim_labels=f01b_i01o->01bf, custom_call_target="__cudnn$convForward"',
+      '  %cudnn-conv-bw-filter.3 = (f32[3,3,96,96]{1,0,2,3}, u8[0]{0}) custom-call(f32[20,256,256,96]'
+      '{3,2,1,0} %a, f32[20,256,256,96]{3,2,1,0} %d), window={size=3x3 pad=1_1x1_1}, '
+      'dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convBackwardFilter"',
+      '  %cudnn-conv.8 = (f32[20,129,129,192]{2,1,3,0}, u8[0]{0}) custom-call(f32[20,128,128,48]'
+      '{2,1,3,0} %p.9, f32[192,48,2,2]{1,0,2,3} %b.3), window={size=2x2 pad=1_1x1_1}, '
+      'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"',
+      '  %fusion.2 = f32[20,256,256,96]{3,2,1,0} fusion(%a), kind=kLoop, calls=%fused_add'])
+  found = ps.cudnn_convs(hlo)
+  assert sum(found.values()) == 4 and len(found) == 3
+  assert found[("convForward", "f32[20,129,129,192]", "f32[20,128,128,48] f32[192,48,2,2]",
+                "size=2x2 pad=1_1x1_1", "b01f_o01i->b01f")] == 2
+  assert found[("convForward", "f32[48,2,2,192]", "f32[20,128,128,48] f32[20,129,129,192]",
+                "size=129x129 pad=1_1x1_1", "f01b_i01o->01bf")] == 1
+  lines = ps.report_cudnn_convs(found).splitlines()
+  assert lines[0].startswith("   2  convForward") and "convBackwardFilter" in "".join(lines)
+  dump = tmp_path / "dump"
+  dump.mkdir()
+  (dump / "module_0001.jit_step.sm_9.0_gpu_after_optimizations.txt").write_text(hlo)
+  (dump / "module_0001.jit_step.before_optimizations.txt").write_text(hlo)  # not counted
+  res = subprocess.run([sys.executable, "benchmarks/profile_summary.py", "--cudnn_convs",
+                        str(dump)], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0 and res.stdout.splitlines() == lines, res.stderr
+  res = subprocess.run([sys.executable, "benchmarks/profile_summary.py", "--cudnn_convs",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 1 and "no *after_optimizations.txt in" in res.stderr

@@ -9,7 +9,9 @@ import keras
 from keras import ops
 
 __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "count_parameters",
-           "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3"]
+           "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
+           "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
+           "one_pass_moments"]
 
 _PKG = "msmt_tf"
 
@@ -76,6 +78,97 @@ def upsample_conv3x3(x, kernel):
   rows = [ops.stack([y[:, a:a + h, q:q + w, a, q] for q in (0, 1)], axis=3) for a in (0, 1)]
   y = ops.stack(rows, axis=2)                                             # [B, H, 2, W, 2, C]
   return ops.reshape(y, (b, 2 * h, 2 * w, c_out))
+
+
+# How the generator's batch norms train (inference always uses Keras's layer); both compute the
+# same function of the same variables, rounded differently:
+#   "keras" (default): `keras.layers.BatchNormalization` as it is. Its statistics take two
+#     dependent passes over the activation (mean, then the variance about it) and autodiff adds
+#     its own reductions; under mixed precision the whole normalisation is float32.
+#   "fused": one pass for both statistics (shifted sums, below) and a hand-written backward: one
+#     pass for the two sums the gradient needs (dbeta, dgamma) and one for dx, which keeps only
+#     the layer's input (bf16 under mixed precision) for the backward instead of float32
+#     intermediates. Moving statistics are updated exactly as the layer does.
+# Layers set `synchronized` (the TensorFlow distributed step) always use Keras's path.
+BATCH_NORM_MODES = ("keras", "fused")
+_batch_norm_mode = "keras"
+
+
+def set_batch_norm_mode(mode):
+  """Selects how `apply_batch_norm` trains (see BATCH_NORM_MODES) for steps traced from now on."""
+  global _batch_norm_mode
+  if mode not in BATCH_NORM_MODES:
+    raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {mode!r}")
+  _batch_norm_mode = mode
+
+
+def batch_norm_mode():
+  return _batch_norm_mode
+
+
+def one_pass_moments(x):
+  """Float32 mean and (biased) variance over every axis but the last, in one pass over `x`.
+
+  Sums of d = x - s and d^2, with s the first element of each channel (held constant): the
+  variance is E[d^2] - E[d]^2, whose float32 cancellation error scales with (mean - s)^2 /
+  variance, about 1 for activations, instead of mean^2 / variance unshifted (an activation of
+  mean 1000 and variance 1 would lose the variance entirely).
+  """
+  xf = ops.cast(x, "float32")
+  axes = tuple(range(len(x.shape) - 1))
+  shift = ops.stop_gradient(ops.reshape(xf[(slice(0, 1),) * len(axes)], (-1,)))
+  d = xf - shift
+  s1 = ops.mean(d, axis=axes)
+  s2 = ops.mean(ops.square(d), axis=axes)
+  return shift + s1, ops.maximum(s2 - ops.square(s1), 0.0)
+
+
+def _normalize_with_batch_gradient(x, mean, variance, gamma, beta, epsilon, out_dtype):
+  """(x - mean) / sqrt(variance + epsilon) * gamma + beta, where mean and variance are x's batch
+  statistics (given, without gradient): the gradient w.r.t. x is the whole batch-norm gradient,
+  through the statistics too: dx = gamma r (g - (sum g + xhat sum g xhat) / n)."""
+  axes = tuple(range(len(x.shape) - 1))
+  count = ops.cast(ops.size(x) // ops.shape(x)[-1], "float32")
+
+  @ops.custom_gradient
+  def normalize(x, mean, variance, gamma, beta):
+    rstd = ops.rsqrt(variance + epsilon)
+    scale = rstd * gamma
+    y = ops.cast((ops.cast(x, "float32") - mean) * scale + beta, out_dtype)
+
+    def grad(*args, upstream=None):
+      if upstream is None:
+        (upstream,) = args
+      g = ops.cast(upstream, "float32")
+      xhat = (ops.cast(x, "float32") - mean) * rstd  # recomputed: only x is kept
+      dbeta = ops.sum(g, axis=axes)
+      dgamma = ops.sum(g * xhat, axis=axes)
+      dx = scale * (g - (dbeta + xhat * dgamma) / count)
+      return (ops.cast(dx, x.dtype), ops.zeros_like(mean), ops.zeros_like(variance), dgamma,
+              dbeta)
+    return y, grad
+
+  return normalize(x, mean, variance, gamma, beta)
+
+
+def apply_batch_norm(layer, x, training=None):
+  """`layer(x, training=training)` for a `keras.layers.BatchNormalization` of the generator
+  (made by `batch_norm`), computed the way `set_batch_norm_mode` selected."""
+  if (_batch_norm_mode == "keras" or not training or not layer.trainable or layer.synchronized
+      or layer.axis not in (-1, len(x.shape) - 1) or not (layer.center and layer.scale)
+      or layer.renorm):
+    return layer(x, training=training)
+  if not layer.built:
+    layer.build(x.shape)
+  mean, variance = one_pass_moments(ops.stop_gradient(x))
+  momentum = layer.momentum
+  layer.moving_mean.assign(ops.cast(layer.moving_mean, "float32") * momentum
+                           + mean * (1.0 - momentum))
+  layer.moving_variance.assign(ops.cast(layer.moving_variance, "float32") * momentum
+                               + variance * (1.0 - momentum))
+  return _normalize_with_batch_gradient(
+      x, mean, variance, ops.cast(layer.gamma, "float32"), ops.cast(layer.beta, "float32"),
+      layer.epsilon, layer.compute_dtype)
 
 
 def conv3x3(filters, use_bias=False, name=None):
@@ -149,7 +242,7 @@ class UpBlock(keras.layers.Layer):
       y = upsample_conv3x3(x, _float32_kernel(self.conv.kernel))
     else:
       y = self.conv(self.up(x))
-    return self.glu(self.bn(y, training=training))
+    return self.glu(apply_batch_norm(self.bn, y, training))
 
   def compute_output_shape(self, input_shape):
     b, h, w, _ = input_shape
@@ -183,8 +276,8 @@ class ResBlock(keras.layers.Layer):
     self.bn2.build(input_shape)
 
   def call(self, x, training=None):
-    y = self.glu(self.bn1(self.conv1(x), training=training))
-    return x + self.bn2(self.conv2(y), training=training)
+    y = self.glu(apply_batch_norm(self.bn1, self.conv1(x), training))
+    return x + apply_batch_norm(self.bn2, self.conv2(y), training)
 
   def compute_output_shape(self, input_shape):
     return input_shape

@@ -7,7 +7,7 @@ four `UpBlock`s to `64 x 64 x C` (C = N_r = 48 for MSMT, 64 for DM-GAN).
 import keras
 from keras import ops
 
-from msmt_tf.layers.blocks import GLU, UpBlock, batch_norm
+from msmt_tf.layers.blocks import GLU, UpBlock, apply_batch_norm, batch_norm
 from msmt_tf.layers.fuse import GatedFusion
 
 __all__ = ["UpsamplingTrunk", "MultiTailedWordInit", "ConventionalInit", "valid_tail_mask"]
@@ -142,7 +142,7 @@ class MultiTailedWordInit(keras.layers.Layer):
     f = self.tail_conv(x)                                  # [B, T, 2 * 16C * 16]
     num_tails = f.shape[1]
     f = ops.reshape(f, (-1, f.shape[-1]))                  # tails folded into the batch
-    f = self.glu(self.tail_bn(f, training=training))
+    f = self.glu(apply_batch_norm(self.tail_bn, f, training))
     f = ops.reshape(f, (-1, _BASE, _BASE, 16 * self.channels))
     s = self.trunk(f, training=training)                   # [B*T, 64, 64, C]
     s = ops.reshape(s, (batch, num_tails) + tuple(s.shape[1:]))
@@ -197,7 +197,7 @@ class ConventionalInit(keras.layers.Layer):
 
   def call(self, c_code, z, training=None):
     x = ops.concatenate([c_code, ops.cast(z, c_code.dtype)], axis=-1)
-    x = self.glu(self.bn(self.fc(x), training=training))
+    x = self.glu(apply_batch_norm(self.bn, self.fc(x), training))
     x = ops.reshape(x, (-1, _BASE, _BASE, 16 * self.channels))
     return self.trunk(x, training=training)
 
