@@ -48,6 +48,7 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert json.loads(out.read_text()) == result
   assert result["backend"] == "jax" and result["device"].startswith("cpu")
   assert result["batch_size"] == 3 and result["steps"] == 2 and result["xla"]
+  assert (result["upsample_conv"], result["batch_norm"]) == ("reference", "keras")  # defaults
   assert 0 < result["ms_per_step_min"] <= result["ms_per_step_median"] <= result["ms_per_step_max"]
   assert result["images_per_s"] == pytest.approx(3000 / result["ms_per_step_median"], rel=1e-2)
   assert set(result["parts_ms"]) == {"text_encoder", "mtwig", "refine1", "discriminators",
