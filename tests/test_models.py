@@ -348,7 +348,7 @@ def test_fused_batch_norm_trains_like_keras_batch_norm(monkeypatch):
                       lambda *a: calls.append(1) or normalize(*a))
   results = {}
   for mode in ("keras", "fused"):
-    monkeypatch.setattr(blocks, "_batch_norm_mode", mode)
+    monkeypatch.setitem(blocks._chosen, "batch_norm", mode)  # pylint: disable=protected-access
     keras.utils.set_random_seed(seed)  # a fresh model each: Adam's step counter starts at 0 too
     gan = backend_step.build()
     names = [n for n, _ in backend_step.float_state(gan)]

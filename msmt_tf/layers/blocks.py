@@ -11,7 +11,7 @@ from keras import ops
 __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "count_parameters",
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
-           "one_pass_moments"]
+           "one_pass_moments", "set_implementation", "implementation"]
 
 _PKG = "msmt_tf"
 
@@ -21,22 +21,34 @@ _PKG = "msmt_tf"
 #   "fused": four 2x2 phase kernels (sums of the 3x3 kernel's taps) in one 2x2 convolution of
 #     the low-resolution input with 4x the output channels, then interleaved: 4/9 of the
 #     multiply-adds, and the upsampled input is never written to memory. Slower on the H100
-#     (BUILD.md, Performance: XLA lowers its kernel gradient to a cuDNN forward convolution with
-#     a 129 x 129 window, 15.6 ms of the CUB step for the 256 px stage alone).
+#     (BUILD.md, Performance: its kernel gradient, a convolution with a 129 x 129 window, takes
+#     15.6 ms of the CUB step for the 256 px stage alone).
 UPSAMPLE_CONV_MODES = ("reference", "fused")
-_upsample_conv = "reference"
+
+# Implementation choices (same function, different kernels), read when a step is traced; the
+# first of each tuple of modes is the default.
+_MODES = {"upsample_conv": UPSAMPLE_CONV_MODES}
+_chosen = {}
+
+
+def set_implementation(name, mode):
+  """Selects implementation `mode` of `name` (a key of _MODES) for steps traced from now on."""
+  if mode not in _MODES[name]:
+    raise ValueError(f"{name} must be one of {_MODES[name]}, got {mode!r}")
+  _chosen[name] = mode
+
+
+def implementation(name):
+  return _chosen.get(name, _MODES[name][0])
 
 
 def set_upsample_conv(mode):
-  """Selects `UpBlock`'s implementation (see UPSAMPLE_CONV_MODES) for steps traced from now on."""
-  global _upsample_conv
-  if mode not in UPSAMPLE_CONV_MODES:
-    raise ValueError(f"upsample_conv must be one of {UPSAMPLE_CONV_MODES}, got {mode!r}")
-  _upsample_conv = mode
+  """Selects `UpBlock`'s implementation (see UPSAMPLE_CONV_MODES)."""
+  set_implementation("upsample_conv", mode)
 
 
 def upsample_conv():
-  return _upsample_conv
+  return implementation("upsample_conv")
 
 
 # Phase a of a x2 nearest upsampling followed by a 3-tap 'same' filter: output row 2i + a reads
@@ -91,19 +103,16 @@ def upsample_conv3x3(x, kernel):
 #     intermediates. Moving statistics are updated exactly as the layer does.
 # Layers set `synchronized` (the TensorFlow distributed step) always use Keras's path.
 BATCH_NORM_MODES = ("keras", "fused")
-_batch_norm_mode = "keras"
+_MODES["batch_norm"] = BATCH_NORM_MODES
 
 
 def set_batch_norm_mode(mode):
-  """Selects how `apply_batch_norm` trains (see BATCH_NORM_MODES) for steps traced from now on."""
-  global _batch_norm_mode
-  if mode not in BATCH_NORM_MODES:
-    raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {mode!r}")
-  _batch_norm_mode = mode
+  """Selects how `apply_batch_norm` trains (see BATCH_NORM_MODES)."""
+  set_implementation("batch_norm", mode)
 
 
 def batch_norm_mode():
-  return _batch_norm_mode
+  return implementation("batch_norm")
 
 
 def one_pass_moments(x):
@@ -154,7 +163,7 @@ def _normalize_with_batch_gradient(x, mean, variance, gamma, beta, epsilon, out_
 def apply_batch_norm(layer, x, training=None):
   """`layer(x, training=training)` for a `keras.layers.BatchNormalization` of the generator
   (made by `batch_norm`), computed the way `set_batch_norm_mode` selected."""
-  if (_batch_norm_mode == "keras" or not training or not layer.trainable or layer.synchronized
+  if (implementation("batch_norm") == "keras" or not training or not layer.trainable or layer.synchronized
       or layer.axis not in (-1, len(x.shape) - 1) or not (layer.center and layer.scale)
       or layer.renorm):
     return layer(x, training=training)
@@ -238,7 +247,7 @@ class UpBlock(keras.layers.Layer):
     self.bn.build(up_shape[:3] + (2 * self.filters,))
 
   def call(self, x, training=None):
-    if _upsample_conv == "fused" and x.shape[1] is not None and x.shape[2] is not None:
+    if implementation("upsample_conv") == "fused" and x.shape[1] is not None and x.shape[2] is not None:
       y = upsample_conv3x3(x, _float32_kernel(self.conv.kernel))
     else:
       y = self.conv(self.up(x))
