@@ -1,6 +1,7 @@
 r"""Pretrains the DAMSM text and image encoders (AttnGAN `pretrain_DAMSM.py`, model_spec §2.4).
 
-    python -m msmt_tf.pretrain_damsm --flagfile=configs/cub.cfg --damsm_dir=runs/damsm_birds
+    python -m msmt_tf.pretrain_damsm --flagfile=configs/cub.cfg --damsm_dir=runs/damsm_birds \
+        --inception_weights=inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5
 
 Recipe: batch 48; Adam(beta 0.5, 0.999) re-created at the start of every epoch; learning rate
 0.002, multiplied by 0.98 after each epoch while above 0.0002; gradient-norm clipping at 0.25 on
@@ -9,6 +10,8 @@ Trainable: the text encoder and the image projections (plus the trunk when it is
 CNN; the Inception-v3 trunk stays frozen). Images are the encoder's input size (299 for
 Inception). Writes `text_encoder.keras` and `image_encoder.keras` into `--damsm_dir` (atomically)
 every `--damsm_snapshot_every` epochs and at the end, and `damsm_log.jsonl` with per-epoch losses.
+Refuses an Inception trunk without `--inception_weights` (it would stay frozen at random), and a
+`--damsm_dir` that already holds encoders unless `--overwrite` is given.
 """
 
 import json
@@ -47,6 +50,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   keras.utils.set_random_seed(seed)
   os.makedirs(damsm_dir, exist_ok=True)
   text_enc = model_cfg.build_text_encoder(words_num)
+  check_trunk(trunk, inception_weights)
   image_enc = ImageEncoder(model_cfg.text_dim, trunk, inception_weights, name="image_encoder")
   image_enc.build((None, image_enc.input_size, image_enc.input_size, 3))
   size = image_enc.input_size
@@ -79,6 +83,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     base_size=size, num_stages=1, seed=seed, augment=False,
                                     num_epochs=1)
   log_path = os.path.join(damsm_dir, "damsm_log.jsonl")
+  os.makedirs(damsm_dir, exist_ok=True)
+  open(log_path, "w").close()  # this run's losses only (main refuses existing encoders)
   history, steps, it = [], 0, train_pipe.iterate(as_numpy=False)
   lr0 = lr
   for epoch in range(epochs):
@@ -120,12 +126,32 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   return history
 
 
+def check_trunk(trunk, inception_weights):
+  """The Inception trunks stay frozen, so they need pretrained weights: without them DAMSM would
+  be trained on a random, frozen feature extractor (and its encoders would be useless)."""
+  if trunk != "small" and not inception_weights:
+    raise ValueError(
+        f"--image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs its "
+        "pretrained weights: pass --inception_weights=PATH (inception_v3: a Keras InceptionV3 "
+        "no-top .h5; torchvision_inception_v3: torchvision's inception_v3_google-*.pth), or use "
+        "--image_encoder_trunk=small to train a small trunk from scratch (BUILD.md, DAMSM "
+        "encoders)")
+
+
 def main(argv):
   del argv
   if not FLAGS.damsm_dir:
     sys.exit("error: --damsm_dir is not set (where the encoders are written)")
   if not FLAGS.data_dir:
     sys.exit("error: --data_dir is not set")
+  existing = [p for p in config.damsm_paths(FLAGS.damsm_dir) if os.path.exists(p)]
+  if existing and not FLAGS.overwrite:
+    sys.exit(f"error: {existing[0]} already exists (DAMSM encoders a GAN run may use); pass "
+             "--overwrite to replace them, or choose another --damsm_dir")
+  try:
+    check_trunk(FLAGS.image_encoder_trunk, FLAGS.inception_weights)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   words_num = FLAGS.damsm_words_num or (15 if FLAGS.dataset == "coco" else 18)
   try:
     data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
@@ -143,4 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.DEFINE_bool("overwrite", False, "Replace the encoders already in --damsm_dir.")
   app.run(main)

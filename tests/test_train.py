@@ -127,6 +127,38 @@ def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   assert f"cannot load the DAMSM encoder {damsm / 'image_encoder.keras'}" in res.stderr
 
 
+def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_trunk(smoke,
+                                                                                     tmp_path):
+  """pretrain_damsm never replaces encoders a GAN run may use without --overwrite, and refuses an
+  Inception trunk without weights (it stays frozen, so its features would stay random)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  damsm = tmp_path / "damsm"
+  shutil.copytree(smoke["damsm"], damsm)
+  digest = lambda: {f: hashlib.sha256((damsm / f).read_bytes()).hexdigest()
+                    for f in sorted(os.listdir(damsm))}
+  before = digest()
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
+             "--seed=5")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert f"error: {damsm / 'text_encoder.keras'} already exists" in res.stderr
+  assert "--overwrite" in res.stderr and digest() == before
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
+             "--seed=5", "--overwrite")
+  assert res.returncode == 0, res.stderr[-2000:]
+  after = digest()
+  assert after["text_encoder.keras"] != before["text_encoder.keras"]
+  log = (damsm / "damsm_log.jsonl").read_text().splitlines()
+  assert [json.loads(l)["epoch"] for l in log] == [1]  # this run's losses only
+  fresh = tmp_path / "fresh"
+  for trunk in ("inception_v3", "torchvision_inception_v3"):
+    res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
+               f"--image_encoder_trunk={trunk}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert (f"error: --image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs "
+            "its pretrained weights: pass --inception_weights=PATH") in res.stderr
+    assert not fresh.exists()
+
+
 def test_existing_run_is_never_overwritten(smoke, tmp_path):
   run_dir = str(tmp_path / "run")
   assert _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1")).returncode == 0

@@ -1037,7 +1037,9 @@ def format_summary(s):
   if s["skipped"]:
     lines.append(f"  skipped: {s['skipped']} problem(s), listed in {s['skipped_file']}")
   lines.append(f"  flagfile: {s['flagfile']}")
-  lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={s['flagfile']}")
+  lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={s['flagfile']} "
+               "--inception_weights=PATH (ImageNet Inception-v3, BUILD.md 'DAMSM encoders'; or "
+               "--image_encoder_trunk=small)")
   return "\n".join(lines)
 
 
