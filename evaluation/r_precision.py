@@ -133,10 +133,21 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
       bar.update(min(s + batch_size, len(files)))
   hits = np.concatenate(hits)
   mean, std = aggregate(hits, folds, seed)
-  return {"r_precision_mean": mean, "r_precision_std": std, "num_images": int(len(hits)),
-          "candidates": num_candidates, "folds": folds, "damsm_dir": os.path.abspath(damsm_dir),
-          "damsm_encoders": _provenance(damsm_dir),
-          "notes": "images read from PNG; folds of N//10; one word-drop draw per caption"}
+  result = {"r_precision_mean": mean, "r_precision_std": std, "num_images": int(len(hits)),
+            "candidates": num_candidates, "folds": folds,
+            "damsm_dir": os.path.abspath(damsm_dir), "damsm_encoders": _provenance(damsm_dir),
+            "notes": "images read from PNG; folds of N//10; one word-drop draw per caption"}
+  # Mismatched captions are drawn with replacement (AttnGAN); from a split with fewer captions
+  # of other classes than candidates, they repeat and the choice is easier than 1 in 100.
+  class_ids = np.asarray(data.class_ids)
+  available = min(int(counts[class_ids != e["class_id"]].sum()) for e in entries)
+  if available < num_candidates - 1:
+    result["warning"] = (
+        f"the {manifest['split']} split has only {available} caption(s) of other classes for "
+        f"some images, fewer than the {num_candidates - 1} mismatched candidates: they repeat, "
+        "so this R-precision is easier than the protocol's and not comparable with published "
+        "numbers")
+  return result
 
 
 def _provenance(damsm_dir):
@@ -148,7 +159,8 @@ def format_result(name, result):
   return (f"{name}: {result['r_precision_mean']:.2f} ± {result['r_precision_std']:.2f} % "
           f"({result['num_images']} images, 1 true + {result['candidates'] - 1} mismatched "
           f"captions, {result['folds']} folds; DAMSM {result['damsm_dir']}: "
-          f"{result.get('damsm_encoders', '?')})")
+          f"{result.get('damsm_encoders', '?')})"
+          + (f"; WARNING: {result['warning']}" if result.get("warning") else ""))
 
 
 def main(argv):

@@ -338,6 +338,13 @@ def test_two_training_steps_with_the_built_flagfile(built, tmp_path):
   # The built flagfile first (dataset, vocabulary), then the smoke sizes for a CPU test.
   common = [f"--flagfile={cfg}", "--flagfile=configs/smoke.cfg", "--dataset=folder",
             f"--damsm_dir={tmp_path / 'damsm'}"]
+  # Forgetting --dataset=folder after smoke.cfg (which sets --dataset=shapes) names the flag.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm",
+                        *[a for a in common if a != "--dataset=folder"]], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert (f"{built['out']} is a folder dataset (it has dataset_spec.json), but --dataset=shapes: "
+          "pass --dataset=folder") in res.stderr
   res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm", *common], cwd=REPO,
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]

@@ -498,6 +498,9 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   # Which encoders made the number is recorded: this project's, not AttnGAN's released ones.
   assert got["rprec_test"]["damsm_encoders"].startswith("msmt_tf.pretrain_damsm")
   assert got["rprec_test"]["num_images"] == 20
+  # 6 test images: fewer captions of other classes than the 99 mismatched candidates, said so.
+  assert got["rprec_test"]["warning"].startswith("the test split has only ")
+  assert "; WARNING: the test split has only " in res.stdout
   if HAVE_WEIGHTS:
     assert got["fid20_test"]["fid"] > 0 and got["fid20_test"]["verified"]
   res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",

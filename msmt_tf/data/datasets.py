@@ -361,6 +361,10 @@ def load_split(data_dir, dataset, split, check_files=True):
   data_dir = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(data_dir):
     raise DatasetError(f"dataset folder not found: {data_dir}", hint=spec.how_to_get)
+  if dataset != "folder" and os.path.isfile(os.path.join(data_dir, SPEC_FILE)):
+    raise DatasetError(
+        f"{data_dir} is a folder dataset (it has {SPEC_FILE}), but --dataset={dataset}: pass "
+        f"--dataset=folder (after any flagfile that sets --dataset, e.g. configs/smoke.cfg)")
   spec = dataset_spec(data_dir, dataset)
   keys = _read_keys(data_dir, split)
   train_caps, test_caps, vocab = load_captions(data_dir, dataset)
