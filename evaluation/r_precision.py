@@ -139,8 +139,10 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
             "notes": "images read from PNG; folds of N//10; one word-drop draw per caption"}
   # Mismatched captions are drawn with replacement (AttnGAN); from a split with fewer captions
   # of other classes than candidates, they repeat and the choice is easier than 1 in 100.
-  class_ids = np.asarray(data.class_ids)
-  available = min(int(counts[class_ids != e["class_id"]].sum()) for e in entries)
+  classes, index = np.unique(np.asarray(data.class_ids), return_inverse=True)
+  per_class = np.bincount(index, weights=counts)  # captions per class of the split
+  used = np.searchsorted(classes, [e["class_id"] for e in entries])
+  available = int(counts.sum() - per_class[used].max())
   if available < num_candidates - 1:
     result["warning"] = (
         f"the {manifest['split']} split has only {available} caption(s) of other classes for "

@@ -47,10 +47,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   from msmt_tf import losses  # pylint: disable=g-import-not-at-top
   from msmt_tf.models import ImageEncoder  # pylint: disable=g-import-not-at-top
 
+  check_trunk(trunk, inception_weights)
   keras.utils.set_random_seed(seed)
   os.makedirs(damsm_dir, exist_ok=True)
   text_enc = model_cfg.build_text_encoder(words_num)
-  check_trunk(trunk, inception_weights)
   image_enc = ImageEncoder(model_cfg.text_dim, trunk, inception_weights, name="image_encoder")
   image_enc.build((None, image_enc.input_size, image_enc.input_size, 3))
   size = image_enc.input_size
@@ -83,7 +83,6 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     base_size=size, num_stages=1, seed=seed, augment=False,
                                     num_epochs=1)
   log_path = os.path.join(damsm_dir, "damsm_log.jsonl")
-  os.makedirs(damsm_dir, exist_ok=True)
   open(log_path, "w").close()  # this run's losses only (main refuses existing encoders)
   history, steps, it = [], 0, train_pipe.iterate(as_numpy=False)
   lr0 = lr

@@ -163,9 +163,9 @@ def _normalize_with_batch_gradient(x, mean, variance, gamma, beta, epsilon, out_
 def apply_batch_norm(layer, x, training=None):
   """`layer(x, training=training)` for a `keras.layers.BatchNormalization` of the generator
   (made by `batch_norm`), computed the way `set_batch_norm_mode` selected."""
-  if (implementation("batch_norm") == "keras" or not training or not layer.trainable or layer.synchronized
-      or layer.axis not in (-1, len(x.shape) - 1) or not (layer.center and layer.scale)
-      or layer.renorm):
+  if (implementation("batch_norm") == "keras" or not training or not layer.trainable
+      or layer.synchronized or layer.axis not in (-1, len(x.shape) - 1)
+      or not (layer.center and layer.scale) or layer.renorm):
     return layer(x, training=training)
   if not layer.built:
     layer.build(x.shape)
@@ -247,7 +247,8 @@ class UpBlock(keras.layers.Layer):
     self.bn.build(up_shape[:3] + (2 * self.filters,))
 
   def call(self, x, training=None):
-    if implementation("upsample_conv") == "fused" and x.shape[1] is not None and x.shape[2] is not None:
+    if (implementation("upsample_conv") == "fused" and x.shape[1] is not None
+        and x.shape[2] is not None):
       y = upsample_conv3x3(x, _float32_kernel(self.conv.kernel))
     else:
       y = self.conv(self.up(x))
