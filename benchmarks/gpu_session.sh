@@ -25,11 +25,13 @@
 #   --batch_norm=fused. Group 7: 3 steps of the fused UpBlock with XLA's HLO dump, kept only as
 #   OUT_DIR/cudnn_convs_fused.txt (each distinct cuDNN convolution: shapes, window, target).
 # Third sitting, in order of value: RUN_GROUPS="6 5 3 7 2".
-# Groups 8, 9 (the third sitting, 3 runs each, every process capped at 30% of the device memory
-#   so that the group's compiles and autotuning cannot run the GPU out of memory): 8, float32:
-#   the reference step with a one-step profile, --batch_norm=fused, cub_dmgan.cfg; 9, bf16: the
-#   reference step with parts and a one-step profile, --batch_norm=fused, coco.cfg float32.
-#   (Group 7 is no longer needed: the profile's HLO already names the cuDNN call, see BUILD.md.)
+# Groups 8, 9, 10 (the third sitting; 8 and 9 run 3 processes each, every process capped at 30%
+#   of the device memory so that the group's compiles and autotuning cannot run the GPU out of
+#   memory): 8, float32: the reference step with a one-step profile, --batch_norm=fused,
+#   cub_dmgan.cfg; 9, bf16: the reference step with a one-step profile, --batch_norm=fused, and
+#   coco.cfg float32; 10: the bf16 reference step with parts (last: its part compiles are long).
+#   Group 7 is no longer needed: the profile's HLO already names the cuDNN call (BUILD.md).
+#   The third sitting: RUN_GROUPS="8 9 10".
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -103,9 +105,10 @@ for g in ${RUN_GROUPS:-1 2 3 4}; do
          "$CUB --noparts --batch_norm=fused" \
          "$DMGAN --noparts" ;;
     9) XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 group 9 \
-         "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
+         "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
          "$CUB --noparts --mixed_precision --batch_norm=fused" \
          "$COCO --noparts" ;;
+    10) group 10 "$CUB --parts --mixed_precision" ;;
     7) # Which cuDNN call each convolution became (the fused UpBlock's kernel gradient: forward or
        # backward-filter?), from XLA's optimized HLO; the dump itself is deleted (too large).
        dump="$OUT_DIR/work/hlo_fused"

@@ -794,6 +794,8 @@ def run_benchmark(steps, warmup, with_parts):
     result["parts_skipped"] = parts_skipped
   if os.environ.get("XLA_FLAGS"):
     result["xla_flags"] = os.environ["XLA_FLAGS"]
+  if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"):  # a cap beside other processes
+    result["xla_mem_fraction"] = os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]
   memory, kind = _peak_memory_mb()
   result["peak_memory_mb"] = round(memory, 1)
   result["peak_memory_kind"] = kind
@@ -922,6 +924,7 @@ def dry_run():
          "keras_backend": os.environ.get("KERAS_BACKEND"),
          "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
          "xla_flags": os.environ.get("XLA_FLAGS"),
+         "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
          "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size,
          "words_num": config.words_num_from_flags(),
          "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
