@@ -23,15 +23,16 @@
 #   reference, each with a one-step profile.
 # Groups 5, 6: cub.cfg float32 / bf16, Keras's batch norm (the baseline, same sitting) beside
 #   --batch_norm=fused. Group 7: 3 steps of the fused UpBlock with XLA's HLO dump, kept only as
-#   OUT_DIR/cudnn_convs_fused.txt (each distinct cuDNN convolution: shapes, window, target).
-# Third sitting, in order of value: RUN_GROUPS="6 5 3 7 2".
-# Groups 8, 9, 10 (the third sitting; 8 and 9 run 3 processes each, every process capped at 30%
-#   of the device memory so that the group's compiles and autotuning cannot run the GPU out of
-#   memory): 8, float32: the reference step with a one-step profile, --batch_norm=fused,
-#   cub_dmgan.cfg; 9, bf16: the reference step with a one-step profile, --batch_norm=fused, and
-#   coco.cfg float32; 10: the bf16 reference step with parts (last: its part compiles are long).
-#   Group 7 is no longer needed: the profile's HLO already names the cuDNN call (BUILD.md).
-#   The third sitting: RUN_GROUPS="8 9 10".
+#   OUT_DIR/cudnn_convs_fused.txt (each distinct cuDNN convolution: shapes, window, target);
+#   no longer needed: the profiles' HLO names the cuDNN call (BUILD.md).
+# Third sitting (2026-11-26): groups 8 and 9 capped each process at 30% of the device memory
+#   (XLA_PYTHON_CLIENT_MEM_FRACTION=0.3) to compile three at once; the float32 CUB step then ran
+#   out of memory (one 10.6 GB allocation), so they were removed; groups 5 and 6 (now with a
+#   one-step profile of the reference step) ran instead, 6 cut short by the lease.
+# Group 10: the bf16 reference step with parts, alone (its part compiles are long).
+# Groups 11, 12: float32 / bf16, the reference step beside --conv=gemm (kernel gradients as one
+#   matrix product per tap) and beside --conv=gemm --batch_norm=fused, each with a one-step
+#   profile. The fourth sitting, in order of value: RUN_GROUPS="11 12 10 2".
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -98,17 +99,17 @@ for g in ${RUN_GROUPS:-1 2 3 4}; do
          "$COCO --noparts" ;;
     3) group 3 "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" ;;
     4) group 4 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" ;;
-    5) group 5 "$CUB --noparts" "$CUB --noparts --batch_norm=fused" ;;
-    6) group 6 "$CUB --noparts --mixed_precision" "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
-    8) XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 group 8 \
-         "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" \
-         "$CUB --noparts --batch_norm=fused" \
-         "$DMGAN --noparts" ;;
-    9) XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 group 9 \
-         "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
-         "$CUB --noparts --mixed_precision --batch_norm=fused" \
-         "$COCO --noparts" ;;
+    5) group 5 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" \
+         "$CUB --noparts --batch_norm=fused" ;;
+    6) group 6 "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
+         "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
     10) group 10 "$CUB --parts --mixed_precision" ;;
+    11) group 11 "$CUB --noparts" \
+          "$CUB --noparts --conv=gemm --profile_dir $OUT_DIR/work/profile_f32_gemm --profile_steps 1" \
+          "$CUB --noparts --conv=gemm --batch_norm=fused" ;;
+    12) group 12 "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
+          "$CUB --noparts --mixed_precision --conv=gemm --profile_dir $OUT_DIR/work/profile_bf16_gemm --profile_steps 1" \
+          "$CUB --noparts --mixed_precision --conv=gemm --batch_norm=fused" ;;
     7) # Which cuDNN call each convolution became (the fused UpBlock's kernel gradient: forward or
        # backward-filter?), from XLA's optimized HLO; the dump itself is deleted (too large).
        dump="$OUT_DIR/work/hlo_fused"
@@ -130,3 +131,5 @@ for l in open(sys.argv[1]):
         "| compile", r["compile_s"], "| peak MB", r["peak_memory_mb"],
         "| parts", r.get("parts_ms"))
 EOF
+# What the archives hold, removed: the device machine sends back at most 8 files, 2 folders down.
+tar czf "$OUT_DIR/logs.tgz" -C "$OUT_DIR/work" logs 2>/dev/null && rm -rf "$OUT_DIR/work"

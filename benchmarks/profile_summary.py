@@ -11,6 +11,15 @@ buffers) are counted too: the trace viewer has them, XProf's per-op tables do no
 the N HLO ops with the most self time (XProf's hlo_stats: outside command buffers only), with the
 framework op (the Keras layer path) each comes from.
 
+  python benchmarks/profile_summary.py PROFILE_DIR --layers N
+
+also prints the N (layer, pass, call) groups with the most device time, every kernel counted,
+those inside command buffers too: XLA's fusions by their name in the optimized HLO module that
+the profile holds, and each library kernel (cuDNN, cuBLAS, which carry no HLO name inside a
+CUDA graph) by the custom call scheduled between the fusions around it. Needs TensorFlow's
+protobufs beside xprof (this project's environment: `pip install xprof`). Where two custom
+calls share a gap, the kernels go to the first (the count of such gaps is printed).
+
   python benchmarks/profile_summary.py --cudnn_convs XLA_DUMP_DIR
 
 prints instead which cuDNN call XLA made of each convolution (forward, backward-input or
@@ -105,6 +114,116 @@ def report(summary):
   return "\n".join(lines)
 
 
+def hlo_schedule(xplane_path, module_prefix="jit_jax_train_step"):
+  """The largest HLO module whose name starts with `module_prefix` among those an XPlane file
+  holds (XProf's metadata plane), as its scheduled instructions, calls (command buffers)
+  expanded: [(name, opcode, custom_call_target, op_name)]."""
+  from tensorflow.compiler.xla.service import hlo_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  space = xplane_pb2.XSpace()
+  with open(xplane_path, "rb") as f:
+    space.ParseFromString(f.read())
+  best = b""
+  for plane in space.planes:
+    for meta in plane.event_metadata.values():
+      if meta.name.startswith(module_prefix):
+        for stat in meta.stats:
+          if len(stat.bytes_value) > len(best):
+            best = stat.bytes_value
+  if not best:
+    raise ValueError(f"no HLO module named {module_prefix}* in {xplane_path}")
+  proto = hlo_pb2.HloProto()
+  proto.ParseFromString(best)
+  module = proto.hlo_module
+  by_id = {i.id: i for c in module.computations for i in c.instructions}
+  computations = {c.id: c for c in module.computations}
+  sequences = module.schedule.sequences
+  rows = []
+
+  def walk(cid):
+    ids = (sequences[cid].instruction_ids if cid in sequences
+           else [i.id for i in computations[cid].instructions])
+    for iid in ids:
+      ins = by_id[iid]
+      if ins.opcode == "call":
+        for sub in ins.called_computation_ids:
+          walk(sub)
+      elif ins.opcode not in ("parameter", "get-tuple-element", "tuple", "constant", "bitcast"):
+        rows.append((ins.name, ins.opcode, ins.custom_call_target, ins.metadata.op_name))
+  walk(module.entry_computation_id)
+  return rows
+
+
+def attribute(kernels, rows):
+  """({row index: us}, gaps shared by several custom calls): each kernel's duration given to
+  the scheduled instruction it ran for. A kernel named after an instruction (XLA's fusions:
+  'loop_add_fusion.3' runs as 'loop_add_fusion_3') is that instruction's; the library kernels
+  between two such kernels go to the custom call scheduled between the two instructions (the
+  first where several are; None where there is none)."""
+  position = {r[0].replace(".", "_"): i for i, r in enumerate(rows)}
+  named = {k["name"] for k in kernels if k["name"] in position}
+  spent = collections.Counter()
+  shared = 0
+  last, pending = -1, []
+
+  def settle(upto):
+    nonlocal shared
+    if not pending:
+      return
+    calls = [i for i in range(last + 1, upto) if rows[i][1] == "custom-call"]
+    calls = calls or [i for i in range(last + 1, upto)
+                      if rows[i][0].replace(".", "_") not in named]
+    shared += len(calls) > 1
+    for k in pending:
+      spent[calls[0] if calls else None] += k.get("dur", 0)
+    pending.clear()
+  for k in sorted(kernels, key=lambda e: e["ts"]):
+    i = position.get(k["name"])
+    if i is None:
+      pending.append(k)
+      continue
+    if i > last:
+      settle(i)
+      last = i
+    spent[i] += k.get("dur", 0)
+  settle(len(rows))
+  return spent, shared
+
+
+def layer_key(row):
+  """(layer path with stage-local indices as '*', pass, call) of a scheduled instruction."""
+  name, opcode, target, op_name = row
+  path = re.sub(r"^jit\([^)]*\)/", "", op_name)
+  backward = "transpose(jvp(" in path
+  path = re.sub(r"(transpose\()?jvp\(", "", path).replace(")", "")
+  path = re.sub(r"(sdm|fuse|res)\d+", r"\1*", path)
+  call = target.replace("__cudnn$", "cudnn ") if opcode == "custom-call" else (
+      "xla " + re.sub(r"\.\d+$", "", name))
+  return path, "backward" if backward else "forward", call
+
+
+def report_layers(spent, rows, n):
+  groups, counts = collections.Counter(), collections.Counter()
+  for i, us in spent.items():
+    key = layer_key(rows[i]) if i is not None else ("(unattributed)", "", "")
+    groups[key] += us
+    counts[key] += 1
+  total = sum(groups.values())
+  lines = [f"top {n} of {len(groups)} (layer, pass, call) groups, {total / 1000:.2f} ms in all:"]
+  for (path, direction, call), us in groups.most_common(n):
+    lines.append(f"  {us / 1000:7.2f} ms {counts[(path, direction, call)]:4d}x  {direction:8s} "
+                 f"{call:34s} {path}")
+  return "\n".join(lines)
+
+
+def stream_kernels(events):
+  """The 'X' events of the device streams (thread names 'Stream #...')."""
+  threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  return [e for e in events if e.get("ph") == "X"
+          and threads.get((e.get("pid"), e.get("tid")), "").startswith("Stream #")]
+
+
 _CUDNN_TARGET = re.compile(r'custom_call_target="__cudnn\$(\w+)"')
 _SHAPE = re.compile(r"\b([a-z]+\d*\[[\d,]*\])")
 
@@ -144,10 +263,13 @@ def main(args):
         found.update(cudnn_convs(fh.read()))
     print(report_cudnn_convs(found))
     return
-  ops = 0
+  ops = layers = 0
   if "--ops" in args:
     i = args.index("--ops")
     ops, args = int(args[i + 1]), args[:i] + args[i + 2:]
+  if "--layers" in args:
+    i = args.index("--layers")
+    layers, args = int(args[i + 1]), args[:i] + args[i + 2:]
   paths = args
   if not paths:
     sys.exit(__doc__)
@@ -158,7 +280,14 @@ def main(args):
       sys.exit(f"error: no .xplane.pb file in {path}")
     for f in files:
       print(f"== {f}")
-      print(report(summarize(trace_events(f))))
+      events = trace_events(f)
+      print(report(summarize(events)))
+      if layers:
+        rows = hlo_schedule(f)
+        spent, shared = attribute(stream_kernels(events), rows)
+        print(report_layers(spent, rows, layers))
+        print(f"  ({shared} gaps between fusions held several custom calls: their kernels went "
+              "to the first)")
       if ops:
         print(f"top {ops} HLO ops by self time (outside command buffers):")
         print(report_ops(hlo_rows(hlo_stats(f)), ops))

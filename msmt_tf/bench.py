@@ -827,6 +827,7 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       # Implementation choices (same function, different kernels), always said.
       "upsample_conv": FLAGS.upsample_conv,
       "batch_norm": FLAGS.batch_norm,
+      "conv": FLAGS.conv,
   } | _jax_version(backend)
 
 
@@ -934,6 +935,7 @@ def dry_run():
     out["config"] = {"initial_stage": cfg.initial_stage, "refinement": cfg.refinement,
                      "num_stages": cfg.num_stages, "channels": cfg.channels}
     out["upsample_conv"], out["batch_norm"] = FLAGS.upsample_conv, FLAGS.batch_norm
+    out["conv"] = FLAGS.conv
   return out
 
 

@@ -57,6 +57,11 @@ flags.DEFINE_enum("batch_norm", "keras", list(blocks.BATCH_NORM_MODES),
                   "BatchNormalization as it is) or 'fused' (one-pass statistics and a "
                   "hand-written backward that keeps only the input, BUILD.md Performance). Same "
                   "variables and function; rounding differs. Inference is the same either way.")
+flags.DEFINE_enum("conv", "cudnn", list(blocks.CONV_MODES),
+                  "How the generator's stride-1 'same' convolutions (3x3, SDM, fuse gates) run: "
+                  "'cudnn' (ops.conv and its autodiff) or 'gemm' (kernel gradients of k x k "
+                  "kernels as one matrix product per tap, 1x1 kernels as matrix products; "
+                  "BUILD.md Performance). Same variables and function; rounding differs.")
 flags.DEFINE_bool("fuse_per_channel", False, "Per-channel instead of scalar fuse gates.")
 flags.DEFINE_enum("tail_padding", "valid", ["valid", "same"], "MTWIG tails: L-ks+1 or L.")
 flags.DEFINE_bool("skip_padding_tails", True, "Leave tails that cover padding out of the fuse.")
@@ -175,6 +180,7 @@ def model_config_from_flags(vocab_size=None):
   # An implementation choice, not part of the model: applied here, where every command builds it.
   blocks.set_upsample_conv(FLAGS.upsample_conv)
   blocks.set_batch_norm_mode(FLAGS.batch_norm)
+  blocks.set_conv_mode(FLAGS.conv)
   vocab = vocab_size or resolve_vocab_size(FLAGS.data_dir, FLAGS.dataset, FLAGS.vocab_size)
   names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
   return ModelConfig(vocab_size=vocab, **{n: getattr(FLAGS, n) for n in names})

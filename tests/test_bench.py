@@ -326,10 +326,11 @@ def test_h100_script_commands_parse(tmp_path):
 
 def test_gpu_session_script_commands_parse(tmp_path):
   """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
-  command's flags parse and build a valid model, the batch-norm groups pair the baseline with
-  --batch_norm=fused in both precisions (groups 5, 6 and 8, 9), and the HLO-dump group runs 3
+  command's flags parse and build a valid model, each precision has the reference step beside
+  --batch_norm=fused, --conv=gemm and both (groups 5, 6, 11, 12), and the HLO-dump group runs 3
   steps."""
-  env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, RUN_GROUPS="1 2 3 4 5 6 7 8 9 10")
+  env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable,
+             RUN_GROUPS="1 2 3 4 5 6 7 10 11 12")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
@@ -337,13 +338,9 @@ def test_gpu_session_script_commands_parse(tmp_path):
   assert len(lines) == 22 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
   for precision in ("float32", "mixed_bfloat16"):
     plain = [l for l in lines if l["precision"] == precision and "cub.cfg" in l["command"]
-             and l["upsample_conv"] == "reference" and not l["xla_flags"]]
-    pair = [l for l in plain if not l["parts"] and "profile" not in l["command"]]
-    assert [l["batch_norm"] for l in pair[:2]] == ["keras", "fused"], pair  # groups 5 and 6
-    # Groups 8 and 9: the profiled reference step beside --batch_norm=fused.
-    pair = [l for l in plain if l["xla_mem_fraction"] == "0.3"]
-    assert [l["batch_norm"] for l in pair] == ["keras", "fused"], plain
-    assert "profile_dir" in pair[0]["command"] and not pair[0]["parts"]
+             and l["upsample_conv"] == "reference" and not l["xla_flags"] and not l["parts"]]
+    assert {(l["batch_norm"], l["conv"]) for l in plain} == {
+        ("keras", "cudnn"), ("fused", "cudnn"), ("keras", "gemm"), ("fused", "gemm")}, plain
   dump = [l for l in lines if (l["xla_flags"] or "").startswith("--xla_dump_to=")]
   assert len(dump) == 1 and dump[0]["steps"] == 3 and dump[0]["upsample_conv"] == "fused"
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1

@@ -332,37 +332,49 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
       f.write(json.dumps(dict(seed=seed, steps=report)) + "\n")
 
 
-def test_fused_batch_norm_trains_like_keras_batch_norm(monkeypatch):
-  """A whole training step (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and
-  fc) with --batch_norm=fused against Keras's layers, from the same state and batch, on the
-  current backend, with the TF-vs-JAX test's bounds. Largest values over 10 seeds (AMD EPYC,
-  TensorFlow / JAX): losses 1.6e-6 / 1.1e-6 relative, weight elements off by > 1e-4 2.3e-5 /
-  8.9e-6 (Adam's near-zero-gradient steps), updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 /
-  3.2e-4 relative RMS. A batch norm whose gradient leaves out the statistics' path puts 2% of
-  the weight elements off."""
+@pytest.mark.parametrize("name,mode,hook,min_calls", [
+    ("batch_norm", "fused", "_normalize_with_batch_gradient", 7),
+    ("conv", "gemm", "conv_gemm_kernel_grad", 10)])
+def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, hook, min_calls):
+  """A whole training step with an implementation choice against the default one, from the same
+  state and batch, on the current backend, with the TF-vs-JAX test's bounds: --batch_norm=fused
+  (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and fc; at least 7 traced
+  calls) and --conv=gemm (the generator's 3x3 and SDM convolutions; at least 10). Largest
+  values over 10 seeds (AMD EPYC, TensorFlow / JAX), batch_norm: losses 1.6e-6 / 1.1e-6
+  relative, weight elements off by > 1e-4 2.3e-5 / 8.9e-6 (Adam's near-zero-gradient steps),
+  updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 / 3.2e-4 relative RMS; conv: losses equal,
+  no weight element off by > 1e-4, updates 2.0e-6 / 1.9e-6, moments 1.0e-6 / 2.3e-7. A batch
+  norm whose gradient leaves out the statistics' path puts 2% of the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   calls = []
-  normalize = blocks._normalize_with_batch_gradient  # pylint: disable=protected-access
-  monkeypatch.setattr(blocks, "_normalize_with_batch_gradient",
-                      lambda *a: calls.append(1) or normalize(*a))
+  original = getattr(blocks, hook)
+  monkeypatch.setattr(blocks, hook, lambda *a: calls.append(1) or original(*a))
+  default = blocks._MODES[name][0]  # pylint: disable=protected-access
   results = {}
-  for mode in ("keras", "fused"):
-    monkeypatch.setitem(blocks._chosen, "batch_norm", mode)  # pylint: disable=protected-access
+  for m in (default, mode):
+    monkeypatch.setitem(blocks._chosen, name, m)  # pylint: disable=protected-access
     keras.utils.set_random_seed(seed)  # a fresh model each: Adam's step counter starts at 0 too
     gan = backend_step.build()
     names = [n for n, _ in backend_step.float_state(gan)]
     start = [x for _, x in backend_step.float_state(gan)]
     batch = backend_step.batch_of(np.random.default_rng(21 + seed))
-    (results[mode],) = backend_step.run_steps(gan, batch, [None], steps=1)
-    results[mode] += (start,)
-    assert bool(calls) == (mode == "fused")
-  assert len(calls) >= 7  # MTWIG fc + tails, 3 UpBlocks, the ResBlocks' two each (traced once)
-  (want_logs, want, start), (got_logs, got, start_fused) = results["keras"], results["fused"]
-  assert all(np.array_equal(a, b) for a, b in zip(start, start_fused))
+    (results[m],) = backend_step.run_steps(gan, batch, [None], steps=1)
+    results[m] += (start,)
+    assert bool(calls) == (m == mode)
+  assert len(calls) >= min_calls  # traced once
+  (want_logs, want, start), (got_logs, got, start_other) = results[default], results[mode]
+  assert all(np.array_equal(a, b) for a, b in zip(start, start_other))
   for k, v in want_logs.items():
     assert got_logs[k] == pytest.approx(v, rel=1e-4, abs=1e-4), k
   stats = _step_agreement(start, want, got, names)
+  if os.environ.get("MSMT_STEP_REPORT"):  # the measurement behind the docstring
+    import json  # pylint: disable=g-import-not-at-top
+    with open(os.environ["MSMT_STEP_REPORT"], "a") as f:
+      f.write(json.dumps(dict(name=name, seed=seed, stats={k: v for k, v in stats.items()
+                                                           if k != "misses"},
+                              logs={k: [float(want_logs[k]), float(got_logs[k])]
+                                    for k in want_logs})) + "\n")
   assert stats["miss_fraction"] <= 1e-3, stats["misses"]
   assert stats["update_rel"] <= 5e-3 and stats["moment"] > 0 and stats["moment_rel"] <= 5e-2
   assert stats["moved"] > len(names) // 2

@@ -11,7 +11,8 @@ from keras import ops
 __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "count_parameters",
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
-           "one_pass_moments", "set_implementation", "implementation"]
+           "one_pass_moments", "set_implementation", "implementation", "CONV_MODES", "Conv2D",
+           "set_conv_mode", "conv_mode", "conv_gemm_kernel_grad"]
 
 _PKG = "msmt_tf"
 
@@ -180,9 +181,83 @@ def apply_batch_norm(layer, x, training=None):
       layer.epsilon, layer.compute_dtype)
 
 
+# How the generator's stride-1 'same' convolutions (`Conv2D` below: conv3x3, the SDM's convs,
+# the fuse gates) are differentiated and, for 1x1 kernels, computed; the same function of the
+# same variables, rounded differently:
+#   "cudnn" (default): `ops.conv` and its autodiff (XLA: cuDNN forward, backward-input and
+#     backward-filter calls).
+#   "gemm": a kernel larger than 1x1 keeps the forward and input-gradient convolutions, but its
+#     kernel gradient is one matrix product per tap over every position (`conv_gemm_kernel_grad`)
+#     instead of cuDNN's backward-filter call, which the H100 profile of the CUB step shows at
+#     9-130 TFLOP/s for these thin (48-768 channel) layers, about a third of the step's device
+#     time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels (cuDNN
+#     handles the fuse gates' single output channel poorly).
+CONV_MODES = ("cudnn", "gemm")
+_MODES["conv"] = CONV_MODES
+
+
+def set_conv_mode(mode):
+  """Selects how the generator's `Conv2D` layers compute and differentiate (see CONV_MODES)."""
+  set_implementation("conv", mode)
+
+
+def conv_mode():
+  return implementation("conv")
+
+
+def conv_gemm_kernel_grad(x, kernel):
+  """`ops.conv(x, kernel, strides=1, padding="same")` (channels last, odd kernel sizes) whose
+  gradient w.r.t. `kernel` is computed tap by tap: dK[i, j] = sum over (b, h, w) of
+  x_padded[b, h + i, w + j, :]^T dy[b, h, w, :], one [C_in, C_out] matrix product each (a
+  contraction over B*H*W), and w.r.t. `x` as the convolution of dy with the flipped,
+  transposed kernel (the transposed convolution, written out)."""
+  kh, kw = kernel.shape[0], kernel.shape[1]
+  if kh % 2 == 0 or kw % 2 == 0:
+    raise ValueError(f"conv_gemm_kernel_grad needs odd kernel sizes, got {kh}x{kw}")
+  pads = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+
+  @ops.custom_gradient
+  def conv(x, kernel):
+    y = ops.conv(x, kernel, strides=1, padding="same")
+
+    def grad(*args, upstream=None):
+      if upstream is None:
+        (upstream,) = args
+      g = ops.cast(upstream, y.dtype)
+      flipped = ops.transpose(ops.flip(kernel, axis=(0, 1)), (0, 1, 3, 2))
+      dx = ops.conv(g, flipped, strides=1, padding="same")
+      h, w = x.shape[1], x.shape[2]
+      xp = ops.pad(x, pads)
+      taps = [ops.tensordot(xp[:, i:i + h, j:j + w, :], g, axes=([0, 1, 2], [0, 1, 2]))
+              for i in range(kh) for j in range(kw)]
+      dk = ops.reshape(ops.stack(taps), kernel.shape)
+      return ops.cast(dx, x.dtype), ops.cast(dk, kernel.dtype)
+    return y, grad
+
+  return conv(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class Conv2D(keras.layers.Conv2D):
+  """`keras.layers.Conv2D` (same variables, config and function) that computes the way
+  `set_conv_mode` selected when it is a stride-1, undilated, ungrouped 'same' convolution of
+  known spatial size, channels last (the generator's); any other uses Keras's own op."""
+
+  def convolution_op(self, inputs, kernel):
+    if (implementation("conv") == "gemm" and self.padding == "same"
+        and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
+        and self.groups == 1 and self.data_format == "channels_last"
+        and None not in tuple(inputs.shape[1:])):
+      if tuple(kernel.shape[:2]) == (1, 1):
+        return ops.matmul(inputs, ops.cast(kernel[0, 0], inputs.dtype))
+      if kernel.shape[0] % 2 and kernel.shape[1] % 2:
+        return conv_gemm_kernel_grad(inputs, ops.cast(kernel, self.compute_dtype))
+    return super().convolution_op(inputs, kernel)
+
+
 def conv3x3(filters, use_bias=False, name=None):
-  return keras.layers.Conv2D(filters, 3, padding="same", use_bias=use_bias,
-                             kernel_initializer="orthogonal", name=name)
+  return Conv2D(filters, 3, padding="same", use_bias=use_bias, kernel_initializer="orthogonal",
+                name=name)
 
 
 def batch_norm(name=None):

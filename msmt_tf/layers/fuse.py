@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from msmt_tf.layers import blocks
+
 __all__ = ["GatedFusion"]
 
 
@@ -28,8 +30,8 @@ class GatedFusion(keras.layers.Layer):
 
   def build(self, a_shape, b_shape=None):
     channels = a_shape[-1]
-    self.gate = keras.layers.Conv2D(channels if self.per_channel else 1, 1, use_bias=True,
-                                    kernel_initializer="orthogonal", name="gate")
+    self.gate = blocks.Conv2D(channels if self.per_channel else 1, 1, use_bias=True,
+                              kernel_initializer="orthogonal", name="gate")
     self.gate.build(tuple(a_shape[:-1]) + (2 * channels,))
 
   def call(self, a, b):

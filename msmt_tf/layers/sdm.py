@@ -8,6 +8,8 @@ cells or pixels.
 import keras
 from keras import ops
 
+from msmt_tf.layers import blocks
+
 __all__ = ["SpatialDynamicMemory", "grid_pool", "to_cells", "from_cells"]
 
 _KEY_MODES = ("split", "concat", "project")
@@ -40,8 +42,8 @@ def from_cells(x, grid):
 
 
 def _conv(filters, kernel_size, activation=None, name=None):
-  return keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=True,
-                             activation=activation, kernel_initializer="orthogonal", name=name)
+  return blocks.Conv2D(filters, kernel_size, padding="same", use_bias=True,
+                       activation=activation, kernel_initializer="orthogonal", name=name)
 
 
 @keras.saving.register_keras_serializable(package="msmt_tf")
