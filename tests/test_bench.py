@@ -48,7 +48,8 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert json.loads(out.read_text()) == result
   assert result["backend"] == "jax" and result["device"].startswith("cpu")
   assert result["batch_size"] == 3 and result["steps"] == 2 and result["xla"]
-  assert (result["upsample_conv"], result["batch_norm"]) == ("reference", "keras")  # defaults
+  assert (result["upsample_conv"], result["batch_norm"], result["conv"]) == (
+      "reference", "keras", "cudnn")  # defaults
   assert 0 < result["ms_per_step_min"] <= result["ms_per_step_median"] <= result["ms_per_step_max"]
   assert result["images_per_s"] == pytest.approx(3000 / result["ms_per_step_median"], rel=1e-2)
   assert set(result["parts_ms"]) == {"text_encoder", "mtwig", "refine1", "discriminators",
@@ -455,3 +456,72 @@ def test_profile_summary_counts_device_time_by_kind(tmp_path):
   res = subprocess.run([sys.executable, "benchmarks/profile_summary.py", "--cudnn_convs",
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 1 and "no *after_optimizations.txt in" in res.stderr
+
+
+def test_profile_summary_attributes_kernels_to_layers(tmp_path):
+  """profile_summary --layers (BUILD.md's per-layer H100 table) on an XPlane file of the shape a
+  JAX GPU profile has: the optimized HLO module in the metadata plane, its schedule with a
+  command buffer (a call) inside. Fusion kernels are named after their instruction; the library
+  kernels between two of them (cuDNN inside a CUDA graph: no HLO name) go to the custom call
+  scheduled between those two, the first where a gap holds two (counted); layers are grouped
+  with stage-local indices as '*', forward apart from backward."""
+  import importlib.util as iu  # pylint: disable=g-import-not-at-top,reimported
+  from tensorflow.compiler.xla.service import hlo_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  spec = iu.spec_from_file_location("profile_summary",
+                                    os.path.join(REPO, "benchmarks", "profile_summary.py"))
+  ps = iu.module_from_spec(spec)
+  spec.loader.exec_module(ps)
+  step = "jit(jax_train_step)/"
+  proto = hlo_pb2.HloProto()
+  module = proto.hlo_module
+  module.entry_computation_id = 1
+  entry, buffer = module.computations.add(), module.computations.add()
+  entry.id, buffer.id = 1, 2
+
+  def add(comp, iid, name, opcode, op_name="", target=""):
+    ins = comp.instructions.add()
+    ins.id, ins.name, ins.opcode, ins.custom_call_target = iid, name, opcode, target
+    ins.metadata.op_name = op_name
+    return ins
+  add(entry, 10, "p.0", "parameter")
+  add(entry, 11, "loop_add_fusion.1", "fusion", step + "jvp(generator)/refine2/sdm3/add")
+  add(entry, 12, "call.5", "call").called_computation_ids.append(2)
+  add(entry, 13, "input_reduce_fusion.9", "fusion", step + "jvp(generator)/up/bn/reduce_sum")
+  add(buffer, 20, "cudnn-conv-bw-filter.2", "custom-call",
+      step + "transpose(jvp(generator))/refine2/sdm3/phi_Q_pixel/conv_general_dilated",
+      "__cudnn$convBackwardFilter")
+  add(buffer, 21, "get-tuple-element.3", "get-tuple-element")
+  add(buffer, 22, "cudnn-conv.4", "custom-call",
+      step + "jvp(generator)/refine1/res0/conv1/conv_general_dilated", "__cudnn$convForward")
+  add(buffer, 23, "cudnn-conv.6", "custom-call",
+      step + "jvp(generator)/refine1/res1/conv1/conv_general_dilated", "__cudnn$convForward")
+  add(buffer, 24, "loop_multiply_fusion.7", "fusion", step + "jvp(generator)/refine1/res0/mul")
+  module.schedule.sequences[1].instruction_ids.extend([10, 11, 12, 13])
+  module.schedule.sequences[2].instruction_ids.extend([20, 21, 24, 22, 23])
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add()
+  plane.name = "/host:metadata"
+  plane.event_metadata[1].name = "jit_jax_train_step(123)"
+  plane.event_metadata[1].stats.add().bytes_value = proto.SerializeToString()
+  plane.event_metadata[2].name = "jit_loss(7)"  # another module, left alone
+  plane.event_metadata[2].stats.add().bytes_value = b"x" * 10
+  path = tmp_path / "vm.xplane.pb"
+  path.write_bytes(space.SerializeToString())
+  rows = ps.hlo_schedule(str(path))
+  assert [r[0] for r in rows] == ["loop_add_fusion.1", "cudnn-conv-bw-filter.2",
+                                  "loop_multiply_fusion.7", "cudnn-conv.4", "cudnn-conv.6",
+                                  "input_reduce_fusion.9"]
+  kernels = [dict(name=n, ts=t, dur=d) for n, t, d in (
+      ("loop_add_fusion_1", 0, 5), ("sm90_xmma_wgrad_kernel", 10, 30), ("convertTensor", 45, 2),
+      ("loop_multiply_fusion_7", 50, 4), ("sm90_xmma_fprop", 60, 7), ("sm90_xmma_fprop", 70, 8),
+      ("input_reduce_fusion_9", 80, 3))]
+  spent, shared = ps.attribute(kernels, rows)
+  assert dict(spent) == {0: 5, 1: 32, 2: 4, 3: 15, 5: 3} and shared == 1
+  text = ps.report_layers(spent, rows, 3)
+  lines = text.splitlines()
+  assert lines[0] == "top 3 of 5 (layer, pass, call) groups, 0.06 ms in all:"
+  assert "backward cudnn convBackwardFilter" in lines[1] and "refine2/sdm*/phi_Q_pixel" in lines[1]
+  assert "forward  cudnn convForward" in lines[2] and "refine1/res*/conv1" in lines[2]
+  with pytest.raises(ValueError, match="no HLO module"):
+    ps.hlo_schedule(str(path), module_prefix="jit_nothing")
