@@ -180,7 +180,7 @@ def model_config_from_flags(vocab_size=None):
   # An implementation choice, not part of the model: applied here, where every command builds it.
   blocks.set_upsample_conv(FLAGS.upsample_conv)
   blocks.set_batch_norm_mode(FLAGS.batch_norm)
-  blocks.set_conv_mode(FLAGS.conv)
+  blocks.set_implementation("conv", FLAGS.conv)
   vocab = vocab_size or resolve_vocab_size(FLAGS.data_dir, FLAGS.dataset, FLAGS.vocab_size)
   names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
   return ModelConfig(vocab_size=vocab, **{n: getattr(FLAGS, n) for n in names})

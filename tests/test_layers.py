@@ -264,8 +264,8 @@ def _conv_value_and_grads(layer, x, weights, mode):
   """A `blocks.Conv2D` call in conv mode `mode`: output and the gradients of a weighted sum
   w.r.t. input, kernel and (where the layer has one) bias, as float32 numpy arrays."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
-  before = blocks.conv_mode()
-  blocks.set_conv_mode(mode)
+  before = blocks.implementation("conv")
+  blocks.set_implementation("conv", mode)
   x = ops.convert_to_tensor(x)
   params = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
   try:
@@ -287,7 +287,7 @@ def _conv_value_and_grads(layer, x, weights, mode):
                                          has_aux=True)(x, *[p.value for p in params])
     return [np.asarray(ops.cast(v, "float32")) for v in (y, *grads)]
   finally:
-    blocks.set_conv_mode(before)
+    blocks.set_implementation("conv", before)
 
 
 def _kernel_grad_float64(x, weights, kernel_shape):
@@ -369,7 +369,7 @@ def test_conv_mode_keeps_keras_where_it_must(monkeypatch):
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     assert len(calls) == 1, (i, kwargs)  # only the first case
   with pytest.raises(ValueError, match="conv must be one of"):
-    blocks.set_conv_mode("fused")
+    blocks.set_implementation("conv", "fused")
 
 
 def test_gated_fusion_formula(tmp_path):

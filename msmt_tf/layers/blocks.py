@@ -12,7 +12,7 @@ __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "co
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
            "one_pass_moments", "set_implementation", "implementation", "CONV_MODES", "Conv2D",
-           "set_conv_mode", "conv_mode", "conv_gemm_kernel_grad"]
+           "conv_gemm_kernel_grad"]
 
 _PKG = "msmt_tf"
 
@@ -189,20 +189,11 @@ def apply_batch_norm(layer, x, training=None):
 #   "gemm": a kernel larger than 1x1 keeps the forward and input-gradient convolutions, but its
 #     kernel gradient is one matrix product per tap over every position (`conv_gemm_kernel_grad`)
 #     instead of cuDNN's backward-filter call, which the H100 profile of the CUB step shows at
-#     9-130 TFLOP/s for these thin (48-768 channel) layers, about a third of the step's device
-#     time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels (cuDNN
+#     12-127 TFLOP/s for these thin (48-768 channel) layers, about a quarter of the step's
+#     device time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels (cuDNN
 #     handles the fuse gates' single output channel poorly).
 CONV_MODES = ("cudnn", "gemm")
 _MODES["conv"] = CONV_MODES
-
-
-def set_conv_mode(mode):
-  """Selects how the generator's `Conv2D` layers compute and differentiate (see CONV_MODES)."""
-  set_implementation("conv", mode)
-
-
-def conv_mode():
-  return implementation("conv")
 
 
 def conv_gemm_kernel_grad(x, kernel):
@@ -240,7 +231,7 @@ def conv_gemm_kernel_grad(x, kernel):
 @keras.saving.register_keras_serializable(package=_PKG)
 class Conv2D(keras.layers.Conv2D):
   """`keras.layers.Conv2D` (same variables, config and function) that computes the way
-  `set_conv_mode` selected when it is a stride-1, undilated, ungrouped 'same' convolution of
+  `set_implementation("conv", ...)` selected when it is a stride-1, undilated, ungrouped 'same' convolution of
   known spatial size, channels last (the generator's); any other uses Keras's own op."""
 
   def convolution_op(self, inputs, kernel):
