@@ -16,7 +16,8 @@ framework op (the Keras layer path) each comes from.
 also prints the N (layer, pass, call) groups with the most device time, every kernel counted,
 those inside command buffers too: XLA's fusions by their name in the optimized HLO module that
 the profile holds, and each library kernel (cuDNN, cuBLAS, which carry no HLO name inside a
-CUDA graph) by the custom call scheduled between the fusions around it. Needs TensorFlow's
+CUDA graph) by the custom call scheduled between the fusions around it; profiles of one step
+only (`bench --profile_steps 1`, as gpu_session.sh takes them). Needs TensorFlow's
 protobufs beside xprof (this project's environment: `pip install xprof`). Where two custom
 calls share a gap, the kernels go to the first (the count of such gaps is printed).
 
@@ -159,7 +160,11 @@ def attribute(kernels, rows):
   the scheduled instruction it ran for. A kernel named after an instruction (XLA's fusions:
   'loop_add_fusion.3' runs as 'loop_add_fusion_3') is that instruction's; the library kernels
   between two such kernels go to the custom call scheduled between the two instructions (the
-  first where several are; None where there is none)."""
+  first where several are; None where there is none). A CUDA graph may run independent nodes
+  out of schedule order, and XLA names a kernel shared by identical fusions after the first, so
+  a named kernel found earlier in the schedule than the one before it is counted but moves
+  nothing. One traced step only (`bench --profile_steps 1`): the kernels of a second step
+  would go to the end of the first."""
   position = {r[0].replace(".", "_"): i for i, r in enumerate(rows)}
   named = {k["name"] for k in kernels if k["name"] in position}
   spent = collections.Counter()

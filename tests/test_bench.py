@@ -463,8 +463,9 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
   JAX GPU profile has: the optimized HLO module in the metadata plane, its schedule with a
   command buffer (a call) inside. Fusion kernels are named after their instruction; the library
   kernels between two of them (cuDNN inside a CUDA graph: no HLO name) go to the custom call
-  scheduled between those two, the first where a gap holds two (counted); layers are grouped
-  with stage-local indices as '*', forward apart from backward."""
+  scheduled between those two, the first where a gap holds two (counted); a node run out of
+  schedule order is counted; layers are grouped with stage-local indices as '*', forward apart
+  from backward."""
   import importlib.util as iu  # pylint: disable=g-import-not-at-top,reimported
   from tensorflow.compiler.xla.service import hlo_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
@@ -518,6 +519,11 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
       ("input_reduce_fusion_9", 80, 3))]
   spent, shared = ps.attribute(kernels, rows)
   assert dict(spent) == {0: 5, 1: 32, 2: 4, 3: 15, 5: 3} and shared == 1
+  # A CUDA graph's node run out of schedule order (the multiply fusion first) is counted; the
+  # add fusion found behind it moves nothing, and the library kernels that follow go to the
+  # gap after the multiply (the first of its two custom calls).
+  swapped = [dict(k, ts=-1) if k["name"] == "loop_multiply_fusion_7" else k for k in kernels]
+  assert dict(ps.attribute(swapped, rows)[0]) == {2: 4, 0: 5, 3: 47, 5: 3}
   text = ps.report_layers(spent, rows, 3)
   lines = text.splitlines()
   assert lines[0] == "top 3 of 5 (layer, pass, call) groups, 0.06 ms in all:"

@@ -302,27 +302,30 @@ def _kernel_grad_float64(x, weights, kernel_shape):
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
   """--conv=gemm against ops.conv and its autodiff (--conv=cudnn), for the generator's kinds of
-  convolution: 3x3 without bias (UpBlock, ResBlock), 3x3 with bias and ReLU and a 5x5 (SDM),
-  1x1 to one channel with bias (fuse gates): output, d/dx, d/dkernel, d/dbias; 3 seeds, and the
-  kernel gradient against its float64 definition. Largest relative RMS difference measured over
-  20 seeds (AMD EPYC, TensorFlow / JAX): float32 output 8.7e-8 / 0, d/dx 0 / 0, d/dkernel
-  4.4e-7 / 4.1e-7, d/dbias 0 / 0, d/dkernel against float64 4.0e-7 / 4.0e-7 (the autodiff's:
-  1.9e-7 / 2.3e-7); mixed_bfloat16 all 0 (both accumulate in float32 and round once to bf16 on
+  convolution: 3x3 without bias (UpBlock, ResBlock), 3x3 with bias and ReLU and a 5x5 (SDM), a
+  3x5, 1x1 'valid' to one channel with bias (fuse gates): output, d/dx, d/dkernel, d/dbias; 3
+  seeds, each case on its gemm path, and the kernel gradient against its float64 definition. Largest relative RMS difference measured over
+  20 seeds (AMD EPYC, TensorFlow / JAX): float32 output 8.8e-8 / 0, d/dx 0 / 0, d/dkernel
+  5.1e-7 / 6.1e-7, d/dbias 0 / 0, d/dkernel against float64 5.1e-7 / 5.1e-7 (the autodiff's:
+  5.0e-7 / 2.7e-7); mixed_bfloat16 all 0 (both accumulate in float32 and round once to bf16 on
   this CPU; the bound leaves a GPU's different rounding room). A tap order transposed (i, j)
   puts d/dkernel 117% off, an unflipped kernel d/dx 129%."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   calls = []
-  original = blocks.conv_gemm_kernel_grad
-  monkeypatch.setattr(blocks, "conv_gemm_kernel_grad", lambda *a: calls.append(1) or original(*a))
+  for hook in ("conv_gemm_kernel_grad", "conv1x1_matmul"):
+    monkeypatch.setattr(blocks, hook, lambda *a, f=getattr(blocks, hook), h=hook:
+                        calls.append(h) or f(*a))
   bound = 2e-5 if policy == "float32" else 2e-2
   keras.mixed_precision.set_global_policy(policy)
   try:
     for seed in range(3):
       rng = np.random.default_rng(seed)
       for filters, size, bias, act, c_in in ((8, 3, False, None, 6), (6, 3, True, "relu", 5),
-                                             (4, 5, True, None, 3), (1, 1, True, None, 8)):
+                                             (4, 5, True, None, 3), (5, (3, 5), False, None, 4),
+                                             (1, 1, True, None, 8)):
         shape = (3, 7, 6, c_in)
-        layer = blocks.Conv2D(filters, size, padding="same", use_bias=bias, activation=act,
+        layer = blocks.Conv2D(filters, size, use_bias=bias, activation=act,  # a 1x1 as the
+                              padding="valid" if size == 1 else "same",    # fuse gates: 'valid'
                               kernel_initializer="orthogonal")
         layer.build(shape)
         if bias:
@@ -338,10 +341,10 @@ def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
           rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))
           assert rel < bound, (policy, seed, filters, size, name, rel)
         if policy == "float32" and act is None:
-          ref = _kernel_grad_float64(x, weights, (size, size))
+          ref = _kernel_grad_float64(x, weights, layer.kernel.shape)
           rel = np.sqrt(np.mean((got[2] - ref) ** 2) / np.mean(ref ** 2))
           assert rel < 1e-5, (seed, size, rel)
-    assert len(calls) == 3 * 3  # the k x k cases took the gemm path (the 1x1 is a matmul)
+    assert calls == 3 * (["conv_gemm_kernel_grad"] * 4 + ["conv1x1_matmul"])  # every case
   finally:
     keras.mixed_precision.set_global_policy("float32")
 
@@ -349,11 +352,19 @@ def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
 def test_conv_mode_keeps_keras_where_it_must(monkeypatch):
   """--conv=gemm takes the tap-by-tap kernel gradient for stride-1 'same' convolutions of odd
   kernel sizes only: a strided, 'valid', dilated or even-sized one is Keras's own op (same
-  output as the cudnn mode), and an unknown mode is refused."""
+  output as the cudnn mode); a fuse gate's 1x1 'valid' one is a matrix product; an unknown
+  mode is refused."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   calls = []
   original = blocks.conv_gemm_kernel_grad
   monkeypatch.setattr(blocks, "conv_gemm_kernel_grad", lambda *a: calls.append(1) or original(*a))
+  matmuls = []
+  monkeypatch.setattr(blocks, "conv1x1_matmul",
+                      lambda *a, f=blocks.conv1x1_matmul: matmuls.append(1) or f(*a))
+  monkeypatch.setitem(blocks._chosen, "conv", "gemm")  # pylint: disable=protected-access
+  fusion = L.GatedFusion()  # its gate: 1x1, Keras's default 'valid' padding
+  fusion(ops.convert_to_tensor(rand(2, 4, 4, 3)), ops.convert_to_tensor(rand(2, 4, 4, 3)))
+  assert matmuls == [1] and not calls
   x = ops.convert_to_tensor(rand(2, 8, 8, 4))
   cases = [dict(kernel_size=3, padding="same"), dict(kernel_size=3, strides=2, padding="same"),
            dict(kernel_size=3, padding="valid"), dict(kernel_size=3, dilation_rate=2,

@@ -339,7 +339,8 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   """A whole training step with an implementation choice against the default one, from the same
   state and batch, on the current backend, with the TF-vs-JAX test's bounds: --batch_norm=fused
   (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and fc; at least 7 traced
-  calls) and --conv=gemm (the generator's 3x3 and SDM convolutions; at least 10). Largest
+  calls) and --conv=gemm (the generator's 3x3 and SDM convolutions, at least 10; the fuse
+  gates' 1x1 matrix products). Largest
   values over 10 seeds (AMD EPYC, TensorFlow / JAX), batch_norm: losses 1.6e-6 / 1.1e-6
   relative, weight elements off by > 1e-4 2.3e-5 / 8.9e-6 (Adam's near-zero-gradient steps),
   updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 / 3.2e-4 relative RMS; conv: losses equal,
@@ -347,9 +348,11 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   norm whose gradient leaves out the statistics' path puts 2% of the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
-  calls = []
+  calls, matmuls = [], []
   original = getattr(blocks, hook)
   monkeypatch.setattr(blocks, hook, lambda *a: calls.append(1) or original(*a))
+  monkeypatch.setattr(blocks, "conv1x1_matmul",
+                      lambda *a, f=blocks.conv1x1_matmul: matmuls.append(1) or f(*a))
   default = blocks._MODES[name][0]  # pylint: disable=protected-access
   results = {}
   for m in (default, mode):
@@ -363,6 +366,7 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
     results[m] += (start,)
     assert bool(calls) == (m == mode)
   assert len(calls) >= min_calls  # traced once
+  assert bool(matmuls) == (name == "conv")  # the fuse gates' 1x1 path
   (want_logs, want, start), (got_logs, got, start_other) = results[default], results[mode]
   assert all(np.array_equal(a, b) for a, b in zip(start, start_other))
   for k, v in want_logs.items():

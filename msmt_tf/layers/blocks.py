@@ -12,7 +12,8 @@ __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "co
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
            "one_pass_moments", "set_implementation", "implementation", "CONV_MODES", "Conv2D",
-           "conv_gemm_kernel_grad"]
+           "conv_gemm_kernel_grad",
+           "conv1x1_matmul"]
 
 _PKG = "msmt_tf"
 
@@ -228,20 +229,27 @@ def conv_gemm_kernel_grad(x, kernel):
   return conv(x, kernel)
 
 
+def conv1x1_matmul(x, kernel):
+  """A 1x1 stride-1 convolution (`kernel` `[1, 1, C_in, C_out]`) as a matrix product over the
+  channels."""
+  return ops.matmul(x, kernel[0, 0])
+
+
 @keras.saving.register_keras_serializable(package=_PKG)
 class Conv2D(keras.layers.Conv2D):
   """`keras.layers.Conv2D` (same variables, config and function) that computes the way
-  `set_implementation("conv", ...)` selected when it is a stride-1, undilated, ungrouped 'same' convolution of
-  known spatial size, channels last (the generator's); any other uses Keras's own op."""
+  `set_implementation("conv", ...)` selected when it is a stride-1, undilated, ungrouped
+  convolution of known spatial size, channels last, 1x1 or 'same' with odd kernel sizes (the
+  generator's); any other uses Keras's own op."""
 
   def convolution_op(self, inputs, kernel):
-    if (implementation("conv") == "gemm" and self.padding == "same"
-        and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
-        and self.groups == 1 and self.data_format == "channels_last"
-        and None not in tuple(inputs.shape[1:])):
-      if tuple(kernel.shape[:2]) == (1, 1):
-        return ops.matmul(inputs, ops.cast(kernel[0, 0], inputs.dtype))
-      if kernel.shape[0] % 2 and kernel.shape[1] % 2:
+    if (implementation("conv") == "gemm" and tuple(self.strides) == (1, 1)
+        and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
+        and self.data_format == "channels_last" and None not in tuple(inputs.shape[1:])):
+      kh, kw = kernel.shape[:2]
+      if (kh, kw) == (1, 1):  # 'same' and 'valid' agree
+        return conv1x1_matmul(inputs, ops.cast(kernel, self.compute_dtype))
+      if self.padding == "same" and kh % 2 and kw % 2:
         return conv_gemm_kernel_grad(inputs, ops.cast(kernel, self.compute_dtype))
     return super().convolution_op(inputs, kernel)
 
