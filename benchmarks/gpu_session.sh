@@ -32,7 +32,7 @@
 # Group 10: the bf16 reference step with parts, alone (its part compiles are long).
 # Groups 11, 12: float32 / bf16, the reference step beside --conv=gemm (kernel gradients as one
 #   matrix product per tap) and beside --conv=gemm --batch_norm=fused, each with a one-step
-#   profile. The fourth sitting, in order of value: RUN_GROUPS="11 12 10 2".
+#   profile. The fourth sitting: RUN_GROUPS="11 12" (about 4-5 min each), later 10 and 2.
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."

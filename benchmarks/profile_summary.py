@@ -50,9 +50,9 @@ def kernel_kind(name):
   return "other"
 
 
-def summarize(events):
-  """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}}} from Chrome
-  trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete events)."""
+def device_streams(events):
+  """{stream name: its kernels} from Chrome trace events (`traceEvents`): the 'X' events of the
+  threads whose 'M' thread_name metadata names a device stream ('Stream #...')."""
   threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
   streams = collections.defaultdict(list)
@@ -60,8 +60,14 @@ def summarize(events):
     name = threads.get((e.get("pid"), e.get("tid")), "")
     if e.get("ph") == "X" and name.startswith("Stream #"):
       streams[name].append(e)
+  return streams
+
+
+def summarize(events):
+  """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}}} from Chrome
+  trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete events)."""
   out = {}
-  for name, kernels in streams.items():
+  for name, kernels in device_streams(events).items():
     kinds, fusions = collections.Counter(), collections.Counter()
     for k in kernels:
       kind = kernel_kind(k["name"])
@@ -221,14 +227,6 @@ def report_layers(spent, rows, n):
   return "\n".join(lines)
 
 
-def stream_kernels(events):
-  """The 'X' events of the device streams (thread names 'Stream #...')."""
-  threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  return [e for e in events if e.get("ph") == "X"
-          and threads.get((e.get("pid"), e.get("tid")), "").startswith("Stream #")]
-
-
 _CUDNN_TARGET = re.compile(r'custom_call_target="__cudnn\$(\w+)"')
 _SHAPE = re.compile(r"\b([a-z]+\d*\[[\d,]*\])")
 
@@ -289,7 +287,8 @@ def main(args):
       print(report(summarize(events)))
       if layers:
         rows = hlo_schedule(f)
-        spent, shared = attribute(stream_kernels(events), rows)
+        kernels = [k for ks in device_streams(events).values() for k in ks]
+        spent, shared = attribute(kernels, rows)
         print(report_layers(spent, rows, layers))
         print(f"  ({shared} gaps between fusions held several custom calls: their kernels went "
               "to the first)")

@@ -58,7 +58,7 @@ flags.DEFINE_enum("batch_norm", "keras", list(blocks.BATCH_NORM_MODES),
                   "hand-written backward that keeps only the input, BUILD.md Performance). Same "
                   "variables and function; rounding differs. Inference is the same either way.")
 flags.DEFINE_enum("conv", "cudnn", list(blocks.CONV_MODES),
-                  "How the generator's stride-1 'same' convolutions (3x3, SDM, fuse gates) run: "
+                  "How the generator's stride-1 convolutions (3x3, SDM, fuse gates) run: "
                   "'cudnn' (ops.conv and its autodiff) or 'gemm' (kernel gradients of k x k "
                   "kernels as one matrix product per tap, 1x1 kernels as matrix products; "
                   "BUILD.md Performance). Same variables and function; rounding differs.")

@@ -304,12 +304,13 @@ def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
   """--conv=gemm against ops.conv and its autodiff (--conv=cudnn), for the generator's kinds of
   convolution: 3x3 without bias (UpBlock, ResBlock), 3x3 with bias and ReLU and a 5x5 (SDM), a
   3x5, 1x1 'valid' to one channel with bias (fuse gates): output, d/dx, d/dkernel, d/dbias; 3
-  seeds, each case on its gemm path, and the kernel gradient against its float64 definition. Largest relative RMS difference measured over
-  20 seeds (AMD EPYC, TensorFlow / JAX): float32 output 8.8e-8 / 0, d/dx 0 / 0, d/dkernel
-  5.1e-7 / 6.1e-7, d/dbias 0 / 0, d/dkernel against float64 5.1e-7 / 5.1e-7 (the autodiff's:
-  5.0e-7 / 2.7e-7); mixed_bfloat16 all 0 (both accumulate in float32 and round once to bf16 on
-  this CPU; the bound leaves a GPU's different rounding room). A tap order transposed (i, j)
-  puts d/dkernel 117% off, an unflipped kernel d/dx 129%."""
+  seeds, each case on its gemm path, and the kernel gradient against its float64 definition.
+  Largest relative RMS difference measured over 20 seeds (AMD EPYC, TensorFlow / JAX): float32
+  output 8.8e-8 / 0, d/dx 0 / 0, d/dkernel 5.1e-7 / 6.1e-7, d/dbias 0 / 0, d/dkernel against
+  float64 5.1e-7 / 5.1e-7 (the autodiff's: 5.0e-7 / 2.7e-7); mixed_bfloat16 all 0 (both
+  accumulate in float32 and round once to bf16 on this CPU; the bound leaves a GPU's different
+  rounding room). A tap order transposed (i, j) puts d/dkernel 117% off, an unflipped kernel d/dx
+  129%."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   calls = []
   for hook in ("conv_gemm_kernel_grad", "conv1x1_matmul"):

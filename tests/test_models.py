@@ -339,12 +339,13 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   """A whole training step with an implementation choice against the default one, from the same
   state and batch, on the current backend, with the TF-vs-JAX test's bounds: --batch_norm=fused
   (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and fc; at least 7 traced
-  calls) and --conv=gemm (the generator's 3x3 and SDM convolutions, at least 10; the fuse
-  gates' 1x1 matrix products). Largest values over 10 seeds (AMD EPYC, TensorFlow / JAX), batch_norm: losses 1.6e-6 / 1.1e-6
-  relative, weight elements off by > 1e-4 2.3e-5 / 8.9e-6 (Adam's near-zero-gradient steps),
-  updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 / 3.2e-4 relative RMS; conv: losses 1.2e-6 / 0
-  relative, weight elements off 4.5e-6 / 0, updates 1.7e-4 / 4.1e-6, moments 2.3e-4 / 8.7e-7. A batch
-  norm whose gradient leaves out the statistics' path puts 2% of the weight elements off."""
+  calls) and --conv=gemm (the generator's 3x3 and SDM convolutions, at least 10; the fuse gates'
+  1x1 matrix products). Largest values over 10 seeds (AMD EPYC, TensorFlow / JAX), batch_norm:
+  losses 1.6e-6 / 1.1e-6 relative, weight elements off by > 1e-4 2.3e-5 / 8.9e-6 (Adam's
+  near-zero- gradient steps), updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 / 3.2e-4 relative
+  RMS; conv: losses 1.2e-6 / 0 relative, weight elements off 4.5e-6 / 0, updates 1.7e-4 / 4.1e-6,
+  moments 2.3e-4 / 8.7e-7. A batch norm whose gradient leaves out the statistics' path puts 2% of
+  the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   calls, matmuls = [], []

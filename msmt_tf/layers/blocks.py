@@ -12,8 +12,7 @@ __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "co
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
            "one_pass_moments", "set_implementation", "implementation", "CONV_MODES", "Conv2D",
-           "conv_gemm_kernel_grad",
-           "conv1x1_matmul"]
+           "conv_gemm_kernel_grad", "conv1x1_matmul"]
 
 _PKG = "msmt_tf"
 
@@ -182,17 +181,17 @@ def apply_batch_norm(layer, x, training=None):
       layer.epsilon, layer.compute_dtype)
 
 
-# How the generator's stride-1 'same' convolutions (`Conv2D` below: conv3x3, the SDM's convs,
-# the fuse gates) are differentiated and, for 1x1 kernels, computed; the same function of the
-# same variables, rounded differently:
+# How the generator's stride-1 convolutions (`Conv2D` below: conv3x3, the SDM's convs, the fuse
+# gates) are differentiated and, for 1x1 kernels, computed; the same function of the same
+# variables, rounded differently:
 #   "cudnn" (default): `ops.conv` and its autodiff (XLA: cuDNN forward, backward-input and
 #     backward-filter calls).
 #   "gemm": a kernel larger than 1x1 keeps the forward and input-gradient convolutions, but its
 #     kernel gradient is one matrix product per tap over every position (`conv_gemm_kernel_grad`)
 #     instead of cuDNN's backward-filter call, which the H100 profile of the CUB step shows at
 #     12-127 TFLOP/s for these thin (48-768 channel) layers, about a quarter of the step's
-#     device time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels (cuDNN
-#     handles the fuse gates' single output channel poorly).
+#     device time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels
+#     (cuDNN handles the fuse gates' single output channel poorly).
 CONV_MODES = ("cudnn", "gemm")
 _MODES["conv"] = CONV_MODES
 
@@ -250,6 +249,7 @@ class Conv2D(keras.layers.Conv2D):
       if (kh, kw) == (1, 1):  # 'same' and 'valid' agree
         return conv1x1_matmul(inputs, ops.cast(kernel, self.compute_dtype))
       if self.padding == "same" and kh % 2 and kw % 2:
+        # a tensor (not the variable) for TensorFlow's custom_gradient
         return conv_gemm_kernel_grad(inputs, ops.cast(kernel, self.compute_dtype))
     return super().convolution_op(inputs, kernel)
 
