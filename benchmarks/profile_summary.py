@@ -63,21 +63,35 @@ def device_streams(events):
   return streams
 
 
+_LIBRARY_ROLES = (("weight gradient", "wgrad"), ("input gradient", "dgrad"),
+                  ("forward", "fprop|conv"), ("gemm", "gemm|gemv"))
+
+
+def library_role(name):
+  """What a library kernel computes, by its name (cuDNN's xmma/cutlass kernels say wgrad, dgrad
+  or fprop): 'weight gradient', 'input gradient', 'forward', 'gemm' or 'other'."""
+  return next((role for role, pattern in _LIBRARY_ROLES if re.search(pattern, name, re.I)),
+              "other")
+
+
 def summarize(events):
-  """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}}} from Chrome
-  trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete events)."""
+  """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}, library: {role:
+  us}}} from Chrome trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete
+  events)."""
   out = {}
   for name, kernels in device_streams(events).items():
-    kinds, fusions = collections.Counter(), collections.Counter()
+    kinds, fusions, library = collections.Counter(), collections.Counter(), collections.Counter()
     for k in kernels:
       kind = kernel_kind(k["name"])
       kinds[kind] += k.get("dur", 0)
       if kind == "xla fusion":
         fusions[re.sub(r"[._]\d+$", "", k["name"])] += k.get("dur", 0)
+      elif kind == "conv/gemm library":
+        library[library_role(k["name"])] += k.get("dur", 0)
     start = min(k["ts"] for k in kernels)
     end = max(k["ts"] + k.get("dur", 0) for k in kernels)
     out[name] = {"kernels": len(kernels), "span_us": end - start, "busy_us": sum(kinds.values()),
-                 "kinds": dict(kinds), "fusions": dict(fusions)}
+                 "kinds": dict(kinds), "fusions": dict(fusions), "library": dict(library)}
   return out
 
 
@@ -118,6 +132,8 @@ def report(summary):
       lines.append(f"  {us / 1000:8.2f} ms {100 * us / busy:5.1f}%  {kind}")
     top = sorted(s["fusions"].items(), key=lambda kv: -kv[1])[:8]
     lines.append("  fusions: " + ", ".join(f"{k} {us / 1000:.2f} ms" for k, us in top))
+    roles = sorted(s["library"].items(), key=lambda kv: -kv[1])
+    lines.append("  library: " + ", ".join(f"{k} {us / 1000:.2f} ms" for k, us in roles))
   return "\n".join(lines)
 
 

@@ -414,7 +414,13 @@ def test_profile_summary_counts_device_time_by_kind(tmp_path):
   assert s["span_us"] == 93 and s["busy_us"] == 82
   assert s["kinds"] == {"conv/gemm library": 44, "xla fusion": 35, "copy/memset": 1, "other": 2}
   assert s["fusions"] == {"input_transpose_fusion": 15, "input_reduce_fusion": 20}
+  assert s["library"] == {"forward": 40, "gemm": 4}
+  assert [ps.library_role(n) for n in ("sm90_xmma_wgrad_indexed_implicit_gemm_f32",
+                                       "sm90_xmma_dgrad_implicit_gemm", "cutlass_fprop_tf32",
+                                       "void gemv2T_kernel_val", "nhwcAddPaddingKernel")] == [
+      "weight gradient", "input gradient", "forward", "gemm", "other"]
   assert "53.7%  conv/gemm library" in ps.report({name: s})
+  assert "library: forward 0.04 ms, gemm 0.00 ms" in ps.report({name: s})
   table = {"cols": [{"id": "hlo_op_name"}, {"id": "tf_op_name"}, {"id": "total_self_time"}],
            "rows": [{"c": [{"v": "a"}, None, {"v": 5.0}]},
                     {"c": [{"v": "cudnn-conv.9"}, {"v": "jit(step)/refine2/up/conv"},
