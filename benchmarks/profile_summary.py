@@ -21,6 +21,12 @@ only (`bench --profile_steps 1`, as gpu_session.sh takes them). Needs TensorFlow
 protobufs beside xprof (this project's environment: `pip install xprof`). Where two custom
 calls share a gap, the kernels go to the first (the count of such gaps is printed).
 
+  python benchmarks/profile_summary.py --compare PROFILE_A PROFILE_B [--depth D] [--top N]
+
+prints, for two one-step profiles of the same model (a baseline and a change), the device time of
+each (layer path cut to its first D parts, default 3, pass) group in both and the difference,
+the N (default 40) largest first, then the totals: BUILD.md's per-layer comparisons.
+
   python benchmarks/profile_summary.py --cudnn_convs XLA_DUMP_DIR
 
 prints instead which cuDNN call XLA made of each convolution (forward, backward-input or
@@ -247,6 +253,42 @@ _CUDNN_TARGET = re.compile(r'custom_call_target="__cudnn\$(\w+)"')
 _SHAPE = re.compile(r"\b([a-z]+\d*\[[\d,]*\])")
 
 
+def layer_times(spent, rows, depth):
+  """{(layer path cut to its first `depth` parts, pass): ms} from `attribute`'s result."""
+  times = collections.Counter()
+  for i, us in spent.items():
+    if i is None:
+      key = ("(unattributed)", "")
+    else:
+      path, direction, _ = layer_key(rows[i])
+      key = ("/".join([p for p in path.split("/") if p][:depth]) or "(unnamed)", direction)
+    times[key] += us / 1000
+  return times
+
+
+def report_compare(a, b, n):
+  """The `n` (layer, pass) groups with the most time in either of `layer_times` results a and
+  b: ms in each and b - a; then the totals."""
+  keys = sorted(set(a) | set(b), key=lambda k: (-max(a[k], b[k]), k))
+  lines = [f"{'layer':58s} {'pass':8s} {'A ms':>7s} {'B ms':>7s} {'B-A':>7s}"]
+  for k in keys[:n]:
+    lines.append(f"{k[0][:58]:58s} {k[1]:8s} {a[k]:7.2f} {b[k]:7.2f} {b[k] - a[k]:+7.2f}")
+  ta, tb = sum(a.values()), sum(b.values())
+  lines.append(f"{'all':58s} {'':8s} {ta:7.2f} {tb:7.2f} {tb - ta:+7.2f}")
+  return "\n".join(lines)
+
+
+def _profile_layer_times(path, depth):
+  files = [path] if os.path.isfile(path) else sorted(
+      glob.glob(os.path.join(path, "**", "*.xplane.pb"), recursive=True))
+  if len(files) != 1:
+    sys.exit(f"error: --compare needs one .xplane.pb in {path}, found {len(files)}")
+  events = trace_events(files[0])
+  rows = hlo_schedule(files[0])
+  kernels = [k for ks in device_streams(events).values() for k in ks]
+  return layer_times(attribute(kernels, rows)[0], rows, depth)
+
+
 def cudnn_convs(hlo_text):
   """{(target, result shape, operand shapes, window, dim_labels): count} of the cuDNN
   convolution custom-calls in optimized HLO text (layouts and names left out)."""
@@ -281,6 +323,19 @@ def main(args):
       with open(f) as fh:
         found.update(cudnn_convs(fh.read()))
     print(report_cudnn_convs(found))
+    return
+  if args[:1] == ["--compare"]:
+    options = {"--depth": 3, "--top": 40}
+    rest = args[1:]
+    for name in options:
+      if name in rest:
+        i = rest.index(name)
+        options[name], rest = int(rest[i + 1]), rest[:i] + rest[i + 2:]
+    if len(rest) != 2:
+      sys.exit(__doc__)
+    a, b = (_profile_layer_times(p, options["--depth"]) for p in rest)
+    print(f"A: {rest[0]}\nB: {rest[1]}")
+    print(report_compare(a, b, options["--top"]))
     return
   ops = layers = 0
   if "--ops" in args:

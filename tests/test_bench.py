@@ -48,8 +48,8 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert json.loads(out.read_text()) == result
   assert result["backend"] == "jax" and result["device"].startswith("cpu")
   assert result["batch_size"] == 3 and result["steps"] == 2 and result["xla"]
-  assert (result["upsample_conv"], result["batch_norm"], result["conv"]) == (
-      "reference", "keras", "cudnn")  # defaults
+  assert (result["upsample_conv"], result["batch_norm"], result["sdm_convs"],
+          result["fuse_gate"]) == ("reference", "keras", "merged", "reduce")  # defaults
   assert 0 < result["ms_per_step_min"] <= result["ms_per_step_median"] <= result["ms_per_step_max"]
   assert result["images_per_s"] == pytest.approx(3000 / result["ms_per_step_median"], rel=1e-2)
   assert set(result["parts_ms"]) == {"text_encoder", "mtwig", "refine1", "discriminators",
@@ -328,10 +328,10 @@ def test_h100_script_commands_parse(tmp_path):
 def test_gpu_session_script_commands_parse(tmp_path):
   """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
   command's flags parse and build a valid model, each precision has the reference step beside
-  --batch_norm=fused, --conv=gemm and both (groups 5, 6, 11, 12), and the HLO-dump group runs 3
-  steps."""
+  --batch_norm=fused (groups 5, 6) and beside --sdm_convs=separate --fuse_gate=conv (groups 14,
+  15: the layers as written against the defaults), and the HLO-dump group runs 3 steps."""
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable,
-             RUN_GROUPS="1 2 3 4 5 6 7 10 11 12")
+             RUN_GROUPS="1 2 3 4 5 6 7 10 14 15")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
@@ -340,8 +340,9 @@ def test_gpu_session_script_commands_parse(tmp_path):
   for precision in ("float32", "mixed_bfloat16"):
     plain = [l for l in lines if l["precision"] == precision and "cub.cfg" in l["command"]
              and l["upsample_conv"] == "reference" and not l["xla_flags"] and not l["parts"]]
-    assert {(l["batch_norm"], l["conv"]) for l in plain} == {
-        ("keras", "cudnn"), ("fused", "cudnn"), ("keras", "gemm"), ("fused", "gemm")}, plain
+    assert {(l["batch_norm"], l["sdm_convs"], l["fuse_gate"]) for l in plain} == {
+        ("keras", "merged", "reduce"), ("fused", "merged", "reduce"),
+        ("keras", "separate", "conv")}, plain
   dump = [l for l in lines if (l["xla_flags"] or "").startswith("--xla_dump_to=")]
   assert len(dump) == 1 and dump[0]["steps"] == 3 and dump[0]["upsample_conv"] == "fused"
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
@@ -537,3 +538,12 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
   assert "forward  cudnn convForward" in lines[2] and "refine1/res*/conv1" in lines[2]
   with pytest.raises(ValueError, match="no HLO module"):
     ps.hlo_schedule(str(path), module_prefix="jit_nothing")
+  # --compare: the same step's layers at depth 2 (heads and blocks folded), a baseline beside it
+  times = ps.layer_times(spent, rows, 2)
+  assert times == {("generator/refine2", "forward"): 0.005, ("generator/refine2", "backward"): 0.032,
+                   ("generator/refine1", "forward"): 0.019, ("generator/up", "forward"): 0.003}
+  base = ps.layer_times({0: 5, 1: 40, 5: 3}, rows, 2)
+  lines = ps.report_compare(base, times, 2).splitlines()
+  assert lines[1].split()[:5] == ["generator/refine2", "backward", "0.04", "0.03", "-0.01"]
+  assert lines[2].split()[:5] == ["generator/refine1", "forward", "0.00", "0.02", "+0.02"]
+  assert lines[-1].split() == ["all", "0.05", "0.06", "+0.01"]
