@@ -827,7 +827,8 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       # Implementation choices (same function, different kernels), always said.
       "upsample_conv": FLAGS.upsample_conv,
       "batch_norm": FLAGS.batch_norm,
-      "conv": FLAGS.conv,
+      "sdm_convs": FLAGS.sdm_convs,
+      "fuse_gate": FLAGS.fuse_gate,
   } | _jax_version(backend)
 
 
@@ -935,7 +936,7 @@ def dry_run():
     out["config"] = {"initial_stage": cfg.initial_stage, "refinement": cfg.refinement,
                      "num_stages": cfg.num_stages, "channels": cfg.channels}
     out["upsample_conv"], out["batch_norm"] = FLAGS.upsample_conv, FLAGS.batch_norm
-    out["conv"] = FLAGS.conv
+    out["sdm_convs"], out["fuse_gate"] = FLAGS.sdm_convs, FLAGS.fuse_gate
   return out
 
 

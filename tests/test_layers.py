@@ -263,98 +263,123 @@ def test_batch_norm_mode_keeps_keras_where_it_must():
     blocks.set_batch_norm_mode("cudnn")
 
 
-def _conv_value_and_grads(layer, x, weights, mode):
-  """A `blocks.Conv2D` call in conv mode `mode`: output and the gradients of a weighted sum
-  w.r.t. input, kernel and (where the layer has one) bias, as float32 numpy arrays."""
+def _mode_value_and_grads(layer, inputs, weights, name, mode):
+  """`layer(*inputs)` with implementation `name` set to `mode`: its output and the gradients of
+  sum(output * weights) w.r.t. the float inputs and every trainable weight, as float32 numpy."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
-  before = blocks.implementation("conv")
-  blocks.set_implementation("conv", mode)
-  x = ops.convert_to_tensor(x)
-  params = [layer.kernel] + ([layer.bias] if layer.use_bias else [])
+  before = blocks.implementation(name)
+  blocks.set_implementation(name, mode)
+  inputs = [ops.convert_to_tensor(x) for x in inputs]
+  wrt = [i for i, x in enumerate(inputs) if "float" in str(x.dtype)]
+  params = list(layer.trainable_weights)
   try:
     if keras.backend.backend() == "tensorflow":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)
+        tape.watch([inputs[i] for i in wrt])
+        y = layer(*inputs)
         loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
-      grads = tape.gradient(loss, [x] + [p.value for p in params])
+      grads = tape.gradient(loss, [inputs[i] for i in wrt] + [p.value for p in params])
     else:
       import jax  # pylint: disable=g-import-not-at-top
 
-      def loss(xx, *values):
+      def loss(xs, values):
+        full = list(inputs)
+        for i, x in zip(wrt, xs):
+          full[i] = x
         with keras.StatelessScope(list(zip(params, values))):
-          y = layer(xx)
+          y = layer(*full)
         return ops.sum(ops.cast(y, "float32") * weights), y
-      (_, y), grads = jax.value_and_grad(loss, argnums=tuple(range(1 + len(params))),
-                                         has_aux=True)(x, *[p.value for p in params])
+      (_, y), (gx, gp) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+          [inputs[i] for i in wrt], [p.value for p in params])
+      grads = list(gx) + list(gp)
     return [np.asarray(ops.cast(v, "float32")) for v in (y, *grads)]
   finally:
-    blocks.set_implementation("conv", before)
+    blocks.set_implementation(name, before)
 
 
-def _kernel_grad_float64(x, weights, kernel_shape):
-  """d/dkernel of sum(conv_same(x, K) * weights), by its definition, in float64."""
-  kh, kw = kernel_shape[:2]
-  h, w = x.shape[1:3]
-  xp = np.pad(x.astype(np.float64), ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-  return np.stack([np.stack([np.einsum("bhwi,bhwo->io", xp[:, i:i + h, j:j + w], weights)
-                             for j in range(kw)]) for i in range(kh)])
+def _rel_rms(x, y):
+  return float(np.sqrt(np.mean((x - y) ** 2) / np.mean(y ** 2)))
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
-  """--conv=gemm against ops.conv and its autodiff (--conv=cudnn), for the generator's kinds of
-  convolution: 3x3 without bias (UpBlock, ResBlock), 3x3 with bias and ReLU and a 5x5 (SDM), a
-  3x5, 1x1 'valid' to one channel with bias (fuse gates): output, d/dx, d/dkernel, d/dbias; 3
-  seeds, each case on its gemm path, and the kernel gradient against its float64 definition.
-  Largest relative RMS difference measured over 20 seeds (AMD EPYC, TensorFlow / JAX): float32
-  output 9.0e-8 / 0, d/dx 0 / 0, d/dkernel 5.1e-7 / 6.1e-7, d/dbias 0 / 0, d/dkernel against
-  float64 5.1e-7 / 5.1e-7 (the autodiff's: 5.0e-7 / 2.7e-7); mixed_bfloat16 all 0 (both
-  accumulate in float32 and round once to bf16 on this CPU; the bound leaves a GPU's different
-  rounding room). A tap order transposed (i, j) puts d/dkernel 117% off, an unflipped kernel d/dx
-  129%. The measurement: MSMT_LAYER_SEEDS=20 MSMT_LAYER_REPORT=FILE KERAS_BACKEND=... pytest -k
-  conv_gemm_equals (the largest difference of each quantity, one JSON line per precision)."""
+def test_merged_sdm_convs_and_reduced_fuse_gate_equal_the_literal_layers(policy, monkeypatch):
+  """--sdm_convs=merged (an SDM head's three query convs as one, phi_K and phi_V as one) and
+  --fuse_gate=reduce (the scalar gate's logits as channel sums, no concatenation), the defaults,
+  against the Keras layers as written (separate convs; a 1x1 conv of the concatenation): output
+  and the gradient w.r.t. every float input and trainable weight, SDM in its 'split' and
+  'concat' key modes (3 seeds; each case on its new path).
+  float32: relative RMS difference < 2e-5; measured over 60 seeds (AMD EPYC, TensorFlow / JAX):
+  SDM outputs 0 / 0, gradients 3.8e-6 / 1.8e-6; fuse outputs 7.4e-8 / 4.7e-8, gradients
+  1.7e-6 / 8.5e-7.
+  mixed_bfloat16: each implementation rounds differently, and a bias gradient summed from many
+  cancelling terms can be 40% off float32 in either (28% between the two); so each is compared
+  with the same layer in float32, and the new path's error (output; median over the gradients)
+  may be at most 1.5x the literal one's; measured at most: SDM outputs 1.0 / 1.0 (equal),
+  gradients 1.02 / 1.0; fuse outputs 1.0 / 1.06, gradients 0.97 / 0.99.
+  Mutations: a merged kernel's outputs split in the wrong order fails the SDM's reshape; a gate
+  with a's and b's halves swapped puts the fusion 71% off. The measurement:
+  MSMT_LAYER_SEEDS=60 MSMT_LAYER_REPORT=FILE KERAS_BACKEND=... pytest -k merged_sdm_convs."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
+  from msmt_tf.layers import fuse  # pylint: disable=g-import-not-at-top
   calls = []
-  for hook in ("conv_gemm_kernel_grad", "conv1x1_matmul"):
-    monkeypatch.setattr(blocks, hook, lambda *a, f=getattr(blocks, hook), h=hook:
-                        calls.append(h) or f(*a))
-  bound = 2e-5 if policy == "float32" else 2e-2
+  monkeypatch.setattr(blocks, "merged_conv",
+                      lambda *a, f=blocks.merged_conv: calls.append("merged_conv") or f(*a))
+  monkeypatch.setattr(fuse, "scalar_gate_logits", lambda *a, f=fuse.scalar_gate_logits:
+                      calls.append("scalar_gate_logits") or f(*a))
   seeds = int(os.environ.get("MSMT_LAYER_SEEDS", "3"))
   largest = {}
   keras.mixed_precision.set_global_policy(policy)
   try:
     for seed in range(seeds):
       rng = np.random.default_rng(seed)
-      for filters, size, bias, act, c_in in ((8, 3, False, None, 6), (6, 3, True, "relu", 5),
-                                             (4, 5, True, None, 3), (5, (3, 5), False, None, 4),
-                                             (1, 1, True, None, 8)):
-        shape = (3, 7, 6, c_in)
-        layer = blocks.Conv2D(filters, size, use_bias=bias, activation=act,  # a 1x1 as the
-                              padding="valid" if size == 1 else "same",    # fuse gates: 'valid'
-                              kernel_initializer="orthogonal")
-        layer.build(shape)
-        if bias:
-          layer.bias.assign(0.3 * rng.standard_normal(filters))
-        x = rng.standard_normal(shape).astype("float32")
-        xin = ops.cast(x, "bfloat16") if policy != "float32" else x
-        weights = rng.standard_normal(shape[:3] + (filters,)).astype("float32")
-        got = _conv_value_and_grads(layer, xin, weights, "gemm")
-        want = _conv_value_and_grads(layer, xin, weights, "cudnn")
-        names = ("output", "d/dx", "d/dkernel", "d/dbias")
-        for name, a, b in zip(names, got, want):
-          assert a.shape == b.shape, name
-          rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))
-          largest[name] = max(largest.get(name, 0.0), float(rel))
-          assert rel < bound, (policy, seed, filters, size, name, rel)
-        if policy == "float32" and act is None:
-          ref = _kernel_grad_float64(x, weights, layer.kernel.shape)
-          for name, g in (("d/dkernel vs float64", got[2]), ("autodiff vs float64", want[2])):
-            rel = np.sqrt(np.mean((g - ref) ** 2) / np.mean(ref ** 2))
-            largest[name] = max(largest.get(name, 0.0), float(rel))
-          assert largest["d/dkernel vs float64"] < 1e-5, (seed, size, largest)
-    assert calls == seeds * (["conv_gemm_kernel_grad"] * 4 + ["conv1x1_matmul"])  # every case
+      b, length, size, nr = 2, 4, 8, 4
+      words = rng.standard_normal((b, length, 7)).astype("float32")
+      mask = word_mask([length, 2], length)
+      r = rng.standard_normal((b, size, size, nr)).astype("float32")
+      u = rng.standard_normal((b, size, size, nr)).astype("float32")
+      cases = []
+      for key_mode in ("split", "concat"):
+        make = lambda k=key_mode: L.SpatialDynamicMemory(grid=2, memory_dim=6, channels=nr,
+                                                         key_mode=k, detach_grid=False)
+        cases.append((f"sdm {key_mode}", make, [words, mask, r, u], "sdm_convs", "merged",
+                      "separate"))
+      cases.append(("fuse", L.GatedFusion, [r, u], "fuse_gate", "reduce", "conv"))
+      for case, make, inputs, name, mode, literal in cases:
+        layer = make()
+        keras.mixed_precision.set_global_policy("float32")
+        exact = make()  # the same weights in float32: the rounding-free answer
+        exact(*inputs)  # built (its sublayers made) under float32
+        keras.mixed_precision.set_global_policy(policy)
+        layer(*inputs)
+        layer.set_weights([0.5 * rng.standard_normal(w.shape) for w in layer.get_weights()])
+        exact.set_weights(layer.get_weights())
+        weights = rng.standard_normal((b, size, size, nr)).astype("float32")
+        del calls[:]  # (building the layers went through the default paths)
+        got = _mode_value_and_grads(layer, inputs, weights, name, mode)
+        assert calls == ({"sdm_convs": ["merged_conv"] * 2,
+                          "fuse_gate": ["scalar_gate_logits"]}[name]), (case, calls)
+        want = _mode_value_and_grads(layer, inputs, weights, name, literal)
+        truth = _mode_value_and_grads(exact, inputs, weights, name, literal)
+        assert len(calls) == 1 + (name == "sdm_convs"), (case, calls)  # none on the literal path
+        assert len(got) == len(want) == len(truth) > 3
+        for i, (x, y) in enumerate(zip(got, want)):
+          assert x.shape == y.shape == truth[i].shape, (case, i)
+          what = f"{case} {'output' if i == 0 else 'gradients'}"
+          rel = _rel_rms(x, y)
+          largest[what] = max(largest.get(what, 0.0), rel)
+          if policy == "float32":
+            assert rel < 2e-5, (seed, case, i, rel)
+        if policy != "float32":
+          # bf16 rounds each implementation differently, and a gradient summed from many
+          # cancelling terms (a bias's) can be 10-40% off float32 in either: the output, and the
+          # median over the gradients, no farther from float32 than the literal layers'
+          errs = [(_rel_rms(a, t), _rel_rms(d, t)) for a, d, t in zip(got, want, truth)]
+          for what, pairs in (("output", errs[:1]), ("gradients", errs[1:])):
+            ratio = float(np.median([e / max(e_default, 1e-6) for e, e_default in pairs]))
+            key = f"{case} {what}: bf16 error / literal's"
+            largest[key] = max(largest.get(key, 0.0), ratio)
+            assert ratio <= 1.5, (seed, case, what, pairs)
     if os.environ.get("MSMT_LAYER_REPORT"):  # the measurement behind the docstring
       with open(os.environ["MSMT_LAYER_REPORT"], "a") as f:
         f.write(json.dumps(dict(backend=keras.backend.backend(), policy=policy, seeds=seeds,
@@ -363,41 +388,46 @@ def test_conv_gemm_equals_conv_autodiff(policy, monkeypatch):
     keras.mixed_precision.set_global_policy("float32")
 
 
-def test_conv_mode_keeps_keras_where_it_must(monkeypatch):
-  """--conv=gemm takes the tap-by-tap kernel gradient for stride-1 'same' convolutions of odd
-  kernel sizes only: a strided, 'valid', dilated or even-sized one is Keras's own op (same
-  output as the cudnn mode); a fuse gate's 1x1 'valid' one is a matrix product; an unknown
-  mode is refused."""
+def test_merged_conv_refuses_what_it_cannot_merge(monkeypatch):
+  """blocks.merged_conv names the layer that differs; a per-channel fuse gate keeps its
+  convolution under --fuse_gate=reduce; an unknown mode is refused."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
+  from msmt_tf.layers import fuse  # pylint: disable=g-import-not-at-top
+  x = ops.convert_to_tensor(rand(2, 6, 6, 3))
+  convs = [blocks.Conv2D(4, 3, padding="same", name="three"),
+           blocks.Conv2D(2, 5, padding="same", name="five")]
+  for conv in convs:
+    conv.build(x.shape)
+  with pytest.raises(ValueError, match="five and three differ"):
+    blocks.merged_conv(convs, x)
+  with pytest.raises(ValueError, match="grouped"):
+    grouped = blocks.Conv2D(3, 3, padding="same", groups=3, name="grouped")
+    grouped.build(x.shape)
+    blocks.merged_conv([grouped, grouped], x)
+  with pytest.raises(ValueError, match="unbuilt is not built"):
+    blocks.merged_conv([convs[0], blocks.Conv2D(4, 3, padding="same", name="unbuilt")], x)
+  # Two that agree: the merged outputs are the layers' own.
+  same = [convs[0], blocks.Conv2D(2, 3, padding="same", activation="relu")]
+  same[1].build(x.shape)
+  for got, conv in zip(blocks.merged_conv(same, x), same):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(conv(x)), rtol=1e-5, atol=1e-6)
   calls = []
-  original = blocks.conv_gemm_kernel_grad
-  monkeypatch.setattr(blocks, "conv_gemm_kernel_grad", lambda *a: calls.append(1) or original(*a))
-  matmuls = []
-  monkeypatch.setattr(blocks, "conv1x1_matmul",
-                      lambda *a, f=blocks.conv1x1_matmul: matmuls.append(1) or f(*a))
-  monkeypatch.setitem(blocks._chosen, "conv", "gemm")  # pylint: disable=protected-access
-  fusion = L.GatedFusion()  # its gate: 1x1, Keras's default 'valid' padding
-  fusion(ops.convert_to_tensor(rand(2, 4, 4, 3)), ops.convert_to_tensor(rand(2, 4, 4, 3)))
-  assert matmuls == [1] and not calls
-  x = ops.convert_to_tensor(rand(2, 8, 8, 4))
-  cases = [dict(kernel_size=3, padding="same"), dict(kernel_size=3, strides=2, padding="same"),
-           dict(kernel_size=3, padding="valid"), dict(kernel_size=3, dilation_rate=2,
-                                                      padding="same"),
-           dict(kernel_size=2, padding="same")]
-  for i, kwargs in enumerate(cases):
-    layer = blocks.Conv2D(5, **kwargs)
-    layer.build(x.shape)
-    outs = []
-    for mode in ("cudnn", "gemm"):
-      monkeypatch.setitem(blocks._chosen, "conv", mode)  # pylint: disable=protected-access
-      outs.append(np.asarray(layer(x)))
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    assert len(calls) == 1, (i, kwargs)  # only the first case
-  with pytest.raises(ValueError, match="conv must be one of"):
-    blocks.set_implementation("conv", "fused")
+  monkeypatch.setattr(fuse, "scalar_gate_logits", lambda *a: calls.append(1))
+  monkeypatch.setitem(blocks._chosen, "fuse_gate", "reduce")  # pylint: disable=protected-access
+  L.GatedFusion(per_channel=True)(x, x)
+  assert not calls
+  with pytest.raises(ValueError, match="sdm_convs must be one of"):
+    blocks.set_implementation("sdm_convs", "gemm")
 
 
-def test_gated_fusion_formula(tmp_path):
+@pytest.mark.parametrize("gate_mode", ["conv", "reduce"])
+def test_gated_fusion_formula(tmp_path, gate_mode, monkeypatch):
+  from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
+  from msmt_tf.layers import fuse as fuse_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(blocks._chosen, "fuse_gate", gate_mode)  # pylint: disable=protected-access
+  calls = []
+  monkeypatch.setattr(fuse_lib, "scalar_gate_logits", lambda *a, f=fuse_lib.scalar_gate_logits:
+                      calls.append(per_channel) or f(*a))
   a, b = rand(2, 5, 5, 4), rand(2, 5, 5, 4)
   for per_channel in (False, True):
     fuse = L.GatedFusion(per_channel, name=f"fuse{int(per_channel)}")
@@ -407,6 +437,8 @@ def test_gated_fusion_formula(tmp_path):
     g = 1 / (1 + np.exp(-(np.concatenate([a, b], -1) @ kernel + bias)))
     np.testing.assert_allclose(out, a * g + b * (1 - g), rtol=1e-5, atol=1e-6)
     assert kernel.shape == ((8, 4) if per_channel else (8, 1))
+  # the channel sums for the scalar gate only, in the reduce mode only
+  assert bool(calls) == (gate_mode == "reduce") and not any(calls)
 
 
 def test_conditioning_augmentation(tmp_path):
@@ -496,10 +528,13 @@ def test_cell_reshapes_are_inverse_and_follow_eq12():
   np.testing.assert_allclose(want[0, 1, 0], x[0, 4:8, 0:4].reshape(-1, 3).mean(0), atol=1e-6)
 
 
+@pytest.mark.parametrize("sdm_convs", ["separate", "merged"])
 @pytest.mark.parametrize("size,grid,length,key_mode", [
     (8, 2, 4, "split"), (8, 4, 3, "split"), (12, 3, 5, "split"), (8, 2, 4, "concat"),
     (8, 2, 3, "project")])
-def test_sdm_matches_literal_equations(size, grid, length, key_mode):
+def test_sdm_matches_literal_equations(size, grid, length, key_mode, sdm_convs, monkeypatch):
+  from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(blocks._chosen, "sdm_convs", sdm_convs)  # pylint: disable=protected-access
   b, nr = 2, 4
   layer = L.SpatialDynamicMemory(grid=grid, memory_dim=6, channels=nr, key_mode=key_mode)
   words = rand(b, length, 7)

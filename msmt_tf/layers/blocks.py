@@ -5,14 +5,16 @@ norms use PyTorch's defaults (momentum 0.1 -> Keras 0.9, epsilon 1e-5, gamma ~ N
 DM-GAN's `weights_init`.
 """
 
+import itertools
+
 import keras
 from keras import ops
 
 __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "count_parameters",
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
-           "one_pass_moments", "set_implementation", "implementation", "CONV_MODES", "Conv2D",
-           "conv_gemm_kernel_grad", "conv1x1_matmul"]
+           "one_pass_moments", "set_implementation", "implementation", "SDM_CONVS_MODES",
+           "FUSE_GATE_MODES", "Conv2D", "merged_conv"]
 
 _PKG = "msmt_tf"
 
@@ -181,77 +183,64 @@ def apply_batch_norm(layer, x, training=None):
       layer.epsilon, layer.compute_dtype)
 
 
-# How the generator's stride-1 convolutions (`Conv2D` below: conv3x3, the SDM's convs, the fuse
-# gates) are differentiated and, for 1x1 kernels, computed; the same function of the same
-# variables, rounded differently:
-#   "cudnn" (default): `ops.conv` and its autodiff (XLA: cuDNN forward, backward-input and
-#     backward-filter calls).
-#   "gemm": a kernel larger than 1x1 keeps the forward and input-gradient convolutions, but its
-#     kernel gradient is one matrix product per tap over every position (`conv_gemm_kernel_grad`)
-#     instead of cuDNN's backward-filter call, which the H100 profile of the CUB step shows at
-#     12-127 TFLOP/s for these thin (48-768 channel) layers, about a quarter of the step's
-#     device time (BUILD.md Performance); a 1x1 kernel is a matrix product over the channels
-#     (cuDNN handles the fuse gates' single output channel poorly).
-CONV_MODES = ("cudnn", "gemm")
-_MODES["conv"] = CONV_MODES
+# How each SDM head computes its convolutions that read the same input: its three query convs
+# (phi_Q_global, phi_Q_grid, phi_Q_pixel, all on the query source U) and its key and value convs
+# (phi_K, phi_V, both on the memory m); the same function of the same variables, rounded
+# differently:
+#   "merged" (default): the kernels (and biases) concatenated along the output channels, one
+#     convolution per input (`merged_conv`), its output split: one cuDNN call of 3 x 48 (or
+#     304 + 48) channels instead of three (two) thin ones, whose kernel gradients ran at 12-36
+#     TFLOP/s in the H100 profile of the CUB step. There it took the SDM layers from 21.5 to
+#     17.8 ms of device time (float32; BUILD.md, "H100, fourth and fifth sittings").
+#   "separate": one Keras convolution per layer, as the layers are written.
+SDM_CONVS_MODES = ("merged", "separate")
+_MODES["sdm_convs"] = SDM_CONVS_MODES
 
-
-def conv_gemm_kernel_grad(x, kernel):
-  """`ops.conv(x, kernel, strides=1, padding="same")` (channels last, odd kernel sizes) whose
-  gradient w.r.t. `kernel` is computed tap by tap: dK[i, j] = sum over (b, h, w) of
-  x_padded[b, h + i, w + j, :]^T dy[b, h, w, :], one [C_in, C_out] matrix product each (a
-  contraction over B*H*W), and w.r.t. `x` as the convolution of dy with the flipped,
-  transposed kernel (the transposed convolution, written out)."""
-  kh, kw = kernel.shape[0], kernel.shape[1]
-  if kh % 2 == 0 or kw % 2 == 0:
-    raise ValueError(f"conv_gemm_kernel_grad needs odd kernel sizes, got {kh}x{kw}")
-  pads = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
-
-  @ops.custom_gradient
-  def conv(x, kernel):
-    y = ops.conv(x, kernel, strides=1, padding="same")
-
-    def grad(*args, upstream=None):
-      if upstream is None:
-        (upstream,) = args
-      g = ops.cast(upstream, y.dtype)
-      flipped = ops.transpose(ops.flip(kernel, axis=(0, 1)), (0, 1, 3, 2))
-      dx = ops.conv(g, flipped, strides=1, padding="same")
-      h, w = x.shape[1], x.shape[2]
-      xp = ops.pad(x, pads)
-      taps = [ops.tensordot(xp[:, i:i + h, j:j + w, :], g, axes=([0, 1, 2], [0, 1, 2]))
-              for i in range(kh) for j in range(kw)]
-      dk = ops.reshape(ops.stack(taps), kernel.shape)
-      return ops.cast(dx, x.dtype), ops.cast(dk, kernel.dtype)
-    return y, grad
-
-  return conv(x, kernel)
-
-
-def conv1x1_matmul(x, kernel):
-  """A 1x1 stride-1 convolution (`kernel` `[1, 1, C_in, C_out]`) as a matrix product over the
-  channels."""
-  return ops.matmul(x, kernel[0, 0])
+# How `GatedFusion`'s scalar gate (a 1x1 convolution of concat(a, b) to one channel) computes its
+# logits; the same function of the same variables, rounded differently:
+#   "reduce" (default): sum over channels of a * P_a and b * P_b, accumulated in float32
+#     (`fuse.scalar_gate_logits`; P as the layer reads it, bf16 under mixed precision), which XLA fuses with the gating that follows: no
+#     concatenation, no cuDNN call for one output channel. The fuse layers: 6.8 -> 5.9 ms of the
+#     float32 CUB step on the H100 (faster forward, slower backward; BUILD.md).
+#   "conv": the concatenation, then the 1x1 convolution, as the layer is written.
+#   A per-channel gate (--fuse_per_channel) is always the convolution.
+FUSE_GATE_MODES = ("reduce", "conv")
+_MODES["fuse_gate"] = FUSE_GATE_MODES
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class Conv2D(keras.layers.Conv2D):
-  """`keras.layers.Conv2D` (same variables, config and function) that computes the way
-  `set_implementation("conv", ...)` selected when it is a stride-1, undilated, ungrouped
-  convolution of known spatial size, channels last, 1x1 or 'same' with odd kernel sizes (the
-  generator's); any other uses Keras's own op."""
+  """`keras.layers.Conv2D`, the class of the generator's convolutions (conv3x3, the SDM's, the
+  fuse gates). It adds nothing today; `.keras` files saved since it was introduced name it
+  (`msmt_tf>Conv2D`), so it stays registered."""
 
-  def convolution_op(self, inputs, kernel):
-    if (implementation("conv") == "gemm" and tuple(self.strides) == (1, 1)
-        and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
-        and self.data_format == "channels_last" and None not in tuple(inputs.shape[1:])):
-      kh, kw = kernel.shape[:2]
-      if (kh, kw) == (1, 1):  # 'same' and 'valid' agree
-        return conv1x1_matmul(inputs, ops.cast(kernel, self.compute_dtype))
-      if self.padding == "same" and kh % 2 and kw % 2:
-        # a tensor (not the variable) for TensorFlow's custom_gradient
-        return conv_gemm_kernel_grad(inputs, ops.cast(kernel, self.compute_dtype))
-    return super().convolution_op(inputs, kernel)
+
+def merged_conv(convs, x):
+  """`[conv(x) for conv in convs]` as one convolution: the built `keras.layers.Conv2D` layers
+  `convs` (same kernel size, strides, padding, dilation and bias use; ungrouped; channels last)
+  with their kernels and biases concatenated along the output channels, each output then given
+  its layer's activation. Computes in the first layer's compute dtype, as its call would."""
+  first = convs[0]
+  for conv in convs:
+    if not conv.built:
+      raise ValueError(f"merged_conv: {conv.name} is not built")
+    if conv.groups != 1 or conv.data_format != "channels_last":
+      raise ValueError(f"merged_conv needs ungrouped channels_last convolutions, {conv.name} "
+                       f"has groups={conv.groups}, {conv.data_format}")
+    if (conv.kernel_size, conv.strides, conv.padding, conv.dilation_rate, conv.use_bias,
+        conv.compute_dtype) != (first.kernel_size, first.strides, first.padding,
+                                first.dilation_rate, first.use_bias, first.compute_dtype):
+      raise ValueError(f"merged_conv: {conv.name} and {first.name} differ in kernel size, "
+                       "strides, padding, dilation, bias or compute dtype")
+  dtype = first.compute_dtype
+  kernel = ops.concatenate([ops.cast(c.kernel, dtype) for c in convs], axis=-1)
+  y = ops.conv(ops.cast(x, dtype), kernel, strides=first.strides, padding=first.padding,
+               dilation_rate=first.dilation_rate, data_format="channels_last")
+  if first.use_bias:
+    y = y + ops.concatenate([ops.cast(c.bias, dtype) for c in convs], axis=-1)
+  ends = list(itertools.accumulate(c.filters for c in convs))
+  outs = ops.split(y, ends[:-1], axis=-1)
+  return [c.activation(o) if c.activation is not None else o for c, o in zip(convs, outs)]
 
 
 def conv3x3(filters, use_bias=False, name=None):

@@ -5,7 +5,18 @@ from keras import ops
 
 from msmt_tf.layers import blocks
 
-__all__ = ["GatedFusion"]
+__all__ = ["GatedFusion", "scalar_gate_logits"]
+
+
+def scalar_gate_logits(a, b, kernel, bias):
+  """`conv1x1(concat(a, b), kernel) + bias` for a one-channel gate (`kernel` `[1, 1, 2C, 1]`) as
+  the per-pixel sums of a * P_a and b * P_b over the channels, accumulated in float32 from the
+  values given (blocks.FUSE_GATE_MODES 'reduce'): `[B, H, W, 1]` float32."""
+  kernel = ops.cast(kernel[0, 0, :, 0], "float32")
+  channels = a.shape[-1]
+  return (ops.sum(ops.cast(a, "float32") * kernel[:channels], axis=-1, keepdims=True)
+          + ops.sum(ops.cast(b, "float32") * kernel[channels:], axis=-1, keepdims=True)
+          + ops.cast(bias, "float32"))
 
 
 @keras.saving.register_keras_serializable(package="msmt_tf")
@@ -35,7 +46,11 @@ class GatedFusion(keras.layers.Layer):
     self.gate.build(tuple(a_shape[:-1]) + (2 * channels,))
 
   def call(self, a, b):
-    g = ops.sigmoid(self.gate(ops.concatenate([a, b], axis=-1)))
+    if blocks.implementation("fuse_gate") == "reduce" and not self.per_channel:
+      g = ops.cast(ops.sigmoid(scalar_gate_logits(a, b, self.gate.kernel, self.gate.bias)),
+                   a.dtype)
+    else:
+      g = ops.sigmoid(self.gate(ops.concatenate([a, b], axis=-1)))
     return a * g + b * (1.0 - g)
 
   def compute_output_shape(self, a_shape, b_shape=None):

@@ -151,12 +151,19 @@ class SpatialDynamicMemory(keras.layers.Layer):
     mc = self.grid_memory(c)[:, None]                                 # [B, 1, h, h, Nm]
     m = mw * gate + mc * (1.0 - gate)                                 # [B, L, h, h, Nm]
     m = ops.reshape(m, (-1, h, h, self.memory_dim))                   # words folded in batch
-    keys = ops.reshape(self.key(m), (-1, length, h, h, self.key.filters))
-    values = ops.reshape(self.value(m), (-1, length, h, h, nr))
+    queries = (self.q_global, self.q_grid, self.q_pixel)
+    if blocks.implementation("sdm_convs") == "merged":  # one convolution per input
+      keys, values = blocks.merged_conv([self.key, self.value], m)
+      q_maps = blocks.merged_conv(queries, query_source)
+    else:
+      keys, values = self.key(m), self.value(m)
+      q_maps = [conv(query_source) for conv in queries]
+    keys = ops.reshape(keys, (-1, length, h, h, self.key.filters))
+    values = ops.reshape(values, (-1, length, h, h, nr))
     # Queries (Eq. 9-12).
-    q_glob = ops.mean(self.q_global(query_source), axis=(1, 2))      # [B, Nr]
-    q_grid = grid_pool(self.q_grid(query_source), h)                  # [B, h, h, Nr]
-    q_pix = to_cells(self.q_pixel(query_source), h)                   # [B, h, h, p*p, Nr]
+    q_glob = ops.mean(q_maps[0], axis=(1, 2))                         # [B, Nr]
+    q_grid = grid_pool(q_maps[1], h)                                  # [B, h, h, Nr]
+    q_pix = to_cells(q_maps[2], h)                                    # [B, h, h, p*p, Nr]
     if self.key_mode == "concat":
       k_glob, k_grid, k_pix = ops.split(keys, 3, axis=-1)
       logits = (ops.einsum("blijc,bc->blij", k_glob, q_glob)[..., None]
