@@ -54,10 +54,15 @@ def test_raw_text_matches_python_generator(exported):
   want = generator(words, sentence, tokens != 0, z, eps, training=False)["images"]
   for img in want:
     np.testing.assert_allclose(got[f"stage_{img.shape[1]}"], img, atol=1e-5)
-  expected_u8 = np.clip(np.asarray(want[-1]) * 127.5 + 127.5, 0, 255).astype(np.uint8)
-  np.testing.assert_array_equal(got["images"], expected_u8)
+  scaled = np.clip(np.asarray(want[-1]) * 127.5 + 127.5, 0, 255)
+  expected_u8 = scaled.astype(np.uint8)  # truncated, as DM-GAN does
+  # The floats agree to 1e-5 (1.3e-3 on the 0-255 scale), so a value that close to an integer
+  # may truncate to its neighbour (CI: 1 pixel of 147,456); anywhere else the bytes are equal.
+  diff = got["images"].numpy().astype(int) - expected_u8
+  at_boundary = np.abs(scaled - np.round(scaled)) < 2e-3
+  assert np.all((diff == 0) | ((np.abs(diff) == 1) & at_boundary)), np.argwhere(diff)
   png = tf.io.decode_png(got["images_bytes"][0]).numpy()
-  np.testing.assert_array_equal(png, expected_u8[0])
+  np.testing.assert_array_equal(png, got["images"][0].numpy())  # the PNG holds those bytes
 
 
 def test_requests_run_in_chunks_up_to_the_limit(exported):
