@@ -540,7 +540,8 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
     ps.hlo_schedule(str(path), module_prefix="jit_nothing")
   # --compare: the same step's layers at depth 2 (heads and blocks folded), a baseline beside it
   times = ps.layer_times(spent, rows, 2)
-  assert times == {("generator/refine2", "forward"): 0.005, ("generator/refine2", "backward"): 0.032,
+  assert times == {("generator/refine2", "forward"): 0.005,
+                   ("generator/refine2", "backward"): 0.032,
                    ("generator/refine1", "forward"): 0.019, ("generator/up", "forward"): 0.003}
   base = ps.layer_times({0: 5, 1: 40, 5: 3}, rows, 2)
   lines = ps.report_compare(base, times, 2).splitlines()

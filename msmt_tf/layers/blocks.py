@@ -199,9 +199,10 @@ _MODES["sdm_convs"] = SDM_CONVS_MODES
 # How `GatedFusion`'s scalar gate (a 1x1 convolution of concat(a, b) to one channel) computes its
 # logits; the same function of the same variables, rounded differently:
 #   "reduce" (default): sum over channels of a * P_a and b * P_b, accumulated in float32
-#     (`fuse.scalar_gate_logits`; P as the layer reads it, bf16 under mixed precision), which XLA fuses with the gating that follows: no
-#     concatenation, no cuDNN call for one output channel. The fuse layers: 6.8 -> 5.9 ms of the
-#     float32 CUB step on the H100 (faster forward, slower backward; BUILD.md).
+#     (`fuse.scalar_gate_logits`; P as the layer reads it, bf16 under mixed precision), which
+#     XLA fuses with the gating that follows: no concatenation, no cuDNN call for one output
+#     channel. The fuse layers: 6.8 -> 5.9 ms of the float32 CUB step on the H100 (faster
+#     forward, slower backward; BUILD.md).
 #   "conv": the concatenation, then the 1x1 convolution, as the layer is written.
 #   A per-channel gate (--fuse_per_channel) is always the convolution.
 FUSE_GATE_MODES = ("reduce", "conv")
