@@ -824,12 +824,7 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       "words_num": words_num,
       "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
       "xla": jit,
-      # Implementation choices (same function, different kernels), always said.
-      "upsample_conv": FLAGS.upsample_conv,
-      "batch_norm": FLAGS.batch_norm,
-      "sdm_convs": FLAGS.sdm_convs,
-      "fuse_gate": FLAGS.fuse_gate,
-  } | _jax_version(backend)
+  } | config.implementation_flags() | _jax_version(backend)  # choices always said
 
 
 def _jax_version(backend):
@@ -935,8 +930,7 @@ def dry_run():
     cfg = config.model_config_from_flags()
     out["config"] = {"initial_stage": cfg.initial_stage, "refinement": cfg.refinement,
                      "num_stages": cfg.num_stages, "channels": cfg.channels}
-    out["upsample_conv"], out["batch_norm"] = FLAGS.upsample_conv, FLAGS.batch_norm
-    out["sdm_convs"], out["fuse_gate"] = FLAGS.sdm_convs, FLAGS.fuse_gate
+    out.update(config.implementation_flags())
   return out
 
 

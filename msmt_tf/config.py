@@ -182,12 +182,15 @@ def words_num_from_flags():
                                                   FLAGS.dataset).words_num_train
 
 
+def implementation_flags():
+  """{name: mode} of every implementation choice (blocks.implementation_names), from its flag."""
+  return {name: getattr(FLAGS, name) for name in blocks.implementation_names()}
+
+
 def model_config_from_flags(vocab_size=None):
-  # An implementation choice, not part of the model: applied here, where every command builds it.
-  blocks.set_upsample_conv(FLAGS.upsample_conv)
-  blocks.set_batch_norm_mode(FLAGS.batch_norm)
-  blocks.set_implementation("sdm_convs", FLAGS.sdm_convs)
-  blocks.set_implementation("fuse_gate", FLAGS.fuse_gate)
+  # Implementation choices, not part of the model: applied here, where every command builds it.
+  for name, mode in implementation_flags().items():
+    blocks.set_implementation(name, mode)
   vocab = vocab_size or resolve_vocab_size(FLAGS.data_dir, FLAGS.dataset, FLAGS.vocab_size)
   names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"]
   return ModelConfig(vocab_size=vocab, **{n: getattr(FLAGS, n) for n in names})

@@ -13,7 +13,8 @@ from keras import ops
 __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "count_parameters",
            "UPSAMPLE_CONV_MODES", "set_upsample_conv", "upsample_conv", "upsample_conv3x3",
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
-           "one_pass_moments", "set_implementation", "implementation", "SDM_CONVS_MODES",
+           "one_pass_moments", "set_implementation", "implementation", "implementation_names",
+           "SDM_CONVS_MODES",
            "FUSE_GATE_MODES", "Conv2D", "merged_conv"]
 
 _PKG = "msmt_tf"
@@ -43,6 +44,11 @@ def set_implementation(name, mode):
 
 def implementation(name):
   return _chosen.get(name, _MODES[name][0])
+
+
+def implementation_names():
+  """The implementation choices (each has a flag of the same name, msmt_tf/config.py)."""
+  return tuple(_MODES)
 
 
 def set_upsample_conv(mode):
