@@ -278,15 +278,26 @@ def report_compare(a, b, n):
   return "\n".join(lines)
 
 
-def _profile_layer_times(path, depth):
-  files = [path] if os.path.isfile(path) else sorted(
+def xplane_files(path):
+  """The .xplane.pb files under `path` (a profile directory), or `path` itself if a file."""
+  return [path] if os.path.isfile(path) else sorted(
       glob.glob(os.path.join(path, "**", "*.xplane.pb"), recursive=True))
-  if len(files) != 1:
-    sys.exit(f"error: --compare needs one .xplane.pb in {path}, found {len(files)}")
-  events = trace_events(files[0])
-  rows = hlo_schedule(files[0])
+
+
+def attributed(xplane_path, events):
+  """(rows, {row index: us}, shared gaps): `attribute` of the device-stream kernels of `events`
+  (the file's trace events) to the file's scheduled HLO instructions."""
+  rows = hlo_schedule(xplane_path)
   kernels = [k for ks in device_streams(events).values() for k in ks]
-  return layer_times(attribute(kernels, rows)[0], rows, depth)
+  return (rows, *attribute(kernels, rows))
+
+
+def _pop_int(args, name, default):
+  """(the integer after `name` in args, or `default`; args without the two)."""
+  if name not in args:
+    return default, args
+  i = args.index(name)
+  return int(args[i + 1]), args[:i] + args[i + 2:]
 
 
 def cudnn_convs(hlo_text):
@@ -325,31 +336,27 @@ def main(args):
     print(report_cudnn_convs(found))
     return
   if args[:1] == ["--compare"]:
-    options = {"--depth": 3, "--top": 40}
-    rest = args[1:]
-    for name in options:
-      if name in rest:
-        i = rest.index(name)
-        options[name], rest = int(rest[i + 1]), rest[:i] + rest[i + 2:]
+    depth, rest = _pop_int(args[1:], "--depth", 3)
+    top, rest = _pop_int(rest, "--top", 40)
     if len(rest) != 2:
       sys.exit(__doc__)
-    a, b = (_profile_layer_times(p, options["--depth"]) for p in rest)
+    times = []
+    for path in rest:
+      files = xplane_files(path)
+      if len(files) != 1:
+        sys.exit(f"error: --compare needs one .xplane.pb in {path}, found {len(files)}")
+      rows, spent, _ = attributed(files[0], trace_events(files[0]))
+      times.append(layer_times(spent, rows, depth))
     print(f"A: {rest[0]}\nB: {rest[1]}")
-    print(report_compare(a, b, options["--top"]))
+    print(report_compare(*times, top))
     return
-  ops = layers = 0
-  if "--ops" in args:
-    i = args.index("--ops")
-    ops, args = int(args[i + 1]), args[:i] + args[i + 2:]
-  if "--layers" in args:
-    i = args.index("--layers")
-    layers, args = int(args[i + 1]), args[:i] + args[i + 2:]
+  ops, args = _pop_int(args, "--ops", 0)
+  layers, args = _pop_int(args, "--layers", 0)
   paths = args
   if not paths:
     sys.exit(__doc__)
   for path in paths:
-    files = [path] if os.path.isfile(path) else sorted(
-        glob.glob(os.path.join(path, "**", "*.xplane.pb"), recursive=True))
+    files = xplane_files(path)
     if not files:
       sys.exit(f"error: no .xplane.pb file in {path}")
     for f in files:
@@ -357,9 +364,7 @@ def main(args):
       events = trace_events(f)
       print(report(summarize(events)))
       if layers:
-        rows = hlo_schedule(f)
-        kernels = [k for ks in device_streams(events).values() for k in ks]
-        spent, shared = attribute(kernels, rows)
+        rows, spent, shared = attributed(f, events)
         print(report_layers(spent, rows, layers))
         print(f"  ({shared} gaps between fusions held several custom calls: their kernels went "
               "to the first)")
