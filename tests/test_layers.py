@@ -74,28 +74,39 @@ def test_fused_upsample_conv_equals_upsample_then_conv():
   assert worst < 1e-5, worst
 
 
+def _output_and_grads(call, inputs, wrt, params, weights):
+  """`y = call(*inputs)` and the gradients of sum(y * weights) w.r.t. the inputs at indices
+  `wrt`, then w.r.t. the variables `params`, on the current backend, as float32 numpy."""
+  inputs = [ops.convert_to_tensor(x) for x in inputs]
+  if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.GradientTape() as tape:
+      tape.watch([inputs[i] for i in wrt])
+      y = call(*inputs)
+      loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
+    grads = tape.gradient(loss, [inputs[i] for i in wrt] + [p.value for p in params])
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    def loss(xs, values):
+      full = list(inputs)
+      for i, x in zip(wrt, xs):
+        full[i] = x
+      with keras.StatelessScope(list(zip(params, values))):
+        y = call(*full)
+      return ops.sum(ops.cast(y, "float32") * weights), y
+    (_, y), (gx, gp) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        [inputs[i] for i in wrt], [p.value for p in params])
+    grads = list(gx) + list(gp)
+  return [np.asarray(ops.cast(v, "float32")) for v in (y, *grads)]
+
+
 def _value_and_grads(layer, x):
   """UpBlock output (training) and the gradients of a weighted sum w.r.t. its input and kernel."""
   weights = np.random.default_rng(5).standard_normal(
       layer.compute_output_shape(x.shape)).astype("float32")
-  x = ops.convert_to_tensor(x)
-  if keras.backend.backend() == "tensorflow":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x, training=True)
-      loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
-    gx, gk = tape.gradient(loss, [x, layer.conv.kernel])
-    return [np.asarray(v, np.float32) for v in (y, gx, gk)]
-  import jax  # pylint: disable=g-import-not-at-top
-  kernel = layer.conv.kernel
-
-  def loss(xx, kk):
-    with keras.StatelessScope([(kernel, kk)]):
-      y = layer(xx, training=True)
-    return ops.sum(ops.cast(y, "float32") * weights), y
-  (_, y), (gx, gk) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, kernel.value)
-  return [np.asarray(v, np.float32) for v in (y, gx, gk)]
+  return _output_and_grads(lambda xx: layer(xx, training=True), [x], [0], [layer.conv.kernel],
+                           weights)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
@@ -269,31 +280,9 @@ def _mode_value_and_grads(layer, inputs, weights, name, mode):
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   before = blocks.implementation(name)
   blocks.set_implementation(name, mode)
-  inputs = [ops.convert_to_tensor(x) for x in inputs]
-  wrt = [i for i, x in enumerate(inputs) if "float" in str(x.dtype)]
-  params = list(layer.trainable_weights)
+  wrt = [i for i, x in enumerate(inputs) if "float" in str(ops.convert_to_tensor(x).dtype)]
   try:
-    if keras.backend.backend() == "tensorflow":
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      with tf.GradientTape() as tape:
-        tape.watch([inputs[i] for i in wrt])
-        y = layer(*inputs)
-        loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
-      grads = tape.gradient(loss, [inputs[i] for i in wrt] + [p.value for p in params])
-    else:
-      import jax  # pylint: disable=g-import-not-at-top
-
-      def loss(xs, values):
-        full = list(inputs)
-        for i, x in zip(wrt, xs):
-          full[i] = x
-        with keras.StatelessScope(list(zip(params, values))):
-          y = layer(*full)
-        return ops.sum(ops.cast(y, "float32") * weights), y
-      (_, y), (gx, gp) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-          [inputs[i] for i in wrt], [p.value for p in params])
-      grads = list(gx) + list(gp)
-    return [np.asarray(ops.cast(v, "float32")) for v in (y, *grads)]
+    return _output_and_grads(layer, inputs, wrt, list(layer.trainable_weights), weights)
   finally:
     blocks.set_implementation(name, before)
 
