@@ -548,3 +548,11 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
   assert lines[1].split()[:5] == ["generator/refine2", "backward", "0.04", "0.03", "-0.01"]
   assert lines[2].split()[:5] == ["generator/refine1", "forward", "0.00", "0.02", "+0.02"]
   assert lines[-1].split() == ["all", "0.05", "0.06", "+0.01"]
+  # --compare refuses a folder without exactly one profile, naming it, and a third path.
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for args, message in (([str(empty), str(path)], f"one .xplane.pb in {empty}, found 0"),
+                        ([str(path)] * 3, "--compare PROFILE_A PROFILE_B")):
+    res = subprocess.run([sys.executable, "benchmarks/profile_summary.py", "--compare", *args],
+                         cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 1 and message in res.stderr, res.stderr[-2000:]
