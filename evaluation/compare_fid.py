@@ -183,9 +183,9 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   elif reference.endswith(".npz"):
     notes.append("reference is a statistics file: only the official row can be computed")
   n_gen, n_ref = stats["official"][1], stats["official"][2]
-  if min(n_gen, n_ref or n_gen) <= 2048:
-    notes.append(f"{n_gen} / {n_ref or '?'} images: fewer than 2048, covariances are singular; "
-                 "absolute values are not comparable with published FIDs")
+  warning = fid.small_sample_warning(n_gen, n_ref, 2048)  # every row: 2048-d pool_3 features
+  if warning:
+    notes.append(warning)
   if not verified:
     notes.append("UNVERIFIED WEIGHTS: the Keras port's weights are not the checksummed official "
                  "ones")

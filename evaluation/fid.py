@@ -106,11 +106,20 @@ def default_method():
   return "tfgan" if importlib.util.find_spec("tensorflow") else "ttur"
 
 
+def small_sample_warning(num_images, num_reference, dim):
+  """The warning for an FID from too few images, or None. `num_reference` 0 / None: unknown (a
+  statistics file that does not record it), judged by `num_images` alone."""
+  if min(num_images, num_reference or num_images) > dim:
+    return None
+  return (f"FID from {num_images} and {num_reference or 'an unknown number of'} images with "
+          f"{dim}-d features: the covariances are singular; the value is not comparable with "
+          "published FIDs (use >= 10,000 images, the paper uses 30,000)")
+
+
 def fid_from_activations(act1, act2, method=None):
-  if min(len(act1), len(act2)) <= np.shape(act1)[1]:
-    warnings.warn(f"FID from {len(act1)} and {len(act2)} images with {np.shape(act1)[1]}-d "
-                  "features: the covariances are singular; the value is not comparable with "
-                  "published FIDs (use >= 10,000 images, the paper uses 30,000)")
+  warning = small_sample_warning(len(act1), len(act2), np.shape(act1)[1])
+  if warning:
+    warnings.warn(warning)
   return frechet_distance(*statistics(act1), *statistics(act2), method=method or default_method())
 
 
@@ -149,20 +158,22 @@ def compute(extractor, images, reference, batch_size=50, method=None, save_stats
   """{'fid', 'num_images', 'num_reference', 'extractor', 'verified', ...} for two sources."""
   mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress)
   mu2, sigma2, n2, ref = reference_statistics(extractor, reference, batch_size, progress)
-  if min(n1, n2 or n1) <= mu1.size:
-    warnings.warn(f"FID from {n1} and {n2} images with {mu1.size}-d features: singular "
-                  "covariances; not comparable with published FIDs (use >= 10,000 images)")
   method = method or default_method()
-  return {"fid": frechet_distance(mu1, sigma1, mu2, sigma2, method), "num_images": n1,
-          "num_reference": n2, "reference": ref, "method": method,
-          "extractor": extractor.description, "verified": extractor.verified}
+  result = {"fid": frechet_distance(mu1, sigma1, mu2, sigma2, method), "num_images": n1,
+            "num_reference": n2, "reference": ref, "method": method,
+            "extractor": extractor.description, "verified": extractor.verified}
+  warning = small_sample_warning(n1, n2, mu1.size)
+  if warning:
+    result["warning"] = warning
+  return result
 
 
 def format_result(name, result):
   from evaluation.features import unverified_tag  # pylint: disable=g-import-not-at-top
   return (f"{name}: {result['fid']:.4f} ({result['num_images']} images vs "
           f"{result['num_reference']} reference; {result['extractor']})"
-          f"{unverified_tag(result['verified'])}")
+          f"{unverified_tag(result['verified'])}"
+          + (f"; WARNING: {result['warning']}" if result.get("warning") else ""))
 
 
 def main(argv):

@@ -141,6 +141,9 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
       method = FLAGS.fid_method or fid_lib.default_method()
       result.update(fid=fid_lib.frechet_distance(mu1, s1, mu2, s2, method), num_reference=n2,
                     method=method, extractor=ext.description, verified=ext.verified)
+      warning = fid_lib.small_sample_warning(count, n2, mu1.size)
+      if warning:
+        result["warning"] = warning
       line = fid_lib.format_result(name, {**result, "num_images": count, "reference": real})
     elif metric == "is":
       ext = extractors["is"]

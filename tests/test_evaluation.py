@@ -362,6 +362,32 @@ def test_folder_activations_keep_every_image_and_name_corrupt_files(tmp_path):
     features.list_images(str(tmp_path / "empty"))
 
 
+def test_fid_from_too_few_images_says_so_in_its_result_and_line(tmp_path):
+  """An FID whose covariances are singular (no more images than feature dimensions, on either
+  side) carries a warning, in the result and the printed line; one with enough images does not."""
+  from PIL import Image
+  build_standin_graph(str(tmp_path / "g.pb"), width=8)
+  ext = features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
+  rng = np.random.default_rng(12)
+  for name, count in (("few", 5), ("many_a", 24), ("many_b", 24)):
+    os.makedirs(tmp_path / name)
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+          tmp_path / name / f"{i}.png")
+  enough = fid.compute(ext, str(tmp_path / "many_a"), str(tmp_path / "many_b"), batch_size=8)
+  assert "warning" not in enough and "WARNING" not in fid.format_result("FID", enough)
+  for images, reference in (("few", "many_a"), ("many_a", "few")):  # either side too small
+    small = fid.compute(ext, str(tmp_path / images), str(tmp_path / reference), batch_size=8)
+    n1, n2 = small["num_images"], small["num_reference"]
+    assert small["warning"].startswith(f"FID from {n1} and {n2} images with 8-d features: the "
+                                       "covariances are singular")
+    assert fid.format_result("FID", small).endswith(f"; WARNING: {small['warning']}")
+  # A statistics file that does not record its image count is judged by the images alone.
+  assert fid.small_sample_warning(24, 0, 8) is None
+  assert "an unknown number of images" in fid.small_sample_warning(5, 0, 8)
+  assert fid.small_sample_warning(9, 9, 8) is None and fid.small_sample_warning(8, 9, 8)
+
+
 def test_keras_source_without_weights_names_the_command(tmp_path):
   with pytest.raises(FileNotFoundError, match="evaluation.inception convert"):
     features.make("keras", fid_inception_dir=str(tmp_path))
@@ -503,6 +529,9 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert "; WARNING: the test split has only " in res.stdout
   if HAVE_WEIGHTS:
     assert got["fid20_test"]["fid"] > 0 and got["fid20_test"]["verified"]
+    # 20 generated against 6 real test images: singular covariances, said in the line and JSON.
+    assert got["fid20_test"]["warning"].startswith("FID from 20 and 6 images with 2048-d")
+    assert "; WARNING: FID from 20 and 6 images" in res.stdout
   res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
                         f"--run_dir={smoke_run['run']}", "--metrics=fidx_test"], cwd=REPO,
                        capture_output=True, text=True)
@@ -546,6 +575,7 @@ def test_compare_fid_prints_both_fids(tmp_path):
   values = [float(l.split()[-3]) for l in out.splitlines() if l.startswith(("official",
                                                                             "PyTorch"))]
   assert len(values) >= 2 and values[0] > 0 and values[0] != values[1]
+  assert "note: FID from 12 and 12 images with 2048-d features: the covariances are singular" in out
 
 
 JAX_FEATURES = """
