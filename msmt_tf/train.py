@@ -9,7 +9,8 @@ data position), `samples/step-<step>.png` (fixed test captions, EMA generator), 
 (TensorBoard scalars and grids) and, at the end, `generator_ema.keras`.
 `--resume` continues from the newest checkpoint exactly as if the run had not stopped; a damaged
 newest checkpoint (truncated copy, full disk) is renamed aside to `ckpt-<step>.npz.damaged`, said
-on stderr, and the run continues from the newest one that reads.
+on stderr, and the run continues from the newest one that reads. `--resume` where there is no
+checkpoint yet starts at step 0 and says so on stderr.
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 
 Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
@@ -33,7 +34,6 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 import numpy as np
 
 from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
@@ -95,6 +95,13 @@ def prepare():
   if existing and not FLAGS.resume:
     raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
                      "--resume to continue it or choose another --run_dir")
+  if FLAGS.resume and not existing and run.is_writer:
+    # Allowed (a job that always passes --resume starts this way), but never silent: a
+    # mistyped --run_dir would otherwise train from scratch unnoticed.
+    why = ("does not exist" if not os.path.isdir(run.run_dir) else
+           f"has no checkpoint in {os.path.join(run.run_dir, 'checkpoints')}")
+    print(f"warning: --resume: {run.run_dir} {why}; starting a new run at step 0",
+          file=sys.stderr, flush=True)
   if FLAGS.resume and os.path.isfile(config_path):
     old = runs.read_config(run.run_dir)
     # A model option added after the run started counts as its default (older config.json).
@@ -142,7 +149,8 @@ def prepare():
     # The newest checkpoint that reads; damaged newer ones are renamed aside and reported.
     found = checkpoint.restore_newest(run.run_dir, run.groups, rename=run.is_writer)
     run.step = found[2]["step"]
-    logging.info("resumed from %s (step %d)", found[1], run.step)
+    if run.is_writer:
+      print(f"resumed from {found[1]} (step {run.step})", flush=True)
   return run
 
 

@@ -85,6 +85,8 @@ def test_killed_run_resumes_with_identical_losses(smoke):
   assert res.returncode == 0, res.stderr[-2000:]
   assert f"skipped damaged checkpoint {newest}" in res.stderr
   assert f"kept as {newest}.damaged" in res.stderr
+  previous = os.path.join(run_dir, "checkpoints", f"ckpt-{killed_at - 1:08d}.npz")
+  assert f"resumed from {previous} (step {killed_at - 1})" in res.stdout
   assert_quiet(res.stderr)
   with open(newest + ".damaged", "rb") as f:
     assert f.read() == content[:len(content) // 2]  # kept as it was
@@ -161,7 +163,10 @@ def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_t
 
 def test_existing_run_is_never_overwritten(smoke, tmp_path):
   run_dir = str(tmp_path / "run")
-  assert _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1")).returncode == 0
+  # --resume on a folder with no checkpoint starts at step 0, and says so (a mistyped --run_dir).
+  res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1", "--resume"))
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert f"warning: --resume: {run_dir} does not exist; starting a new run at step 0" in res.stderr
   res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2"))
   assert res.returncode != 0 and "pass --resume" in res.stderr
   res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2", "--resume",
