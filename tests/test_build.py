@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -173,6 +174,8 @@ def built(source, tmp_path_factory):
   res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "note: 1 caption(s) repeated for the same image were kept once" in res.stdout
+  assert ("note: 1 caption(s) have letters outside ASCII, which AttnGAN's tokenizer drops (2 "
+          "word(s): 'café' -> 'caf', 'crème' -> 'crme')") in res.stdout
   return dict(out=out, stdout=res.stdout, stderr=res.stderr)
 
 
@@ -435,15 +438,20 @@ def test_min_word_count_leaves_rare_words_out(source, built, tmp_path):
 
 
 def test_a_caption_that_is_not_text_is_reported_once(tmp_path):
-  """JSON values that are not text (a number, a list holding null) are reported as such, not
-  also as an "empty caption"; an empty caption and a JSON null are "empty caption"."""
+  """JSON values that are not text (a number, a list holding null, null, a missing field) are
+  reported as such, once, not also as an "empty caption"; a misspelt --class_column or
+  --text_column lists the file's columns."""
   src = tmp_path / "src"
-  for i in range(4):
+  for i in range(6):
     _save(str(src / f"i{i}.jpg"), _img((40 * i, 10, 10)), "JPEG")
   rows = [{"file_name": "i0.jpg", "text": 5},
           {"file_name": "i1.jpg", "text": ["a fine caption", None]},
           {"file_name": "i2.jpg", "text": None},
-          {"file_name": "i3.jpg", "text": "a good caption"}]
+          {"file_name": "i3.jpg", "text": "a good caption"},
+          {"file_name": "i4.jpg", "caption": "the wrong field"},
+          {"file_name": "i5.jpg", "text": []}]
+  for r in rows:
+    r["kind"] = "bird"
   (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf8")
   with pytest.raises(build_lib.BuildError) as e:
     _build(str(src), str(tmp_path / "q"), class_column=None, workers=1)
@@ -452,5 +460,17 @@ def test_a_caption_that_is_not_text_is_reported_once(tmp_path):
       "metadata.jsonl:1: i0.jpg: the caption is not text (int 5)",
       "metadata.jsonl:2: i1.jpg: image without a usable caption",
       "metadata.jsonl:2: i1.jpg: the caption list holds a non-text item (None)",
-      "metadata.jsonl:3: i2.jpg: empty caption",
-      "metadata.jsonl:3: i2.jpg: image without a usable caption"]
+      "metadata.jsonl:3: i2.jpg: image without a usable caption",
+      "metadata.jsonl:3: i2.jpg: the caption is null ('text': null)",
+      "metadata.jsonl:5: i4.jpg: image without a usable caption",
+      "metadata.jsonl:5: i4.jpg: no 'text' field in this row",
+      "metadata.jsonl:6: i5.jpg: empty caption",
+      "metadata.jsonl:6: i5.jpg: image without a usable caption"]
+  for kw, message in (
+      (dict(class_column="species"), "metadata.jsonl: no column 'species'; pass --class_column "
+       "(columns: caption, kind, text)"),
+      (dict(text_column="txt"), "metadata.jsonl: no column 'txt'; pass --text_column (columns: "
+       "caption, kind, text)")):
+    with pytest.raises(build_lib.BuildError, match=re.escape(message)):
+      _build(str(src), str(tmp_path / "q"), workers=1, **{"class_column": None, **kw})
+  assert not (tmp_path / "q").exists()

@@ -279,6 +279,12 @@ def test_tokenizer_rules():
   assert vocab_lib.tokenize("A Red-crowned bird,  with\ufffd\ufffdwhite café!") == [
       "a", "red", "crowned", "bird", "with", "white", "caf"]
   assert vocab_lib.tokenize("!!! ...") == []
+  # What the tokenizer changes is listed, so that the build can say so.
+  text = "A Café with crème, 日本 and Über\ufffd\ufffdfine"
+  assert vocab_lib.altered_words(text) == [("café", "caf"), ("crème", "crme"), ("日本", ""),
+                                           ("über", "ber")]
+  assert vocab_lib.tokenize(text) == ["a", "caf", "with", "crme", "and", "ber", "fine"]
+  assert vocab_lib.altered_words("a plain red bird") == []
 
 
 def test_vocabulary_encode_errors():

@@ -145,8 +145,6 @@ def find_metadata(source):
 
 def _split_captions(value, from_csv):
   """A cell -> list of captions, or a string saying why it is not one."""
-  if value is None:
-    return []
   if isinstance(value, str):
     stripped = value.strip()
     if from_csv and stripped.startswith("[") and stripped.endswith("]"):
@@ -246,7 +244,12 @@ def read_metadata(source, meta_rel, text_column, class_column):
           "utf8", "replace"), f"file_name is not valid UTF-8 (bytes {bad})"))
       continue
     row = _Row(meta_rel, line, file_name)
-    caps = _split_captions(obj.get(text_column), meta_rel.endswith(".csv"))
+    if text_column not in obj:  # a JSON row without the field (a CSV row always has it)
+      caps = f"no {text_column!r} field in this row"
+    elif obj[text_column] is None:
+      caps = f"the caption is null ({text_column!r}: null)"
+    else:
+      caps = _split_captions(obj[text_column], meta_rel.endswith(".csv"))
     if isinstance(caps, str):
       problems.append(_problem(where, file_name, caps))
       caps = None  # reported here; not again as an empty caption
@@ -270,11 +273,11 @@ def read_metadata(source, meta_rel, text_column, class_column):
   for column in ["file_name", text_column] + ([class_column] if class_column else []):
     if rows or seen_columns:
       if column not in seen_columns:
-        hint = ""
-        if column == text_column:
-          guesses = [c for c in sorted(seen_columns) if c != "file_name"]
-          hint = f"; pass --text_column (columns: {', '.join(guesses) or 'none'})"
-        raise BuildError(f"{meta_rel}: no column {column!r}{hint}")
+        flag = {text_column: "--text_column", class_column: "--class_column"}.get(column)
+        others = ", ".join(c for c in sorted(seen_columns) if c != "file_name") or "none"
+        raise BuildError(f"{meta_rel}: no column {column!r}"
+                         + (f"; pass {flag} (columns: {others})" if flag else
+                            f" (columns: {', '.join(sorted(seen_columns))})"))
   return rows, problems
 
 
@@ -895,6 +898,14 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
     os.remove(problems_file)
 
   final = [rel for rel in kept if rel not in bad_images and kept[rel]]
+  # AttnGAN's tokenizer (kept, for its encoders' vocabularies) drops letters outside ASCII.
+  altered = collections.Counter()
+  altered_captions = 0
+  for rel in final:
+    for _, text, _ in kept[rel]:
+      words = vocab_lib.altered_words(text)
+      altered_captions += bool(words)
+      altered.update(words)
   if len(final) < 2:
     raise BuildError(problems + [f"only {len(final)} usable image(s): a dataset needs at least 2 "
                                  "(one train, one test)"])
@@ -1001,6 +1012,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       images_per_s=round(len(todo) / image_seconds, 1) if todo and image_seconds > 0 else None,
       kept=actions.get("kept", 0), converted=actions.get("converted", 0),
       rotated=actions.get("rotated", 0), notes=notes, repeated_captions=repeated[0],
+      non_ascii={"captions": altered_captions,
+                 "words": [{"word": w, "kept": k, "count": n} for (w, k), n in
+                           sorted(altered.items(), key=lambda item: (-item[1], item[0]))]},
       skipped_file=os.path.join(out, "skipped.txt") if problems else None,
       flagfile=os.path.join(out, f"{name}.cfg"))
   return summary
@@ -1034,6 +1048,12 @@ def format_summary(s):
   if s["repeated_captions"]:
     lines.append(f"  note: {s['repeated_captions']} caption(s) repeated for the same image were "
                  "kept once")
+  if s["non_ascii"]["captions"]:
+    words = s["non_ascii"]["words"]
+    shown = ", ".join(f"{w['word']!r} -> {w['kept']!r}" for w in words[:8])
+    lines.append(f"  note: {s['non_ascii']['captions']} caption(s) have letters outside ASCII, "
+                 f"which AttnGAN's tokenizer drops ({len(words)} word(s): {shown}"
+                 + (", ..." if len(words) > 8 else "") + ")")
   if s["skipped"]:
     lines.append(f"  skipped: {s['skipped']} problem(s), listed in {s['skipped_file']}")
   lines.append(f"  flagfile: {s['flagfile']}")

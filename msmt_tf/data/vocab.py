@@ -11,7 +11,7 @@ import re
 
 from msmt_tf.data.errors import CaptionError
 
-__all__ = ["END_TOKEN", "tokenize", "Vocabulary"]
+__all__ = ["END_TOKEN", "tokenize", "altered_words", "Vocabulary"]
 
 END_TOKEN = "<end>"
 _WORD_RE = re.compile(r"\w+")
@@ -26,6 +26,14 @@ def tokenize(text):
     if tok:
       tokens.append(tok)
   return tokens
+
+
+def altered_words(text):
+  """The words of `text` that `tokenize` changes by dropping non-ASCII letters, as
+  (word, what is kept) pairs: `'café' -> ('café', 'caf')`; ('日本', '') for a word dropped whole."""
+  text = text.replace("\ufffd\ufffd", " ").lower()
+  return [(w, w.encode("ascii", "ignore").decode("ascii"))
+          for w in _WORD_RE.findall(text) if not w.isascii()]
 
 
 class Vocabulary:
