@@ -283,6 +283,11 @@ def test_inspect_and_pipeline_read_it_like_any_dataset(built):
   spec = datasets.read_spec_json(built["out"])
   assert f"batch tokens: int32 [4, {spec['words_num_train']}]" in text
   assert "batch image_256: float32 [4, 256, 256, 3]" in text
+  # The command finds out by itself that this is a folder dataset (its dataset_spec.json).
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", f"--data_dir={built['out']}",
+                        "--split=test", "--skip_images"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert f"OK: {built['out']} is a usable folder dataset" in res.stdout
   # Every caption of a variable-count image is drawn by the pipeline over a few epochs.
   train = datasets.load_split(built["out"], "folder", "train")
   pipe = datasets.DataPipeline(train, batch_size=14, words_num=30, num_stages=1, seed=0,

@@ -447,3 +447,9 @@ def test_inspect_lists_every_problem(fresh_shapes_dir):
   assert "test_000002.txt: has 1 usable captions" in res.stderr
   res = _inspect(os.path.join(fresh_shapes_dir, "missing"))
   assert res.returncode == 1 and "dataset folder not found" in res.stderr
+  # Without --dataset: only a built folder dataset says what it is; here the flag is asked for.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", "--data_dir",
+                        fresh_shapes_dir], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert (f"error: --dataset is not set, and {fresh_shapes_dir} has no dataset_spec.json") in \
+      res.stderr and "pass --dataset=birds|coco|shapes" in res.stderr

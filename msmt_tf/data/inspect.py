@@ -1,7 +1,7 @@
 r"""Checks a dataset folder through the code path training uses, before a long run.
 
     python -m msmt_tf.data.inspect --data_dir data/birds --dataset birds [--split train]
-    python -m msmt_tf.data.inspect --data_dir data/NAME --dataset folder   # built from your images
+    python -m msmt_tf.data.inspect --data_dir data/NAME   # built from your images (--dataset folder)
 
 Checks: the metadata pickles (restricted unpickler), every listed image opens and decodes, every
 caption file exists and has enough captions, the vocabulary tables agree, caption ids are in range.
@@ -81,24 +81,32 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  dataset = f.dataset
+  if dataset is None:  # a folder built by msmt_tf.data.build says what it is
+    if not os.path.isfile(os.path.join(f.data_dir, datasets.SPEC_FILE)):
+      sys.exit(f"error: --dataset is not set, and {os.path.abspath(f.data_dir)} has no "
+               f"{datasets.SPEC_FILE} (which a folder built by msmt_tf.data.build has): pass "
+               f"--dataset={'|'.join(k for k in sorted(datasets.DATASETS) if k != 'folder')}")
+    dataset = "folder"
   splits = [f.split] if f.split else list(datasets.SPLITS)
   problems = []
   for split in splits:
-    problems.extend(inspect_split(f.data_dir, f.dataset, split, f.words_num, f.batch_size,
+    problems.extend(inspect_split(f.data_dir, dataset, split, f.words_num, f.batch_size,
                                   check_images=not f.skip_images))
   if problems:
     print(f"\n{len(problems)} problem(s) in {os.path.abspath(f.data_dir)}:", file=sys.stderr)
     for p in problems:
       print(f"  - {p}", file=sys.stderr)
     sys.exit(1)
-  print(f"OK: {os.path.abspath(f.data_dir)} is a usable {f.dataset} dataset")
+  print(f"OK: {os.path.abspath(f.data_dir)} is a usable {dataset} dataset")
 
 
 if __name__ == "__main__":
   from absl import app
   from absl import flags
   flags.DEFINE_string("data_dir", None, "Dataset folder (AttnGAN layout).", required=True)
-  flags.DEFINE_enum("dataset", None, sorted(datasets.DATASETS), "Dataset kind.", required=True)
+  flags.DEFINE_enum("dataset", None, sorted(datasets.DATASETS),
+                    "Dataset kind (default: folder where --data_dir has dataset_spec.json).")
   flags.DEFINE_enum("split", None, list(datasets.SPLITS), "One split (default: both).")
   flags.DEFINE_integer("words_num", None, "Caption length (default: the dataset's).")
   flags.DEFINE_integer("batch_size", 4, "Images in the sample batch.")
