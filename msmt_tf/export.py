@@ -200,6 +200,9 @@ def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=
 
 def main(argv):
   del argv
+  import logging  # pylint: disable=g-import-not-at-top
+  # tf.saved_model.save's "INFO:tensorflow:Assets written to: ..." (the last line says where).
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
   try:
     if not FLAGS.run_dir:
       raise ValueError("--run_dir is not set")

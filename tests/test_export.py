@@ -32,8 +32,10 @@ def exported(tmp_path_factory):
   _run("msmt_tf.train", *smoke, f"--run_dir={run}", "--max_steps=2")
   out = str(root / "models" / "shapes" / "1")
   # A small limit and chunk, so that a request of the limit runs in several chunks (3 + 3 + 2).
-  _run("msmt_tf.export", f"--run_dir={run}", f"--output={out}", "--max_batch=8",
-       "--serving_chunk=3")
+  res = _run("msmt_tf.export", f"--run_dir={run}", f"--output={out}", "--max_batch=8",
+             "--serving_chunk=3")
+  assert f"exported SavedModel to {out}" in res.stdout
+  assert "INFO:tensorflow" not in res.stderr, res.stderr[-2000:]  # no stray library lines
   return dict(run=run, out=out, model=tf.saved_model.load(out), root=root)
 
 
