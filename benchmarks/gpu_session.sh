@@ -19,12 +19,11 @@
 #   memory beside the three others, each allocating on demand.)
 # Group 2: cub_dmgan.cfg float32 reference and fused; cub.cfg float32 with XLA's NHWC
 #   convolution layout forced; coco.cfg float32.
-# Groups 3, 4 (second sitting, one run each): cub.cfg bf16 reference with parts, then float32
-#   reference, each with a one-step profile.
+# Groups 3, 4 (second sitting, one run each: cub.cfg bf16 reference with parts, then float32
+#   reference, each with a one-step profile) were removed: groups 5 and 6 profile the same.
 # Groups 5, 6: cub.cfg float32 / bf16, Keras's batch norm (the baseline, same sitting) beside
-#   --batch_norm=fused. Group 7: 3 steps of the fused UpBlock with XLA's HLO dump, kept only as
-#   OUT_DIR/cudnn_convs_fused.txt (each distinct cuDNN convolution: shapes, window, target);
-#   no longer needed: the profiles' HLO names the cuDNN call (BUILD.md).
+#   --batch_norm=fused. Group 7 (3 steps with XLA's HLO dump, for the cuDNN call each convolution
+#   became) was removed: the profiles' HLO names the cuDNN call (BUILD.md).
 # Third sitting (2026-11-26): groups 8 and 9 capped each process at 30% of the device memory
 #   (XLA_PYTHON_CLIENT_MEM_FRACTION=0.3) to compile three at once; the float32 CUB step then ran
 #   out of memory (one 10.6 GB allocation), so they were removed; groups 5 and 6 (now with a
@@ -40,7 +39,12 @@
 #   layers as written) beside the merged convs and reduced gates (now the defaults), the latter
 #   with a one-step profile (which tells the two changes apart per layer). The bf16 merged run
 #   ran out of memory at its first step beside the three others, so bf16 is not yet measured:
-#   the next sitting's RUN_GROUPS=15 (group 14's bf16 pair alone).
+#   the next sitting's RUN_GROUPS=15 (group 14's bf16 pair alone). Group 14 was then removed
+#   (its float32 pair is measured; 15 and 16 hold the rest).
+# Groups 16 (float32) and 17 (bf16), sixth session: the default step (--sdm_convs=merged) beside
+#   --sdm_convs=factored (13% fewer FLOPs, same function), the latter with a one-step profile.
+#   Group 18: the same choice on the two refinement parts alone (--only_parts, no step
+#   compiled), float32 and bf16: a quick first answer. Next sitting: RUN_GROUPS="16 17 18".
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -105,27 +109,21 @@ for g in ${RUN_GROUPS:-1 2 3 4}; do
          "$DMGAN --noparts --upsample_conv=fused" \
          "XLA_FLAGS=--xla_gpu_force_conv_nhwc $CUB --noparts" \
          "$COCO --noparts" ;;
-    3) group 3 "$CUB --parts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" ;;
-    4) group 4 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" ;;
     5) group 5 "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_ref --profile_steps 1" \
          "$CUB --noparts --batch_norm=fused" ;;
     6) group 6 "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
          "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
     10) group 10 "$CUB --parts --mixed_precision" ;;
-    14) group 14 "$CUB --noparts --sdm_convs=separate --fuse_gate=conv" \
-          "$CUB --noparts --profile_dir $OUT_DIR/work/profile_f32_merged --profile_steps 1" \
-          "$CUB --noparts --mixed_precision --sdm_convs=separate --fuse_gate=conv" \
-          "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_merged --profile_steps 1" ;;
     15) # bf16 alone (group 14's bf16 pair): the layers as written beside the defaults
         group 15 "$CUB --noparts --mixed_precision --sdm_convs=separate --fuse_gate=conv" \
           "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_merged --profile_steps 1" ;;
-    7) # Which cuDNN call each convolution became (the fused UpBlock's kernel gradient: forward or
-       # backward-filter?), from XLA's optimized HLO; the dump itself is deleted (too large).
-       dump="$OUT_DIR/work/hlo_fused"
-       STEPS=3 group 7 "XLA_FLAGS=--xla_dump_to=$dump $CUB --noparts --upsample_conv=fused"
-       [ "${DRY_RUN:-0}" = 1 ] || $PY benchmarks/profile_summary.py --cudnn_convs "$dump" \
-         >"$OUT_DIR/cudnn_convs_fused.txt"
-       rm -rf "$dump" ;;
+    16) group 16 "$CUB --noparts" \
+          "$CUB --noparts --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_f32_factored --profile_steps 1" ;;
+    17) group 17 "$CUB --noparts --mixed_precision" \
+          "$CUB --noparts --mixed_precision --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_bf16_factored --profile_steps 1" ;;
+    18) group 18 "$CUB --only_parts=refine1,refine2" "$CUB --only_parts=refine1,refine2 --sdm_convs=factored" \
+          "$CUB --only_parts=refine1,refine2 --mixed_precision" \
+          "$CUB --only_parts=refine1,refine2 --mixed_precision --sdm_convs=factored" ;;
   esac
 done
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
@@ -135,10 +133,11 @@ import json, re, sys
 for l in open(sys.argv[1]):
   r = json.loads(l)
   cmd = re.sub(r" --(out|sync_\w+|profile_\w+|steps|warmup)[= ]\S+", "", r["command"])
-  print(cmd.split("python -m msmt_tf.bench", 1)[1], r.get("xla_flags", ""), "|", r["precision"], "|",
-        r["ms_per_step_median"], f"({r['ms_per_step_min']}-{r['ms_per_step_max']})",
-        "| compile", r["compile_s"], "| peak MB", r["peak_memory_mb"],
-        "| parts", r.get("parts_ms"))
+  step = (f"{r['ms_per_step_median']} ({r['ms_per_step_min']}-{r['ms_per_step_max']}) | compile "
+          f"{r['compile_s']} | peak MB {r['peak_memory_mb']}" if "ms_per_step_median" in r else
+          f"parts only, compile {r.get('parts_compile_s')}")
+  print(cmd.split("python -m msmt_tf.bench", 1)[1], r.get("xla_flags", ""), "|", r["precision"],
+        "|", step, "| parts", r.get("parts_ms"))
 EOF
 # What the archives hold, removed: the device machine sends back at most 8 files, 2 folders down.
 tar czf "$OUT_DIR/logs.tgz" -C "$OUT_DIR/work" logs 2>/dev/null && rm -rf "$OUT_DIR/work"

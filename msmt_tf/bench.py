@@ -15,7 +15,9 @@ the line to FILE (the source of BUILD.md's performance table).
 
 Under JAX it adds XLA's cost analysis of the step and of each part: FLOPs, bytes accessed, their
 ratio (FLOP/byte) and the roofline bound on an H100 (`--flops_only`: only these, nothing compiled
-or run, so it works for the paper configs on a CPU).
+or run, so it works for the paper configs on a CPU). `--only_parts=refine2,...` times (or
+counts) only the named parts, each compiled alone, without the whole step: a quick A/B of one
+part (`"mode": "parts"`; not in the step table).
 
     python -m msmt_tf.bench --pipeline --flagfile=configs/cub.cfg [--pipeline_dir data/birds]
 
@@ -57,6 +59,11 @@ def define_flags():
   flags.DEFINE_integer("steps", 20, "Timed steps (after --warmup untimed ones).")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
   flags.DEFINE_bool("parts", True, "Also time each part of the step on its own.")
+  flags.DEFINE_list("only_parts", None,
+                    "Time (and with --flops_only count) only these parts, by their parts_ms "
+                    "names (text_encoder, the initial stage, refine1, ..., discriminators, "
+                    "damsm, optimizers), each compiled alone: the whole step is neither "
+                    "compiled nor timed. A quick A/B of one part, e.g. --only_parts=refine2.")
   flags.DEFINE_string("out", None, "Append the JSON line to this file.")
   flags.DEFINE_bool("flops_only", False,
                     "JAX only: report XLA's FLOP count of the step and its parts (lowered, not "
@@ -426,7 +433,7 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def flop_counts(gan, data, parts, fused_bytes=False):
+def flop_counts(gan, data, parts, fused_bytes=False, with_step=True):
   """XLA cost analysis on JAX: FLOPs and bytes accessed of the step and of each part.
 
   `{"gflop_per_step": ..., "parts_gflop": {...}, "gbytes_per_step": ..., "parts_gbytes": {...},
@@ -438,12 +445,14 @@ def flop_counts(gan, data, parts, fused_bytes=False):
   left out and `gflop_source` (the source of both counts) says why; this never raises.
   `fused_bytes`: also compile each part for the CPU and report its bytes accessed after XLA's
   CPU fusion (`parts_gbytes_cpu_fused`; a part whose compile fails is left out, and
-  `fused_bytes_failed` names it)."""
+  `fused_bytes_failed` names it). `with_step=False`: the parts only."""
   import jax  # pylint: disable=g-import-not-at-top
   state = [v.value for v in gan.state_variables()]
   step_fn = jax.jit(gan.jax_train_step)
-  programs = {"step": lambda platforms=None: step_fn.trace(_abstract(state), _abstract(data)).lower(
-      lowering_platforms=platforms)}
+  programs = {}
+  if with_step:
+    programs["step"] = lambda platforms=None: step_fn.trace(
+        _abstract(state), _abstract(data)).lower(lowering_platforms=platforms)
   programs.update((name, lambda platforms=None, fn=fn, inputs=inputs: fn.lower(
       *inputs, platforms=platforms)) for name, (fn, inputs) in parts.items())
   counted, nbytes, intensity, sources, missing = {}, {}, {}, {}, {}
@@ -737,32 +746,52 @@ def run_benchmark(steps, warmup, with_parts):
   if with_parts and placement is not None and backend == "tensorflow":
     # The parts are plain tf.functions; the strategy's mirrored variables are readable only
     # inside its replica context.
+    if FLAGS.only_parts:
+      raise ValueError(f"--only_parts is not available with a TensorFlow strategy "
+                       f"({placement}): the parts read the variables outside its replicas")
     parts_skipped = (f"--parts is not timed with a TensorFlow strategy ({placement}); the "
                      "step is")
     print(f"warning: {parts_skipped}", file=sys.stderr)
     with_parts = False
-  parts = part_functions(gan, batch, jit) if with_parts else {}
-  flops = flop_counts(gan, data, parts, FLAGS.fused_bytes) if backend == "jax" else {}
+  only = FLAGS.only_parts
+  parts = part_functions(gan, batch, jit) if with_parts or only else {}
+  if only:
+    unknown = [n for n in only if n not in parts]
+    if unknown:
+      raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
+                       f"configuration; its parts: {', '.join(parts)}")
+    parts = {n: parts[n] for n in only}
+  flops = (flop_counts(gan, data, parts, FLAGS.fused_bytes, with_step=not only)
+           if backend == "jax" else {})
   if FLAGS.flops_only:
-    return _describe(backend, cfg, batch_size, words_num, jit) | _flops_keys(flops, batch_size, FLAGS.mixed_precision)
+    return (_describe(backend, cfg, batch_size, words_num, jit)
+            | ({"mode": "parts"} if only else {})
+            | _flops_keys(flops, batch_size, FLAGS.mixed_precision))
   # Everything timed below is compiled first (with --sync_dir, beside the group's compiles).
-  compile_s = _first_call_s(step_fn, [step_data])
-  for fn, inputs in parts.values():
-    _first_call_s(fn, inputs)
+  compile_s = None if only else _first_call_s(step_fn, [step_data])
+  parts_compile_s = {name: round(_first_call_s(fn, inputs), 2)
+                     for name, (fn, inputs) in parts.items()}
   with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
                    FLAGS.sync_timeout) as sync:
-    times = _time(step_fn, [step_data], steps, warmup)
-    parts_ms = {name: round(statistics.median(_time(fn, inputs, max(3, steps // 2), 1)), 2)
+    times = None if only else _time(step_fn, [step_data], steps, warmup)
+    parts_ms = {name: round(statistics.median(
+        _time(fn, inputs, steps if only else max(3, steps // 2), warmup if only else 1)), 2)
                 for name, (fn, inputs) in parts.items()}
     if FLAGS.profile_dir and backend == "jax":
       import jax  # pylint: disable=g-import-not-at-top
       with jax.profiler.trace(FLAGS.profile_dir):
         for _ in range(FLAGS.profile_steps):
           _block(step_fn(step_data))
-    logs = {k: float(v) for k, v in step_fn(step_data).items()}
+    logs = {} if only else {k: float(v) for k, v in step_fn(step_data).items()}
   bad = [k for k, v in logs.items() if not np.isfinite(v)]
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
+  if only:
+    return (_describe(backend, cfg, batch_size, words_num, jit)
+            | {"mode": "parts", "steps": steps, "parts_ms": parts_ms,
+               "parts_sum_ms": round(sum(parts_ms.values()), 2),
+               "parts_compile_s": parts_compile_s}
+            | _flops_keys(flops, batch_size, FLAGS.mixed_precision) | sync)
   median = statistics.median(times)
   result = _describe(backend, cfg, batch_size, words_num, jit)
   result.update({
@@ -917,7 +946,9 @@ def dry_run():
   """`--dry_run`: what the flags ask for, checked (flags parsed, model config valid), unrun."""
   out = {"dry_run": True,
          "command": " ".join(["python", "-m", "msmt_tf.bench"] + sys.argv[1:]),
-         "mode": "pipeline" if FLAGS.pipeline else "flops_only" if FLAGS.flops_only else "step",
+         "mode": ("pipeline" if FLAGS.pipeline else "flops_only" if FLAGS.flops_only else
+                  "parts" if FLAGS.only_parts else "step"),
+         "only_parts": FLAGS.only_parts,
          "keras_backend": os.environ.get("KERAS_BACKEND"),
          "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
          "xla_flags": os.environ.get("XLA_FLAGS"),
@@ -939,7 +970,7 @@ def main(argv):
   if FLAGS.table:
     with open(FLAGS.table) as f:
       results = [json.loads(l) for l in f if l.strip()]
-    steps = [r for r in results if r.get("mode") != "pipeline"]
+    steps = [r for r in results if r.get("mode") not in ("pipeline", "parts")]
     pipes = [r for r in results if r.get("mode") == "pipeline"]
     print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
                                     pipeline_table(pipes) if pipes else "") if t))

@@ -4,10 +4,11 @@ import numpy as np
 
 
 def conv_same(x, kernel, bias=None):
-  """'same' 2-D convolution (odd kernel, stride 1) of `[H, W, Cin]` by `[k, k, Cin, Cout]`."""
+  """'same' 2-D convolution (stride 1) of `[H, W, Cin]` by `[k, k, Cin, Cout]`; an even kernel
+  pads (k - 1) // 2 before and the rest after, as TensorFlow and JAX do."""
   k = kernel.shape[0]
-  pad = (k - 1) // 2
-  xp = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+  pad = ((k - 1) // 2, k - 1 - (k - 1) // 2)
+  xp = np.pad(x, (pad, pad, (0, 0)))
   h, w = x.shape[:2]
   out = np.zeros((h, w, kernel.shape[-1]))
   for u in range(h):

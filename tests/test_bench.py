@@ -91,6 +91,27 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert blind["gflop_source"].startswith("unavailable (step: lowered: no cost analysis")
   assert not {"gflop_per_step", "parts_gflop", "achieved_tflop_per_s", "gbytes_per_step",
               "h100_roofline"} & set(blind)
+  # One part alone (--only_parts): timed and counted as in the full run, no step compiled; its
+  # line (appended to the same file) stays out of the step table. An unknown part is named.
+  env.update(MSMT_FAKE_COST="list")
+  env.pop("XLA_FLAGS")
+  res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
+                        "--vocab_size=60", "--steps=2", "--warmup=0", "--batch_size=3",
+                        "--only_parts=refine1,damsm", f"--out={out}"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  alone = json.loads([l for l in res.stdout.splitlines() if l.startswith("{")][0])
+  assert alone["mode"] == "parts" and "ms_per_step_median" not in alone
+  assert set(alone["parts_ms"]) == set(alone["parts_compile_s"]) == {"refine1", "damsm"}
+  assert all(v > 0 for v in alone["parts_ms"].values())
+  assert alone["parts_gflop"] == {k: result["parts_gflop"][k] for k in ("refine1", "damsm")}
+  assert "gflop_per_step" not in alone
+  res = subprocess.run([sys.executable, "-c", RUNNER, "--flagfile=configs/smoke.cfg",
+                        "--vocab_size=60", "--only_parts=refine2"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 1
+  assert ("--only_parts: no part 'refine2' in this configuration; its parts: text_encoder, mtwig, "
+          "refine1, discriminators, damsm, optimizers") in res.stderr
   # BUILD.md's table from the collected lines.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", f"--table={out}"], cwd=REPO,
                        capture_output=True, text=True)
@@ -327,24 +348,28 @@ def test_h100_script_commands_parse(tmp_path):
 
 def test_gpu_session_script_commands_parse(tmp_path):
   """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
-  command's flags parse and build a valid model, each precision has the reference step beside
-  --batch_norm=fused (groups 5, 6) and beside --sdm_convs=separate --fuse_gate=conv (groups 14,
-  15: the layers as written against the defaults), and the HLO-dump group runs 3 steps."""
+  command's flags parse and build a valid model; each precision has the default step beside
+  --batch_norm=fused (groups 5, 6) and --sdm_convs=factored (16, 17), bf16 also beside the layers
+  as written (15: --sdm_convs=separate --fuse_gate=conv); group 18 times the refinement parts
+  alone, both SDM choices in both precisions."""
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable,
-             RUN_GROUPS="1 2 3 4 5 6 7 10 14 15")
+             RUN_GROUPS="1 2 5 6 10 15 16 17 18")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
   lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
-  assert len(lines) == 22 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
+  assert len(lines) == 23 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
   for precision in ("float32", "mixed_bfloat16"):
     plain = [l for l in lines if l["precision"] == precision and "cub.cfg" in l["command"]
              and l["upsample_conv"] == "reference" and not l["xla_flags"] and not l["parts"]]
     assert {(l["batch_norm"], l["sdm_convs"], l["fuse_gate"]) for l in plain} == {
         ("keras", "merged", "reduce"), ("fused", "merged", "reduce"),
-        ("keras", "separate", "conv")}, plain
-  dump = [l for l in lines if (l["xla_flags"] or "").startswith("--xla_dump_to=")]
-  assert len(dump) == 1 and dump[0]["steps"] == 3 and dump[0]["upsample_conv"] == "fused"
+        ("keras", "factored", "reduce")} | (
+            {("keras", "separate", "conv")} if precision == "mixed_bfloat16" else set()), plain
+  alone = [l for l in lines if l["mode"] == "parts"]
+  assert {(l["precision"], l["sdm_convs"]) for l in alone} == {
+      (p, m) for p in ("float32", "mixed_bfloat16") for m in ("merged", "factored")}
+  assert all(l["only_parts"] == ["refine1", "refine2"] for l in alone) and len(alone) == 4
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
   assert not (tmp_path / "out" / "results.jsonl").exists()
 

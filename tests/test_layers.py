@@ -293,31 +293,37 @@ def _rel_rms(x, y):
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_merged_sdm_convs_and_reduced_fuse_gate_equal_the_literal_layers(policy, monkeypatch):
-  """--sdm_convs=merged (an SDM head's three query convs as one, phi_K and phi_V as one) and
-  --fuse_gate=reduce (the scalar gate's logits as channel sums, no concatenation), the defaults,
-  against the Keras layers as written (separate convs; a 1x1 conv of the concatenation): output
-  and the gradient w.r.t. every float input and trainable weight, SDM in its 'split' and
-  'concat' key modes (3 seeds; each case on its new path).
-  float32: relative RMS difference < 2e-5; measured over 60 seeds (AMD EPYC, TensorFlow / JAX):
-  SDM outputs 0 / 0, gradients 3.8e-6 / 1.8e-6; fuse outputs 7.4e-8 / 4.7e-8, gradients
-  1.7e-6 / 8.5e-7.
+  """--sdm_convs=merged (an SDM head's three query convs as one, phi_K and phi_V as one; the
+  default), --sdm_convs=factored (phi_K / phi_V per word and per cell, pooled global and grid
+  queries) and --fuse_gate=reduce (the scalar gate's logits as channel sums, no concatenation;
+  the default) against the Keras layers as written (separate convs; a 1x1 conv of the
+  concatenation): output and the gradient w.r.t. every float input and trainable weight, SDM in
+  its 'split', 'concat' (and for factored 'project') key modes (3 seeds; each case on its path).
+  float32: relative RMS difference < 2e-5 (factored: 5e-5); largest over 60 seeds (AMD EPYC,
+  TensorFlow / JAX): merged SDM outputs 0 / 0, gradients 3.8e-6 / 1.8e-6; factored outputs
+  3.2e-7 / 3.0e-7, gradients 1.2e-5 / 1.8e-5; fuse outputs 7.7e-8 / 4.7e-8, gradients 2.8e-6 /
+  8.5e-7.
   mixed_bfloat16: each implementation rounds differently, and a bias gradient summed from many
-  cancelling terms can be 40% off float32 in either (28% between the two); so each is compared
-  with the same layer in float32, and the new path's error (output; median over the gradients)
-  may be at most 1.5x the literal one's; measured at most: SDM outputs 1.0 / 1.0 (equal),
-  gradients 1.02 / 1.0; fuse outputs 1.0 / 1.06, gradients 0.97 / 0.99.
+  cancelling terms, or one through a near-tie of the word softmax, can be 40-99% off float32 in
+  either; so each is compared with the same layer in float32. Per seed, the output and the
+  median over the gradients within 0.05 / 0.3 of float32; largest over 60 seeds: outputs 0.016 /
+  0.015, gradient medians factored 0.12 / 0.090, merged (the literal layers' own) 0.096 / 0.134,
+  fuse 0.006 / 0.006. Over the seeds,
+  the median of the new path's errors over the literal layers' <= 1.25: merged 1.0 / 1.0,
+  factored 0.79-0.92 / 0.82-0.92 (it sums in float32), fuse 1.0 / 1.0.
   Mutations: a merged kernel's outputs split in the wrong order fails the SDM's reshape; a gate
   with a's and b's halves swapped puts the fusion 71% off. The measurement:
   MSMT_LAYER_SEEDS=60 MSMT_LAYER_REPORT=FILE KERAS_BACKEND=... pytest -k merged_sdm_convs."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   from msmt_tf.layers import fuse  # pylint: disable=g-import-not-at-top
   calls = []
-  monkeypatch.setattr(blocks, "merged_conv",
-                      lambda *a, f=blocks.merged_conv: calls.append("merged_conv") or f(*a))
-  monkeypatch.setattr(fuse, "scalar_gate_logits", lambda *a, f=fuse.scalar_gate_logits:
-                      calls.append("scalar_gate_logits") or f(*a))
+  hooks = {"merged": [(blocks, "merged_conv")] * 2, "reduce": [(fuse, "scalar_gate_logits")],
+           "factored": [(sdm_lib, "factored_memory_convs"), (sdm_lib, "pooled_query_convs")]}
+  for module, fn in {hook for hooked in hooks.values() for hook in hooked}:
+    monkeypatch.setattr(module, fn, lambda *a, fn=fn, f=getattr(module, fn):
+                        calls.append(fn) or f(*a))
   seeds = int(os.environ.get("MSMT_LAYER_SEEDS", "3"))
-  largest = {}
+  largest, ratios = {}, {}
   keras.mixed_precision.set_global_policy(policy)
   try:
     for seed in range(seeds):
@@ -328,10 +334,11 @@ def test_merged_sdm_convs_and_reduced_fuse_gate_equal_the_literal_layers(policy,
       r = rng.standard_normal((b, size, size, nr)).astype("float32")
       u = rng.standard_normal((b, size, size, nr)).astype("float32")
       cases = []
-      for key_mode in ("split", "concat"):
+      for key_mode, mode in (("split", "merged"), ("concat", "merged"), ("split", "factored"),
+                             ("concat", "factored"), ("project", "factored")):
         make = lambda k=key_mode: L.SpatialDynamicMemory(grid=2, memory_dim=6, channels=nr,
                                                          key_mode=k, detach_grid=False)
-        cases.append((f"sdm {key_mode}", make, [words, mask, r, u], "sdm_convs", "merged",
+        cases.append((f"sdm {key_mode} {mode}", make, [words, mask, r, u], "sdm_convs", mode,
                       "separate"))
       cases.append(("fuse", L.GatedFusion, [r, u], "fuse_gate", "reduce", "conv"))
       for case, make, inputs, name, mode, literal in cases:
@@ -346,11 +353,10 @@ def test_merged_sdm_convs_and_reduced_fuse_gate_equal_the_literal_layers(policy,
         weights = rng.standard_normal((b, size, size, nr)).astype("float32")
         del calls[:]  # (building the layers went through the default paths)
         got = _mode_value_and_grads(layer, inputs, weights, name, mode)
-        assert calls == ({"sdm_convs": ["merged_conv"] * 2,
-                          "fuse_gate": ["scalar_gate_logits"]}[name]), (case, calls)
+        assert calls == [fn for _, fn in hooks[mode]], (case, calls)
         want = _mode_value_and_grads(layer, inputs, weights, name, literal)
         truth = _mode_value_and_grads(exact, inputs, weights, name, literal)
-        assert len(calls) == 1 + (name == "sdm_convs"), (case, calls)  # none on the literal path
+        assert len(calls) == len(hooks[mode]), (case, calls)  # none on the literal path
         assert len(got) == len(want) == len(truth) > 3
         for i, (x, y) in enumerate(zip(got, want)):
           assert x.shape == y.shape == truth[i].shape, (case, i)
@@ -358,17 +364,25 @@ def test_merged_sdm_convs_and_reduced_fuse_gate_equal_the_literal_layers(policy,
           rel = _rel_rms(x, y)
           largest[what] = max(largest.get(what, 0.0), rel)
           if policy == "float32":
-            assert rel < 2e-5, (seed, case, i, rel)
+            assert rel < (5e-5 if mode == "factored" else 2e-5), (seed, case, i, rel)
         if policy != "float32":
           # bf16 rounds each implementation differently, and a gradient summed from many
-          # cancelling terms (a bias's) can be 10-40% off float32 in either: the output, and the
-          # median over the gradients, no farther from float32 than the literal layers'
+          # cancelling terms (a bias's), or through a near-tie of the word softmax, can be
+          # 10-40% off float32 in either. Per seed: the new path's output, and its median over
+          # the gradients, within 0.05 / 0.3 of float32 (a wrong term is ~100% off); over the
+          # seeds (below): its errors no larger than the literal layers' (median of the ratios).
           errs = [(_rel_rms(a, t), _rel_rms(d, t)) for a, d, t in zip(got, want, truth)]
-          for what, pairs in (("output", errs[:1]), ("gradients", errs[1:])):
-            ratio = float(np.median([e / max(e_default, 1e-6) for e, e_default in pairs]))
-            key = f"{case} {what}: bf16 error / literal's"
-            largest[key] = max(largest.get(key, 0.0), ratio)
-            assert ratio <= 1.5, (seed, case, what, pairs)
+          for what, pairs, bound in (("output", errs[:1], 0.05), ("gradients", errs[1:], 0.3)):
+            error = float(np.median([e for e, _ in pairs]))
+            key = f"{case} {what}: bf16 error (median)"
+            largest[key] = max(largest.get(key, 0.0), error)
+            assert error <= bound, (seed, case, what, pairs)
+            ratios.setdefault((case, what), []).extend(e / max(e_literal, 1e-6)
+                                                        for e, e_literal in pairs)
+    for (case, what), values in ratios.items():
+      ratio = float(np.median(values))
+      largest[f"{case} {what}: bf16 error / literal's (median over seeds)"] = ratio
+      assert ratio <= 1.25, (case, what, ratio)
     if os.environ.get("MSMT_LAYER_REPORT"):  # the measurement behind the docstring
       with open(os.environ["MSMT_LAYER_REPORT"], "a") as f:
         f.write(json.dumps(dict(backend=keras.backend.backend(), policy=policy, seeds=seeds,
@@ -517,15 +531,21 @@ def test_cell_reshapes_are_inverse_and_follow_eq12():
   np.testing.assert_allclose(want[0, 1, 0], x[0, 4:8, 0:4].reshape(-1, 3).mean(0), atol=1e-6)
 
 
-@pytest.mark.parametrize("sdm_convs", ["separate", "merged"])
-@pytest.mark.parametrize("size,grid,length,key_mode", [
-    (8, 2, 4, "split"), (8, 4, 3, "split"), (12, 3, 5, "split"), (8, 2, 4, "concat"),
-    (8, 2, 3, "project")])
-def test_sdm_matches_literal_equations(size, grid, length, key_mode, sdm_convs, monkeypatch):
+@pytest.mark.parametrize("sdm_convs", ["separate", "merged", "factored"])
+@pytest.mark.parametrize("size,grid,length,key_mode,kernel_size", [
+    (8, 2, 4, "split", 3), (8, 4, 3, "split", 3), (12, 3, 5, "split", 3), (8, 2, 4, "concat", 3),
+    (8, 2, 3, "project", 3), (8, 2, 3, "split", 5), (8, 2, 3, "split", 2),
+    (12, 3, 4, "concat", 4)])
+def test_sdm_matches_literal_equations(size, grid, length, key_mode, kernel_size, sdm_convs,
+                                       monkeypatch):
+  """Every implementation against the float64 loops of tests/sdm_reference.py, odd and even
+  kernels ('same' pads (k - 1) // 2 before). Largest relative error measured (both backends,
+  the cases here): 5.4e-7."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(blocks._chosen, "sdm_convs", sdm_convs)  # pylint: disable=protected-access
   b, nr = 2, 4
-  layer = L.SpatialDynamicMemory(grid=grid, memory_dim=6, channels=nr, key_mode=key_mode)
+  layer = L.SpatialDynamicMemory(grid=grid, memory_dim=6, channels=nr, key_mode=key_mode,
+                                 kernel_size=kernel_size)
   words = rand(b, length, 7)
   mask = word_mask([length, 2], length)
   r, u = rand(b, size, size, nr), rand(b, size, size, nr)

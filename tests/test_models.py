@@ -335,27 +335,32 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
 @pytest.mark.parametrize("name,mode,module,hook,hook_mode,min_calls", [
     ("batch_norm", "fused", "blocks", "_normalize_with_batch_gradient", "fused", 7),
     ("sdm_convs", "separate", "blocks", "merged_conv", "merged", 2 * 2),
-    ("fuse_gate", "conv", "fuse", "scalar_gate_logits", "reduce", 4)])
+    ("fuse_gate", "conv", "fuse", "scalar_gate_logits", "reduce", 4),
+    ("sdm_convs", "factored", "sdm", "factored_memory_convs", "factored", 2)])
 def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, module, hook,
                                                        hook_mode, min_calls):
   """A whole training step with an implementation choice against the default one, from the same
   state and batch, on the current backend, with the TF-vs-JAX test's bounds: --batch_norm=fused
   (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and fc; at least 7 traced
   calls), --sdm_convs=separate against the default merged (2 per SDM head, 2 heads in the test
-  model's refinement stage) and --fuse_gate=conv against the default reduce (its 4 scalar gates:
-  MTWIG's, the heads' and the skip's). Largest values over 10 seeds (AMD EPYC, TensorFlow /
+  model's refinement stage), --fuse_gate=conv against the default reduce (its 4 scalar gates:
+  MTWIG's, the heads' and the skip's) and --sdm_convs=factored (its hook once per SDM head).
+  Largest values over 10 seeds (AMD EPYC, TensorFlow /
   JAX), batch_norm: losses 1.6e-6 / 1.1e-6 relative, weight elements off by > 1e-4 2.3e-5 /
   8.9e-6 (Adam's near-zero- gradient steps), updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 /
   3.2e-4 relative RMS; sdm_convs: losses 0 / 8.8e-7, weight elements off 8.9e-7 / 3.0e-5,
   updates 2.6e-5 / 4.2e-4, moments 1.9e-6 / 1.3e-3; fuse_gate: losses 1.1e-6 / 7.2e-7, weight
-  elements off 5.8e-6 / 4.0e-6, updates 1.8e-4 / 1.7e-4, moments 2.3e-4 / 6.1e-5 (for s in
+  elements off 5.8e-6 / 4.0e-6, updates 1.8e-4 / 1.7e-4, moments 2.3e-4 / 6.1e-5; factored:
+  losses 9.4e-7 / 7.8e-7, weight elements off 1.3e-6 / 0, updates 3.2e-5 / 6.3e-6, moments
+  2.5e-6 / 1.6e-6 (for s in
   0..9: MSMT_STEP_SEED=$s MSMT_STEP_REPORT=FILE KERAS_BACKEND=... pytest tests/test_models.py
   -k implementation_choice). A batch norm whose
   gradient leaves out the statistics' path puts 2% of the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   from msmt_tf.layers import fuse  # pylint: disable=g-import-not-at-top
-  target = {"blocks": blocks, "fuse": fuse}[module]
+  from msmt_tf.layers import sdm  # pylint: disable=g-import-not-at-top
+  target = {"blocks": blocks, "fuse": fuse, "sdm": sdm}[module]
   calls = []
   original = getattr(target, hook)
   monkeypatch.setattr(target, hook, lambda *a: calls.append(1) or original(*a))

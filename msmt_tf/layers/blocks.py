@@ -199,7 +199,12 @@ def apply_batch_norm(layer, x, training=None):
 #     TFLOP/s in the H100 profile of the CUB step. There it took the SDM layers from 21.5 to
 #     17.8 ms of device time (float32; BUILD.md, "H100, fourth and fifth sittings").
 #   "separate": one Keras convolution per layer, as the layers are written.
-SDM_CONVS_MODES = ("merged", "separate")
+#   "factored": the same function with less arithmetic, by linearity (sdm.py): phi_K and phi_V
+#     are applied per word and per cell, not per (word, cell) slot of the memory
+#     (`factored_memory_convs`; m is never formed), and the global and grid queries are the
+#     kernels applied to window means (`pooled_query_convs`), only phi_Q_pixel stays a
+#     convolution. The CUB step: 6,525 -> FIXME GFLOP (bench --flops_only).
+SDM_CONVS_MODES = ("merged", "separate", "factored")
 _MODES["sdm_convs"] = SDM_CONVS_MODES
 
 # How `GatedFusion`'s scalar gate (a 1x1 convolution of concat(a, b) to one channel) computes its

@@ -5,12 +5,15 @@ words `[B, L, N_w]`. Every step is a batched einsum / reshape: there is no loop 
 cells or pixels.
 """
 
+import itertools
+
 import keras
 from keras import ops
 
 from msmt_tf.layers import blocks
 
-__all__ = ["SpatialDynamicMemory", "grid_pool", "to_cells", "from_cells"]
+__all__ = ["SpatialDynamicMemory", "grid_pool", "to_cells", "from_cells", "shifted_cell_sums",
+           "pooled_query_convs", "factored_memory_convs"]
 
 _KEY_MODES = ("split", "concat", "project")
 
@@ -39,6 +42,116 @@ def from_cells(x, grid):
   x = ops.reshape(x, (-1, grid, grid, p, p, c))
   x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
   return ops.reshape(x, (-1, grid * p, grid * p, c))
+
+
+def _same_offsets(kernel_size):
+  """Per kernel tap, the input offset a stride-1 'same' convolution reads (pads (k - 1) // 2
+  before, the rest after, as TensorFlow and JAX do)."""
+  before = (kernel_size - 1) // 2
+  return [t - before for t in range(kernel_size)]
+
+
+def _shift(x, axis, offset):
+  """`y[..., i, ...] = x[..., i + offset, ...]` along `axis`, zero where `i + offset` is outside."""
+  if offset == 0:
+    return x
+  n = x.shape[axis]
+  widths = [(0, 0)] * len(x.shape)
+  widths[axis] = (0, offset) if offset > 0 else (-offset, 0)
+  index = [slice(None)] * len(x.shape)
+  index[axis] = slice(max(offset, 0), max(offset, 0) + n)
+  return ops.pad(x, widths)[tuple(index)]
+
+
+def _check_same_convs(convs, what, linear=False):
+  """The conditions under which the SDM's convolutions may be rewritten (sdm_convs 'factored')."""
+  first = convs[0]
+  for conv in convs:
+    if not conv.built:
+      raise ValueError(f"{what}: {conv.name} is not built")
+    if (conv.groups, conv.data_format, conv.padding, tuple(conv.strides),
+        tuple(conv.dilation_rate)) != (1, "channels_last", "same", (1, 1), (1, 1)):
+      raise ValueError(f"{what} needs ungrouped channels_last 'same' convolutions of stride and "
+                       f"dilation 1; {conv.name} has groups={conv.groups}, {conv.data_format}, "
+                       f"padding={conv.padding!r}, strides={conv.strides}, "
+                       f"dilation={conv.dilation_rate}")
+    if (tuple(conv.kernel_size), conv.use_bias, conv.compute_dtype) != (
+        tuple(first.kernel_size), first.use_bias, first.compute_dtype):
+      raise ValueError(f"{what}: {conv.name} and {first.name} differ in kernel size, bias or "
+                       "compute dtype")
+    if linear and conv.activation is not None and conv.activation.__name__ != "linear":
+      raise ValueError(f"{what}: {conv.name} has the activation {conv.activation.__name__}; the "
+                       "mean of a convolution is the kernel applied to means only without one")
+
+
+def shifted_cell_sums(x, grid, kernel_size):
+  """`[B, s, s, C] -> [B, h, h, ky, kx, C]` float32: per cell (i, j) and tap (ty, tx) of a
+  stride-1 'same' `kernel_size` convolution, the sum over the cell's pixels (y, x) of
+  `x[y + dy(ty), x + dx(tx)]` (zero outside the image): the windows the tap reads, summed."""
+  ky, kx = kernel_size
+  s, c = x.shape[1], x.shape[-1]
+  p = s // grid
+  x = ops.cast(x, "float32")
+  cols = ops.stack([ops.sum(ops.reshape(_shift(x, 2, d), (-1, s, grid, p, c)), axis=3)
+                    for d in _same_offsets(kx)], axis=3)                # [B, s, h, kx, C]
+  return ops.stack([ops.sum(ops.reshape(_shift(cols, 1, d), (-1, grid, p, grid, kx, c)), axis=2)
+                    for d in _same_offsets(ky)], axis=3)                # [B, h, h, ky, kx, C]
+
+
+def pooled_query_convs(global_conv, grid_conv, x, grid):
+  """`(mean(global_conv(x)) [B, F], grid_pool(grid_conv(x), grid) [B, h, h, F])` without either
+  convolution: a convolution without activation is linear, so its mean over a set of pixels is
+  its kernel applied to the means of the windows each tap reads (`shifted_cell_sums`), plus the
+  bias. Float32 sums and products; the results in the layers' compute dtype."""
+  _check_same_convs([global_conv, grid_conv], "pooled_query_convs", linear=True)
+  ky, kx = global_conv.kernel_size
+  s, c = x.shape[1], x.shape[-1]
+  sums = ops.reshape(shifted_cell_sums(x, grid, (ky, kx)), (-1, grid, grid, ky * kx * c))
+
+  def apply(conv, means):  # the kernel [ky, kx, C, F] flattened in the order of the sums
+    y = ops.matmul(means, ops.reshape(ops.cast(conv.kernel, "float32"), (ky * kx * c, -1)))
+    if conv.use_bias:
+      y = y + ops.cast(conv.bias, "float32")
+    return ops.cast(y, conv.compute_dtype)
+
+  p = s // grid
+  return (apply(global_conv, ops.sum(sums, axis=(1, 2)) / float(s * s)),
+          apply(grid_conv, sums / float(p * p)))
+
+
+def factored_memory_convs(convs, word_part, grid_part, gate):
+  """`[conv(m) for conv in convs]`, `[B, L, h, h, filters]` each with its layer's activation, for
+  the memory `m[b, l, i, j] = word_part[b, l] gate[b, l, i, j] + grid_part[b, i, j] (1 -
+  gate[b, l, i, j])` (Eq. 7), without forming m (`[B L, h, h, N_m]`): the convolution is linear
+  before its activation, so per tap t its kernel W_t is applied once per word (`W_t word_part`)
+  and once per cell (`W_t grid_part`, shifted by the tap), and these are weighted by the shifted
+  gates (zero outside the grid, where m is zero-padded). Float32 products and sums; the outputs
+  in the layers' compute dtype.
+    word_part `[B, L, N_m]`, grid_part `[B, h, h, N_m]`, gate `[B, L, h, h]`."""
+  _check_same_convs(convs, "factored_memory_convs")
+  first = convs[0]
+  ky, kx = first.kernel_size
+  taps = [(dy, dx) for dy in _same_offsets(ky) for dx in _same_offsets(kx)]
+  f32 = lambda t: ops.cast(t, "float32")
+  kernel = ops.concatenate([f32(c.kernel) for c in convs], axis=-1)    # [ky, kx, N_m, F]
+  kernel = ops.reshape(kernel, (ky * kx, kernel.shape[2], kernel.shape[3]))
+
+  def shifted(t, axis):  # per tap, t shifted by (dy, dx) on axes (axis, axis + 1), stacked last
+    return ops.stack([_shift(_shift(t, axis, dy), axis + 1, dx) for dy, dx in taps], axis=-1)
+
+  gate = f32(gate)
+  word_taps = ops.einsum("blm,tmf->bltf", f32(word_part), kernel)            # [B, L, T, F]
+  grid_taps = ops.einsum("bijmt,tmf->bijtf", shifted(f32(grid_part), 1), kernel)  # [B,h,h,T,F]
+  word_gates = shifted(gate, 2)                                               # [B, L, h, h, T]
+  grid_gates = shifted(1.0 - gate, 2)
+  y = (ops.einsum("blijt,bltf->blijf", word_gates, word_taps)
+       + ops.einsum("blijt,bijtf->blijf", grid_gates, grid_taps))
+  if first.use_bias:
+    y = y + ops.concatenate([f32(c.bias) for c in convs], axis=-1)
+  y = ops.cast(y, first.compute_dtype)
+  ends = list(itertools.accumulate(c.filters for c in convs))
+  outs = ops.split(y, ends[:-1], axis=-1)
+  return [c.activation(o) if c.activation is not None else o for c, o in zip(convs, outs)]
 
 
 def _conv(filters, kernel_size, activation=None, name=None):
@@ -146,24 +259,32 @@ class SpatialDynamicMemory(keras.layers.Layer):
       c = ops.stop_gradient(c)
     gate = (ops.squeeze(self.word_gate(words), -1)[:, :, None, None]  # [B, L, 1, 1]
             + ops.sum(c * self.grid_gate, axis=-1)[:, None])          # [B, 1, h, h]
-    gate = ops.sigmoid(gate)[..., None]                               # [B, L, h, h, 1]
-    mw = self.word_memory(words)[:, :, None, None, :]                 # [B, L, 1, 1, Nm]
-    mc = self.grid_memory(c)[:, None]                                 # [B, 1, h, h, Nm]
-    m = mw * gate + mc * (1.0 - gate)                                 # [B, L, h, h, Nm]
-    m = ops.reshape(m, (-1, h, h, self.memory_dim))                   # words folded in batch
+    gate = ops.sigmoid(gate)                                          # [B, L, h, h]
+    mw = self.word_memory(words)                                      # [B, L, Nm]
+    mc = self.grid_memory(c)                                          # [B, h, h, Nm]
     queries = (self.q_global, self.q_grid, self.q_pixel)
-    if blocks.implementation("sdm_convs") == "merged":  # one convolution per input
-      keys, values = blocks.merged_conv([self.key, self.value], m)
-      q_maps = blocks.merged_conv(queries, query_source)
+    mode = blocks.implementation("sdm_convs")
+    if mode == "factored":  # no m, no global / grid query convolutions (linearity)
+      keys, values = factored_memory_convs([self.key, self.value], mw, mc, gate)
+      q_glob, q_grid = pooled_query_convs(self.q_global, self.q_grid, query_source, h)
+      q_pix = self.q_pixel(query_source)
     else:
-      keys, values = self.key(m), self.value(m)
-      q_maps = [conv(query_source) for conv in queries]
-    keys = ops.reshape(keys, (-1, length, h, h, self.key.filters))
-    values = ops.reshape(values, (-1, length, h, h, nr))
-    # Queries (Eq. 9-12).
-    q_glob = ops.mean(q_maps[0], axis=(1, 2))                         # [B, Nr]
-    q_grid = grid_pool(q_maps[1], h)                                  # [B, h, h, Nr]
-    q_pix = to_cells(q_maps[2], h)                                    # [B, h, h, p*p, Nr]
+      m = (mw[:, :, None, None, :] * gate[..., None]
+           + mc[:, None] * (1.0 - gate[..., None]))                   # [B, L, h, h, Nm]
+      m = ops.reshape(m, (-1, h, h, self.memory_dim))                 # words folded in batch
+      if mode == "merged":  # one convolution per input
+        keys, values = blocks.merged_conv([self.key, self.value], m)
+        q_maps = blocks.merged_conv(queries, query_source)
+      else:
+        keys, values = self.key(m), self.value(m)
+        q_maps = [conv(query_source) for conv in queries]
+      keys = ops.reshape(keys, (-1, length, h, h, self.key.filters))
+      values = ops.reshape(values, (-1, length, h, h, nr))
+      # Queries (Eq. 9-12).
+      q_glob = ops.mean(q_maps[0], axis=(1, 2))                       # [B, Nr]
+      q_grid = grid_pool(q_maps[1], h)                                # [B, h, h, Nr]
+      q_pix = q_maps[2]
+    q_pix = to_cells(q_pix, h)                                        # [B, h, h, p*p, Nr]
     if self.key_mode == "concat":
       k_glob, k_grid, k_pix = ops.split(keys, 3, axis=-1)
       logits = (ops.einsum("blijc,bc->blij", k_glob, q_glob)[..., None]
