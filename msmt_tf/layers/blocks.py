@@ -203,7 +203,8 @@ def apply_batch_norm(layer, x, training=None):
 #     are applied per word and per cell, not per (word, cell) slot of the memory
 #     (`factored_memory_convs`; m is never formed), and the global and grid queries are the
 #     kernels applied to window means (`pooled_query_convs`), only phi_Q_pixel stays a
-#     convolution. The CUB step: 6,525 -> FIXME GFLOP (bench --flops_only).
+#     convolution. The CUB step: 6,525 -> 5,648 GFLOP (bench --flops_only); not yet timed on
+#     a GPU, so not the default (BUILD.md, "Prepared on the CPU ... sixth session").
 SDM_CONVS_MODES = ("merged", "separate", "factored")
 _MODES["sdm_convs"] = SDM_CONVS_MODES
 
