@@ -9,7 +9,8 @@
 # short keeps what was measured), OUT_DIR/logs.tgz (each run's log) and OUT_DIR/profile_*.tgz
 # (jax.profiler XPlane of one step of the fused float32 / bf16 runs; read them with XProf, e.g.
 # `xprof.convert.raw_to_tool_data.xspace_to_tool_data([path], "hlo_stats", {})`).
-# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "1 2 3 4"), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
+# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "16 17 18 19",
+# the next sitting's; an unknown group is refused), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
 # (the configs; a CPU rehearsal: "--flagfile=configs/smoke.cfg --vocab_size=50" for each), DRY_RUN=1
 # (check every command's flags with --dry_run, sequentially; nothing is compiled or timed).
 #
@@ -40,11 +41,12 @@
 #   with a one-step profile (which tells the two changes apart per layer). The bf16 merged run
 #   ran out of memory at its first step beside the three others, so bf16 is not yet measured:
 #   the next sitting's RUN_GROUPS=15 (group 14's bf16 pair alone). Group 14 was then removed
-#   (its float32 pair is measured; 15 and 16 hold the rest).
+#   (its float32 pair is measured; group 15 holds its bf16 pair).
 # Groups 16 (float32) and 17 (bf16), sixth session: the default step (--sdm_convs=merged) beside
 #   --sdm_convs=factored (13% fewer FLOPs, same function), the latter with a one-step profile.
-#   Group 18: the same choice on the two refinement parts alone (--only_parts, no step
-#   compiled), float32 and bf16: a quick first answer. Next sitting: RUN_GROUPS="16 17 18".
+#   Groups 18 (float32) and 19 (bf16): the same choice on the two refinement parts alone
+#   (--only_parts, no step compiled): a quick first answer. Two runs per group: four CUB runs
+#   at once have run out of device memory. The default RUN_GROUPS="16 17 18 19".
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,7 +99,7 @@ fi
 CUB=${CUB_FLAGS:---flagfile=configs/cub.cfg}
 DMGAN=${DMGAN_FLAGS:---flagfile=configs/cub_dmgan.cfg}
 COCO=${COCO_FLAGS:---flagfile=configs/coco.cfg}
-for g in ${RUN_GROUPS:-1 2 3 4}; do
+for g in ${RUN_GROUPS:-16 17 18 19}; do
   case $g in
     1) group 1 \
          "$CUB --parts --devices 1 --upsample_conv=reference" \
@@ -121,9 +123,10 @@ for g in ${RUN_GROUPS:-1 2 3 4}; do
           "$CUB --noparts --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_f32_factored --profile_steps 1" ;;
     17) group 17 "$CUB --noparts --mixed_precision" \
           "$CUB --noparts --mixed_precision --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_bf16_factored --profile_steps 1" ;;
-    18) group 18 "$CUB --only_parts=refine1,refine2" "$CUB --only_parts=refine1,refine2 --sdm_convs=factored" \
-          "$CUB --only_parts=refine1,refine2 --mixed_precision" \
+    18) group 18 "$CUB --only_parts=refine1,refine2" "$CUB --only_parts=refine1,refine2 --sdm_convs=factored" ;;
+    19) group 19 "$CUB --only_parts=refine1,refine2 --mixed_precision" \
           "$CUB --only_parts=refine1,refine2 --mixed_precision --sdm_convs=factored" ;;
+    *) echo "gpu_session.sh: no group $g (groups: 1 2 5 6 10 15 16 17 18 19)" >&2; exit 2 ;;
   esac
 done
 [ "${DRY_RUN:-0}" = 1 ] && exit 0

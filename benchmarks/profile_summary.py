@@ -31,7 +31,8 @@ the N (default 40) largest first, then the totals: BUILD.md's per-layer comparis
 
 prints instead which cuDNN call XLA made of each convolution (forward, backward-input or
 backward-filter), with its result and operand shapes, window and dimension labels, counted over
-the optimized HLO modules of an `XLA_FLAGS=--xla_dump_to=DIR` run (gpu_session.sh group 7).
+the optimized HLO modules of an `XLA_FLAGS=--xla_dump_to=DIR` run (what gpu_session.sh's
+former group 7 did; a profile's own HLO names the cuDNN call too, `--layers`).
 """
 
 import collections

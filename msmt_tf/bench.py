@@ -296,8 +296,15 @@ def build(batch_size, words_num, seed=0):
   return gan, cfg, batch
 
 
+def part_names(gan):
+  """The names of `part_functions`' parts, in order, without building them."""
+  g = gan.generator
+  return (["text_encoder", g.init_stage.name] + [stage.name for stage in g.refine_stages]
+          + ["discriminators", "damsm", "optimizers"])
+
+
 def part_functions(gan, batch, jit_compile):
-  """{name: (compiled fn, inputs)} for the parts of one training step."""
+  """{name: (compiled fn, inputs)} for the parts of one training step (`part_names`)."""
   from keras import ops  # pylint: disable=g-import-not-at-top
   g = gan.generator
   every = gan.state_variables()
@@ -743,23 +750,24 @@ def run_benchmark(steps, warmup, with_parts):
     data = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
   step_data = data if placement is None else placement.put_batch(batch)  # placed once
   parts_skipped = None
-  if with_parts and placement is not None and backend == "tensorflow":
+  only = FLAGS.only_parts
+  if only:
+    unknown = [n for n in only if n not in part_names(gan)]
+    if unknown:
+      raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
+                       f"configuration; its parts: {', '.join(part_names(gan))}")
+  if (with_parts or only) and placement is not None and backend == "tensorflow":
     # The parts are plain tf.functions; the strategy's mirrored variables are readable only
     # inside its replica context.
-    if FLAGS.only_parts:
+    if only:
       raise ValueError(f"--only_parts is not available with a TensorFlow strategy "
                        f"({placement}): the parts read the variables outside its replicas")
     parts_skipped = (f"--parts is not timed with a TensorFlow strategy ({placement}); the "
                      "step is")
     print(f"warning: {parts_skipped}", file=sys.stderr)
     with_parts = False
-  only = FLAGS.only_parts
   parts = part_functions(gan, batch, jit) if with_parts or only else {}
   if only:
-    unknown = [n for n in only if n not in parts]
-    if unknown:
-      raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
-                       f"configuration; its parts: {', '.join(parts)}")
     parts = {n: parts[n] for n in only}
   flops = (flop_counts(gan, data, parts, FLAGS.fused_bytes, with_step=not only)
            if backend == "jax" else {})
@@ -946,8 +954,8 @@ def dry_run():
   """`--dry_run`: what the flags ask for, checked (flags parsed, model config valid), unrun."""
   out = {"dry_run": True,
          "command": " ".join(["python", "-m", "msmt_tf.bench"] + sys.argv[1:]),
-         "mode": ("pipeline" if FLAGS.pipeline else "flops_only" if FLAGS.flops_only else
-                  "parts" if FLAGS.only_parts else "step"),
+         "mode": ("pipeline" if FLAGS.pipeline else "parts" if FLAGS.only_parts else
+                  "flops_only" if FLAGS.flops_only else "step"),
          "only_parts": FLAGS.only_parts,
          "keras_backend": os.environ.get("KERAS_BACKEND"),
          "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
@@ -970,7 +978,7 @@ def main(argv):
   if FLAGS.table:
     with open(FLAGS.table) as f:
       results = [json.loads(l) for l in f if l.strip()]
-    steps = [r for r in results if r.get("mode") not in ("pipeline", "parts")]
+    steps = [r for r in results if "ms_per_step_median" in r]  # not --flops_only / parts
     pipes = [r for r in results if r.get("mode") == "pipeline"]
     print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
                                     pipeline_table(pipes) if pipes else "") if t))
@@ -979,6 +987,11 @@ def main(argv):
     sys.exit("error: --steps must be >= 1")
   if FLAGS.flops_only and FLAGS.pipeline:
     sys.exit("error: --flops_only and --pipeline exclude each other")
+  if FLAGS.only_parts:
+    for other, given in (("--pipeline", FLAGS.pipeline), ("--profile_dir", FLAGS.profile_dir),
+                         ("--noparts", FLAGS["parts"].present and not FLAGS.parts)):
+      if given:
+        sys.exit(f"error: --only_parts and {other} exclude each other")
   try:
     if FLAGS.dry_run:
       print(json.dumps(dry_run()))

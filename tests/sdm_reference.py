@@ -4,17 +4,17 @@ import numpy as np
 
 
 def conv_same(x, kernel, bias=None):
-  """'same' 2-D convolution (stride 1) of `[H, W, Cin]` by `[k, k, Cin, Cout]`; an even kernel
+  """'same' 2-D convolution (stride 1) of `[H, W, Cin]` by `[kh, kw, Cin, Cout]`; an even size
   pads (k - 1) // 2 before and the rest after, as TensorFlow and JAX do."""
-  k = kernel.shape[0]
-  pad = ((k - 1) // 2, k - 1 - (k - 1) // 2)
-  xp = np.pad(x, (pad, pad, (0, 0)))
+  kh, kw = kernel.shape[:2]
+  xp = np.pad(x, ((((kh - 1) // 2, kh - 1 - (kh - 1) // 2)),
+                  ((kw - 1) // 2, kw - 1 - (kw - 1) // 2), (0, 0)))
   h, w = x.shape[:2]
   out = np.zeros((h, w, kernel.shape[-1]))
   for u in range(h):
     for v in range(w):
-      for a in range(k):
-        for b in range(k):
+      for a in range(kh):
+        for b in range(kw):
           out[u, v] += xp[u + a, v + b] @ kernel[a, b]
   return out if bias is None else out + bias
 

@@ -123,9 +123,14 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
 
 def test_bench_refuses_bad_flags():
   for extra, message in (("--steps=0", "--steps must be >= 1"),
-                         ("--flops_only", "--flops_only needs KERAS_BACKEND=jax")):
+                         ("--flops_only", "--flops_only needs KERAS_BACKEND=jax"),
+                         ("--only_parts=refine1 --noparts",
+                          "--only_parts and --noparts exclude each other"),
+                         ("--only_parts=refine1 --profile_dir=/tmp/p",
+                          "--only_parts and --profile_dir exclude each other")):
     res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", "--flagfile=configs/smoke.cfg",
-                          "--vocab_size=60", extra], cwd=REPO, capture_output=True, text=True)
+                          "--vocab_size=60", *extra.split()], cwd=REPO, capture_output=True,
+                         text=True)
     assert res.returncode != 0 and message in res.stderr, res.stderr[-2000:]
 
 
@@ -353,7 +358,7 @@ def test_gpu_session_script_commands_parse(tmp_path):
   as written (15: --sdm_convs=separate --fuse_gate=conv); group 18 times the refinement parts
   alone, both SDM choices in both precisions."""
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable,
-             RUN_GROUPS="1 2 5 6 10 15 16 17 18")
+             RUN_GROUPS="1 2 5 6 10 15 16 17 18 19")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
@@ -372,6 +377,10 @@ def test_gpu_session_script_commands_parse(tmp_path):
   assert all(l["only_parts"] == ["refine1", "refine2"] for l in alone) and len(alone) == 4
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
   assert not (tmp_path / "out" / "results.jsonl").exists()
+  # A group that does not exist (or no longer does) is refused, not skipped.
+  res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
+                       env=dict(env, RUN_GROUPS="14"), capture_output=True, text=True)
+  assert res.returncode == 2 and "gpu_session.sh: no group 14" in res.stderr, res.stderr[-2000:]
 
 
 _TURN = """

@@ -421,6 +421,23 @@ def test_merged_conv_refuses_what_it_cannot_merge(monkeypatch):
   assert not calls
   with pytest.raises(ValueError, match="sdm_convs must be one of"):
     blocks.set_implementation("sdm_convs", "gemm")
+  # The factored SDM rewrites only what linearity allows, and names the layer it cannot.
+  linear = blocks.Conv2D(4, 3, padding="same", name="linear")
+  relu = blocks.Conv2D(4, 3, padding="same", activation="relu", name="relu")
+  valid = blocks.Conv2D(4, 3, padding="valid", name="valid")
+  strided = blocks.Conv2D(4, 3, strides=2, padding="same", name="strided")
+  for conv in (linear, relu, valid, strided):
+    conv.build(x.shape)
+  with pytest.raises(ValueError, match="relu has the activation relu"):
+    sdm_lib.pooled_query_convs(linear, relu, x, 2)
+  for bad in (valid, strided):
+    with pytest.raises(ValueError, match=f"'same' convolutions of stride and dilation 1; "
+                                         f"{bad.name} has"):
+      sdm_lib.factored_memory_convs([linear, bad], x[:, None, 0, 0], x[:, :2, :2], x[:, None,
+                                                                                    :2, :2, 0])
+  np.testing.assert_allclose(  # the pooled means are those of the convolution
+      np.asarray(sdm_lib.pooled_query_convs(linear, linear, x, 2)[1]),
+      np.asarray(sdm_lib.grid_pool(linear(x), 2)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("gate_mode", ["conv", "reduce"])
@@ -535,12 +552,12 @@ def test_cell_reshapes_are_inverse_and_follow_eq12():
 @pytest.mark.parametrize("size,grid,length,key_mode,kernel_size", [
     (8, 2, 4, "split", 3), (8, 4, 3, "split", 3), (12, 3, 5, "split", 3), (8, 2, 4, "concat", 3),
     (8, 2, 3, "project", 3), (8, 2, 3, "split", 5), (8, 2, 3, "split", 2),
-    (12, 3, 4, "concat", 4)])
+    (12, 3, 4, "concat", 4), (8, 2, 3, "split", (3, 2))])
 def test_sdm_matches_literal_equations(size, grid, length, key_mode, kernel_size, sdm_convs,
                                        monkeypatch):
-  """Every implementation against the float64 loops of tests/sdm_reference.py, odd and even
-  kernels ('same' pads (k - 1) // 2 before). Largest relative error measured (both backends,
-  the cases here): 5.4e-7."""
+  """Every implementation against the float64 loops of tests/sdm_reference.py, odd, even and
+  rectangular kernels ('same' pads (k - 1) // 2 before). Largest relative error measured (both
+  backends, the cases here): 5.4e-7."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(blocks._chosen, "sdm_convs", sdm_convs)  # pylint: disable=protected-access
   b, nr = 2, 4
