@@ -12,7 +12,8 @@
 # Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "16 17 18 19",
 # the next sitting's; an unknown group is refused), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
 # (the configs; a CPU rehearsal: "--flagfile=configs/smoke.cfg --vocab_size=50" for each), DRY_RUN=1
-# (check every command's flags with --dry_run, sequentially; nothing is compiled or timed).
+# (check every command's flags with bench --dry_run_commands, in one process; nothing is compiled
+# or timed).
 #
 # Group 1, configs/cub.cfg, batch 20, with the per-part breakdown (--parts): float32 (TF32) and
 #   bf16, each with the reference UpBlock (upsample then conv3x3, the default) and the fused one.
@@ -68,8 +69,8 @@ group() {  # group NAME "ENV... bench args" ...
   for spec in "$@"; do
     local env_vars=""  # leading NAME=value words of the spec go before the command
     while [[ $spec == [A-Z_]*=* ]]; do env_vars="$env_vars ${spec%% *}"; spec=${spec#* }; done
-    if [ "${DRY_RUN:-0}" = 1 ]; then
-      eval "$env_vars $PY -m msmt_tf.bench $spec --steps $STEPS --dry_run" || echo "DRY RUN FAILED: $spec" >&2
+    if [ "${DRY_RUN:-0}" = 1 ]; then  # checked together at the end, in one process
+      echo "$env_vars $spec --steps $STEPS" >>"$OUT_DIR/work/dry_run_commands.txt"
       continue
     fi
     # The wrapper marks the run ready when it ends, so that a run that dies before it compiled
@@ -129,7 +130,14 @@ for g in ${RUN_GROUPS:-16 17 18 19}; do
     *) echo "gpu_session.sh: no group $g (groups: 1 2 5 6 10 15 16 17 18 19)" >&2; exit 2 ;;
   esac
 done
-[ "${DRY_RUN:-0}" = 1 ] && exit 0
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  status=0
+  if [ -f "$OUT_DIR/work/dry_run_commands.txt" ]; then
+    $PY -m msmt_tf.bench --dry_run_commands "$OUT_DIR/work/dry_run_commands.txt" || status=$?
+  fi
+  rm -rf "$OUT_DIR/work"
+  exit $status
+fi
 $PY -m msmt_tf.bench --table "$RESULTS" || true
 $PY - "$RESULTS" <<'EOF' || true
 import json, re, sys

@@ -102,6 +102,11 @@ def define_flags():
                       "JAX: after timing, trace --profile_steps steps with jax.profiler into this "
                       "folder (an .xplane.pb for XProf / TensorBoard's profile plugin).")
   flags.DEFINE_integer("profile_steps", 3, "--profile_dir: steps traced.")
+  flags.DEFINE_string("dry_run_commands", None,
+                      "A file of bench command lines (flags, after any leading NAME=value "
+                      "environment words): --dry_run each of them in this one process, one JSON "
+                      "line each; a line that fails is named on stderr and the exit status is 1 "
+                      "(benchmarks/gpu_session.sh DRY_RUN=1).")
   flags.DEFINE_bool("dry_run", False,
                     "Check the flags and the model config, print what would be measured as a JSON "
                     "line and exit (nothing built, run or appended to --out; benchmarks/h100.sh "
@@ -973,6 +978,58 @@ def dry_run():
   return out
 
 
+def _flag_problem():
+  """What is wrong with the flags' combination, or None."""
+  if FLAGS.steps < 1:
+    return "--steps must be >= 1"
+  if FLAGS.flops_only and FLAGS.pipeline:
+    return "--flops_only and --pipeline exclude each other"
+  if FLAGS.only_parts:
+    for other, given in (("--pipeline", FLAGS.pipeline), ("--profile_dir", FLAGS.profile_dir),
+                         ("--noparts", FLAGS["parts"].present and not FLAGS.parts)):
+      if given:
+        return f"--only_parts and {other} exclude each other"
+  return None
+
+
+def dry_run_commands(path):
+  """`--dry_run_commands`: each line's flags parsed and dry-run here (one process for all);
+  returns the exit status (1 if any line failed)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    lines = [l.strip() for l in f if l.strip()]
+  failed, original = 0, list(sys.argv)
+  for line in lines:
+    words = shlex.split(line)
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+      key, value = words.pop(0).split("=", 1)
+      env[key] = value
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    sys.argv = ["msmt_tf.bench", *words, "--dry_run"]  # what dry_run() reports as the command
+    try:
+      FLAGS.unparse_flags()
+      FLAGS(sys.argv)
+      problem = _flag_problem()
+      if problem:
+        raise ValueError(problem)
+      print(json.dumps(dry_run()), flush=True)
+    except (flags.Error, ValueError) as e:
+      failed += 1
+      print(f"DRY RUN FAILED: {line}: {e}", file=sys.stderr, flush=True)
+    finally:
+      sys.argv = original
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+  FLAGS.unparse_flags()
+  FLAGS(original)  # the command's own flags again (absl reads some at exit)
+  return 1 if failed else 0
+
+
 def main(argv):
   del argv
   if FLAGS.table:
@@ -983,15 +1040,11 @@ def main(argv):
     print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
                                     pipeline_table(pipes) if pipes else "") if t))
     return
-  if FLAGS.steps < 1:
-    sys.exit("error: --steps must be >= 1")
-  if FLAGS.flops_only and FLAGS.pipeline:
-    sys.exit("error: --flops_only and --pipeline exclude each other")
-  if FLAGS.only_parts:
-    for other, given in (("--pipeline", FLAGS.pipeline), ("--profile_dir", FLAGS.profile_dir),
-                         ("--noparts", FLAGS["parts"].present and not FLAGS.parts)):
-      if given:
-        sys.exit(f"error: --only_parts and {other} exclude each other")
+  if FLAGS.dry_run_commands:
+    sys.exit(dry_run_commands(FLAGS.dry_run_commands))
+  problem = _flag_problem()
+  if problem:
+    sys.exit(f"error: {problem}")
   try:
     if FLAGS.dry_run:
       print(json.dumps(dry_run()))

@@ -377,6 +377,12 @@ def test_gpu_session_script_commands_parse(tmp_path):
   assert all(l["only_parts"] == ["refine1", "refine2"] for l in alone) and len(alone) == 4
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
   assert not (tmp_path / "out" / "results.jsonl").exists()
+  # A command whose flags do not parse fails the dry run, named.
+  res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
+                       env=dict(env, RUN_GROUPS="16", CUB_FLAGS="--flagfile=configs/cub.cfg "
+                                "--no_such_flag=1"), capture_output=True, text=True)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert res.stderr.count("DRY RUN FAILED: --flagfile=configs/cub.cfg --no_such_flag=1 ") == 2
   # A group that does not exist (or no longer does) is refused, not skipped.
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=dict(env, RUN_GROUPS="14"), capture_output=True, text=True)
