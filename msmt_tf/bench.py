@@ -308,15 +308,18 @@ def part_names(gan):
           + ["discriminators", "damsm", "optimizers"])
 
 
-def part_functions(gan, batch, jit_compile):
-  """{name: (compiled fn, inputs)} for the parts of one training step (`part_names`)."""
+def part_functions(gan, batch, jit_compile, names=None):
+  """{name: (compiled fn, inputs)} for the parts of one training step (`part_names`); `names`:
+  only these (the generator's eager forward pass, for the fake images, only where a part needs
+  them)."""
   from keras import ops  # pylint: disable=g-import-not-at-top
   g = gan.generator
   every = gan.state_variables()
   tokens = ops.convert_to_tensor(batch["tokens"])
   words, sentence, mask = gan.encode_text(tokens)
   z = gan.sample_noise(tokens.shape[0])
-  out = gan.sample(tokens, z, ema=False)
+  with_fakes = names is None or {"discriminators", "damsm"} & set(names)
+  out = gan.sample(tokens, z, ema=False) if with_fakes else []
   fixed = ops.convert_to_tensor(np.zeros((tokens.shape[0], g.condition_dim), np.float32))
   parts = {}
   parts["text_encoder"] = (compile_part([], every, lambda t: gan.text_encoder(t), 0, jit_compile),
@@ -359,8 +362,9 @@ def part_functions(gan, batch, jit_compile):
     return total
 
   d_vars = [v for d in gan.discriminators for v in d.trainable_variables]
-  parts["discriminators"] = (compile_part(d_vars, every, discriminators, len(fakes), jit_compile),
-                             fakes + reals + [sentence])
+  if with_fakes:
+    parts["discriminators"] = (compile_part(d_vars, every, discriminators, len(fakes),
+                                            jit_compile), fakes + reals + [sentence])
   cfg = gan.loss_config
   class_ids = ops.convert_to_tensor(batch["class_id"])
 
@@ -371,8 +375,9 @@ def part_functions(gan, batch, jit_compile):
     s0, s1 = losses.damsm_sentence_loss(code, s, class_ids, cfg.gamma3)
     return w0 + w1 + s0 + s1
 
-  parts["damsm"] = (compile_part([], every, damsm, 1, jit_compile),
-                    [fakes[-1], words, sentence, mask])
+  if with_fakes:
+    parts["damsm"] = (compile_part([], every, damsm, 1, jit_compile),
+                      [fakes[-1], words, sentence, mask])
   opt_fns = [compile_optimizer_step(gan.g_optimizer, g.trainable_variables, jit_compile)]
   opt_fns += [compile_optimizer_step(o, d.trainable_variables, jit_compile)
               for o, d in zip(gan.d_optimizers, gan.discriminators)]
@@ -771,7 +776,7 @@ def run_benchmark(steps, warmup, with_parts):
                      "step is")
     print(f"warning: {parts_skipped}", file=sys.stderr)
     with_parts = False
-  parts = part_functions(gan, batch, jit) if with_parts or only else {}
+  parts = part_functions(gan, batch, jit, only) if with_parts or only else {}
   if only:
     parts = {n: parts[n] for n in only}
   flops = (flop_counts(gan, data, parts, FLAGS.fused_bytes, with_step=not only)
