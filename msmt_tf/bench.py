@@ -194,6 +194,12 @@ def _time(fn, args, steps, warmup):
   return times
 
 
+def _time_parts(parts, steps, warmup):
+  """{name: median ms} of each compiled part (`part_functions`' items), timed in turn."""
+  return {name: round(statistics.median(_time(fn, inputs, steps, warmup)), 2)
+          for name, (fn, inputs) in parts.items()}
+
+
 def _sum_of_means(tree):
   from keras import ops  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
@@ -762,10 +768,11 @@ def run_benchmark(steps, warmup, with_parts):
   parts_skipped = None
   only = FLAGS.only_parts
   if only:
-    unknown = [n for n in only if n not in part_names(gan)]
+    names = part_names(gan)
+    unknown = [n for n in only if n not in names]
     if unknown:
       raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
-                       f"configuration; its parts: {', '.join(part_names(gan))}")
+                       f"configuration; its parts: {', '.join(names)}")
   if (with_parts or only) and placement is not None and backend == "tensorflow":
     # The parts are plain tf.functions; the strategy's mirrored variables are readable only
     # inside its replica context.
@@ -786,30 +793,33 @@ def run_benchmark(steps, warmup, with_parts):
             | ({"mode": "parts"} if only else {})
             | _flops_keys(flops, batch_size, FLAGS.mixed_precision))
   # Everything timed below is compiled first (with --sync_dir, beside the group's compiles).
-  compile_s = None if only else _first_call_s(step_fn, [step_data])
-  parts_compile_s = {name: round(_first_call_s(fn, inputs), 2)
-                     for name, (fn, inputs) in parts.items()}
-  with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
-                   FLAGS.sync_timeout) as sync:
-    times = None if only else _time(step_fn, [step_data], steps, warmup)
-    parts_ms = {name: round(statistics.median(
-        _time(fn, inputs, steps if only else max(3, steps // 2), warmup if only else 1)), 2)
-                for name, (fn, inputs) in parts.items()}
-    if FLAGS.profile_dir and backend == "jax":
-      import jax  # pylint: disable=g-import-not-at-top
-      with jax.profiler.trace(FLAGS.profile_dir):
-        for _ in range(FLAGS.profile_steps):
-          _block(step_fn(step_data))
-    logs = {} if only else {k: float(v) for k, v in step_fn(step_data).items()}
-  bad = [k for k, v in logs.items() if not np.isfinite(v)]
-  if bad:
-    raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
-  if only:
+  if only:  # the chosen parts alone, --steps each: no step compiled or timed
+    parts_compile_s = {name: round(_first_call_s(fn, inputs), 2)
+                       for name, (fn, inputs) in parts.items()}
+    with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
+                     FLAGS.sync_timeout) as sync:
+      parts_ms = _time_parts(parts, steps, warmup)
     return (_describe(backend, cfg, batch_size, words_num, jit)
             | {"mode": "parts", "steps": steps, "parts_ms": parts_ms,
                "parts_sum_ms": round(sum(parts_ms.values()), 2),
                "parts_compile_s": parts_compile_s}
             | _flops_keys(flops, batch_size, FLAGS.mixed_precision) | sync)
+  compile_s = _first_call_s(step_fn, [step_data])
+  for fn, inputs in parts.values():
+    _first_call_s(fn, inputs)
+  with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
+                   FLAGS.sync_timeout) as sync:
+    times = _time(step_fn, [step_data], steps, warmup)
+    parts_ms = _time_parts(parts, max(3, steps // 2), 1)
+    if FLAGS.profile_dir and backend == "jax":
+      import jax  # pylint: disable=g-import-not-at-top
+      with jax.profiler.trace(FLAGS.profile_dir):
+        for _ in range(FLAGS.profile_steps):
+          _block(step_fn(step_data))
+    logs = {k: float(v) for k, v in step_fn(step_data).items()}
+  bad = [k for k, v in logs.items() if not np.isfinite(v)]
+  if bad:
+    raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
   median = statistics.median(times)
   result = _describe(backend, cfg, batch_size, words_num, jit)
   result.update({

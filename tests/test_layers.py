@@ -74,6 +74,10 @@ def test_fused_upsample_conv_equals_upsample_then_conv():
   assert worst < 1e-5, worst
 
 
+def _rel_rms(x, y):
+  return float(np.sqrt(np.mean((x - y) ** 2) / np.mean(y ** 2)))
+
+
 def _output_and_grads(call, inputs, wrt, params, weights):
   """`y = call(*inputs)` and the gradients of sum(y * weights) w.r.t. the inputs at indices
   `wrt`, then w.r.t. the variables `params`, on the current backend, as float32 numpy."""
@@ -139,7 +143,7 @@ def test_up_block_fused_and_reference_agree(policy):
         blocks.upsample_conv3x3 = fused_fn
       for name, a, b in zip(("output", "d/dx", "d/dkernel"), results["fused"],
                             results["reference"]):
-        rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))
+        rel = _rel_rms(a, b)
         assert rel < bound, (policy, seed, name, rel)
   finally:
     blocks.set_upsample_conv(before)
@@ -219,7 +223,7 @@ def test_fused_batch_norm_equals_keras_batch_norm(policy):
         names = ("output", "d/dx", "d/dgamma", "d/dbeta", "moving_mean", "moving_variance")
         for name, a, b in zip(names, got, want):
           assert a.shape == b.shape, name
-          rel = np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2))
+          rel = _rel_rms(a, b)
           assert rel < (2e-5 if name.startswith("moving") else bound), (policy, seed, shape,
                                                                          name, rel)
   finally:
@@ -285,10 +289,6 @@ def _mode_value_and_grads(layer, inputs, weights, name, mode):
     return _output_and_grads(layer, inputs, wrt, list(layer.trainable_weights), weights)
   finally:
     blocks.set_implementation(name, before)
-
-
-def _rel_rms(x, y):
-  return float(np.sqrt(np.mean((x - y) ** 2) / np.mean(y ** 2)))
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])

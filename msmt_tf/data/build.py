@@ -898,6 +898,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
     os.remove(problems_file)
 
   final = [rel for rel in kept if rel not in bad_images and kept[rel]]
+  if len(final) < 2:
+    raise BuildError(problems + [f"only {len(final)} usable image(s): a dataset needs at least 2 "
+                                 "(one train, one test)"])
   # AttnGAN's tokenizer (kept, for its encoders' vocabularies) drops letters outside ASCII.
   altered = collections.Counter()
   altered_captions = 0
@@ -906,9 +909,6 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       words = vocab_lib.altered_words(text)
       altered_captions += bool(words)
       altered.update(words)
-  if len(final) < 2:
-    raise BuildError(problems + [f"only {len(final)} usable image(s): a dataset needs at least 2 "
-                                 "(one train, one test)"])
 
   # 6. Split (deterministic: rank by a hash of the seed and the key), classes.
   def rank(rel):

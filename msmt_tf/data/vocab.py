@@ -17,23 +17,21 @@ END_TOKEN = "<end>"
 _WORD_RE = re.compile(r"\w+")
 
 
+def _words(text):
+  """(word, its ASCII letters) for each run of word characters, lowercased (AttnGAN's rules)."""
+  return [(w, w.encode("ascii", "ignore").decode("ascii"))
+          for w in _WORD_RE.findall(text.replace("\ufffd\ufffd", " ").lower())]
+
+
 def tokenize(text):
   """Splits one caption into lowercase ASCII word tokens (AttnGAN's rules)."""
-  text = text.replace("\ufffd\ufffd", " ").lower()
-  tokens = []
-  for tok in _WORD_RE.findall(text):
-    tok = tok.encode("ascii", "ignore").decode("ascii")
-    if tok:
-      tokens.append(tok)
-  return tokens
+  return [kept for _, kept in _words(text) if kept]
 
 
 def altered_words(text):
   """The words of `text` that `tokenize` changes by dropping non-ASCII letters, as
   (word, what is kept) pairs: `'café' -> ('café', 'caf')`; ('日本', '') for a word dropped whole."""
-  text = text.replace("\ufffd\ufffd", " ").lower()
-  return [(w, w.encode("ascii", "ignore").decode("ascii"))
-          for w in _WORD_RE.findall(text) if not w.isascii()]
+  return [(w, kept) for w, kept in _words(text) if w != kept]
 
 
 class Vocabulary:

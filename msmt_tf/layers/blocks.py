@@ -15,7 +15,7 @@ __all__ = ["GLU", "UpBlock", "ResBlock", "ToImage", "batch_norm", "conv3x3", "co
            "BATCH_NORM_MODES", "set_batch_norm_mode", "batch_norm_mode", "apply_batch_norm",
            "one_pass_moments", "set_implementation", "implementation", "implementation_names",
            "SDM_CONVS_MODES",
-           "FUSE_GATE_MODES", "Conv2D", "merged_conv"]
+           "FUSE_GATE_MODES", "Conv2D", "check_mergeable", "split_outputs", "merged_conv"]
 
 _PKG = "msmt_tf"
 
@@ -228,32 +228,51 @@ class Conv2D(keras.layers.Conv2D):
   (`msmt_tf>Conv2D`), so it stays registered."""
 
 
+def check_mergeable(convs, what, each=None):
+  """Raises ValueError (prefixed `what`, naming the layer) unless the `keras.layers.Conv2D`
+  layers `convs` are built, ungrouped, channels last and alike in kernel size, strides, padding,
+  dilation, bias use and compute dtype. `each(conv)`: a further condition per layer, checked
+  first, returning what is wrong or None."""
+  first = convs[0]
+  for conv in convs:
+    if not conv.built:
+      raise ValueError(f"{what}: {conv.name} is not built")
+    if conv.groups != 1 or conv.data_format != "channels_last":
+      raise ValueError(f"{what} needs ungrouped channels_last convolutions, {conv.name} "
+                       f"has groups={conv.groups}, {conv.data_format}")
+    problem = each(conv) if each else None
+    if problem:
+      raise ValueError(f"{what}{problem}")
+    if (tuple(conv.kernel_size), tuple(conv.strides), conv.padding, tuple(conv.dilation_rate),
+        conv.use_bias, conv.compute_dtype) != (
+            tuple(first.kernel_size), tuple(first.strides), first.padding,
+            tuple(first.dilation_rate), first.use_bias, first.compute_dtype):
+      raise ValueError(f"{what}: {conv.name} and {first.name} differ in kernel size, "
+                       "strides, padding, dilation, bias or compute dtype")
+
+
+def split_outputs(convs, y):
+  """The output `y` of `convs` computed as one (their filters concatenated, in order), split
+  back per layer, each given its layer's activation."""
+  ends = list(itertools.accumulate(c.filters for c in convs))
+  outs = ops.split(y, ends[:-1], axis=-1)
+  return [c.activation(o) if c.activation is not None else o for c, o in zip(convs, outs)]
+
+
 def merged_conv(convs, x):
   """`[conv(x) for conv in convs]` as one convolution: the built `keras.layers.Conv2D` layers
   `convs` (same kernel size, strides, padding, dilation and bias use; ungrouped; channels last)
   with their kernels and biases concatenated along the output channels, each output then given
   its layer's activation. Computes in the first layer's compute dtype, as its call would."""
+  check_mergeable(convs, "merged_conv")
   first = convs[0]
-  for conv in convs:
-    if not conv.built:
-      raise ValueError(f"merged_conv: {conv.name} is not built")
-    if conv.groups != 1 or conv.data_format != "channels_last":
-      raise ValueError(f"merged_conv needs ungrouped channels_last convolutions, {conv.name} "
-                       f"has groups={conv.groups}, {conv.data_format}")
-    if (conv.kernel_size, conv.strides, conv.padding, conv.dilation_rate, conv.use_bias,
-        conv.compute_dtype) != (first.kernel_size, first.strides, first.padding,
-                                first.dilation_rate, first.use_bias, first.compute_dtype):
-      raise ValueError(f"merged_conv: {conv.name} and {first.name} differ in kernel size, "
-                       "strides, padding, dilation, bias or compute dtype")
   dtype = first.compute_dtype
   kernel = ops.concatenate([ops.cast(c.kernel, dtype) for c in convs], axis=-1)
   y = ops.conv(ops.cast(x, dtype), kernel, strides=first.strides, padding=first.padding,
                dilation_rate=first.dilation_rate, data_format="channels_last")
   if first.use_bias:
     y = y + ops.concatenate([ops.cast(c.bias, dtype) for c in convs], axis=-1)
-  ends = list(itertools.accumulate(c.filters for c in convs))
-  outs = ops.split(y, ends[:-1], axis=-1)
-  return [c.activation(o) if c.activation is not None else o for c, o in zip(convs, outs)]
+  return split_outputs(convs, y)
 
 
 def conv3x3(filters, use_bias=False, name=None):

@@ -5,8 +5,6 @@ words `[B, L, N_w]`. Every step is a batched einsum / reshape: there is no loop 
 cells or pixels.
 """
 
-import itertools
-
 import keras
 from keras import ops
 
@@ -64,24 +62,20 @@ def _shift(x, axis, offset):
 
 
 def _check_same_convs(convs, what, linear=False):
-  """The conditions under which the SDM's convolutions may be rewritten (sdm_convs 'factored')."""
-  first = convs[0]
-  for conv in convs:
-    if not conv.built:
-      raise ValueError(f"{what}: {conv.name} is not built")
-    if (conv.groups, conv.data_format, conv.padding, tuple(conv.strides),
-        tuple(conv.dilation_rate)) != (1, "channels_last", "same", (1, 1), (1, 1)):
-      raise ValueError(f"{what} needs ungrouped channels_last 'same' convolutions of stride and "
-                       f"dilation 1; {conv.name} has groups={conv.groups}, {conv.data_format}, "
-                       f"padding={conv.padding!r}, strides={conv.strides}, "
-                       f"dilation={conv.dilation_rate}")
-    if (tuple(conv.kernel_size), conv.use_bias, conv.compute_dtype) != (
-        tuple(first.kernel_size), first.use_bias, first.compute_dtype):
-      raise ValueError(f"{what}: {conv.name} and {first.name} differ in kernel size, bias or "
-                       "compute dtype")
+  """The conditions under which the SDM's convolutions may be rewritten (sdm_convs 'factored'):
+  `blocks.check_mergeable`, and stride-1 undilated 'same' convolutions (and with `linear`,
+  without activation)."""
+
+  def each(conv):
+    if (conv.padding, tuple(conv.strides), tuple(conv.dilation_rate)) != ("same", (1, 1), (1, 1)):
+      return (f" needs 'same' convolutions of stride and dilation 1; {conv.name} has "
+              f"padding={conv.padding!r}, strides={conv.strides}, dilation={conv.dilation_rate}")
     if linear and conv.activation is not None and conv.activation.__name__ != "linear":
-      raise ValueError(f"{what}: {conv.name} has the activation {conv.activation.__name__}; the "
-                       "mean of a convolution is the kernel applied to means only without one")
+      return (f": {conv.name} has the activation {conv.activation.__name__}; the mean of a "
+              "convolution is the kernel applied to means only without one")
+    return None
+
+  blocks.check_mergeable(convs, what, each)
 
 
 def shifted_cell_sums(x, grid, kernel_size):
@@ -148,10 +142,7 @@ def factored_memory_convs(convs, word_part, grid_part, gate):
        + ops.einsum("blijt,bijtf->blijf", grid_gates, grid_taps))
   if first.use_bias:
     y = y + ops.concatenate([f32(c.bias) for c in convs], axis=-1)
-  y = ops.cast(y, first.compute_dtype)
-  ends = list(itertools.accumulate(c.filters for c in convs))
-  outs = ops.split(y, ends[:-1], axis=-1)
-  return [c.activation(o) if c.activation is not None else o for c, o in zip(convs, outs)]
+  return blocks.split_outputs(convs, ops.cast(y, first.compute_dtype))
 
 
 def _conv(filters, kernel_size, activation=None, name=None):
@@ -262,7 +253,6 @@ class SpatialDynamicMemory(keras.layers.Layer):
     gate = ops.sigmoid(gate)                                          # [B, L, h, h]
     mw = self.word_memory(words)                                      # [B, L, Nm]
     mc = self.grid_memory(c)                                          # [B, h, h, Nm]
-    queries = (self.q_global, self.q_grid, self.q_pixel)
     mode = blocks.implementation("sdm_convs")
     if mode == "factored":  # no m, no global / grid query convolutions (linearity)
       keys, values = factored_memory_convs([self.key, self.value], mw, mc, gate)
@@ -272,6 +262,7 @@ class SpatialDynamicMemory(keras.layers.Layer):
       m = (mw[:, :, None, None, :] * gate[..., None]
            + mc[:, None] * (1.0 - gate[..., None]))                   # [B, L, h, h, Nm]
       m = ops.reshape(m, (-1, h, h, self.memory_dim))                 # words folded in batch
+      queries = (self.q_global, self.q_grid, self.q_pixel)
       if mode == "merged":  # one convolution per input
         keys, values = blocks.merged_conv([self.key, self.value], m)
         q_maps = blocks.merged_conv(queries, query_source)
