@@ -307,10 +307,11 @@ def build(batch_size, words_num, seed=0):
   return gan, cfg, batch
 
 
-def part_names(gan):
-  """The names of `part_functions`' parts, in order, without building them."""
-  g = gan.generator
-  return (["text_encoder", g.init_stage.name] + [stage.name for stage in g.refine_stages]
+def part_names(cfg):
+  """The names of `part_functions`' parts, in order, from the model configuration (nothing
+  built)."""
+  from msmt_tf.models.generator import stage_names  # pylint: disable=g-import-not-at-top
+  return (["text_encoder"] + stage_names(cfg.initial_stage, cfg.num_stages)
           + ["discriminators", "damsm", "optimizers"])
 
 
@@ -756,6 +757,13 @@ def run_benchmark(steps, warmup, with_parts):
   batch_size = FLAGS.batch_size
   # --distribute / --devices (JAX): the step data-parallel over a device mesh, global batch.
   placement = None if FLAGS.flops_only else distribute.placement_from_flags(batch_size, backend)
+  only = FLAGS.only_parts
+  if only:  # refused before the model is built (the CUB model takes most of a minute)
+    names = part_names(config.model_config_from_flags())
+    unknown = [n for n in only if n not in names]
+    if unknown:
+      raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
+                       f"configuration; its parts: {', '.join(names)}")
   gan, cfg, batch = build(batch_size, words_num, FLAGS.seed)
   jit = True if backend == "jax" else FLAGS.jit_compile
   step_fn = gan.make_train_function(jit_compile=jit, placement=placement)
@@ -766,13 +774,6 @@ def run_benchmark(steps, warmup, with_parts):
     data = {k: keras.ops.convert_to_tensor(v) for k, v in batch.items()}
   step_data = data if placement is None else placement.put_batch(batch)  # placed once
   parts_skipped = None
-  only = FLAGS.only_parts
-  if only:
-    names = part_names(gan)
-    unknown = [n for n in only if n not in names]
-    if unknown:
-      raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
-                       f"configuration; its parts: {', '.join(names)}")
   if (with_parts or only) and placement is not None and backend == "tensorflow":
     # The parts are plain tf.functions; the strategy's mirrored variables are readable only
     # inside its replica context.

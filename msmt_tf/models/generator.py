@@ -8,13 +8,20 @@ from msmt_tf.layers.conditioning import ConditioningAugmentation
 from msmt_tf.layers.imhm import DMGANRefinement, IterativeMultiHeadRefinement
 from msmt_tf.layers.mtwig import ConventionalInit, MultiTailedWordInit
 
-__all__ = ["MSMTGenerator", "INITIAL_STAGES", "REFINEMENTS"]
+__all__ = ["MSMTGenerator", "INITIAL_STAGES", "REFINEMENTS", "stage_names"]
 
 INITIAL_STAGES = ("mtwig", "ig")
 REFINEMENTS = ("imhm", "sdm", "dmgan")
 
 
 @keras.saving.register_keras_serializable(package="msmt_tf")
+def stage_names(initial_stage, num_stages):
+  """The layer names of the generator's stages, initial first ("mtwig" or "ig", then "refine1",
+  ...): known from the configuration, before anything is built."""
+  return ["mtwig" if initial_stage == "mtwig" else "ig"] + [f"refine{k}"
+                                                             for k in range(1, num_stages)]
+
+
 class MSMTGenerator(keras.Model):
   """CA -> initial stage (64 x 64) -> refinement stages (128, 256) with an image at each stage.
 
@@ -82,20 +89,20 @@ class MSMTGenerator(keras.Model):
     self.seed = seed
 
     self.ca = ConditioningAugmentation(condition_dim, seed=seed, name="ca")
+    init_name, *refine_names = stage_names(initial_stage, num_stages)
     if initial_stage == "mtwig":
       self.init_stage = MultiTailedWordInit(channels, kernel_size, tail_padding,
-                                            skip_padding_tails, fuse_per_channel, name="mtwig")
+                                            skip_padding_tails, fuse_per_channel, name=init_name)
     else:
-      self.init_stage = ConventionalInit(channels, name="ig")
+      self.init_stage = ConventionalInit(channels, name=init_name)
     self.refine_stages = []
-    for k in range(1, num_stages):
+    for name in refine_names:
       if refinement == "dmgan":
-        stage = DMGANRefinement(channels, num_res, dmgan_word_mask, name=f"refine{k}")
+        stage = DMGANRefinement(channels, num_res, dmgan_word_mask, name=name)
       else:
         stage = IterativeMultiHeadRefinement(
             num_heads if refinement == "imhm" else 1, num_res, grid, memory_dim, channels,
-            sdm_kernel_size, key_mode, detach_grid, query_mode, fuse_per_channel,
-            name=f"refine{k}")
+            sdm_kernel_size, key_mode, detach_grid, query_mode, fuse_per_channel, name=name)
       self.refine_stages.append(stage)
     self.to_images = [ToImage(name=f"to_image{k}") for k in range(num_stages)]
 
