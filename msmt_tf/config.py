@@ -248,10 +248,16 @@ flags.DEFINE_integer("damsm_words_num", None, "Words per caption in DAMSM pretra
                      "(default 18; 15 for coco).")
 flags.DEFINE_integer("damsm_snapshot_every", 50, "Epochs between DAMSM snapshots.")
 
-for _name in ("batch_size", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
-              "damsm_batch_size", "damsm_epochs", "damsm_snapshot_every"):
+for _name in ("checkpoint_every", "sample_every", "log_every", "keep_checkpoints",
+              "damsm_epochs", "damsm_snapshot_every"):
   flags.register_validator(_name, lambda v, n=_name: v is not None and v >= 1,
                            message=f"--{_name} must be >= 1")
+# A batch of one image has no mismatched caption for the discriminators and no negative for
+# DAMSM's contrastive losses (they would be 0): both need two images at least.
+for _name in ("batch_size", "damsm_batch_size"):
+  flags.register_validator(_name, lambda v, n=_name: v is not None and v >= 2,
+                           message=f"--{_name} must be >= 2 (the discriminators' mismatched "
+                           "captions and DAMSM's negatives are other images of the batch)")
 for _name in ("max_steps", "max_epochs", "damsm_max_steps"):
   flags.register_validator(_name, lambda v, n=_name: v is None or v >= 1,
                            message=f"--{_name} must be >= 1")

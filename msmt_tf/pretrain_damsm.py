@@ -137,6 +137,19 @@ def check_trunk(trunk, inception_weights):
         "encoders)")
 
 
+def check_classes(data):
+  """DAMSM's word and sentence losses take the other classes of a batch as negatives (AttnGAN
+  masks same-class pairs): a train split of one class leaves none, and the losses are
+  identically 0 (nothing would be learned)."""
+  classes = np.unique(data.class_ids)
+  if len(classes) < 2:
+    raise ValueError(
+        f"every image of the {data.split} split of {data.data_dir} ({data.num_images} images) "
+        f"has class {classes[0]}: DAMSM's losses take the other classes of a batch as negatives "
+        "and would be 0; give the images several classes (msmt_tf.data.build --class_column), or "
+        "build without --class_column (every image its own class)")
+
+
 def main(argv):
   del argv
   if not FLAGS.damsm_dir:
@@ -156,7 +169,9 @@ def main(argv):
     data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
     test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
     model_cfg = config.model_config_from_flags(vocab_size=len(data.vocab))
-    datasets.DataPipeline(data, FLAGS.damsm_batch_size, words_num)
+    datasets.DataPipeline(data, FLAGS.damsm_batch_size, words_num,
+                          batch_flag="--damsm_batch_size")
+    check_classes(data)
     pretrain(data, test, model_cfg, FLAGS.damsm_dir, words_num, FLAGS.image_encoder_trunk,
              FLAGS.inception_weights, FLAGS.damsm_epochs, FLAGS.damsm_max_steps,
              FLAGS.damsm_batch_size, FLAGS.damsm_lr, FLAGS.damsm_snapshot_every,

@@ -75,8 +75,9 @@ def load_damsm_encoder(path, kind):
   return model
 
 
-def load_damsm(damsm_dir, vocab_size):
-  """Loads the frozen DAMSM encoders; a clear error names the command that makes them."""
+def load_damsm(damsm_dir, vocab_size, text_dim=None):
+  """Loads the frozen DAMSM encoders; a clear error names the command that makes them.
+  `text_dim`: the GAN's --text_dim, which the encoders' width must equal."""
   if not damsm_dir:
     raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
                             "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
@@ -87,6 +88,11 @@ def load_damsm(damsm_dir, vocab_size):
   if text.vocab_size != vocab_size:
     raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
                      f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
+  if text_dim is not None and (text.hidden_dim, image.nef) != (text_dim, text_dim):
+    raise ValueError(
+        f"the DAMSM encoders in {damsm_dir} have width {text.hidden_dim} (text) / {image.nef} "
+        f"(image), the flags say --text_dim={text_dim}: pass the --text_dim they were "
+        "pretrained with (the same config as pretrain_damsm), or pretrain them again")
   return text, image
 
 
@@ -134,6 +140,10 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
     raise FileNotFoundError(f"{os.path.join(run_dir, CONFIG)} records no DAMSM folder; pass "
                             "--damsm_dir")
   text_encoder = load_damsm_encoder(config.damsm_paths(damsm_dir)[0], "RNNTextEncoder")
+  if text_encoder.hidden_dim != cfg.text_dim:
+    raise ValueError(f"the DAMSM text encoder in {damsm_dir} has width "
+                     f"{text_encoder.hidden_dim}, the run {run_dir} was trained with "
+                     f"--text_dim={cfg.text_dim}: pass the run's own --damsm_dir")
   data_dir = data_dir or record["data"]["data_dir"]
   _, _, vocab = datasets.load_captions(data_dir, record["data"]["dataset"])
   if len(vocab) != cfg.vocab_size:

@@ -21,6 +21,7 @@ process 0 writes files; the run directory must be shared by all processes.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -56,6 +57,14 @@ class Run:
   """Everything `train` needs, checked before any training starts."""
 
 
+_SPLIT_KEYS = ("train_images", "train_files_sha256")
+
+
+def _keys_digest(keys):
+  """SHA-256 of a split's image keys in order (its identity, whatever folder it is in)."""
+  return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
+
+
 def prepare():
   """Validates flags, data and encoders and builds the models. Raises on any bad input."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -84,7 +93,10 @@ def prepare():
       "model": {k: getattr(model_cfg, k) for k in model_cfg.__dataclass_fields__},
       "loss": {k: getattr(loss_cfg, k) for k in loss_cfg.__dataclass_fields__},
       "data": {"dataset": FLAGS.dataset, "data_dir": os.path.abspath(FLAGS.data_dir),
-               "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed},
+               "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed,
+               # The training split itself (a dataset rebuilt with another split or other
+               # images must not resume a run; the folder may move).
+               "train_images": data.num_images, "train_files_sha256": _keys_digest(data.keys)},
       "damsm_dir": os.path.abspath(FLAGS.damsm_dir) if FLAGS.damsm_dir else None,
       # Not compared on --resume: a checkpoint of N devices resumes on M (the state is
       # replicated and the data position is the global step).
@@ -106,18 +118,28 @@ def prepare():
     old = runs.read_config(run.run_dir)
     # A model option added after the run started counts as its default (older config.json).
     added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
+    # The split's identity is compared where the run recorded it (runs since 2026-11-27).
+    unrecorded = {k for k in _SPLIT_KEYS if k not in old.get("data", {})}
     diff = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
             for sec in ("model", "loss", "data") for k, v in run.record[sec].items()
-            if sec != "data" or k != "data_dir"
+            if sec != "data" or k not in {"data_dir"} | unrecorded
             if old.get(sec, {}).get(k, added.get(k) if sec == "model" else None) != v]
     if diff:
+      why = ("; the training split differs (a dataset rebuilt or replaced since the run "
+             "started): resume it with that data, or start a new --run_dir"
+             if any(d.startswith(tuple(f"data.{k}:" for k in _SPLIT_KEYS)) for d in diff) else "")
       raise ValueError(f"--resume with a different configuration than {config_path}: "
-                       + "; ".join(diff))
+                       + "; ".join(diff) + why)
   # Data pipeline checks (batch larger than the dataset, ...) before building anything big.
   datasets.DataPipeline(data, FLAGS.batch_size, run.words_num, num_shards=run.world["processes"],
                         shard_index=run.world["process_index"])
   run.data = data
-  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab))
+  classes = np.unique(data.class_ids)
+  if len(classes) < 2 and run.is_writer:
+    print(f"warning: every image of the train split of {data.data_dir} has class {classes[0]}: "
+          "the DAMSM losses take other classes as negatives and are 0 for this run",
+          file=sys.stderr, flush=True)
+  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab), model_cfg.text_dim)
 
   if FLAGS.deterministic:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,8 @@ def test_killed_run_resumes_with_identical_losses(smoke):
     (("--kernel_size=0",), "--kernel_size must be >= 1"),
     (("--num_heads=0",), "--num_heads must be >= 1"),
     (("--batch_size=64",), "batch_size 64 is larger than the train split"),
+    (("--batch_size=1",), "--batch_size must be >= 2 (the discriminators' mismatched captions"),
+    (("--text_dim=8",), "have width 16 (text) / 16 (image), the flags say --text_dim=8: pass"),
     (("--damsm_dir=/nonexistent/damsm",),
      "DAMSM encoder not found: /nonexistent/damsm/text_encoder.keras; make the encoders with: "
      "python -m msmt_tf.pretrain_damsm"),
@@ -159,6 +162,28 @@ def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_t
     assert (f"error: --image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs "
             "its pretrained weights: pass --inception_weights=PATH") in res.stderr
     assert not fresh.exists()
+  # The batch-too-large error names pretrain_damsm's own flag.
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
+             "--damsm_batch_size=17")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert "batch_size 17 is larger than the train split" in res.stderr
+  assert res.stderr.rstrip().endswith("lower --damsm_batch_size")
+  # A train split of one class: DAMSM's losses would be identically 0 (no negatives): refused.
+  one_class = tmp_path / "one_class"
+  shutil.copytree(smoke["data"], one_class)
+  with open(one_class / "train" / "class_info.pickle", "wb") as f:
+    pickle.dump([3] * 16, f)
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={one_class}", f"--damsm_dir={fresh}")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert (f"every image of the train split of {one_class} (16 images) has class 3: DAMSM's "
+          "losses take the other classes of a batch as negatives") in res.stderr
+  assert not fresh.exists()
+  # The GAN trains on it, but says its DAMSM losses are 0.
+  res = _run("msmt_tf.train", *_train_args(smoke, str(tmp_path / "run"), "--max_steps=1"),
+             f"--data_dir={one_class}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert (f"warning: every image of the train split of {one_class} has class 3: the DAMSM "
+          "losses take other classes as negatives and are 0 for this run") in res.stderr
 
 
 def test_existing_run_is_never_overwritten(smoke, tmp_path):
@@ -172,6 +197,25 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=2", "--resume",
                                           "--num_heads=3"))
   assert res.returncode != 0 and "model.num_heads: 2 -> 3" in res.stderr
+  # The same dataset moved resumes; one whose training split changed (rebuilt with another
+  # split: here one image fewer) is refused, naming the split.
+  moved, rebuilt = tmp_path / "moved", tmp_path / "rebuilt"
+  shutil.copytree(smoke["data"], moved)
+  shutil.copytree(smoke["data"], rebuilt)
+  with open(rebuilt / "train" / "filenames.pickle", "rb") as f:
+    keys = pickle.load(f)
+  with open(rebuilt / "train" / "filenames.pickle", "wb") as f:
+    pickle.dump(keys[:-1], f)
+  for stale in ("train/class_info.pickle", "captions.pickle"):  # remade by the loader
+    (rebuilt / stale).unlink(missing_ok=True)
+  args = [a for a in _train_args(smoke, run_dir, "--max_steps=1", "--resume")
+          if not a.startswith("--data_dir")]
+  res = _run("msmt_tf.train", *args, f"--data_dir={rebuilt}")
+  assert res.returncode != 0 and "Traceback" not in res.stderr
+  assert "data.train_images: 16 -> 15; data.train_files_sha256: " in res.stderr
+  assert "the training split differs (a dataset rebuilt or replaced" in res.stderr
+  res = _run("msmt_tf.train", *args, f"--data_dir={moved}")
+  assert res.returncode == 0, res.stderr[-2000:]
   assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
 
 

@@ -467,11 +467,12 @@ class DataPipeline:
       `[shard_index * b, (shard_index + 1) * b)` of every global batch, b = batch_size /
       num_shards; the shards of a batch together are exactly the unsharded batch (same order,
       captions, crops and flips), so the run stays deterministic and resumable at any batch.
+    batch_flag: the command-line flag of `batch_size`, named by the batch-too-large error.
   """
 
   def __init__(self, split_data, batch_size, words_num, base_size=64, num_stages=3, seed=0,
                augment=True, shuffle=True, start_epoch=0, start_batch=0, num_epochs=None,
-               num_parallel_calls=None, num_shards=1, shard_index=0):
+               num_parallel_calls=None, num_shards=1, shard_index=0, batch_flag="--batch_size"):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_shards < 1 or not 0 <= shard_index < num_shards or batch_size % num_shards:
@@ -480,7 +481,7 @@ class DataPipeline:
     if batch_size > split_data.num_images:
       raise ValueError(
           f"batch_size {batch_size} is larger than the {split_data.split} split of "
-          f"{split_data.data_dir} ({split_data.num_images} images); lower --batch_size")
+          f"{split_data.data_dir} ({split_data.num_images} images); lower {batch_flag}")
     if words_num < 1:
       raise ValueError(f"words_num must be >= 1, got {words_num}")
     self.data = split_data
