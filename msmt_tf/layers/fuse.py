@@ -11,12 +11,31 @@ __all__ = ["GatedFusion", "scalar_gate_logits"]
 def scalar_gate_logits(a, b, kernel, bias):
   """`conv1x1(concat(a, b), kernel) + bias` for a one-channel gate (`kernel` `[1, 1, 2C, 1]`) as
   the per-pixel sums of a * P_a and b * P_b over the channels, accumulated in float32 from the
-  values given (blocks.FUSE_GATE_MODES 'reduce'): `[B, H, W, 1]` float32."""
-  kernel = ops.cast(kernel[0, 0, :, 0], "float32")
+  values given (blocks.FUSE_GATE_MODES 'reduce'): `[B, H, W, 1]` float32.
+
+  Its gradient is written out (the one autodiff gives): the backward keeps a and b as given
+  (bf16 under mixed precision) and recasts them, where autodiff would keep their float32 copies,
+  twice the bytes, for the kernel's gradient."""
   channels = a.shape[-1]
-  return (ops.sum(ops.cast(a, "float32") * kernel[:channels], axis=-1, keepdims=True)
-          + ops.sum(ops.cast(b, "float32") * kernel[channels:], axis=-1, keepdims=True)
-          + ops.cast(bias, "float32"))
+  kernel = ops.cast(kernel[0, 0, :, 0], "float32")
+  axes = tuple(range(len(a.shape) - 1))
+
+  @ops.custom_gradient
+  def logits(a, b, p_a, p_b, bias):
+    def gate_sums(a, b):
+      return (ops.sum(ops.cast(a, "float32") * p_a, axis=-1, keepdims=True)
+              + ops.sum(ops.cast(b, "float32") * p_b, axis=-1, keepdims=True))
+
+    def grad(*args, upstream=None):
+      if upstream is None:
+        (upstream,) = args
+      g = ops.cast(upstream, "float32")                    # [B, H, W, 1]
+      return (ops.cast(g * p_a, a.dtype), ops.cast(g * p_b, b.dtype),
+              ops.sum(ops.cast(a, "float32") * g, axis=axes),
+              ops.sum(ops.cast(b, "float32") * g, axis=axes), ops.sum(g))
+    return gate_sums(a, b) + bias, grad
+
+  return logits(a, b, kernel[:channels], kernel[channels:], ops.cast(bias, "float32")[0])
 
 
 @keras.saving.register_keras_serializable(package="msmt_tf")
