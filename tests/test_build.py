@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -188,6 +189,10 @@ def test_bad_rows_stop_the_build_naming_each(source, built, tmp_path):
   with open(str(tmp_path / "strict.problems.txt"), encoding="utf8") as f:
     assert f.read().splitlines() == e.value.problems
   assert os.path.isdir(str(tmp_path / ".strict.build"))  # kept for the next run
+  # The hint counts the images stored (19 decoded, 2 of them unusable), not those decoded.
+  stored = sum(len(files) for _, _, files in os.walk(str(tmp_path / ".strict.build" / "images")))
+  assert stored == source["decoded"] - 2 == 17
+  assert "the 17 images already converted are kept in" in e.value.hint
 
 
 def test_skip_bad_writes_the_list_and_a_dataset_the_loader_reads(source, built):
@@ -479,3 +484,163 @@ def test_a_caption_that_is_not_text_is_reported_once(tmp_path):
     with pytest.raises(build_lib.BuildError, match=re.escape(message)):
       _build(str(src), str(tmp_path / "q"), workers=1, **{"class_column": None, **kw})
   assert not (tmp_path / "q").exists()
+
+
+def _tiny_source(root, layout, classes=None, header=("file_name", "text", "label")):
+  """Images named in `layout` (paths under `root`), each with one caption; one metadata.csv per
+  folder. `classes`: one label for all, or None for two alternating labels."""
+  by_folder = {}
+  for i, rel in enumerate(layout):
+    _save(os.path.join(root, *rel.split("/")), _img((20 * i % 250, 90, 160)), "PNG")
+    folder, _, base = rel.rpartition("/")
+    label = classes or f"c{i % 2}"
+    by_folder.setdefault(folder, []).append(f"{base},picture number {i},{label}")
+  for folder, lines in by_folder.items():
+    with open(os.path.join(root, *folder.split("/"), "metadata.csv"), "w") as f:
+      f.write("\n".join([",".join(header)] + lines) + "\n")
+
+
+def _keys(out):
+  return {s: sorted(datasets.load_split(out, "folder", s).keys) for s in ("train", "test")}
+
+
+def test_split_folders_give_the_split(tmp_path):
+  """Hugging Face ImageFolder's split folders: train/ -> train, test/ -> test (validation/ when
+  there is no test folder); --test_fraction is then ignored, and the spec records how."""
+  src = str(tmp_path / "src")
+  _tiny_source(src, ["train/a.png", "train/b.png", "train/c.png", "test/d.png", "test/e.png",
+                     "validation/f.png"])
+  out = str(tmp_path / "mine")
+  summary = _build(src, out, class_column="label", workers=1, test_fraction=0.5)
+  assert _keys(out) == {"train": ["train/a.png", "train/b.png", "train/c.png"],
+                        "test": ["test/d.png", "test/e.png"]}
+  spec = datasets.read_spec_json(out)
+  assert spec["split"] == {"method": "folders", "train_folders": ["train"],
+                           "test_folders": ["test"], "left_out_folders": ["validation"],
+                           "left_out_images": 1}
+  assert spec["test_fraction"] is None
+  assert spec["warnings"] == ["--test_fraction 0.5 is ignored: the source's split folders set "
+                              "the split"]
+  text = build_lib.format_summary(summary)
+  assert ("split: the source's split folders: train/ -> train, test/ -> test; the 1 image(s) "
+          "listed in validation/ are left out") in text
+  assert "warning: --test_fraction 0.5 is ignored" in text
+  # No test folder: validation/ (HF's names: val, dev, valid, any case, val2017...) is the test
+  # split; without --test_fraction nothing is said about it.
+  shutil.rmtree(os.path.join(src, "test"))
+  os.rename(os.path.join(src, "validation"), os.path.join(src, "Val2017"))
+  _save(os.path.join(src, "Val2017", "g.png"), _img((1, 200, 1)), "PNG")
+  with open(os.path.join(src, "Val2017", "metadata.csv"), "a") as f:
+    f.write("g.png,a green picture,c0\n")
+  summary = _build(src, out, class_column="label", workers=1, test_fraction=None,
+                   overwrite=True)
+  assert _keys(out)["test"] == ["Val2017/f.png", "Val2017/g.png"]
+  assert summary["warnings"] == [] and summary["split"]["test_folders"] == ["Val2017"]
+  # An image outside the split folders is a problem (HF leaves it out of every split).
+  _tiny_source(os.path.join(src, "extra"), ["x.png"])
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(src, str(tmp_path / "q"), class_column="label", workers=1)
+  assert e.value.problems == [
+      "extra/metadata.csv:2: x.png: image outside the split folders (train/, Val2017/): move it "
+      "into one of them (Hugging Face's ImageFolder leaves such images out of every split)"]
+  # A test folder without a training folder is refused, naming it.
+  shutil.rmtree(os.path.join(src, "extra"))
+  os.rename(os.path.join(src, "train"), os.path.join(src, "mine"))
+  with pytest.raises(build_lib.BuildError, match=r"has the split folder\(s\) Val2017/ but no "
+                     r"training folder"):
+    _build(src, str(tmp_path / "q"), class_column="label", workers=1)
+  assert not (tmp_path / "q").exists()
+  # Only a train/ folder: the hash split, as before.
+  os.rename(os.path.join(src, "mine"), os.path.join(src, "train"))
+  os.rename(os.path.join(src, "Val2017"), os.path.join(src, "more"))
+  summary = _build(src, str(tmp_path / "h"), class_column=None, workers=1, test_fraction=0.4)
+  assert summary["split"] == {"method": "hash", "test_fraction": 0.4, "seed": 0}
+  assert (summary["train_images"], summary["test_images"]) == (3, 2)
+  assert summary["warnings"] == []
+  # Split folders one level down (data/train/, data/test/) are named in a warning.
+  os.makedirs(os.path.join(src, "data"))
+  os.rename(os.path.join(src, "train"), os.path.join(src, "data", "train"))
+  os.rename(os.path.join(src, "more"), os.path.join(src, "data", "test"))
+  summary = _build(src, str(tmp_path / "n"), class_column=None, workers=1, test_fraction=0.4)
+  assert summary["split"]["method"] == "hash"
+  assert summary["warnings"] == [
+      "data/test/: named like a split folder, but only the source's top-level folders set the "
+      "split, so these images were split by --test_fraction like the others; to use the split "
+      f"folders, pass --source {os.path.join(src, 'data')}"]
+
+
+def test_too_small_splits_are_refused_or_warned(tmp_path):
+  """Training needs 2 train images (the written batch sizes are never 1); a 1-image test split
+  and a single class are warned about, naming the count, column and class."""
+  src = str(tmp_path / "src")
+  _tiny_source(src, ["a.png", "b.png"])
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(src, str(tmp_path / "q"), class_column=None, workers=1)
+  assert e.value.problems == [
+      "2 usable image(s) make 1 train + 1 test with --test_fraction 0.2: training needs at least "
+      "2 train images (each batch pairs an image with another image's caption); add images (a "
+      "dataset needs at least 3: 2 train, 1 test)"]
+  _tiny_source(src, ["a.png", "b.png", "c.png"], classes="bird")
+  with pytest.raises(build_lib.BuildError, match=r"3 usable image\(s\) make 1 train \+ 2 test "
+                     r"with --test_fraction 0.5: .* add images or lower --test_fraction"):
+    _build(src, str(tmp_path / "q"), class_column=None, workers=1, test_fraction=0.5)
+  assert not (tmp_path / "q").exists()
+  out = str(tmp_path / "mine")
+  summary = _build(src, out, class_column="label", workers=1, test_fraction=None)
+  assert (summary["train_images"], summary["test_images"]) == (2, 1)
+  with open(os.path.join(out, "mine.cfg")) as f:
+    cfg = f.read().splitlines()
+  assert "--batch_size=2" in cfg and "--damsm_batch_size=2" in cfg
+  warnings = datasets.read_spec_json(out)["warnings"]
+  assert warnings == summary["warnings"] and len(warnings) == 2, warnings
+  assert warnings[0].startswith("the test split has 1 image: FID and R-precision on it need at "
+                                "least 2") and "--test_fraction (now 0.1, 3 usable images)" in \
+      warnings[0]
+  assert warnings[1].startswith("--class_column 'label': every train image has class 'bird': "
+                                "DAMSM's losses")
+  assert "\nwarning: --class_column 'label': every train image" in \
+      build_lib.format_summary(summary)
+  # With split folders: a 1-image train folder is refused, a 1-image test folder warned about.
+  src = str(tmp_path / "split")
+  _tiny_source(src, ["train/a.png", "test/b.png", "test/c.png"])
+  with pytest.raises(build_lib.BuildError, match=re.escape(
+      "train/ holds 1 usable image(s), test/ 2: training needs at least 2 train images")):
+    _build(src, str(tmp_path / "q"), class_column=None, workers=1, test_fraction=None)
+  os.rename(os.path.join(src, "test", "c.png"), os.path.join(src, "train", "c.png"))
+  with open(os.path.join(src, "train", "metadata.csv"), "a") as f:
+    f.write("c.png,picture number 2,c1\n")
+  with open(os.path.join(src, "test", "metadata.csv"), "w") as f:
+    f.write("file_name,text,label\nb.png,picture number 1,c1\n")
+  summary = _build(src, str(tmp_path / "s"), class_column=None, workers=1, test_fraction=None)
+  assert summary["warnings"] == [
+      "the test split has 1 image: FID and R-precision on it need at least 2 (FID a covariance, "
+      "R-precision other images' captions as mismatches); put more images in test/"]
+  # Two test images of one class: R-precision has no mismatched captions.
+  _save(os.path.join(src, "test", "d.png"), _img((5, 5, 250)), "PNG")
+  with open(os.path.join(src, "test", "metadata.csv"), "a") as f:
+    f.write("d.png,a blue picture,c1\n")
+  summary = _build(src, str(tmp_path / "t"), class_column="label", workers=1, test_fraction=None)
+  assert summary["warnings"] == [
+      "--class_column 'label': every test image has class 'c1': R-precision on the test split "
+      "draws its mismatched captions from other classes and cannot run; give the test images at "
+      "least 2 classes"]
+
+
+def test_messages_name_what_they_mean(tmp_path):
+  """A broken link is not a letter-case match; an empty CSV header cell is named."""
+  src = tmp_path / "src"
+  _tiny_source(str(src), ["a.png", "b.png", "c.png"])
+  os.symlink(str(src / "nowhere.jpg"), str(src / "broken.jpg"))
+  with open(src / "metadata.csv", "a") as f:
+    f.write("broken.jpg,a link to nothing,c0\n")
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(src), str(tmp_path / "q"), class_column=None, workers=1, skip_bad=False)
+  assert len(e.value.problems) == 1 and e.value.problems[0].startswith(
+      "metadata.csv:5: broken.jpg: cannot read the file"), e.value.problems
+  summary = _build(str(src), str(tmp_path / "q"), class_column=None, workers=1, skip_bad=True)
+  assert summary["notes"] == []
+  (src / "metadata.csv").write_text(",file_name,caption,label\n0,a.png,a picture,c0\n")
+  with pytest.raises(build_lib.BuildError, match=re.escape(
+      "metadata.csv: no column 'text'; pass --text_column (columns: (unnamed column), caption, "
+      "label)")):
+    _build(str(src), str(tmp_path / "r"), class_column=None, workers=1)

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from msmt_tf.data import datasets
+from msmt_tf.data import inspect as inspect_lib
 from msmt_tf.data import safe_pickle
 from msmt_tf.data import shapes
 from msmt_tf.data import transforms
@@ -447,9 +448,47 @@ def test_inspect_lists_every_problem(fresh_shapes_dir):
   assert "test_000002.txt: has 1 usable captions" in res.stderr
   res = _inspect(os.path.join(fresh_shapes_dir, "missing"))
   assert res.returncode == 1 and "dataset folder not found" in res.stderr
+  # Without --dataset too: the folder is named as missing (not as a folder without a spec).
+  nope = os.path.join(fresh_shapes_dir, "nope")
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", "--data_dir", nope],
+                       cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert f"error: dataset folder not found: {nope}" in res.stderr, res.stderr
+  assert "dataset_spec.json" not in res.stderr
   # Without --dataset: only a built folder dataset says what it is; here the flag is asked for.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", "--data_dir",
                         fresh_shapes_dir], cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 1 and "Traceback" not in res.stderr
   assert (f"error: --dataset is not set, and {fresh_shapes_dir} has no dataset_spec.json") in \
       res.stderr and "pass --dataset=birds|coco|shapes" in res.stderr
+
+
+def test_inspect_lists_missing_and_corrupt_images_together(fresh_shapes_dir):
+  """A missing image does not hide a corrupt one (of the same split, nor of the other split),
+  also when the split's captions have a problem too."""
+  images = os.path.join(fresh_shapes_dir, "images")
+  os.remove(os.path.join(images, "train_000004.jpg"))
+  for name in ("train_000001.jpg", "test_000002.jpg"):
+    with open(os.path.join(images, name), "wb") as f:
+      f.write(b"\xff\xd8\xff garbage")
+  lines = []
+  got = {s: inspect_lib.inspect_split(fresh_shapes_dir, "shapes", s, out=lines.append)
+         for s in ("train", "test")}
+  assert len(got["train"]) == 2 and len(got["test"]) == 1, got
+  assert got["train"][0] == ("image listed in train/filenames.pickle but missing: "
+                             f"{os.path.join(images, 'train_000004.jpg')}")
+  assert got["train"][1].startswith("corrupt or unreadable image: "
+                                    f"{os.path.join(images, 'train_000001.jpg')}")
+  assert got["test"][0].startswith("corrupt or unreadable image: "
+                                   f"{os.path.join(images, 'test_000002.jpg')}")
+  assert "[train] 12 images" in "\n".join(lines)
+  # Metadata that does not load (an out-of-range word id) still has its images checked.
+  path = os.path.join(fresh_shapes_dir, "captions.pickle")
+  with open(path, "rb") as f:
+    train, test, ixtoword, wordtoix = pickle.load(f)
+  train[0] = [len(ixtoword) + 5]
+  with open(path, "wb") as f:
+    pickle.dump([train, test, ixtoword, wordtoix], f, protocol=2)
+  problems = inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=lines.append)
+  assert len(problems) == 3 and "has word ids outside" in problems[0], problems
+  assert problems[1:] == got["train"]

@@ -29,6 +29,13 @@ without caption, duplicate listing, caption that is not UTF-8, empty or has no w
 with its metadata file, line and file name. By default the build then stops (exit 1, the list also
 written to `data/NAME.problems.txt`); `--skip_bad` leaves those rows and images out.
 
+The split: top-level split folders, as Hugging Face's ImageFolder names them (SRC/train/ ->
+train; SRC/test/ -> test, or SRC/validation/ when there is no test folder; also training/,
+testing/, eval/, val/, dev/, train2017/ ...), else --test_fraction of the images, ranked by a hash
+of --seed and their name. dataset_spec.json records which ("split"). The build stops when the
+train split has fewer than 2 images (training pairs each image with another image's caption), and
+warns (also in dataset_spec.json, "warnings") about a 1-image test split and a single class.
+
 The build writes into `data/.NAME.build/` and renames it to `data/NAME` only when complete, so a
 failed or interrupted build leaves no half dataset; rerunning the same command reuses the images
 already converted (a changed source file is converted again).
@@ -69,11 +76,18 @@ __all__ = ["build", "BuildError", "convert_image", "MIN_SIDE", "IMAGE_EXTENSIONS
 BUILD_VERSION = 1
 MIN_SIDE = 64
 JPEG_QUALITY = 95
+DEFAULT_TEST_FRACTION = 0.1
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
                     ".tiff", ".avif", ".heic", ".heif")
 _JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
 _IGNORED_DIRS = ("__MACOSX",)
+# Hugging Face `datasets` split names (data_files.SPLIT_KEYWORDS): a folder named the keyword, or
+# the keyword followed by one of "-._ 0-9" and anything (train2017, test-set, val_1).
+_SPLIT_KEYWORDS = (("train", ("train", "training")),
+                   ("validation", ("validation", "valid", "dev", "val")),
+                   ("test", ("test", "testing", "eval", "evaluation")))
+_NON_WORD_CHARS = "-._ 0123456789"
 _STATE = "build_state.json"
 _PROGRESS = "progress.jsonl"
 # Words per caption: the proposal is the 75th / 95th percentile of the training captions'
@@ -274,11 +288,17 @@ def read_metadata(source, meta_rel, text_column, class_column):
     if rows or seen_columns:
       if column not in seen_columns:
         flag = {text_column: "--text_column", class_column: "--class_column"}.get(column)
-        others = ", ".join(c for c in sorted(seen_columns) if c != "file_name") or "none"
+        others = _column_list(c for c in seen_columns if c != "file_name")
         raise BuildError(f"{meta_rel}: no column {column!r}"
                          + (f"; pass {flag} (columns: {others})" if flag else
-                            f" (columns: {', '.join(sorted(seen_columns))})"))
+                            f" (columns: {_column_list(seen_columns)})"))
   return rows, problems
+
+
+def _column_list(columns):
+  """Column names for a message: sorted, an empty header cell named as such."""
+  names = sorted({c if c.strip() else "(unnamed column)" for c in columns})
+  return ", ".join(names) or "none"
 
 
 def _normalise(source, base, file_name):
@@ -523,8 +543,62 @@ def _resolve(source, rel, by_lower):
       return cand, None if cand == rel else f"{rel!r} found as {cand!r}"
   same = by_lower.get(unicodedata.normalize("NFC", rel).lower(), [])
   if len(same) == 1:
-    return same[0], f"{rel!r} found as {same[0]!r} (letter case differs)"
+    found = same[0]
+    if found == rel:  # spelt right but not a readable file (a broken link): reported when read
+      return found, None
+    nfc = lambda name: unicodedata.normalize("NFC", name)
+    why = " (letter case differs)" if nfc(found) != nfc(rel) else ""  # else the Unicode form
+    return found, f"{rel!r} found as {found!r}{why}"
   return None, None
+
+
+def _split_name(folder):
+  """The split ('train', 'validation', 'test') a folder's name gives in Hugging Face `datasets`
+  (any letter case here), or None."""
+  lower = folder.lower()
+  for split, keywords in _SPLIT_KEYWORDS:
+    for word in keywords:
+      if lower == word or (lower.startswith(word) and lower[len(word)] in _NON_WORD_CHARS):
+        return split
+  return None
+
+
+def _split_folders(source, scanned):
+  """The split the source's top-level folders give (Hugging Face ImageFolder: SRC/train/...,
+  SRC/test/...), as a dict of folder lists: train, test and left_out (validation folders when
+  test folders exist: the dataset has no validation split); None when no top-level folder holding
+  images is a test or validation folder (then the images are split by hash)."""
+  tops = sorted({rel.split("/", 1)[0] for rel in scanned if "/" in rel}, key=_natural)
+  found = {"train": [], "validation": [], "test": []}
+  for top in tops:
+    split = _split_name(top)
+    if split:
+      found[split].append(top)
+  if not found["test"] and not found["validation"]:
+    return None
+  held_out = found["test"] or found["validation"]
+  if not found["train"]:
+    raise BuildError(
+        f"{source} has the split folder(s) {', '.join(t + '/' for t in held_out)} but no training "
+        "folder: with split folders (Hugging Face ImageFolder convention) the training images go "
+        "in SRC/train/ (or training/), the test images in SRC/test/ (or validation/); move the "
+        "training images into SRC/train/, or move every image out of the split folders to "
+        "split them by --test_fraction")
+  return dict(train=found["train"], test=held_out,
+              left_out=found["validation"] if found["test"] else [])
+
+
+def _nested_split_folders(scanned):
+  """Folders below the top level named like a test or validation folder (data/test/): Hugging
+  Face reads split folders at any depth, this build only at the top."""
+  found = set()
+  for rel in scanned:
+    parts = rel.split("/")
+    for i in range(1, len(parts) - 1):
+      if _split_name(parts[i]) in ("test", "validation"):
+        found.add("/".join(parts[:i + 1]))
+        break
+  return sorted(found, key=_natural)
 
 
 def _natural(text):
@@ -578,7 +652,7 @@ def _flagfile(name, out, summary):
       "# --image_encoder_trunk=small without ImageNet weights), batch 48",
       "--image_encoder_trunk=inception_v3",
       f"--damsm_words_num={summary['words_num_train']}",
-      f"--damsm_batch_size={min(48, summary['train_images'])}",
+      f"--damsm_batch_size={max(2, min(48, summary['train_images']))}",
       ""])
 
 
@@ -592,13 +666,18 @@ def _is_folder_dataset(path):
 
 # --------------------------------------------------------------------------- the build
 
-def build(source, out, text_column="text", class_column=None, test_fraction=0.1, seed=0,
+def build(source, out, text_column="text", class_column=None, test_fraction=None, seed=0,
           min_word_count=1, skip_bad=False, workers=None, overwrite=False, progress=True,
           on_image=None):
   """Builds the dataset; returns a summary dict.
 
+  The split: the source's top-level split folders when it has them (train/ and test/ or
+  validation/, as Hugging Face's ImageFolder reads them; `test_fraction` is then ignored), else
+  `test_fraction` (None: 0.1) of the images ranked by a hash of `seed` and their name.
+
   Raises:
-    BuildError: the source has problems (each named) and `skip_bad` is False, or bad arguments.
+    BuildError: the source has problems (each named) and `skip_bad` is False, bad arguments, or a
+      split too small to train on (fewer than 2 train images, an empty test split).
   `on_image` (tests) is called after each image is processed.
   """
   t0 = time.time()
@@ -607,6 +686,8 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
   name = os.path.basename(out)
   if not os.path.isdir(source):
     raise BuildError(f"source folder not found: {source}")
+  fraction_given = test_fraction is not None
+  test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
   if not 0.0 < test_fraction < 1.0:
     raise BuildError(f"--test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
   if min_word_count < 1:
@@ -626,7 +707,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
   os.makedirs(parent, exist_ok=True)
   staging = os.path.join(parent, f".{name}.build")
   problems_file = os.path.join(parent, f"{name}.problems.txt")
-  notes, problems = [], []
+  notes, problems, warnings_ = [], [], []
 
   # 1. Metadata rows.
   rows = []
@@ -637,6 +718,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
   if not rows:
     raise BuildError(problems or ["the metadata files list no rows"])
   scanned = _scan(source)
+  folders = _split_folders(source, scanned)
   by_lower, by_name = collections.defaultdict(list), collections.defaultdict(list)
   for rel in scanned:
     by_lower[unicodedata.normalize("NFC", rel).lower()].append(rel)
@@ -676,6 +758,22 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       continue
     first_spelling.setdefault(rel, (row.meta, row.file_name, row.line))
     images.setdefault(rel, []).append(row)
+  left_out = []  # images of validation folders when test folders exist
+  if folders:
+    in_split = set(folders["train"] + folders["test"])
+    named = ", ".join(f + "/" for f in folders["train"] + folders["test"])
+    for rel in list(images):
+      top = rel.split("/", 1)[0] if "/" in rel else None
+      if top in folders["left_out"]:
+        left_out.append(rel)
+        del images[rel]
+      elif top not in in_split:
+        row = images[rel][0]
+        problems.append(_problem(row.where, row.file_name, f"image outside the split folders "
+                                 f"({named}): move it into one of them (Hugging Face's "
+                                 "ImageFolder leaves such images out of every split)"))
+        bad_rows.update(id(r) for r in images[rel])
+        del images[rel]
 
   # 3. Caption checks (per row and caption).
   tokens_of = {}   # (id(row), j) -> tokens
@@ -882,7 +980,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       bad_images.add(rel)
   listed = set(images) | {r for r, _ in resolved.values() if r}
   for rel in scanned:
-    if rel not in listed:
+    if rel not in listed and not (folders and rel.split("/", 1)[0] in folders["left_out"]):
       problems.append(_problem(rel, None, "image without captions (no metadata row lists it)"))
 
   problems.sort(key=_sort_key)
@@ -892,15 +990,78 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       f.write(report)
     raise BuildError(problems, hint=(
         f"The full list is in {problems_file}. Fix these rows and files, or pass --skip_bad to "
-        f"leave them out; the {len(results)} images already converted are kept in {staging} and "
-        "reused by the next run."))
+        f"leave them out; the {sum(r['key'] is not None for r in results.values())} images "
+        f"already converted are kept in {staging} and reused by the next run."))
   if os.path.isfile(problems_file):
     os.remove(problems_file)
 
   final = [rel for rel in kept if rel not in bad_images and kept[rel]]
-  if len(final) < 2:
-    raise BuildError(problems + [f"only {len(final)} usable image(s): a dataset needs at least 2 "
-                                 "(one train, one test)"])
+
+  # 6. Split: the split folders, or deterministic (rank by a hash of the seed and the key).
+  if folders:
+    test_folders = set(folders["test"])
+    split_of = {rel: ("test" if rel.split("/", 1)[0] in test_folders else "train")
+                for rel in final}
+    split_info = dict(method="folders", train_folders=folders["train"],
+                      test_folders=folders["test"], left_out_folders=folders["left_out"],
+                      left_out_images=len(left_out))
+  else:
+    def rank(rel):
+      return hashlib.sha256(f"{seed}\0{results[rel]['key']}".encode("utf8")).hexdigest()
+    order = sorted(final, key=rank)
+    num_test = min(len(final) - 1, max(1, int(round(len(final) * test_fraction))))
+    split_of = {rel: ("test" if i < num_test else "train") for i, rel in enumerate(order)}
+    split_info = dict(method="hash", test_fraction=test_fraction, seed=int(seed))
+  num_train = sum(s == "train" for s in split_of.values())
+  num_test = len(final) - num_train
+  if folders:
+    where = lambda names: ", ".join(f + "/" for f in names)
+    sizes = (f"{where(folders['train'])} holds {num_train} usable image(s), "
+             f"{where(folders['test'])} {num_test}")
+    if num_train < 2:
+      raise BuildError(problems + [
+          f"{sizes}: training needs at least 2 train images (each batch pairs an image with "
+          f"another image's caption); add images to {where(folders['train'])}"])
+    if num_test < 1:
+      raise BuildError(problems + [
+          f"{sizes}: the test split needs at least 1 image; add images to "
+          f"{where(folders['test'])}"])
+  elif num_train < 2:
+    raise BuildError(problems + [
+        f"{len(final)} usable image(s) make {num_train} train + {num_test} test with "
+        f"--test_fraction {test_fraction:g}: training needs at least 2 train images (each batch "
+        "pairs an image with another image's caption); add images"
+        + (" or lower --test_fraction" if num_test > 1 else "")
+        + (" (a dataset needs at least 3: 2 train, 1 test)" if len(final) < 3 else "")])
+  nested = [] if folders else _nested_split_folders(scanned)
+  if nested:
+    warnings_.append(
+        f"{', '.join(n + '/' for n in nested[:3])}{' ...' if len(nested) > 3 else ''}: named like "
+        "a split folder, but only the source's top-level folders set the split, so these images "
+        "were split by --test_fraction like the others; to use the split folders, pass --source "
+        f"{os.path.join(source, *posixpath.dirname(nested[0]).split('/'))}")
+  if folders and fraction_given:
+    warnings_.append(f"--test_fraction {test_fraction:g} is ignored: the source's split folders "
+                     "set the split")
+  if num_test < 2:
+    warnings_.append(
+        f"the test split has {num_test} image: FID and R-precision on it need at least 2 (FID "
+        "a covariance, R-precision other images' captions as mismatches); "
+        + (f"put more images in {', '.join(f + '/' for f in folders['test'])}" if folders else
+           f"pass a larger --test_fraction (now {test_fraction:g}, {len(final)} usable images)"))
+  if class_column:
+    for split in ("train", "test"):
+      names = {image_class[r] for r in final if split_of[r] == split and r in image_class}
+      if len(names) != 1 or (split == "test" and num_test < 2):
+        continue
+      warnings_.append(
+          f"--class_column {class_column!r}: every {split} image has class {next(iter(names))!r}"
+          + (": DAMSM's losses take the other classes of a batch as negatives and are 0 "
+             "(python -m msmt_tf.pretrain_damsm refuses this split); give the images at least 2 "
+             "classes, or leave --class_column out (each image its own class)"
+             if split == "train" else
+             ": R-precision on the test split draws its mismatched captions from other classes "
+             "and cannot run; give the test images at least 2 classes"))
   # AttnGAN's tokenizer (kept, for its encoders' vocabularies) drops letters outside ASCII.
   altered = collections.Counter()
   altered_captions = 0
@@ -910,12 +1071,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       altered_captions += bool(words)
       altered.update(words)
 
-  # 6. Split (deterministic: rank by a hash of the seed and the key), classes.
-  def rank(rel):
-    return hashlib.sha256(f"{seed}\0{results[rel]['key']}".encode("utf8")).hexdigest()
-  order = sorted(final, key=rank)
-  num_test = min(len(final) - 1, max(1, int(round(len(final) * test_fraction))))
-  split_of = {rel: ("test" if i < num_test else "train") for i, rel in enumerate(order)}
+  # Classes.
   class_names = sorted({image_class[r] for r in final if r in image_class}, key=_natural)
   class_ids = {c: i + 1 for i, c in enumerate(class_names)}
 
@@ -965,9 +1121,10 @@ def build(source, out, text_column="text", class_column=None, test_fraction=0.1,
       words_num_eval=0, vocab_size=0, min_word_count=int(min_word_count),
       classes=len(class_names) if class_column else None,
       class_names=class_names if class_column else None,
-      text_column=text_column, class_column=class_column, test_fraction=test_fraction,
-      seed=int(seed), skipped=len(problems),
-      batch_size=min(20, len(split_keys["train"])))
+      text_column=text_column, class_column=class_column,
+      test_fraction=None if folders else test_fraction, seed=int(seed), split=split_info,
+      skipped=len(problems), warnings=warnings_,
+      batch_size=max(2, min(20, len(split_keys["train"]))))
   summary["words_num_eval"] = max(summary["words_num_train"],
                                   _percentile_words(train_len, 95, _WORDS_MIN, _WORDS_EVAL_MAX))
   _write(os.path.join(staging, datasets.SPEC_FILE), json.dumps(summary, indent=1).encode())
@@ -1031,6 +1188,7 @@ def format_summary(s):
       + (f" = {s['images_per_s']} images/s" if s["images_per_s"] else "")
       + f" ({s['workers']} workers)" + (f", {s['reused']} reused from an interrupted build"
                                         if s["reused"] else ""),
+      "  split: " + _split_line(s["split"]),
       f"  captions: {s['captions']} ({per['min']}-{per['max']} per image, mean {per['mean']})",
       f"  caption length (train, words): median {s['caption_length']['p50']:g}, 75% "
       f"{s['caption_length']['p75']:g}, 95% {s['caption_length']['p95']:g}, max "
@@ -1057,10 +1215,25 @@ def format_summary(s):
   if s["skipped"]:
     lines.append(f"  skipped: {s['skipped']} problem(s), listed in {s['skipped_file']}")
   lines.append(f"  flagfile: {s['flagfile']}")
+  lines.extend(f"warning: {w}" for w in s["warnings"])
   lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={s['flagfile']} "
                "--inception_weights=PATH (ImageNet Inception-v3, BUILD.md 'DAMSM encoders'; or "
                "--image_encoder_trunk=small)")
   return "\n".join(lines)
+
+
+def _split_line(split):
+  if split["method"] == "hash":
+    return (f"--test_fraction {split['test_fraction']:g} of the images, ranked by a hash of "
+            f"--seed {split['seed']} and their name")
+  folders = lambda names: ", ".join(f + "/" for f in names)
+  line = (f"the source's split folders: {folders(split['train_folders'])} -> train, "
+          f"{folders(split['test_folders'])} -> test")
+  if split["left_out_folders"]:
+    line += (f"; the {split['left_out_images']} image(s) listed in "
+             f"{folders(split['left_out_folders'])} are left out (a test folder exists; the "
+             "dataset has no validation split)")
+  return line
 
 
 def main(argv):
@@ -1070,7 +1243,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # the summary says what the loader's INFO lines would
   f = flags.FLAGS
   try:
-    summary = build(f.source, f.out, f.text_column, f.class_column, f.test_fraction, f.seed,
+    test_fraction = f.test_fraction if f["test_fraction"].present else None  # None: the default
+    summary = build(f.source, f.out, f.text_column, f.class_column, test_fraction, f.seed,
                     f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress)
   except DatasetError as e:
     problems = e.problems
@@ -1100,7 +1274,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("text_column", "text", "Metadata column holding the caption(s).")
   flags.DEFINE_string("class_column", None, "Metadata column holding a class label (default: "
                       "each image is its own class, as COCO).")
-  flags.DEFINE_float("test_fraction", 0.1, "Share of the images in the test split.")
+  flags.DEFINE_float("test_fraction", DEFAULT_TEST_FRACTION, "Share of the images in the test "
+                     "split (ignored when the source has split folders train/ and test/).")
   flags.DEFINE_integer("seed", 0, "Seed of the train/test split.")
   flags.DEFINE_integer("min_word_count", 1, "Words seen fewer times are left out of the "
                        "vocabulary (AttnGAN: 1, every word).")

@@ -3,9 +3,10 @@ r"""Checks a dataset folder through the code path training uses, before a long r
     python -m msmt_tf.data.inspect --data_dir data/birds --dataset birds [--split train]
     python -m msmt_tf.data.inspect --data_dir data/NAME   # built from your images (--dataset folder)
 
-Checks: the metadata pickles (restricted unpickler), every listed image opens and decodes, every
-caption file exists and has enough captions, the vocabulary tables agree, caption ids are in range.
-Prints counts, vocabulary size and one batch's shapes; exits 1 listing every problem found.
+Checks: the metadata pickles (restricted unpickler), every listed image exists, opens and decodes
+(all of them, also when the metadata has problems), every caption file exists and has enough
+captions, the vocabulary tables agree, caption ids are in range. Prints counts, vocabulary size and
+one batch's shapes; exits 1 listing every problem found in every split.
 """
 
 if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
@@ -35,18 +36,40 @@ def _check_text_files(split_data):
   return problems, skipped
 
 
+def _listed_images(data_dir, dataset, split):
+  """The image paths of a split whose other metadata does not load, or [] when even its file
+  list does not read (that problem is already reported)."""
+  try:
+    spec = datasets.dataset_spec(data_dir, dataset)
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    keys = datasets._read_keys(data_dir, split)  # pylint: disable=protected-access
+  except DatasetError:
+    return []
+  return [os.path.join(data_dir, spec.image_dir, k + spec.image_ext) for k in keys]
+
+
+def _check_images(split, image_paths, decode):
+  """Every listed image that is missing, then (`decode`) every other one that does not decode."""
+  present = [p for p in image_paths if os.path.isfile(p)]
+  problems = [f"image listed in {split}/filenames.pickle but missing: {p}"
+              for p in image_paths if not os.path.isfile(p)]
+  if decode:
+    workers = max(2, os.cpu_count() or 2)
+    with futures.ThreadPoolExecutor(workers) as pool:
+      problems.extend(p for p in pool.map(datasets.verify_image, present) if p)
+  return problems
+
+
 def inspect_split(data_dir, dataset, split, words_num=None, batch_size=4, check_images=True,
                   out=print):
   """Inspects one split; returns the list of problems (empty when the split is usable)."""
-  try:
-    data = datasets.load_split(data_dir, dataset, split, check_files=True)
-  except DatasetError as e:
-    return list(e.problems)
+  try:  # missing images are listed below, with the ones that do not decode
+    data = datasets.load_split(data_dir, dataset, split, check_files=False)
+  except DatasetError as e:  # the metadata has problems: the images are still checked
+    return list(e.problems) + _check_images(split, _listed_images(data_dir, dataset, split),
+                                            check_images)
   problems, skipped = _check_text_files(data)
-  if check_images:
-    workers = max(2, os.cpu_count() or 2)
-    with futures.ThreadPoolExecutor(workers) as pool:
-      problems.extend(p for p in pool.map(datasets.verify_image, data.image_paths) if p)
+  problems.extend(_check_images(split, data.image_paths, check_images))
   spec = data.spec or datasets.DATASETS[dataset]
   words_num = words_num or (spec.words_num_train if split == "train" else spec.words_num_eval)
   lengths = np.asarray([len(c) for caps in data.captions for c in caps])
@@ -82,6 +105,9 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   dataset = f.dataset
+  if not os.path.isdir(f.data_dir):
+    sys.exit(f"error: dataset folder not found: {os.path.abspath(f.data_dir)}\n"
+             f"{datasets.DATASETS[dataset or 'folder'].how_to_get}")
   if dataset is None:  # a folder built by msmt_tf.data.build says what it is
     if not os.path.isfile(os.path.join(f.data_dir, datasets.SPEC_FILE)):
       sys.exit(f"error: --dataset is not set, and {os.path.abspath(f.data_dir)} has no "
@@ -91,8 +117,10 @@ def main(argv):
   splits = [f.split] if f.split else list(datasets.SPLITS)
   problems = []
   for split in splits:
-    problems.extend(inspect_split(f.data_dir, dataset, split, f.words_num, f.batch_size,
-                                  check_images=not f.skip_images))
+    for p in inspect_split(f.data_dir, dataset, split, f.words_num, f.batch_size,
+                           check_images=not f.skip_images):
+      if p not in problems:  # a problem of the whole folder (captions.pickle) once, not per split
+        problems.append(p)
   if problems:
     print(f"\n{len(problems)} problem(s) in {os.path.abspath(f.data_dir)}:", file=sys.stderr)
     for p in problems:
