@@ -48,6 +48,9 @@
 #   Groups 18 (float32) and 19 (bf16): the same choice on the two refinement parts alone
 #   (--only_parts, no step compiled): a quick first answer. Two runs per group: four CUB runs
 #   at once have run out of device memory. The default RUN_GROUPS="16 17 18 19".
+#   Seventh session: group 17 also times bf16 with --batch_norm=fused (never timed in bf16; it
+#   keeps 30-34% fewer bytes for the backward of the bf16 generator parts: bench --flops_only's
+#   parts_residual_mb, BUILD.md); three bf16 runs (about 8 GB each at their peak).
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +126,8 @@ for g in ${RUN_GROUPS:-16 17 18 19}; do
     16) group 16 "$CUB --noparts" \
           "$CUB --noparts --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_f32_factored --profile_steps 1" ;;
     17) group 17 "$CUB --noparts --mixed_precision" \
-          "$CUB --noparts --mixed_precision --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_bf16_factored --profile_steps 1" ;;
+          "$CUB --noparts --mixed_precision --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_bf16_factored --profile_steps 1" \
+          "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
     18) group 18 "$CUB --only_parts=refine1,refine2" "$CUB --only_parts=refine1,refine2 --sdm_convs=factored" ;;
     19) group 19 "$CUB --only_parts=refine1,refine2 --mixed_precision" \
           "$CUB --only_parts=refine1,refine2 --mixed_precision --sdm_convs=factored" ;;

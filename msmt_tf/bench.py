@@ -237,6 +237,11 @@ def compile_part(train_vars, all_vars, fn, num_diff_inputs=0, jit_compile=True):
     run = lambda *inputs: jitted(*args(inputs))
     run.lower = lambda *inputs, platforms=None: jitted.trace(*_abstract(args(inputs))).lower(
         lowering_platforms=platforms)
+    if backward:
+      def residuals(*inputs):
+        p, d, rest, c = args(inputs)
+        return saved_residual_bytes(lambda p, d: loss(p, d, rest, c), p, d)
+      run.residuals = residuals
     return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -251,6 +256,23 @@ def compile_part(train_vars, all_vars, fn, num_diff_inputs=0, jit_compile=True):
     return tape.gradient(loss, list(train_vars) + diff)
 
   return run
+
+
+def saved_residual_bytes(fn, *args):
+  """`{dtype: bytes}` that the forward pass of `fn(*args)` keeps for its backward (JAX's
+  `saved_residuals`, traced: nothing runs), the arguments and constants (weights, inputs: in
+  memory anyway) left out. Written in the forward and read in the backward, they are device
+  memory traffic whatever XLA fuses (it recomputes none unless memory runs out), and the
+  step's activation memory."""
+  from jax._src import ad_checkpoint  # pylint: disable=g-import-not-at-top
+  # (jax.ad_checkpoint.print_saved_residuals prints the same list; this reads it.)
+  out = {}
+  for aval, source in ad_checkpoint.saved_residuals(fn, *args):
+    if source.startswith(("from the argument", "from a constant")):
+      continue
+    dtype = str(aval.dtype)
+    out[dtype] = out.get(dtype, 0) + int(aval.size) * aval.dtype.itemsize
+  return out
 
 
 def compile_optimizer_step(optimizer, variables, jit_compile=True):
@@ -457,7 +479,7 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def flop_counts(gan, data, parts, fused_bytes=False, with_step=True):
+def flop_counts(gan, data, parts, fused_bytes=False, with_step=True, residuals=False):
   """XLA cost analysis on JAX: FLOPs and bytes accessed of the step and of each part.
 
   `{"gflop_per_step": ..., "parts_gflop": {...}, "gbytes_per_step": ..., "parts_gbytes": {...},
@@ -469,7 +491,9 @@ def flop_counts(gan, data, parts, fused_bytes=False, with_step=True):
   left out and `gflop_source` (the source of both counts) says why; this never raises.
   `fused_bytes`: also compile each part for the CPU and report its bytes accessed after XLA's
   CPU fusion (`parts_gbytes_cpu_fused`; a part whose compile fails is left out, and
-  `fused_bytes_failed` names it). `with_step=False`: the parts only."""
+  `fused_bytes_failed` names it). `with_step=False`: the parts only. `residuals`
+  (`--flops_only`): also `parts_residual_mb`, per part with a backward, the MB its forward keeps
+  for it, by dtype and in total (`saved_residual_bytes`)."""
   import jax  # pylint: disable=g-import-not-at-top
   state = [v.value for v in gan.state_variables()]
   step_fn = jax.jit(gan.jax_train_step)
@@ -506,6 +530,20 @@ def flop_counts(gan, data, parts, fused_bytes=False, with_step=True):
     why = "; ".join(f"{n}: {reason}" for n, reason in missing.items())
     source = f"unavailable ({why})" if not sources else f"{source}; not counted ({why})"
   out["gflop_source"] = source
+  residual, failed = {}, {}
+  for name, (fn, inputs) in parts.items():
+    if residuals and hasattr(fn, "residuals"):
+      try:
+        by_dtype = fn.residuals(*inputs)
+      except Exception as e:  # pylint: disable=broad-except  (a JAX without the private API)
+        failed[name] = f"{type(e).__name__}: {e}"[:200]
+        continue
+      residual[name] = {k: _significant(v / 1e6) for k, v in sorted(by_dtype.items())}
+      residual[name]["total"] = _significant(sum(by_dtype.values()) / 1e6)
+  if residual:
+    out["parts_residual_mb"] = residual
+  if failed:
+    out["residual_failed"] = failed
   if fused_bytes:
     fused, failed = cpu_fused_bytes({n: f for n, f in programs.items() if n != "step"})
     if fused:
@@ -787,7 +825,8 @@ def run_benchmark(steps, warmup, with_parts):
   parts = part_functions(gan, batch, jit, only) if with_parts or only else {}
   if only:
     parts = {n: parts[n] for n in only}
-  flops = (flop_counts(gan, data, parts, FLAGS.fused_bytes, with_step=not only)
+  flops = (flop_counts(gan, data, parts, FLAGS.fused_bytes, with_step=not only,
+                       residuals=FLAGS.flops_only)
            if backend == "jax" else {})
   if FLAGS.flops_only:
     return (_describe(backend, cfg, batch_size, words_num, jit)

@@ -76,6 +76,14 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   _check_bytes_and_roofline(counted, 494.7, "dense TF32")
   assert counted["parts_gbytes"] == result["parts_gbytes"]
   assert "parts_gbytes_cpu_fused" not in counted  # only with --fused_bytes
+  # What each part's forward keeps for its backward (--flops_only only): the parts with one.
+  kept = counted["parts_residual_mb"]
+  assert set(kept) == {"mtwig", "refine1", "discriminators", "damsm"}, kept
+  for part, by_dtype in kept.items():
+    assert by_dtype["float32"] > 0, part
+    assert by_dtype["total"] == pytest.approx(sum(v for k, v in by_dtype.items()
+                                                  if k != "total"), rel=1e-3), part
+  assert "parts_residual_mb" not in result
   # No cost analysis at all (lowered and compiled both answer None): still timed, FLOPs left out
   # and said so. The same run, one stage, data-parallel over 2 (forced) CPU devices, global batch 4.
   env.update(MSMT_FAKE_COST="none", XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -119,6 +127,19 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   rows = res.stdout.strip().splitlines()
   assert rows[0].startswith("| date | backend | device |") and len(rows) == 3
   assert f"| {result['ms_per_step_median']:.1f} (" in rows[2] and "| jax | cpu" in rows[2]
+
+
+def test_saved_residual_bytes_counts_what_the_backward_reads():
+  """bench.saved_residual_bytes against hand counts: sin(x @ w) keeps cos(x @ w) for its backward
+  (x and w, arguments, are not counted), in the dtype it was computed in."""
+  jnp = pytest.importorskip("jax.numpy")
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  x, w = jnp.ones((6, 5), "float32"), jnp.ones((5, 7), "float32")
+  assert bench.saved_residual_bytes(lambda x, w: jnp.sum(jnp.sin(x @ w)), x, w) == {
+      "float32": 6 * 7 * 4}
+  half = lambda x, w: jnp.sum(jnp.sin((x @ w).astype("bfloat16")).astype("float32"))
+  assert bench.saved_residual_bytes(half, x, w) == {"bfloat16": 6 * 7 * 2}
+  assert bench.saved_residual_bytes(lambda x, w: jnp.sum(x @ w), x, w) == {}  # linear: nothing
 
 
 def test_bench_refuses_bad_flags():
@@ -354,16 +375,16 @@ def test_h100_script_commands_parse(tmp_path):
 def test_gpu_session_script_commands_parse(tmp_path):
   """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
   command's flags parse and build a valid model; each precision has the default step beside
-  --batch_norm=fused (groups 5, 6) and --sdm_convs=factored (16, 17), bf16 also beside the layers
-  as written (15: --sdm_convs=separate --fuse_gate=conv); group 18 times the refinement parts
-  alone, both SDM choices in both precisions."""
+  --batch_norm=fused (groups 5, 6; bf16 also in 17) and --sdm_convs=factored (16, 17), bf16 also
+  beside the layers as written (15: --sdm_convs=separate --fuse_gate=conv); groups 18 and 19 time
+  the refinement parts alone, both SDM choices in both precisions."""
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable,
              RUN_GROUPS="1 2 5 6 10 15 16 17 18 19")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
   lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
-  assert len(lines) == 23 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
+  assert len(lines) == 24 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
   for precision in ("float32", "mixed_bfloat16"):
     plain = [l for l in lines if l["precision"] == precision and "cub.cfg" in l["command"]
              and l["upsample_conv"] == "reference" and not l["xla_flags"] and not l["parts"]]
