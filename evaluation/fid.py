@@ -33,7 +33,7 @@ def statistics(act):
   """(mu, sigma) of `[N, D]` activations in float64; sigma unbiased (N - 1)."""
   act = np.asarray(act, np.float64)
   if act.ndim != 2 or act.shape[0] < 2:
-    raise ValueError(f"need [N >= 2, D] activations, got shape {act.shape}")
+    raise ValueError(f"need [N >= 2, D] activations (at least 2 images), got shape {act.shape}")
   return act.mean(axis=0), np.cov(act, rowvar=False)
 
 
@@ -123,24 +123,37 @@ def fid_from_activations(act1, act2, method=None):
   return frechet_distance(*statistics(act1), *statistics(act2), method=method or default_method())
 
 
-def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=False):
-  """(mu, sigma, n) of an image folder, read from / written to `cache` (.npz) when given."""
+def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=False, meta=None,
+                      role="image"):
+  """(mu, sigma, n) of an image folder, read from / written to `cache` (.npz) when given.
+
+  `meta`: more values to record in a new cache and to require of an existing one (e.g. which
+  dataset the folder shows). `role` names the folder in errors ('generated images', ...)."""
   from evaluation import features  # pylint: disable=g-import-not-at-top
+  meta = {k: str(v) for k, v in (meta or {}).items()}
   if cache and os.path.isfile(cache):
-    mu, sigma, meta = load_statistics(cache)
-    if meta.get("extractor") not in (None, extractor.description):
-      raise ValueError(f"{cache} was computed with {meta.get('extractor')!r}, not "
+    mu, sigma, found = load_statistics(cache)
+    if found.get("extractor") not in (None, extractor.description):
+      raise ValueError(f"{cache} was computed with {found.get('extractor')!r}, not "
                        f"{extractor.description!r}; delete it or choose another path")
-    return mu, sigma, int(meta.get("num_images", 0))
+    for key, value in meta.items():
+      if str(found.get(key)) != value:
+        raise ValueError(f"{cache} was computed for {key} {found.get(key)!r}, not {value!r} "
+                         f"(the {role} folder {folder}); delete it or choose another path")
+    return mu, sigma, int(found.get("num_images", 0))
   act, _ = features.activations(extractor, folder, batch_size, progress=progress)
+  if len(act) < 2:
+    raise ValueError(f"FID needs at least 2 images in each set, but the {role} folder {folder} "
+                     f"has {len(act)}")
   mu, sigma = statistics(act)
   if cache:
     save_statistics(cache, mu, sigma, num_images=len(act), extractor=extractor.description,
-                    folder=os.path.abspath(folder))
+                    folder=os.path.abspath(folder), **meta)
   return mu, sigma, len(act)
 
 
-def reference_statistics(extractor, reference, batch_size=50, progress=False):
+def reference_statistics(extractor, reference, batch_size=50, progress=False,
+                         role="reference images (--reference)"):
   """(mu, sigma, n, label) of `reference`: a `.npz` of statistics or an image folder."""
   if reference.endswith(".npz"):
     mu, sigma, meta = load_statistics(reference)
@@ -149,14 +162,16 @@ def reference_statistics(extractor, reference, batch_size=50, progress=False):
       warnings.warn(f"{reference} was computed with {made_by!r}; comparing with "
                     f"{extractor.description!r} mixes pipelines")
     return mu, sigma, int(meta.get("num_images", 0)), reference
-  mu, sigma, n = folder_statistics(extractor, reference, batch_size, progress=progress)
+  mu, sigma, n = folder_statistics(extractor, reference, batch_size, progress=progress,
+                                   role=role)
   return mu, sigma, n, reference
 
 
 def compute(extractor, images, reference, batch_size=50, method=None, save_stats=None,
             progress=False):
   """{'fid', 'num_images', 'num_reference', 'extractor', 'verified', ...} for two sources."""
-  mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress)
+  mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress,
+                                      role="generated images (--images)")
   mu2, sigma2, n2, ref = reference_statistics(extractor, reference, batch_size, progress)
   method = method or default_method()
   result = {"fid": frechet_distance(mu1, sigma1, mu2, sigma2, method), "num_images": n1,

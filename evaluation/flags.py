@@ -14,7 +14,8 @@ flags.DEFINE_enum("inception_source", "keras", ["keras", "graph", "hub", "torchv
                   "eval/FID preprocessing (the old 'PyTorch FID'; --torchvision_inception).")
 flags.DEFINE_string("fid_inception_dir", None,
                     "Keras port weights folder (default $MSMT_FID_INCEPTION_DIR or "
-                    "~/.cache/msmt_tf/fid_inception).")
+                    "~/.cache/msmt_tf/fid_inception; `bash .ci/fid_weights` writes them to "
+                    ".cache/fid_inception of the repository).")
 flags.DEFINE_string("inception_graph", None, "Path of classify_image_graph_def.pb.")
 flags.DEFINE_string("torchvision_inception", None,
                     "torchvision's inception_v3_google-*.pth, or AttnGAN's image_encoder*.pth "

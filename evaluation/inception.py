@@ -278,7 +278,9 @@ def load(weights_dir=None, resize="legacy", normalize="graph"):
     raise FileNotFoundError(
         f"FID Inception weights not found: {path}. Make them once with: python -m "
         f"evaluation.inception convert --fetch --fid_inception_dir={weights_dir} (or set "
-        "--fid_inception_dir / MSMT_FID_INCEPTION_DIR to where they are)")
+        "--fid_inception_dir / MSMT_FID_INCEPTION_DIR to where they are; in a checkout of this "
+        "repository `bash .ci/fid_weights` makes them in .cache/fid_inception: then pass "
+        "--fid_inception_dir .cache/fid_inception)")
   model = FIDInceptionV3(resize=resize, normalize=normalize, name="fid_inception")
   try:
     arrays = np.load(path)

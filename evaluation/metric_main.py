@@ -8,11 +8,22 @@ Metric names: `<metric><count>_<split>` with metric `fid`, `is` or `rprec`, coun
 `2k` or `500` (for rprec the count may be left out: it uses the count of the other metrics, else
 30k), split `test` (the paper) or `train`. All metrics of one call share one folder of generated
 images, `RUN/eval/step-<step>/<split>-seed<seed>/` (made with msmt_tf.sample, resumable, reused
-by later calls); FID's real-image statistics are cached in `RUN/eval/real-<split>-<source>.npz`
-from the split's images prepared once as PNGs of the generator's output size (256 x 256 for
-the paper's three stages) (birds: the CUB bounding-box crop;
-others: shorter side to 256 and a centre crop; PIL bilinear with antialiasing), the same PNG
-route as the generated images.
+by later calls); FID's real-image statistics are cached in
+`RUN/eval/real-<split>-<size>-<id>-<source>.npz` from the split's images prepared once as PNGs of
+the generator's output size (256 x 256 for the paper's three stages) in
+`RUN/eval/real-<split>-<size>-<id>/` (birds: the CUB bounding-box crop; others: shorter side to
+256 and a centre crop; PIL bilinear with antialiasing), the same PNG route as the generated images.
+
+Both caches are keyed by the dataset, never mixed: `<id>` is a hash of the resolved --data_dir,
+the dataset kind, the split, the image size and the split's image files in order (name, bytes,
+modification time), which the folder's `dataset.json` records; another --data_dir or a rebuilt
+dataset gets a fresh folder (the old one is kept, and named in a note). A generated-image folder
+whose manifest names other captions (another --data_dir, a rebuilt dataset) is likewise kept as
+it is, and the images are made in `<split>-seed<seed>-data<id>/`.
+
+Every metric's needs are checked against its split before any image is generated: FID needs at
+least 2 real images in the split, R-precision images of at least 2 classes (for its mismatched
+captions) and 10 images (folds), IS at least --is_splits images.
 """
 
 if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
@@ -20,6 +31,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
   console.quiet_native_logs()
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -29,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import numpy as np
 
 from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
 from msmt_tf import sample  # pylint: disable=g-import-not-at-top,unused-import (its flags)
@@ -53,6 +66,137 @@ def parse(name):
   elif metric != "rprec":
     raise ValueError(f"{name}: {metric} needs an image count, e.g. {metric}30k_{split}")
   return metric, count, split
+
+
+REFERENCE_FORMAT = "msmt-tf real-image reference"
+REFERENCE_RECORD = "dataset.json"  # in a folder of prepared real images: the dataset it shows
+
+
+def _split_hint(name, split, data):
+  """What to do about a split too small for metric `name`."""
+  tips = []
+  if split == "test":
+    tips.append(f"evaluate on the train split ({name.rsplit('_', 1)[0]}_train)")
+    if data.dataset == "folder":
+      tips.append("rebuild the dataset with a larger --test_fraction (python -m "
+                  f"msmt_tf.data.build --source <your images> --out {data.data_dir} "
+                  "--test_fraction 0.2 --overwrite)")
+  elif data.dataset == "folder":
+    tips.append(f"rebuild {data.data_dir} from more images with python -m msmt_tf.data.build")
+  return f" ({'; or '.join(tips)})" if tips else ""
+
+
+def check_splits(parsed, splits, counts, is_splits=10, folds=10):
+  """Raises a ValueError naming every metric of `parsed` ((name, metric, count, split) tuples)
+  that its split (`splits[split]`, a SplitData) or its image count cannot serve."""
+  problems = []
+  for name, metric, count, split in parsed:
+    data = splits[split]
+    count = count or counts.get(split, 30000)
+    where = f"the {split} split of {data.data_dir} (--dataset={data.dataset})"
+    if metric == "fid":
+      if data.num_images < 2:
+        problems.append(f"{name}: FID needs at least 2 real images, but {where} has "
+                        f"{data.num_images}{_split_hint(name, split, data)}")
+      if count < 2:
+        problems.append(f"{name}: FID needs at least 2 generated images, got {count}")
+    elif metric == "is":
+      if count < is_splits:
+        problems.append(f"{name}: the Inception Score needs at least --is_splits={is_splits} "
+                        f"images, got {count}")
+    else:
+      classes = np.unique(np.asarray(data.class_ids))
+      if len(classes) < 2:
+        problems.append(
+            f"{name}: R-precision compares each image's caption with captions of images of "
+            f"other classes, but all {data.num_images} image(s) of {where} have class "
+            f"{int(classes[0])}: no mismatched captions{_split_hint(name, split, data)}")
+      if count < folds:
+        problems.append(f"{name}: R-precision needs at least {folds} images (its {folds} "
+                        f"folds), got {count}")
+  if problems:
+    raise ValueError("nothing was generated:\n  " + "\n  ".join(problems))
+
+
+def reference_identity(split_data, size):
+  """What a folder of the split's prepared real images depends on: the resolved dataset folder,
+  its kind, the split, the image size, and a SHA-256 of the split's image files in order (path
+  inside the dataset, bytes, modification time) and bounding boxes (birds)."""
+  files = []
+  for path in split_data.image_paths:
+    st = os.stat(path)
+    files.append([os.path.relpath(path, split_data.data_dir), st.st_size, st.st_mtime_ns])
+  boxes = None if split_data.bboxes is None else np.asarray(split_data.bboxes).tolist()
+  return {"format": REFERENCE_FORMAT, "data_dir": os.path.realpath(split_data.data_dir),
+          "dataset": split_data.dataset, "split": split_data.split, "size": int(size),
+          "num_images": split_data.num_images,
+          "files_sha256": hashlib.sha256(json.dumps([files, boxes]).encode()).hexdigest(),
+          "first_files": [f[0] for f in files[:3]]}
+
+
+def _short_hash(value):
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def real_reference(split_data, eval_dir, size=256, progress=False):
+  """(folder, id): the split's real images as `size` PNGs in `eval_dir/real-<split>-<size>-<id>/`,
+  `id` a hash of `reference_identity`, which the folder's dataset.json records. Another dataset
+  (folder, rebuild, split) gets a fresh folder, never a mix of two; a half-made folder of the
+  same dataset is continued."""
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  identity = reference_identity(split_data, size)
+  ident = _short_hash({k: v for k, v in identity.items() if k != "first_files"})
+  prefix = f"real-{split_data.split}-{size}"
+  folder = os.path.join(eval_dir, f"{prefix}-{ident}")
+  record = os.path.join(folder, REFERENCE_RECORD)
+  if os.path.isfile(record):
+    try:
+      with open(record) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"cannot read {record} ({e}); move {folder} away to prepare the real "
+                       "images again") from e
+    diff = [k for k in identity if k != "first_files" and old.get(k) != identity[k]]
+    if diff:
+      raise ValueError(f"{folder} holds real images of another dataset ("
+                       + ", ".join(f"{k} {old.get(k)!r} vs now {identity[k]!r}" for k in diff)
+                       + "); move it away to prepare them again")
+  else:
+    if os.path.isdir(folder) and os.listdir(folder):
+      raise ValueError(f"{folder} is not empty but has no {REFERENCE_RECORD}: not a real-image "
+                       "cache made by evaluation.metric_main; move it away")
+    others = sorted(d for d in (os.listdir(eval_dir) if os.path.isdir(eval_dir) else [])
+                    if (d == prefix or d.startswith(prefix + "-"))
+                    and os.path.isdir(os.path.join(eval_dir, d)))
+    if others:
+      print(f"note: the {split_data.split} split of {split_data.data_dir} "
+            f"({split_data.num_images} images) is not the dataset of the real-image cache "
+            f"{', '.join(others)} in {eval_dir}; preparing its images in {folder} (the other "
+            "cache is kept: delete it if unused)", flush=True)
+    os.makedirs(folder, exist_ok=True)
+    fileio.atomic_write_bytes(record, json.dumps(identity, indent=1).encode())
+  prepare_real_images(split_data, folder, size)
+  return folder, ident
+
+
+def images_folder(run_dir, step, split, seed, split_data):
+  """The generated images' folder `RUN/eval/step-<step>/<split>-seed<seed>`; when it holds
+  images made from other captions (another --data_dir, a rebuilt dataset) it is kept as it is,
+  and `<that>-data<id>` (id: a hash of the caption source) is used instead, with a note."""
+  from msmt_tf import sample  # pylint: disable=g-import-not-at-top
+  base = os.path.join(run_dir, "eval", f"step-{step}", f"{split}-seed{seed}")
+  if not os.path.isfile(os.path.join(base, sample.MANIFEST)):
+    return base
+  source = sample.caption_source(split_data)
+  diff = sample.caption_conflicts(sample.read_manifest(base), split_data,
+                                  split_data.spec.words_num_eval, seed, source)
+  if not diff:
+    return base
+  folder = "{}-data{}".format(base, _short_hash(
+      [os.path.realpath(source["data_dir"]), source["dataset"], source["captions_sha256"]]))
+  print(f"note: {base} holds images generated from other captions ({'; '.join(diff)}); they "
+        f"are kept, and this dataset's images go to {folder}", flush=True)
+  return folder
 
 
 def prepare_real_images(split_data, out, size=256):
@@ -109,6 +253,10 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   for _, metric, count, split in parsed:
     if count:
       counts[split] = max(counts.get(split, 0), count)
+  # Every split is read and checked against its metrics' needs before any image is made.
+  splits = {split: datasets.load_split(data_dir, record["data"]["dataset"], split)
+            for split in sorted({split for *_, split in parsed})}
+  check_splits(parsed, splits, counts, _flag("is_splits"))
   # Every network file is opened before any image is made: a missing one fails at once.
   metrics = {m for _, m, _, _ in parsed}
   extractors = {}
@@ -118,33 +266,48 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     extractors["is"] = eval_flags.is_extractor()
   if "rprec" in metrics:
     damsm_encoders = r_precision.load_encoders(damsm_dir)  # loaded once for every rprec metric
+  # So are the real images' statistics (a corrupt real image fails before generation too).
+  references = {}
+  for split in sorted({split for _, m, _, split in parsed if m == "fid"}):
+    ext = extractors["fid"]
+    size = 64 * 2 ** (record["model"]["num_stages"] - 1)  # the generator's output size
+    eval_dir = os.path.join(run_dir, "eval")
+    real, ident = real_reference(splits[split], eval_dir, size, progress)
+    cache = os.path.join(eval_dir, f"real-{split}-{size}-{ident}-{ext.name}.npz")
+    mu2, s2, n2 = fid_lib.folder_statistics(ext, real, FLAGS.eval_batch_size, cache, progress,
+                                            meta={"dataset_id": ident}, role="real images")
+    if n2 != splits[split].num_images:
+      raise ValueError(f"{cache} holds the statistics of {n2} images, but the {split} split of "
+                       f"{splits[split].data_dir} has {splits[split].num_images}; move it away "
+                       "to compute them again")
+    references[split] = real, mu2, s2, n2
+  folders = {split: images_folder(run_dir, step, split, seed, data)
+             for split, data in splits.items()}
   results = []
   for name, metric, count, split in parsed:
     count = count or counts.get(split, 30000)
-    folder = os.path.join(run_dir, "eval", f"step-{step}", f"{split}-seed{seed}")
+    folder = folders[split]
     sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
                     batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
                     progress=progress)
     files = [os.path.join(folder, sample.image_name(i)) for i in range(count)]
     result = {"metric": name, "run_dir": os.path.abspath(run_dir), "step": int(step),
               "images": folder, "num_generated": count, "seed": seed,
+              "data_dir": splits[split].data_dir,
               "time": datetime.datetime.now().isoformat(timespec="seconds")}
     if metric == "fid":
       ext = extractors["fid"]
-      size = 64 * 2 ** (record["model"]["num_stages"] - 1)  # the generator's output size
-      real = prepare_real_images(datasets.load_split(data_dir, record["data"]["dataset"], split),
-                                 os.path.join(run_dir, "eval", f"real-{split}-{size}"), size)
-      cache = os.path.join(run_dir, "eval", f"real-{split}-{size}-{ext.name}.npz")
-      mu2, s2, n2 = fid_lib.folder_statistics(ext, real, FLAGS.eval_batch_size, cache, progress)
+      real, mu2, s2, n2 = references[split]
       act, _ = _activations(ext, files, progress)
       mu1, s1 = fid_lib.statistics(act)
       method = FLAGS.fid_method or fid_lib.default_method()
       result.update(fid=fid_lib.frechet_distance(mu1, s1, mu2, s2, method), num_reference=n2,
-                    method=method, extractor=ext.description, verified=ext.verified)
+                    reference=real, method=method, extractor=ext.description,
+                    verified=ext.verified)
       warning = fid_lib.small_sample_warning(count, n2, mu1.size)
       if warning:
         result["warning"] = warning
-      line = fid_lib.format_result(name, {**result, "num_images": count, "reference": real})
+      line = fid_lib.format_result(name, {**result, "num_images": count})
     elif metric == "is":
       ext = extractors["is"]
       _, logits = _activations(ext, files, progress, want_logits=True)
@@ -162,6 +325,11 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
       f.write(json.dumps(result) + "\n")
     print(line, flush=True)
   return results
+
+
+def _flag(name):
+  """A flag's value; its default where the flags were not parsed (evaluate called from code)."""
+  return getattr(FLAGS, name) if FLAGS.is_parsed() else FLAGS[name].default
 
 
 def _activations(extractor, files, progress, want_logits=False):
@@ -195,6 +363,9 @@ def main(argv):
   from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
   if not FLAGS.run_dir:
     sys.exit("error: set --run_dir")
+  if FLAGS.sample_words_num is not None:
+    sys.exit("error: --sample_words_num is msmt_tf.sample's: metric_main always samples with the "
+             "dataset's evaluation caption length (words_num_eval), the protocol's")
   try:
     evaluate(FLAGS.run_dir, FLAGS.metrics, FLAGS.step, FLAGS.sample_seed, FLAGS.damsm_dir,
              FLAGS.data_dir, FLAGS.sample_batch_size)

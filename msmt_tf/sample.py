@@ -1,19 +1,25 @@
 r"""Generates the evaluation images of a training run (paper §4; DM-GAN's `sampling` protocol).
 
     python -m msmt_tf.sample --run_dir RUN --num_images 30000 --split test --out DIR \
-        [--step N] [--sample_seed 100] [--words_num 25] [--sample_batch_size 50]
+        [--step N] [--sample_seed 100] [--sample_words_num 25] [--sample_batch_size 50]
 
 Passes over the split until `--num_images` images exist: each pass visits the split's images in
 a seeded random order; each visit picks one of the image's captions at random, keeps at most the
-evaluation `words_num` words (AttnGAN's random order-preserving drop; 25 for birds, 20 for coco),
+evaluation `words_num` words (AttnGAN's random order-preserving drop; 25 for birds, 20 for coco,
+a folder dataset's `words_num_eval`; `--sample_words_num` sets another; the training flag
+`--words_num`, e.g. from a run's flagfile, is not used, as in evaluation.metric_main),
 draws one z and one CA noise vector, and the EMA generator (inference mode) makes the last
 stage's image, saved as `DIR/<index>.png` (uint8 from [-1, 1] as DM-GAN does: x * 127.5 + 127.5,
 clipped and truncated). Image i depends only on (seed, i), so the command is resumable: images
 already in DIR are skipped and a resumed folder is byte-identical to an uninterrupted one.
-`DIR/manifest.json` records the run, checkpoint step, seed and, per image, the dataset index,
-caption index, token ids and class id (R-precision reads it).
+`DIR/manifest.json` records the run, checkpoint step, seed, the caption source (dataset folder,
+kind, split and a SHA-256 of the split's keys, captions and class ids) and, per image, the
+dataset index, caption index, token ids and class id (R-precision reads it). A DIR whose
+manifest names another setting or caption source is refused (choose another --out), and so is
+a non-empty DIR without a manifest: its files are never counted as generated nor touched.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -29,7 +35,7 @@ import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import (--run_dir, ...)
 
-__all__ = ["plan", "generate", "read_manifest"]
+__all__ = ["plan", "generate", "read_manifest", "caption_source", "caption_conflicts"]
 
 MANIFEST = "manifest.json"
 
@@ -81,6 +87,49 @@ def read_manifest(folder):
     return json.load(f)
 
 
+# What a folder's images depend on besides their caption source; a resumed folder must match.
+SETTING_KEYS = ("run_dir", "step", "split", "seed", "words_num", "dataset")
+
+
+def caption_source(split_data):
+  """Where the captions of sampled images come from: the dataset folder, its kind, the split and
+  a SHA-256 of the split's keys, captions (word ids) and class ids (a rebuilt dataset differs)."""
+  digest = hashlib.sha256(json.dumps(
+      [list(split_data.keys), split_data.captions,
+       [int(c) for c in split_data.class_ids]]).encode("utf8")).hexdigest()
+  return {"data_dir": split_data.data_dir, "dataset": split_data.dataset,
+          "split": split_data.split, "captions_sha256": digest}
+
+
+def caption_conflicts(old, split_data, words_num, seed, source=None):
+  """How the manifest `old` of a folder differs in caption source from sampling `split_data`
+  now: a list of 'what: before vs now' strings, empty when its images fit. A manifest written
+  before the captions' SHA-256 was recorded is compared by its per-image plan."""
+  source = source or caption_source(split_data)
+  found = []
+  before = old.get("data_dir")
+  if before is None or os.path.realpath(before) != os.path.realpath(source["data_dir"]):
+    found.append(f"data_dir {before!r} vs now {source['data_dir']!r}")
+  for key in ("dataset", "split"):
+    if old.get(key) != source[key]:
+      found.append(f"{key} {old.get(key)!r} vs now {source[key]!r}")
+  if "captions_sha256" in old:
+    if old["captions_sha256"] != source["captions_sha256"]:
+      found.append(f"captions_sha256 {old['captions_sha256'][:12]}... vs now "
+                   f"{source['captions_sha256'][:12]}... (the dataset was rebuilt or changed)")
+  elif old.get("words_num") == words_num and old.get("seed") == seed:
+    images = old.get("images") or []
+    if images != plan(split_data, len(images), words_num, seed):
+      found.append("its images' captions differ from the split's now (the dataset was rebuilt "
+                   "or changed)")
+  return found
+
+
+def _foreign_files(folder):
+  """Entries of `folder`, less the temporary file of an interrupted manifest write."""
+  return sorted(f for f in os.listdir(folder) if not f.startswith(f".{MANIFEST}."))
+
+
 def _compiled(generator):
   """A compiled `(words, sentence, mask, z, eps) -> last image` on the current backend."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -119,20 +168,35 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   step = record["step"]  # without --step: the newest checkpoint that reads
   dataset = record["data"]["dataset"]
   data = datasets.load_split(data_dir or record["data"]["data_dir"], dataset, split)
+  # The evaluation length, not the training flag --words_num (see the module doc).
   words_num = words_num or datasets.dataset_spec(data.data_dir, dataset).words_num_eval
+  source = caption_source(data)
   manifest = {"run_dir": os.path.abspath(run_dir), "step": int(step), "split": split,
               "seed": seed, "words_num": words_num, "num_images": num_images,
               "dataset": dataset, "data_dir": data.data_dir,
+              "captions_sha256": source["captions_sha256"],
               "damsm_dir": damsm_dir or record.get("damsm_dir")}
-  os.makedirs(out, exist_ok=True)
   path = os.path.join(out, MANIFEST)
   if os.path.isfile(path):
     old = read_manifest(out)
-    diff = [k for k in ("run_dir", "step", "split", "seed", "words_num", "dataset")
-            if old.get(k) != manifest[k]]
+    diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
     if diff:
-      raise ValueError(f"{out} holds images of another setting ({', '.join(f'{k}: {old.get(k)!r}' for k in diff)}); "
-                       "choose another --out")
+      raise ValueError(f"{out} holds images of another setting ("
+                       + ", ".join(f"{k} {old.get(k)!r} vs now {manifest[k]!r}" for k in diff)
+                       + f"); choose another --out (nothing in {out} was changed)")
+    diff = caption_conflicts(old, data, words_num, seed, source)
+    if diff:
+      raise ValueError(f"{out} holds images generated from other captions ({'; '.join(diff)}); "
+                       f"choose another --out (nothing in {out} was changed)")
+  elif os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out {out} is a file, not a folder")
+  elif os.path.isdir(out) and _foreign_files(out):
+    foreign = _foreign_files(out)
+    raise ValueError(
+        f"{out} is not empty ({len(foreign)} entries, e.g. {', '.join(foreign[:3])}) but has no "
+        f"{MANIFEST} of a msmt_tf.sample run: its files would be taken for generated images; "
+        f"choose an empty or new --out (nothing in {out} was changed)")
+  os.makedirs(out, exist_ok=True)
   manifest["images"] = plan(data, num_images, words_num, seed)
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
   todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
@@ -163,8 +227,9 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   return manifest
 
 
-# --run_dir, --data_dir, --damsm_dir (default: the ones the run recorded) and --words_num
-# (default: the dataset's evaluation length) are msmt_tf.config's flags.
+# --run_dir, --data_dir, --damsm_dir (default: the ones the run recorded) are msmt_tf.config's
+# flags; so is --words_num, the training caption length, which sampling does not use: a run's or
+# dataset's flagfile sets it, and absl cannot tell a flagfile's value from a typed one.
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder of PNGs (resumable).")
 flags.DEFINE_integer("num_images", 30000, "Images to generate (the paper: 30,000).")
@@ -172,6 +237,12 @@ flags.DEFINE_enum("split", "test", ["test", "train"], "Captions of this split.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 flags.DEFINE_integer("sample_seed", 100, "Sampling seed (DM-GAN's evaluation seed is 100).")
 flags.DEFINE_integer("sample_batch_size", 50, "Images per generator call.")
+flags.DEFINE_integer("sample_words_num", None,
+                     "Words kept per caption (default: the dataset's evaluation length, "
+                     "words_num_eval: 25 birds/shapes, 20 coco, a folder dataset's from its "
+                     "dataset_spec.json; what evaluation.metric_main always uses). The training "
+                     "flag --words_num, e.g. from a flagfile, is ignored for sampling.",
+                     lower_bound=1)
 
 
 def main(argv):
@@ -179,13 +250,18 @@ def main(argv):
   from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
   if not FLAGS.run_dir or not FLAGS.out:
     sys.exit("error: set --run_dir and --out")
+  if FLAGS.words_num is not None and FLAGS.sample_words_num is None:
+    print(f"note: --words_num={FLAGS.words_num} (the training caption length, e.g. from a "
+          "flagfile) is not used for sampling: captions keep the dataset's evaluation length, as "
+          "in evaluation.metric_main; set --sample_words_num to choose another", flush=True)
   try:
     m = generate(FLAGS.run_dir, FLAGS.out, FLAGS.num_images, FLAGS.split, FLAGS.step,
-                 FLAGS.sample_seed, FLAGS.words_num, FLAGS.sample_batch_size, FLAGS.damsm_dir,
-                 FLAGS.data_dir)
+                 FLAGS.sample_seed, FLAGS.sample_words_num, FLAGS.sample_batch_size,
+                 FLAGS.damsm_dir, FLAGS.data_dir)
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
-  print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out}")
+  print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "
+        f"of at most {m['words_num']} words)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 (stand-in frozen graph and TF-Hub module with the real tensor names; the Keras port against the
 official TorchScript when its weights are there), sampling and the metric registry."""
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -554,6 +555,203 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert f"cannot load the DAMSM encoder {bad_damsm / 'text_encoder.keras'}" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
+
+
+@contextlib.contextmanager
+def parsed_flags(**values):
+  """absl FLAGS marked parsed with `values` set, for calling a command's code in-process; put
+  back (and unparsed, if they were) after."""
+  from absl import flags
+  fv = flags.FLAGS
+  was_parsed = fv.is_parsed()
+  fv.mark_as_parsed()
+  old = {k: fv[k].value for k in values}
+  try:
+    for k, v in values.items():
+      fv[k].value = v
+    yield fv
+  finally:
+    for k, v in old.items():
+      fv[k].value = v
+    if not was_parsed:
+      fv.unparse_flags()
+
+
+def copy_dataset(src, dst, test_order=None, test_classes=None):
+  """A copy of a shapes dataset whose test split lists the original test images `test_order`
+  (indices, in that order) with their captions, and class ids `test_classes` when given."""
+  import pickle
+  import shutil
+  shutil.copytree(src, dst)
+  with open(os.path.join(src, "test", "filenames.pickle"), "rb") as f:
+    keys = pickle.load(f)
+  with open(os.path.join(src, "test", "class_info.pickle"), "rb") as f:
+    classes = pickle.load(f)
+  with open(os.path.join(src, "captions.pickle"), "rb") as f:
+    train_caps, test_caps, ixtoword, wordtoix = pickle.load(f)
+  per = len(test_caps) // len(keys)
+  order = list(range(len(keys))) if test_order is None else list(test_order)
+  for name, obj in (
+      ("test/filenames.pickle", [keys[i] for i in order]),
+      ("test/class_info.pickle", test_classes or [classes[i] for i in order]),
+      ("captions.pickle", [train_caps, [c for i in order for c in test_caps[i * per:(i + 1) * per]],
+                           ixtoword, wordtoix])):
+    with open(os.path.join(dst, name), "wb") as f:
+      pickle.dump(obj, f, protocol=2)
+  return str(dst)
+
+
+def private_run(smoke_run, tmp_path):
+  """A copy of the smoke run without what other tests evaluated in it."""
+  import shutil
+  return shutil.copytree(smoke_run["run"], tmp_path / "run",
+                         ignore=shutil.ignore_patterns("eval", "metrics.jsonl"))
+
+
+def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path):
+  """Another --data_dir (or a rebuilt dataset) gets its own real-image reference and its own
+  generated images; the first dataset's are kept, and a half-made reference is continued."""
+  from evaluation import metric_main
+  graph = str(tmp_path / "classify_image_graph_def.pb")
+  build_standin_graph(graph, width=8)
+  run = str(private_run(smoke_run, tmp_path))
+  other = copy_dataset(smoke_run["data"], tmp_path / "other", test_order=[3, 2, 1, 0])
+  with parsed_flags(inception_source="graph", inception_graph=graph, eval_batch_size=10):
+    first, = metric_main.evaluate(run, ["fid10_test"], sample_batch_size=10, progress=False)
+    real = first["reference"]
+    assert first["num_reference"] == 6 and os.path.isfile(os.path.join(real, "dataset.json"))
+    before = {f: open(os.path.join(real, f), "rb").read() for f in os.listdir(real)}
+    images = {f: open(os.path.join(first["images"], f), "rb").read()
+              for f in os.listdir(first["images"])}
+    second, = metric_main.evaluate(run, ["fid10_test"], data_dir=other, sample_batch_size=10,
+                                   progress=False)
+    # 4 real test images, not the 6 of the first dataset; its first is the old fourth.
+    assert second["num_reference"] == 4 and second["reference"] != real
+    assert sorted(f for f in os.listdir(second["reference"]) if f.endswith(".png")) == [
+        f"{i:06d}.png" for i in range(4)]
+    assert (open(os.path.join(second["reference"], "000000.png"), "rb").read()
+            == before["000003.png"])
+    assert second["images"] != first["images"]  # other captions: other generated images
+    assert sample.read_manifest(second["images"])["data_dir"] == other
+    # The first dataset's caches are untouched ...
+    assert {f: open(os.path.join(real, f), "rb").read() for f in os.listdir(real)} == before
+    assert {f: open(os.path.join(first["images"], f), "rb").read()
+            for f in os.listdir(first["images"])} == images
+    # ... and a half-made reference of the same dataset is continued, not restarted elsewhere.
+    os.remove(os.path.join(real, "000002.png"))
+    third, = metric_main.evaluate(run, ["fid10_test"], sample_batch_size=10, progress=False)
+    assert third["reference"] == real and third["images"] == first["images"]
+    assert {f: open(os.path.join(real, f), "rb").read() for f in os.listdir(real)} == before
+    assert third["fid"] == pytest.approx(first["fid"])
+  with open(os.path.join(real, "dataset.json")) as f:
+    record = json.load(f)
+  assert record["data_dir"] == os.path.realpath(smoke_run["data"]) and record["split"] == "test"
+  assert record["num_images"] == 6 and record["size"] == 128
+
+
+def test_metric_main_checks_every_split_before_generating(smoke_run, tmp_path):
+  """A split that cannot serve a metric (one class for R-precision, one real image for FID) or
+  too few images for its folds stop the command before any image is made, naming metric, split,
+  dataset folder and count."""
+  from evaluation import metric_main
+  graph = str(tmp_path / "classify_image_graph_def.pb")
+  build_standin_graph(graph, width=8)
+  run = str(private_run(smoke_run, tmp_path))
+  one_class = copy_dataset(smoke_run["data"], tmp_path / "one_class", test_classes=[3] * 6)
+  one_image = copy_dataset(smoke_run["data"], tmp_path / "one_image", test_order=[0])
+  with parsed_flags(inception_source="graph", inception_graph=graph, eval_batch_size=10):
+    with pytest.raises(ValueError) as e:
+      metric_main.evaluate(run, ["rprec_test", "fid20_train"], data_dir=one_class,
+                           sample_batch_size=10, progress=False)
+    assert str(e.value).startswith("nothing was generated:")
+    assert (f"rprec_test: R-precision compares each image's caption with captions of images of "
+            f"other classes, but all 6 image(s) of the test split of {one_class} "
+            "(--dataset=shapes) have class 3: no mismatched captions (evaluate on the train "
+            "split (rprec_train))") in str(e.value)
+    assert "fid20_train" not in str(e.value)
+    with pytest.raises(ValueError) as e:
+      metric_main.evaluate(run, ["fid20_test", "rprec5_test"], data_dir=one_image,
+                           sample_batch_size=10, progress=False)
+    assert (f"fid20_test: FID needs at least 2 real images, but the test split of {one_image} "
+            "(--dataset=shapes) has 1 (evaluate on the train split (fid20_train))") in str(e.value)
+    assert "rprec5_test: R-precision needs at least 10 images (its 10 folds), got 5" in str(e.value)
+  assert not os.path.exists(os.path.join(run, "eval"))  # nothing generated, nothing prepared
+
+
+def test_fid_of_a_single_image_names_the_set(tmp_path):
+  from PIL import Image
+  build_standin_graph(str(tmp_path / "g.pb"), width=8)
+  ext = features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
+  rng = np.random.default_rng(16)
+  for name, count in (("one", 1), ("three", 3)):
+    os.makedirs(tmp_path / name)
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+          tmp_path / name / f"{i}.png")
+  one, three = str(tmp_path / "one"), str(tmp_path / "three")
+  for images, reference, role in ((one, three, "generated images (--images)"),
+                                  (three, one, "reference images (--reference)")):
+    with pytest.raises(ValueError) as e:
+      fid.compute(ext, images, reference)
+    assert str(e.value) == (f"FID needs at least 2 images in each set, but the {role} folder "
+                            f"{one} has 1")
+
+
+def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tmp_path):
+  # A folder of the user's own images is not taken for generated ones, nor touched.
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  for name in ("000000.png", "000001.png"):
+    (mine / name).write_bytes(b"my own picture")
+  with pytest.raises(ValueError, match=f"{mine} is not empty \\(2 entries, e.g. 000000.png, "
+                     "000001.png\\) but has no manifest.json of a msmt_tf.sample run"):
+    sample.generate(smoke_run["run"], str(mine), 3, batch_size=3, progress=False)
+  assert sorted(os.listdir(mine)) == ["000000.png", "000001.png"]
+  assert (mine / "000000.png").read_bytes() == b"my own picture"
+  # Images sampled from one dataset's captions are not reused for another's.
+  out = str(tmp_path / "out")
+  m = sample.generate(smoke_run["run"], out, 3, batch_size=3, progress=False)
+  assert m["data_dir"] == smoke_run["data"] and len(m["captions_sha256"]) == 64
+  other = copy_dataset(smoke_run["data"], tmp_path / "other", test_order=[5, 4, 3, 2, 1, 0])
+  with pytest.raises(ValueError, match=f"{out} holds images generated from other captions "
+                     f"\\(data_dir '{smoke_run['data']}' vs now '{other}'"):
+    sample.generate(smoke_run["run"], out, 3, data_dir=other, batch_size=3, progress=False)
+  # Nor after the dataset was rebuilt in place (same folder, other captions) ...
+  out2 = str(tmp_path / "out2")
+  sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
+  saved = open(os.path.join(out2, sample.MANIFEST)).read()
+  import shutil
+  shutil.rmtree(other)
+  copy_dataset(smoke_run["data"], other)
+  with pytest.raises(ValueError, match="other captions \\(captions_sha256 .* \\(the dataset was "
+                     "rebuilt or changed\\)"):
+    sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
+  assert open(os.path.join(out2, sample.MANIFEST)).read() == saved
+  # ... also for a manifest written before the captions' hash was recorded (its plan differs).
+  old = json.loads(saved)
+  del old["captions_sha256"]
+  with open(os.path.join(out2, sample.MANIFEST), "w") as f:
+    json.dump(old, f)
+  with pytest.raises(ValueError, match="other captions \\(its images' captions differ"):
+    sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
+
+
+def test_sample_cli_under_a_flagfile_samples_with_the_evaluation_length(smoke_run, tmp_path):
+  """configs/smoke.cfg sets the training --words_num=8; sampling keeps the dataset's evaluation
+  length (shapes: 25), as metric_main does, unless --sample_words_num says otherwise."""
+  out = tmp_path / "o"
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.sample", "--flagfile=configs/smoke.cfg",
+                        f"--run_dir={smoke_run['run']}", f"--data_dir={smoke_run['data']}",
+                        f"--out={out}", "--num_images=2", "--sample_batch_size=2"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sample.read_manifest(str(out))["words_num"] == 25
+  assert "note: --words_num=8 (the training caption length" in res.stdout
+  assert "captions of at most 25 words" in res.stdout
+  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
+                        f"--run_dir={smoke_run['run']}", "--metrics=rprec_test",
+                        "--sample_words_num=8"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode != 0 and "--sample_words_num is msmt_tf.sample's" in res.stderr
 
 
 @needs_weights
