@@ -23,7 +23,8 @@ flags.DEFINE_string("data_dir", None, "Dataset folder in the AttnGAN layout.")
 flags.DEFINE_integer("vocab_size", None, "Vocabulary size incl. index 0. Default: from the "
                      "dataset's captions.pickle (required when that file is absent).")
 flags.DEFINE_integer("words_num", None, "Words per training caption (default: 18 birds/shapes, "
-                     "12 coco).")
+                     "12 coco, a folder dataset's words_num_train). Sampling and evaluation use "
+                     "the evaluation length instead (msmt_tf.sample --sample_words_num).")
 # --- model (paper §3, §7.3; model_spec §5) ----------------------------------------------------
 flags.DEFINE_enum("initial_stage", "mtwig", ["mtwig", "ig"], "Initial stage: MTWIG or the "
                   "conventional IG.")
