@@ -14,7 +14,6 @@ INITIAL_STAGES = ("mtwig", "ig")
 REFINEMENTS = ("imhm", "sdm", "dmgan")
 
 
-@keras.saving.register_keras_serializable(package="msmt_tf")
 def stage_names(initial_stage, num_stages):
   """The layer names of the generator's stages, initial first ("mtwig" or "ig", then "refine1",
   ...): known from the configuration, before anything is built."""
@@ -22,6 +21,7 @@ def stage_names(initial_stage, num_stages):
                                                              for k in range(1, num_stages)]
 
 
+@keras.saving.register_keras_serializable(package="msmt_tf")
 class MSMTGenerator(keras.Model):
   """CA -> initial stage (64 x 64) -> refinement stages (128, 256) with an image at each stage.
 
