@@ -14,12 +14,13 @@ the generator's output size (256 x 256 for the paper's three stages) in
 `RUN/eval/real-<split>-<size>-<id>/` (birds: the CUB bounding-box crop; others: shorter side to
 256 and a centre crop; PIL bilinear with antialiasing), the same PNG route as the generated images.
 
-Both caches are keyed by the dataset, never mixed: `<id>` is a hash of the resolved --data_dir,
-the dataset kind, the split, the image size and the split's image files in order (name, bytes,
-modification time), which the folder's `dataset.json` records; another --data_dir or a rebuilt
-dataset gets a fresh folder (the old one is kept, and named in a note). A generated-image folder
-whose manifest names other captions (another --data_dir, a rebuilt dataset) is likewise kept as
-it is, and the images are made in `<split>-seed<seed>-data<id>/`.
+Both caches are keyed by the dataset, never mixed: `<id>` is a hash of the dataset kind, the
+split, the image size and the split's image files in order (name, bytes), which the folder's
+`dataset.json` records (with the folder it was made from); another dataset or a rebuilt one gets
+a fresh folder (the old one is kept, and named in a note), the same files moved or copied
+elsewhere reuse it. A generated-image folder whose manifest names other captions (another
+dataset, a rebuilt one) is likewise kept as it is, and the images are made in
+`<split>-seed<seed>-data<id>/`.
 
 Every metric's needs are checked against its split before any image is generated: FID needs at
 least 2 real images in the split, R-precision images of at least 2 classes (for its mismatched
@@ -118,14 +119,20 @@ def check_splits(parsed, splits, counts, is_splits=10, folds=10):
     raise ValueError("nothing was generated:\n  " + "\n  ".join(problems))
 
 
+# Recorded, not compared: the same files in another folder (a moved or copied dataset) are the
+# same reference.
+_INFORMATIONAL = ("data_dir", "first_files")
+
+
 def reference_identity(split_data, size):
-  """What a folder of the split's prepared real images depends on: the resolved dataset folder,
-  its kind, the split, the image size, and a SHA-256 of the split's image files in order (path
-  inside the dataset, bytes, modification time) and bounding boxes (birds)."""
+  """What a folder of the split's prepared real images depends on: the dataset kind, the split,
+  the image size, and a SHA-256 of the split's image files in order (path inside the dataset and
+  size in bytes) and bounding boxes (birds). The resolved folder and the first file names are
+  recorded too, for the reader, not compared: a moved or copied dataset is the same reference."""
   files = []
   for path in split_data.image_paths:
     st = os.stat(path)
-    files.append([os.path.relpath(path, split_data.data_dir), st.st_size, st.st_mtime_ns])
+    files.append([os.path.relpath(path, split_data.data_dir), st.st_size])
   boxes = None if split_data.bboxes is None else np.asarray(split_data.bboxes).tolist()
   return {"format": REFERENCE_FORMAT, "data_dir": os.path.realpath(split_data.data_dir),
           "dataset": split_data.dataset, "split": split_data.split, "size": int(size),
@@ -145,7 +152,7 @@ def real_reference(split_data, eval_dir, size=256, progress=False):
   same dataset is continued."""
   from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
   identity = reference_identity(split_data, size)
-  ident = _short_hash({k: v for k, v in identity.items() if k != "first_files"})
+  ident = _short_hash({k: v for k, v in identity.items() if k not in _INFORMATIONAL})
   prefix = f"real-{split_data.split}-{size}"
   folder = os.path.join(eval_dir, f"{prefix}-{ident}")
   record = os.path.join(folder, REFERENCE_RECORD)
@@ -156,7 +163,7 @@ def real_reference(split_data, eval_dir, size=256, progress=False):
     except (OSError, ValueError) as e:
       raise ValueError(f"cannot read {record} ({e}); move {folder} away to prepare the real "
                        "images again") from e
-    diff = [k for k in identity if k != "first_files" and old.get(k) != identity[k]]
+    diff = [k for k in identity if k not in _INFORMATIONAL and old.get(k) != identity[k]]
     if diff:
       raise ValueError(f"{folder} holds real images of another dataset ("
                        + ", ".join(f"{k} {old.get(k)!r} vs now {identity[k]!r}" for k in diff)
@@ -170,9 +177,10 @@ def real_reference(split_data, eval_dir, size=256, progress=False):
                     and os.path.isdir(os.path.join(eval_dir, d)))
     if others:
       print(f"note: the {split_data.split} split of {split_data.data_dir} "
-            f"({split_data.num_images} images) is not the dataset of the real-image cache "
-            f"{', '.join(others)} in {eval_dir}; preparing its images in {folder} (the other "
-            "cache is kept: delete it if unused)", flush=True)
+            f"({split_data.num_images} images) is not what the real-image cache "
+            f"{', '.join(others)} in {eval_dir} was made from (another dataset, or an earlier "
+            f"version of this program); preparing its images in {folder} (the other cache is "
+            "kept: delete it if unused)", flush=True)
     os.makedirs(folder, exist_ok=True)
     fileio.atomic_write_bytes(record, json.dumps(identity, indent=1).encode())
   prepare_real_images(split_data, folder, size)
@@ -193,7 +201,7 @@ def images_folder(run_dir, step, split, seed, split_data):
   if not diff:
     return base
   folder = "{}-data{}".format(base, _short_hash(
-      [os.path.realpath(source["data_dir"]), source["dataset"], source["captions_sha256"]]))
+      [source["dataset"], source["captions_sha256"]]))
   print(f"note: {base} holds images generated from other captions ({'; '.join(diff)}); they "
         f"are kept, and this dataset's images go to {folder}", flush=True)
   return folder

@@ -108,7 +108,10 @@ def caption_conflicts(old, split_data, words_num, seed, source=None):
   source = source or caption_source(split_data)
   found = []
   before = old.get("data_dir")
-  if before is None or os.path.realpath(before) != os.path.realpath(source["data_dir"]):
+  # The captions' hash says what the images were made from, wherever the dataset now is (a
+  # moved or copied dataset is the same); without it, the folder is the evidence.
+  if "captions_sha256" not in old and (
+      before is None or os.path.realpath(before) != os.path.realpath(source["data_dir"])):
     found.append(f"data_dir {before!r} vs now {source['data_dir']!r}")
   for key in ("dataset", "split"):
     if old.get(key) != source[key]:
@@ -126,8 +129,10 @@ def caption_conflicts(old, split_data, words_num, seed, source=None):
 
 
 def _foreign_files(folder):
-  """Entries of `folder`, less the temporary file of an interrupted manifest write."""
-  return sorted(f for f in os.listdir(folder) if not f.startswith(f".{MANIFEST}."))
+  """Entries of `folder`, less hidden ones (.DS_Store, the temporary file of an interrupted
+  manifest write) and Windows' Thumbs.db / desktop.ini."""
+  return sorted(f for f in os.listdir(folder)
+                if not f.startswith(".") and f.lower() not in ("thumbs.db", "desktop.ini"))
 
 
 def _compiled(generator):
@@ -164,6 +169,15 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if num_images < 1:
     raise ValueError(f"--num_images must be >= 1, got {num_images}")
+  path = os.path.join(out, MANIFEST)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out {out} is a file, not a folder")
+  if not os.path.isfile(path) and os.path.isdir(out) and _foreign_files(out):
+    foreign = _foreign_files(out)
+    raise ValueError(
+        f"{out} is not empty ({len(foreign)} entries, e.g. {', '.join(foreign[:3])}) but has no "
+        f"{MANIFEST} of a msmt_tf.sample run: its files would be taken for generated images; "
+        f"choose an empty or new --out (nothing in {out} was changed)")
   generator, text_encoder, _, record = runs.load_run(run_dir, step, damsm_dir, data_dir)
   step = record["step"]  # without --step: the newest checkpoint that reads
   dataset = record["data"]["dataset"]
@@ -176,26 +190,19 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
               "dataset": dataset, "data_dir": data.data_dir,
               "captions_sha256": source["captions_sha256"],
               "damsm_dir": damsm_dir or record.get("damsm_dir")}
-  path = os.path.join(out, MANIFEST)
   if os.path.isfile(path):
     old = read_manifest(out)
     diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
     if diff:
+      hint = (f"; to continue it, pass --sample_words_num={old['words_num']}"
+              if diff == ["words_num"] and old.get("words_num") else "")
       raise ValueError(f"{out} holds images of another setting ("
                        + ", ".join(f"{k} {old.get(k)!r} vs now {manifest[k]!r}" for k in diff)
-                       + f"); choose another --out (nothing in {out} was changed)")
+                       + f"); choose another --out (nothing in {out} was changed){hint}")
     diff = caption_conflicts(old, data, words_num, seed, source)
     if diff:
       raise ValueError(f"{out} holds images generated from other captions ({'; '.join(diff)}); "
                        f"choose another --out (nothing in {out} was changed)")
-  elif os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out {out} is a file, not a folder")
-  elif os.path.isdir(out) and _foreign_files(out):
-    foreign = _foreign_files(out)
-    raise ValueError(
-        f"{out} is not empty ({len(foreign)} entries, e.g. {', '.join(foreign[:3])}) but has no "
-        f"{MANIFEST} of a msmt_tf.sample run: its files would be taken for generated images; "
-        f"choose an empty or new --out (nothing in {out} was changed)")
   os.makedirs(out, exist_ok=True)
   manifest["images"] = plan(data, num_images, words_num, seed)
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())

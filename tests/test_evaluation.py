@@ -643,6 +643,12 @@ def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path):
     assert third["reference"] == real and third["images"] == first["images"]
     assert {f: open(os.path.join(real, f), "rb").read() for f in os.listdir(real)} == before
     assert third["fid"] == pytest.approx(first["fid"])
+    # The same dataset moved or copied elsewhere is the same reference and the same captions.
+    moved = copy_dataset(smoke_run["data"], tmp_path / "moved")
+    fourth, = metric_main.evaluate(run, ["fid10_test"], data_dir=moved, sample_batch_size=10,
+                                   progress=False)
+    assert (fourth["reference"], fourth["images"]) == (real, first["images"])
+    assert fourth["fid"] == pytest.approx(first["fid"])
   with open(os.path.join(real, "dataset.json")) as f:
     record = json.load(f)
   assert record["data_dir"] == os.path.realpath(smoke_run["data"]) and record["split"] == "test"
@@ -714,8 +720,18 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
   assert m["data_dir"] == smoke_run["data"] and len(m["captions_sha256"]) == 64
   other = copy_dataset(smoke_run["data"], tmp_path / "other", test_order=[5, 4, 3, 2, 1, 0])
   with pytest.raises(ValueError, match=f"{out} holds images generated from other captions "
-                     f"\\(data_dir '{smoke_run['data']}' vs now '{other}'"):
+                     "\\(captions_sha256 "):
     sample.generate(smoke_run["run"], out, 3, data_dir=other, batch_size=3, progress=False)
+  # The same dataset elsewhere (moved, copied) continues the folder.
+  moved = copy_dataset(smoke_run["data"], tmp_path / "moved")
+  assert sample.generate(smoke_run["run"], out, 3, data_dir=moved, batch_size=3,
+                         progress=False)["images"] == m["images"]
+  # Hidden files (.DS_Store) do not make a folder foreign.
+  hidden = tmp_path / "hidden"
+  hidden.mkdir()
+  (hidden / ".DS_Store").write_bytes(b"finder")
+  sample.generate(smoke_run["run"], str(hidden), 3, batch_size=3, progress=False)
+  assert (hidden / ".DS_Store").read_bytes() == b"finder"
   # Nor after the dataset was rebuilt in place (same folder, other captions) ...
   out2 = str(tmp_path / "out2")
   sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
