@@ -543,13 +543,16 @@ def test_split_folders_give_the_split(tmp_path):
   assert e.value.problems == [
       "extra/metadata.csv:2: x.png: image outside the split folders (train/, Val2017/): move it "
       "into one of them (Hugging Face's ImageFolder leaves such images out of every split)"]
-  # A test folder without a training folder is refused, naming it.
+  # A folder named like a split without a training folder beside it (a user's own folder,
+  # dev_boards/ or test_tubes/) is no split folder: the hash split, and a warning naming it.
   shutil.rmtree(os.path.join(src, "extra"))
   os.rename(os.path.join(src, "train"), os.path.join(src, "mine"))
-  with pytest.raises(build_lib.BuildError, match=r"has the split folder\(s\) Val2017/ but no "
-                     r"training folder"):
-    _build(src, str(tmp_path / "q"), class_column="label", workers=1)
-  assert not (tmp_path / "q").exists()
+  summary = _build(src, str(tmp_path / "q"), class_column=None, workers=1, test_fraction=0.4)
+  assert summary["split"]["method"] == "hash"
+  assert summary["warnings"] == [
+      "Val2017/: named like a Hugging Face split folder, but the source has no training folder "
+      "(train/, training/), so the images were split by --test_fraction; to use split folders, "
+      "put the training images in SRC/train/"]
   # Only a train/ folder: the hash split, as before.
   os.rename(os.path.join(src, "mine"), os.path.join(src, "train"))
   os.rename(os.path.join(src, "Val2017"), os.path.join(src, "more"))

@@ -564,10 +564,11 @@ def _split_name(folder):
 
 
 def _split_folders(source, scanned):
-  """The split the source's top-level folders give (Hugging Face ImageFolder: SRC/train/...,
-  SRC/test/...), as a dict of folder lists: train, test and left_out (validation folders when
-  test folders exist: the dataset has no validation split); None when no top-level folder holding
-  images is a test or validation folder (then the images are split by hash)."""
+  """`(folders, warning)`: the split the source's top-level folders give (Hugging Face
+  ImageFolder: SRC/train/..., SRC/test/...), as a dict of folder lists: train, test and left_out
+  (validation folders when test folders exist: the dataset has no validation split); None when
+  no top-level folder holding images is a test or validation folder, or when there is no train
+  folder beside it (then the images are split by hash, and `warning` says why)."""
   tops = sorted({rel.split("/", 1)[0] for rel in scanned if "/" in rel}, key=_natural)
   found = {"train": [], "validation": [], "test": []}
   for top in tops:
@@ -575,17 +576,15 @@ def _split_folders(source, scanned):
     if split:
       found[split].append(top)
   if not found["test"] and not found["validation"]:
-    return None
+    return None, None
   held_out = found["test"] or found["validation"]
-  if not found["train"]:
-    raise BuildError(
-        f"{source} has the split folder(s) {', '.join(t + '/' for t in held_out)} but no training "
-        "folder: with split folders (Hugging Face ImageFolder convention) the training images go "
-        "in SRC/train/ (or training/), the test images in SRC/test/ (or validation/); move the "
-        "training images into SRC/train/, or move every image out of the split folders to "
-        "split them by --test_fraction")
+  if not found["train"]:  # a folder of the user's own that happens to be named so (dev_boards/)
+    return None, (
+        f"{', '.join(t + '/' for t in held_out)}: named like a Hugging Face split folder, but the "
+        f"source has no training folder (train/, training/), so the images were split by "
+        "--test_fraction; to use split folders, put the training images in SRC/train/")
   return dict(train=found["train"], test=held_out,
-              left_out=found["validation"] if found["test"] else [])
+              left_out=found["validation"] if found["test"] else []), None
 
 
 def _nested_split_folders(scanned):
@@ -718,7 +717,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   if not rows:
     raise BuildError(problems or ["the metadata files list no rows"])
   scanned = _scan(source)
-  folders = _split_folders(source, scanned)
+  folders, split_warning = _split_folders(source, scanned)
+  if split_warning:
+    warnings_.append(split_warning)
   by_lower, by_name = collections.defaultdict(list), collections.defaultdict(list)
   for rel in scanned:
     by_lower[unicodedata.normalize("NFC", rel).lower()].append(rel)
