@@ -106,7 +106,7 @@ def check_splits(parsed, splits, counts, is_splits=10, folds=10):
         problems.append(f"{name}: the Inception Score needs at least --is_splits={is_splits} "
                         f"images, got {count}")
     else:
-      classes = np.unique(np.asarray(data.class_ids))
+      classes = data.classes
       if len(classes) < 2:
         problems.append(
             f"{name}: R-precision compares each image's caption with captions of images of "

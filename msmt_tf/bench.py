@@ -530,20 +530,20 @@ def flop_counts(gan, data, parts, fused_bytes=False, with_step=True, residuals=F
     why = "; ".join(f"{n}: {reason}" for n, reason in missing.items())
     source = f"unavailable ({why})" if not sources else f"{source}; not counted ({why})"
   out["gflop_source"] = source
-  residual, failed = {}, {}
+  residual, residual_failed = {}, {}
   for name, (fn, inputs) in parts.items():
     if residuals and hasattr(fn, "residuals"):
       try:
         by_dtype = fn.residuals(*inputs)
       except Exception as e:  # pylint: disable=broad-except  (a JAX without the private API)
-        failed[name] = f"{type(e).__name__}: {e}"[:200]
+        residual_failed[name] = f"{type(e).__name__}: {e}"[:200]
         continue
       residual[name] = {k: _significant(v / 1e6) for k, v in sorted(by_dtype.items())}
       residual[name]["total"] = _significant(sum(by_dtype.values()) / 1e6)
   if residual:
     out["parts_residual_mb"] = residual
-  if failed:
-    out["residual_failed"] = failed
+  if residual_failed:
+    out["residual_failed"] = residual_failed
   if fused_bytes:
     fused, failed = cpu_fused_bytes({n: f for n, f in programs.items() if n != "step"})
     if fused:

@@ -26,7 +26,6 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top
 from msmt_tf import runs
@@ -141,7 +140,7 @@ def check_classes(data):
   """DAMSM's word and sentence losses take the other classes of a batch as negatives (AttnGAN
   masks same-class pairs): a train split of one class leaves none, and the losses are
   identically 0 (nothing would be learned)."""
-  classes = np.unique(data.class_ids)
+  classes = data.classes
   if len(classes) < 2:
     raise ValueError(
         f"every image of the {data.split} split of {data.data_dir} ({data.num_images} images) "

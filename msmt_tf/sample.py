@@ -172,8 +172,8 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   path = os.path.join(out, MANIFEST)
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"--out {out} is a file, not a folder")
-  if not os.path.isfile(path) and os.path.isdir(out) and _foreign_files(out):
-    foreign = _foreign_files(out)
+  foreign = [] if os.path.isfile(path) or not os.path.isdir(out) else _foreign_files(out)
+  if foreign:
     raise ValueError(
         f"{out} is not empty ({len(foreign)} entries, e.g. {', '.join(foreign[:3])}) but has no "
         f"{MANIFEST} of a msmt_tf.sample run: its files would be taken for generated images; "
@@ -183,7 +183,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   dataset = record["data"]["dataset"]
   data = datasets.load_split(data_dir or record["data"]["data_dir"], dataset, split)
   # The evaluation length, not the training flag --words_num (see the module doc).
-  words_num = words_num or datasets.dataset_spec(data.data_dir, dataset).words_num_eval
+  words_num = words_num or data.spec.words_num_eval
   source = caption_source(data)
   manifest = {"run_dir": os.path.abspath(run_dir), "step": int(step), "split": split,
               "seed": seed, "words_num": words_num, "num_images": num_images,

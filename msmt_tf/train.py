@@ -125,16 +125,18 @@ def prepare():
             if sec != "data" or k not in {"data_dir"} | unrecorded
             if old.get(sec, {}).get(k, added.get(k) if sec == "model" else None) != v]
     if diff:
+      split_changed = any(old["data"][k] != run.record["data"][k]
+                          for k in set(_SPLIT_KEYS) - unrecorded)
       why = ("; the training split differs (a dataset rebuilt or replaced since the run "
              "started): resume it with that data, or start a new --run_dir"
-             if any(d.startswith(tuple(f"data.{k}:" for k in _SPLIT_KEYS)) for d in diff) else "")
+             if split_changed else "")
       raise ValueError(f"--resume with a different configuration than {config_path}: "
                        + "; ".join(diff) + why)
   # Data pipeline checks (batch larger than the dataset, ...) before building anything big.
   datasets.DataPipeline(data, FLAGS.batch_size, run.words_num, num_shards=run.world["processes"],
                         shard_index=run.world["process_index"])
   run.data = data
-  classes = np.unique(data.class_ids)
+  classes = data.classes
   if len(classes) < 2 and run.is_writer:
     print(f"warning: every image of the train split of {data.data_dir} has class {classes[0]}: "
           "the DAMSM losses take other classes as negatives and are 0 for this run",

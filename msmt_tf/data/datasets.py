@@ -145,6 +145,11 @@ class SplitData:
     return len(self.keys)
 
   @property
+  def classes(self):
+    """The distinct class ids, sorted."""
+    return np.unique(self.class_ids)
+
+  @property
   def captions_per_image(self):
     """Captions of every image; for a folder dataset with varying counts, the largest."""
     if self.spec is not None and self.spec.variable_captions:

@@ -78,7 +78,7 @@ def inspect_split(data_dir, dataset, split, words_num=None, batch_size=4, check_
                f"{counts.min()}-{counts.max()} per image, mean {counts.mean():.2f}")
   out(f"[{split}] {data.num_images} images, {lengths.size} captions "
       f"({per_image}), vocabulary {len(data.vocab)} words, "
-      f"{len(np.unique(data.class_ids))} classes")
+      f"{len(data.classes)} classes")
   out(f"[{split}] caption length: min {lengths.min()}, mean {lengths.mean():.1f}, max "
       f"{lengths.max()}; {np.mean(lengths > words_num) * 100:.1f}% longer than words_num="
       f"{words_num} (random word dropping)")

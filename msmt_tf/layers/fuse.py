@@ -22,10 +22,6 @@ def scalar_gate_logits(a, b, kernel, bias):
 
   @ops.custom_gradient
   def logits(a, b, p_a, p_b, bias):
-    def gate_sums(a, b):
-      return (ops.sum(ops.cast(a, "float32") * p_a, axis=-1, keepdims=True)
-              + ops.sum(ops.cast(b, "float32") * p_b, axis=-1, keepdims=True))
-
     def grad(*args, upstream=None):
       if upstream is None:
         (upstream,) = args
@@ -33,7 +29,8 @@ def scalar_gate_logits(a, b, kernel, bias):
       return (ops.cast(g * p_a, a.dtype), ops.cast(g * p_b, b.dtype),
               ops.sum(ops.cast(a, "float32") * g, axis=axes),
               ops.sum(ops.cast(b, "float32") * g, axis=axes), ops.sum(g))
-    return gate_sums(a, b) + bias, grad
+    return (ops.sum(ops.cast(a, "float32") * p_a, axis=-1, keepdims=True)
+            + ops.sum(ops.cast(b, "float32") * p_b, axis=-1, keepdims=True) + bias), grad
 
   return logits(a, b, kernel[:channels], kernel[channels:], ops.cast(bias, "float32")[0])
 
