@@ -16,7 +16,9 @@ already in DIR are skipped and a resumed folder is byte-identical to an uninterr
 kind, split and a SHA-256 of the split's keys, captions and class ids) and, per image, the
 dataset index, caption index, token ids and class id (R-precision reads it). A DIR whose
 manifest names another setting or caption source is refused (choose another --out), and so is
-a non-empty DIR without a manifest: its files are never counted as generated nor touched.
+a non-empty DIR without a manifest: its files are never counted as generated nor touched. A DIR
+inside the run's folder (evaluation.metric_main's `RUN/eval/...`) follows the run when it is
+moved: its images count as the run's.
 """
 
 import hashlib
@@ -158,6 +160,12 @@ def _compiled(generator):
   return last
 
 
+def _inside(path, folder):
+  """Whether `path` lies inside `folder` (both resolved)."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
 def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_num=None,
              batch_size=50, damsm_dir=None, data_dir=None, progress=True):
   """Writes the images (skipping existing ones) and the manifest; returns the manifest."""
@@ -193,6 +201,9 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   if os.path.isfile(path):
     old = read_manifest(out)
     diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
+    if diff and diff[0] == "run_dir" and _inside(out, run_dir):
+      # A folder inside the run (metric_main's RUN/eval/...) moved with it: the same run.
+      diff = diff[1:]
     if diff:
       hint = (f"; to continue it, pass --sample_words_num={old['words_num']}"
               if diff == ["words_num"] and old.get("words_num") else "")

@@ -752,6 +752,31 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
     sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
 
 
+def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
+  """metric_main samples into RUN/eval/...: after the run folder is moved, those images are
+  still the run's (skipped, kept, the manifest follows); a folder outside the run is not."""
+  import shutil
+  run_a, run_b = str(tmp_path / "run_a"), str(tmp_path / "run_b")
+  shutil.copytree(smoke_run["run"], run_a)
+  inside = os.path.join(run_a, "eval", "step-2", "test-seed100")
+  outside = str(tmp_path / "outside")
+  for out in (inside, outside):
+    sample.generate(run_a, out, 3, batch_size=3, progress=False)
+  before = {f: open(os.path.join(inside, f), "rb").read() for f in os.listdir(inside)
+            if f.endswith(".png")}
+  assert len(before) == 3
+  os.rename(run_a, run_b)
+  moved = os.path.join(run_b, "eval", "step-2", "test-seed100")
+  m = sample.generate(run_b, moved, 3, batch_size=3, progress=False)
+  assert m["run_dir"] == os.path.abspath(run_b)
+  assert sample.read_manifest(moved)["run_dir"] == os.path.abspath(run_b)
+  assert {f: open(os.path.join(moved, f), "rb").read() for f in before} == before
+  saved = open(os.path.join(outside, sample.MANIFEST)).read()
+  with pytest.raises(ValueError, match=f"{outside} holds images of another setting \(run_dir "):
+    sample.generate(run_b, outside, 3, batch_size=3, progress=False)
+  assert open(os.path.join(outside, sample.MANIFEST)).read() == saved
+
+
 def test_sample_cli_under_a_flagfile_samples_with_the_evaluation_length(smoke_run, tmp_path):
   """configs/smoke.cfg sets the training --words_num=8; sampling keeps the dataset's evaluation
   length (shapes: 25), as metric_main does, unless --sample_words_num says otherwise."""
