@@ -37,7 +37,7 @@ from msmt_tf.data.safe_pickle import safe_load_pickle
 
 __all__ = [
     "DatasetSpec", "DATASETS", "SplitData", "load_split", "load_captions", "read_caption_file",
-    "verify_image", "DataPipeline", "epoch_order", "dataset_spec", "SPEC_FILE",
+    "verify_image", "DataPipeline", "epoch_order", "dataset_spec", "SPEC_FILE", "read_keys",
 ]
 
 SPLITS = ("train", "test")
@@ -210,7 +210,8 @@ def read_key_captions(data_dir, key, dataset, needed=None):
   return caps, skipped, []
 
 
-def _read_keys(data_dir, split):
+def read_keys(data_dir, split):
+  """The split's image keys (`<split>/filenames.pickle`), checked: a non-empty list of strings."""
   path = os.path.join(data_dir, split, "filenames.pickle")
   keys = safe_load_pickle(path)
   if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
@@ -241,7 +242,7 @@ def _rebuild_captions(data_dir, dataset):
   problems, token_lists = [], {}
   for split in SPLITS:
     lists = []
-    keys = _read_keys(data_dir, split)
+    keys = read_keys(data_dir, split)
     counts = (_read_caption_counts(data_dir, split, len(keys)) if spec.variable_captions
               else [None] * len(keys))
     for key, needed in zip(keys, counts):
@@ -371,7 +372,7 @@ def load_split(data_dir, dataset, split, check_files=True):
         f"{data_dir} is a folder dataset (it has {SPEC_FILE}), but --dataset={dataset}: pass "
         f"--dataset=folder (after any flagfile that sets --dataset, e.g. configs/smoke.cfg)")
   spec = dataset_spec(data_dir, dataset)
-  keys = _read_keys(data_dir, split)
+  keys = read_keys(data_dir, split)
   train_caps, test_caps, vocab = load_captions(data_dir, dataset)
   flat = train_caps if split == "train" else test_caps
   cap_path = os.path.join(data_dir, "captions.pickle")

@@ -42,7 +42,7 @@ def _listed_images(data_dir, dataset, split):
   try:
     spec = datasets.dataset_spec(data_dir, dataset)
     data_dir = os.path.abspath(os.fspath(data_dir))
-    keys = datasets._read_keys(data_dir, split)  # pylint: disable=protected-access
+    keys = datasets.read_keys(data_dir, split)
   except DatasetError:
     return []
   return [os.path.join(data_dir, spec.image_dir, k + spec.image_ext) for k in keys]
