@@ -55,6 +55,11 @@ def list_checkpoints(run_dir):
   return sorted((int(_NAME.search(p).group(1)), p) for p in paths if _NAME.search(p))
 
 
+def list_set_aside(run_dir):
+  """The damaged checkpoints renamed aside (`ckpt-<step>.npz.damaged[.n]`), sorted."""
+  return sorted(glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.npz.damaged*")))
+
+
 def latest(run_dir):
   """(step, path) of the newest checkpoint, or None."""
   found = list_checkpoints(run_dir)

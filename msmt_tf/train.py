@@ -10,7 +10,10 @@ data position), `samples/step-<step>.png` (fixed test captions, EMA generator), 
 `--resume` continues from the newest checkpoint exactly as if the run had not stopped; a damaged
 newest checkpoint (truncated copy, full disk) is renamed aside to `ckpt-<step>.npz.damaged`, said
 on stderr, and the run continues from the newest one that reads. `--resume` where there is no
-checkpoint yet starts at step 0 and says so on stderr.
+checkpoint yet starts at step 0 and says so on stderr; a folder whose checkpoints were all found
+damaged (only `*.npz.damaged` left) is refused, with or without `--resume`, and so is a run
+imported by `import_torch` (generator weights only). Ctrl-C stops with the step reached and the
+newest checkpoint to `--resume` from.
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 
 Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
@@ -74,6 +77,8 @@ def prepare():
     raise ValueError("--data_dir is not set")
   run = Run()
   run.run_dir = os.path.abspath(FLAGS.run_dir)
+  if os.path.exists(run.run_dir) and not os.path.isdir(run.run_dir):
+    raise ValueError(f"--run_dir {run.run_dir} is a file, not a folder")
   run.words_num = config.words_num_from_flags()
   # Devices and processes first: a multi-host JAX run connects before any JAX computation, and
   # TensorFlow's logical devices and multi-worker runtime are set up before it initialises. Under
@@ -104,6 +109,23 @@ def prepare():
   }
   existing = checkpoint.latest(run.run_dir)
   config_path = os.path.join(run.run_dir, runs.CONFIG)
+  imported = (runs.read_config(run.run_dir).get("imported") if os.path.isfile(config_path)
+              else None)
+  if imported:
+    raise ValueError(
+        f"{run.run_dir} is an imported run ({imported.get('from', 'import_torch')}): it holds "
+        "generator weights only, no discriminators or optimizer states, so it can be sampled, "
+        "evaluated and exported but not trained; choose another --run_dir")
+  aside = [] if existing else checkpoint.list_set_aside(run.run_dir)
+  if aside:
+    # Its checkpoints were all found damaged (by an earlier --resume): starting at step 0 here
+    # would rewrite config.json, losses.jsonl and the samples of a run that may yet be restored.
+    raise ValueError(
+        f"{run.run_dir} has no readable checkpoint, only damaged ones set aside "
+        f"({', '.join(os.path.basename(p) for p in aside[:3])}"
+        f"{', ...' if len(aside) > 3 else ''}): nothing to resume from, and a new run is not "
+        "started over it (nothing was changed). Put a good copy of a checkpoint in "
+        f"{os.path.join(run.run_dir, 'checkpoints')}, or choose another --run_dir")
   if existing and not FLAGS.resume:
     raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
                      "--resume to continue it or choose another --run_dir")
@@ -313,10 +335,17 @@ def main(argv):
     run = prepare()
   except (DatasetError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit("interrupted before training started")
   try:
     step = train(run)
   except (TrainingError, DatasetError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    last = checkpoint.latest(run.run_dir)
+    sys.exit(f"interrupted at step {run.step}; the newest checkpoint is "
+             + (f"{last[1]} (step {last[0]}): continue with the same command and --resume"
+                if last else "none yet: run the same command again to start over"))
   print(f"trained to step {step}; run directory: {run.run_dir}")
 
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from msmt_tf import checkpoint
 from msmt_tf.data import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,7 +220,7 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
 
 
-def test_nan_guard_keeps_last_good_checkpoint(smoke, tmp_path):
+def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   run_dir = str(tmp_path / "run")
@@ -242,8 +243,57 @@ def test_nan_guard_keeps_last_good_checkpoint(smoke, tmp_path):
     with open(good, "rb") as f:
       assert f.read() == good_bytes
     assert not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz"))
+    # Every checkpoint damaged: the first --resume sets them aside and stops; a second one (a
+    # scheduler retrying the command), or a run without --resume, does not start over the run.
+    for _, path in checkpoint.list_checkpoints(run_dir):
+      with open(path, "r+b") as f:
+        f.truncate(1000)
+    loss_log = os.path.join(run_dir, "losses.jsonl")
+    with open(loss_log) as f:
+      losses = f.read()
+    assert '"step": 2' in losses
+    with pytest.raises(checkpoint.DamagedCheckpointError, match="every one is damaged"):
+      train.prepare()
+    for resume in (True, False):
+      flags.FLAGS.resume = resume
+      with pytest.raises(ValueError, match=f"{run_dir} has no readable checkpoint, only damaged "
+                         "ones set aside \(ckpt-00000001.npz.damaged, ckpt-00000002.npz.damaged"
+                         "\): nothing to resume from"):
+        train.prepare()
+    with open(loss_log) as f:
+      assert f.read() == losses
+    # A file as --run_dir; a run imported by import_torch (generator weights only).
+    flags.FLAGS.run_dir = loss_log
+    with pytest.raises(ValueError, match=f"--run_dir {loss_log} is a file, not a folder"):
+      train.prepare()
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    (imported / "config.json").write_text(json.dumps({"imported": {"from": "DM-GAN G_NET"}}))
+    flags.FLAGS.run_dir = str(imported)
+    with pytest.raises(ValueError, match="is an imported run \(DM-GAN G_NET\): it holds "
+                       "generator weights only"):
+      train.prepare()
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_ctrl_c_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+  from msmt_tf import train  # pylint: disable=g-import-not-at-top
+  run = train.Run()
+  run.run_dir, run.step = str(tmp_path), 7
+  monkeypatch.setattr(train, "prepare", lambda: run)
+
+  def interrupted(_):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, "train", interrupted)
+  with pytest.raises(SystemExit, match="interrupted at step 7; the newest checkpoint is none yet"):
+    train.main([])
+  os.makedirs(tmp_path / "checkpoints")
+  (tmp_path / "checkpoints" / "ckpt-00000005.npz").write_bytes(b"")
+  with pytest.raises(SystemExit, match="interrupted at step 7; the newest checkpoint is "
+                     f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\): continue with "
+                     "the same command and --resume"):
+    train.main([])
 
 
 def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
