@@ -113,7 +113,16 @@ def _compiled(net, run):
   backend = keras.backend.backend()
   if backend == "tensorflow":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.function(run, reduce_retracing=True)
+    # One function per input shape: the in-network resize needs static sizes, and a folder may
+    # hold images of several sizes (reduce_retracing's shape-generic trace could not resize; one
+    # function retraced per shape would warn about retracing).
+    by_shape = {}
+
+    def call(images):
+      if images.shape not in by_shape:
+        by_shape[images.shape] = tf.function(run)
+      return by_shape[images.shape](images)
+    return call
   if backend == "jax":
     import jax  # pylint: disable=g-import-not-at-top
     state = [v.value for v in net.variables]
@@ -340,11 +349,13 @@ def list_images(folder):
 
 
 def load_image(path):
-  """RGB uint8 `[H, W, 3]`; a corrupt file is named."""
+  """RGB uint8 `[H, W, 3]` (16-bit grey scaled, alpha over white: `image_utils.to_rgb`, as
+  data.build converts); a corrupt file is named."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
+      return np.asarray(image_utils.to_rgb(im))
   except Exception as e:  # PIL raises several types for bad files
     raise ValueError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
 

@@ -20,6 +20,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
   from msmt_tf import console  # pylint: disable=g-import-not-at-top
   console.quiet_native_logs()
 
+import hashlib
 import os
 import warnings
 
@@ -61,6 +62,8 @@ def load_statistics(path):
   mu, sigma = data.pop("mu").astype(np.float64), data.pop("sigma").astype(np.float64)
   if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
     raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+  if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    raise ValueError(f"{path}: mu or sigma has non-finite values (NaN or inf)")
   return mu, sigma, {k: v.item() if v.ndim == 0 else v for k, v in data.items()}
 
 
@@ -123,6 +126,15 @@ def fid_from_activations(act1, act2, method=None):
   return frechet_distance(*statistics(act1), *statistics(act2), method=method or default_method())
 
 
+def _files_digest(files):
+  """SHA-256 of the image files' names and sizes: which images a cache's statistics are of
+  (a moved or copied folder keeps it; an image added, removed or replaced changes it)."""
+  h = hashlib.sha256()
+  for path in files:
+    h.update(f"{os.path.basename(path)}\t{os.path.getsize(path)}\n".encode("utf-8"))
+  return h.hexdigest()
+
+
 def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=False, meta=None,
                       role="image"):
   """(mu, sigma, n) of an image folder, read from / written to `cache` (.npz) when given.
@@ -131,11 +143,17 @@ def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=Fal
   dataset the folder shows). `role` names the folder in errors ('generated images', ...)."""
   from evaluation import features  # pylint: disable=g-import-not-at-top
   meta = {k: str(v) for k, v in (meta or {}).items()}
+  files_sha256 = _files_digest(features.list_images(folder)) if cache else None
   if cache and os.path.isfile(cache):
     mu, sigma, found = load_statistics(cache)
     if found.get("extractor") not in (None, extractor.description):
       raise ValueError(f"{cache} was computed with {found.get('extractor')!r}, not "
                        f"{extractor.description!r}; delete it or choose another path")
+    if found.get("files_sha256") not in (None, files_sha256):  # None: written before 2026-11-27
+      raise ValueError(f"{cache} holds the statistics of {found.get('num_images')} images of "
+                       f"{found.get('folder')}, not of the images now in the {role} folder "
+                       f"{folder} (their names or sizes differ); delete it or choose another "
+                       "path")
     for key, value in meta.items():
       if str(found.get(key)) != value:
         raise ValueError(f"{cache} was computed for {key} {found.get(key)!r}, not {value!r} "
@@ -148,7 +166,7 @@ def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=Fal
   mu, sigma = statistics(act)
   if cache:
     save_statistics(cache, mu, sigma, num_images=len(act), extractor=extractor.description,
-                    folder=os.path.abspath(folder), **meta)
+                    folder=os.path.abspath(folder), files_sha256=files_sha256, **meta)
   return mu, sigma, len(act)
 
 
@@ -185,7 +203,9 @@ def compute(extractor, images, reference, batch_size=50, method=None, save_stats
 
 def format_result(name, result):
   from evaluation.features import unverified_tag  # pylint: disable=g-import-not-at-top
-  return (f"{name}: {result['fid']:.4f} ({result['num_images']} images vs "
+  fid = result["fid"]
+  fid = 0.0 if -5e-5 < fid < 0 else fid  # rounding of identical statistics: not "-0.0000"
+  return (f"{name}: {fid:.4f} ({result['num_images']} images vs "
           f"{result['num_reference']} reference; {result['extractor']})"
           f"{unverified_tag(result['verified'])}"
           + (f"; WARNING: {result['warning']}" if result.get("warning") else ""))

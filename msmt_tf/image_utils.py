@@ -1,17 +1,54 @@
 """Image conversion and sample grids."""
 
+import io
+
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-__all__ = ["to_uint8", "caption_grid", "save_png"]
+__all__ = ["to_uint8", "to_rgb", "caption_grid", "save_png"]
 
 
 def to_uint8(images):
   """`[-1, 1]` float -> uint8 (DM-GAN: `x * 127.5 + 127.5`, clipped, truncated)."""
   x = np.asarray(images, np.float32)
   return np.clip(x * 127.5 + 127.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(im):
+  """Any PIL mode -> 8-bit RGB: 16-bit and float grey scaled, alpha composited over white,
+  CMYK through its ICC profile when it has one (`im.convert("RGB")` clips 16-bit grey to white
+  and drops alpha). What data.build stores and what evaluation reads from a user's folder."""
+  mode = im.mode
+  if mode == "RGB":
+    return im
+  if mode.startswith("I") or mode == "F":
+    a = np.asarray(im).astype(np.float64)
+    if mode.startswith("I;16"):
+      a = a / 257.0
+    elif mode == "I":
+      a = a / 257.0 if a.max(initial=0) > 255 else a
+    elif a.max(initial=0) <= 1.0:
+      a = a * 255.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+  if mode == "CMYK":
+    icc = im.info.get("icc_profile")
+    if icc:
+      try:
+        from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                         outputMode="RGB")
+      except Exception:  # No littlecms or a broken profile: the plain conversion below.
+        pass
+    return im.convert("RGB")
+  if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    white.alpha_composite(rgba)
+    return white.convert("RGB")
+  return im.convert("RGB")
 
 
 def _wrap(text, width):

@@ -389,6 +389,59 @@ def test_fid_from_too_few_images_says_so_in_its_result_and_line(tmp_path):
   assert fid.small_sample_warning(9, 9, 8) is None and fid.small_sample_warning(8, 9, 8)
 
 
+def test_images_of_any_mode_load_as_data_build_converts_them(tmp_path):
+  """16-bit grey is scaled (PIL's convert('RGB') clips it to white), alpha is composited over
+  white, as data.build stores images."""
+  from PIL import Image
+  grey = np.full((6, 5), 128 * 257, np.uint16)
+  grey[0, 0] = 65535
+  Image.fromarray(grey).save(tmp_path / "grey16.png")
+  with Image.open(tmp_path / "grey16.png") as im:
+    assert im.mode.startswith("I")
+  got = features.load_image(str(tmp_path / "grey16.png"))
+  assert got.shape == (6, 5, 3) and got.dtype == np.uint8
+  assert (got[1:] == 128).all() and (got[0, 0] == 255).all()
+  rgba = np.zeros((4, 4, 4), np.uint8)
+  rgba[..., 0] = 200
+  rgba[:2, :, 3] = 255  # top half opaque red, bottom half transparent
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+  got = features.load_image(str(tmp_path / "alpha.png"))
+  assert (got[:2] == [200, 0, 0]).all() and (got[2:] == 255).all()
+
+
+def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
+  """--save_stats: statistics written for one folder are reused for the same images (also when
+  moved) but refused for other images; non-finite statistics are refused."""
+  import shutil
+  from PIL import Image
+  build_standin_graph(str(tmp_path / "g.pb"), width=8)
+  ext = features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
+  rng = np.random.default_rng(14)
+  for name, count in (("a", 12), ("b", 3)):
+    os.makedirs(tmp_path / name)
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+          tmp_path / name / f"{i}.png")
+  stats = str(tmp_path / "a.npz")
+  first = fid.folder_statistics(ext, str(tmp_path / "a"), 8, stats)
+  shutil.copytree(tmp_path / "a", tmp_path / "a_moved")
+  again = fid.folder_statistics(ext, str(tmp_path / "a_moved"), 8, stats)
+  np.testing.assert_array_equal(again[0], first[0])
+  saved = open(stats, "rb").read()
+  with pytest.raises(ValueError, match=f"{stats} holds the statistics of 12 images of "
+                     f".*{os.sep}a, not of the images now in the image folder .*{os.sep}b "
+                     "\\(their names or sizes differ\\)"):
+    fid.folder_statistics(ext, str(tmp_path / "b"), 8, stats)
+  assert open(stats, "rb").read() == saved
+  fid.save_statistics(str(tmp_path / "nan.npz"), np.full(8, np.nan), np.eye(8))
+  with pytest.raises(ValueError, match="nan.npz: mu or sigma has non-finite values"):
+    fid.load_statistics(str(tmp_path / "nan.npz"))
+  # Identical statistics print 0.0000, not -0.0000.
+  line = fid.format_result("FID", {"fid": -1e-9, "num_images": 2, "num_reference": 2,
+                                   "extractor": "x", "verified": True})
+  assert line.startswith("FID: 0.0000 (")
+
+
 def test_keras_source_without_weights_names_the_command(tmp_path):
   with pytest.raises(FileNotFoundError, match="evaluation.inception convert"):
     features.make("keras", fid_inception_dir=str(tmp_path))
@@ -462,6 +515,17 @@ def test_official_fid_separates_a_shifted_set(tmp_path):
     warnings.simplefilter("ignore")
     same, other = fid.fid_from_activations(a, b), fid.fid_from_activations(a, c)
   assert same < 0.5 * other, (same, other)
+  # A folder of images of several sizes (the in-network resize needs each batch's static size;
+  # the TensorFlow function once retraced shape-generic and failed at the second size).
+  from PIL import Image
+  sizes = (64, 40, 64, 300)
+  for i, size in enumerate(sizes):
+    Image.fromarray(images[i].astype(np.uint8)).resize((size, size)).save(tmp_path / f"{i}.png")
+  act, _ = features.activations(ext, str(tmp_path), batch_size=2)
+  assert act.shape == (len(sizes), 2048)
+  for i in range(len(sizes)):
+    alone = ext(features.load_image(str(tmp_path / f"{i}.png"))[None].astype(np.float32))
+    np.testing.assert_allclose(act[i], alone["pool_3"][0], rtol=1e-4, atol=1e-4, err_msg=i)
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -772,7 +836,7 @@ def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
   assert sample.read_manifest(moved)["run_dir"] == os.path.abspath(run_b)
   assert {f: open(os.path.join(moved, f), "rb").read() for f in before} == before
   saved = open(os.path.join(outside, sample.MANIFEST)).read()
-  with pytest.raises(ValueError, match=f"{outside} holds images of another setting \(run_dir "):
+  with pytest.raises(ValueError, match=f"{outside} holds images of another setting \\(run_dir "):
     sample.generate(run_b, outside, 3, batch_size=3, progress=False)
   assert open(os.path.join(outside, sample.MANIFEST)).read() == saved
 

@@ -67,6 +67,7 @@ import warnings
 
 import numpy as np
 
+from msmt_tf import image_utils
 from msmt_tf.data import datasets
 from msmt_tf.data import vocab as vocab_lib
 from msmt_tf.data.errors import DatasetError
@@ -328,41 +329,6 @@ def _orientation(im):
   return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _to_rgb(im):
-  """Any PIL mode -> 8-bit RGB: 16-bit and float grey scaled, alpha composited over white,
-  CMYK through its ICC profile when it has one."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  mode = im.mode
-  if mode == "RGB":
-    return im
-  if mode.startswith("I") or mode == "F":
-    a = np.asarray(im).astype(np.float64)
-    if mode.startswith("I;16"):
-      a = a / 257.0
-    elif mode == "I":
-      a = a / 257.0 if a.max(initial=0) > 255 else a
-    elif a.max(initial=0) <= 1.0:
-      a = a * 255.0
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-  if mode == "CMYK":
-    icc = im.info.get("icc_profile")
-    if icc:
-      try:
-        from PIL import ImageCms  # pylint: disable=g-import-not-at-top
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
-                                         outputMode="RGB")
-      except Exception:  # No littlecms or a broken profile: the plain conversion below.
-        pass
-    return im.convert("RGB")
-  if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-    rgba = im.convert("RGBA")
-    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-    white.alpha_composite(rgba)
-    return white.convert("RGB")
-  return im.convert("RGB")
-
-
 def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
   """Checks one source image and writes it (atomically) as `images_dir/<key>`.
 
@@ -402,7 +368,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
       elif fmt == "PNG" and im.mode == "RGB" and rawmode == "RGB" and plain:
         payload, ext, action = data, ".png", "kept"
       else:
-        rgb = _to_rgb(upright)
+        rgb = image_utils.to_rgb(upright)
         buf = io.BytesIO()
         if fmt in ("JPEG", "MPO"):
           rgb.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
