@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it.
 
 A crash mid-write never leaves a truncated checkpoint, model, image or metadata file, and an
-existing file is only replaced by a complete new one.
+existing file is only replaced by a complete new one. The file gets the mode a plain open()
+would give it (0666 less the umask).
 """
 
 import hashlib
@@ -20,6 +21,13 @@ def file_digest(path, algorithm="sha256"):
   return h.hexdigest()
 
 
+def _umask():
+  """The process's umask (read by setting it and setting it back; no other way in Python)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path, write_fn):
   """Calls `write_fn(tmp_path)` and renames the result to `path`.
 
@@ -32,6 +40,9 @@ def atomic_write(path, write_fn):
   os.close(fd)
   try:
     write_fn(tmp)
+    # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask), so
+    # samples, checkpoints and records are as readable as any other file the user writes.
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -133,3 +133,20 @@ def test_run_directories_are_read_through_one_library_module():
   assert not found, found
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   assert callable(runs.load_run) and callable(runs.load_damsm) and callable(runs.write_run_files)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+  """Samples, checkpoints and records are as readable as any file the user writes (mkstemp's
+  temporary file is 0600 whatever the umask)."""
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  old = os.umask(umask)
+  try:
+    path = str(tmp_path / "a.png")
+    fileio.atomic_write_bytes(path, b"x")
+    with open(tmp_path / "plain", "wb"):
+      pass
+    assert os.stat(path).st_mode & 0o777 == mode == os.stat(tmp_path / "plain").st_mode & 0o777
+    assert os.umask(umask) == umask  # the umask is left as it was
+  finally:
+    os.umask(old)
