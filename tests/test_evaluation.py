@@ -442,6 +442,26 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
   assert line.startswith("FID: 0.0000 (")
 
 
+def test_weights_are_found_where_ci_makes_them(tmp_path, monkeypatch):
+  """Without --fid_inception_dir: ~/.cache/msmt_tf/fid_inception, else this checkout's
+  .cache/fid_inception (bash .ci/fid_weights), so the README's single-metric commands run as
+  written; MSMT_FID_INCEPTION_DIR overrides both."""
+  checkout = os.path.join(REPO, ".cache", "fid_inception")
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.delenv("MSMT_FID_INCEPTION_DIR", raising=False)
+  home = os.path.join(str(tmp_path), ".cache", "msmt_tf", "fid_inception")
+  assert inception.default_weights_dir() == home
+  if os.path.isfile(os.path.join(checkout, inception.WEIGHTS_FILE)):
+    assert inception.find_weights_dir() == checkout
+  else:
+    assert inception.find_weights_dir() == home
+  os.makedirs(home)
+  open(os.path.join(home, inception.WEIGHTS_FILE), "wb").close()
+  assert inception.find_weights_dir() == home
+  monkeypatch.setenv("MSMT_FID_INCEPTION_DIR", str(tmp_path / "elsewhere"))
+  assert inception.find_weights_dir() == str(tmp_path / "elsewhere")
+
+
 def test_keras_source_without_weights_names_the_command(tmp_path):
   with pytest.raises(FileNotFoundError, match="evaluation.inception convert"):
     features.make("keras", fid_inception_dir=str(tmp_path))
