@@ -62,9 +62,15 @@ def load_damsm_encoder(path, kind):
   import keras  # pylint: disable=g-import-not-at-top
   import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
   if not os.path.isfile(path):
+    folder = os.path.dirname(path)
+    if os.path.isfile(os.path.join(folder, "import_manifest.json")):  # import_torch damsm's
+      raise FileNotFoundError(
+          f"DAMSM encoder not found: {path}; {folder} was imported from AttnGAN's files without "
+          "this encoder: import it too with python -m msmt_tf.import_torch damsm "
+          "--text_encoder ... --image_encoder ... --overwrite")
     raise FileNotFoundError(
         f"DAMSM encoder not found: {path}; make the encoders with: python -m "
-        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={os.path.dirname(path)}")
+        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={folder}")
   try:
     model = keras.saving.load_model(path)
   except Exception as e:  # zip, h5 and deserialisation errors of a bad file

@@ -133,6 +133,19 @@ def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   assert f"cannot load the DAMSM encoder {damsm / 'image_encoder.keras'}" in res.stderr
 
 
+def test_a_missing_encoder_names_the_command_that_makes_it(tmp_path):
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "image_encoder.keras")
+  with pytest.raises(FileNotFoundError, match="python -m msmt_tf.pretrain_damsm"):
+    runs.load_damsm_encoder(path, "ImageEncoder")
+  # A folder of AttnGAN's encoders imported text-only: the import, not pretrain_damsm.
+  (tmp_path / "import_manifest.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path} was imported from AttnGAN's files "
+                     "without this encoder: import it too with python -m msmt_tf.import_torch "
+                     "damsm"):
+    runs.load_damsm_encoder(path, "ImageEncoder")
+
+
 def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_trunk(smoke,
                                                                                      tmp_path):
   """pretrain_damsm never replaces encoders a GAN run may use without --overwrite, and refuses an
