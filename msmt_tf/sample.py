@@ -278,6 +278,11 @@ def main(argv):
                  FLAGS.damsm_dir, FLAGS.data_dir)
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    done = (len([f for f in os.listdir(FLAGS.out) if f.endswith(".png")])
+            if os.path.isdir(FLAGS.out) else 0)
+    sys.exit(f"interrupted: {done} of {FLAGS.num_images} images are in {FLAGS.out}; the same "
+             "command continues where it stopped")
   print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "
         f"of at most {m['words_num']} words)")
 

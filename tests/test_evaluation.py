@@ -836,6 +836,26 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
     sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
 
 
+def test_ctrl_c_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out"
+  out.mkdir()
+  for i in range(3):
+    (out / sample.image_name(i)).write_bytes(b"png")
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(sample, "generate", interrupted)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["sample", f"--run_dir={tmp_path}", f"--out={out}", "--num_images=10"])
+  try:
+    with pytest.raises(SystemExit, match=f"interrupted: 3 of 10 images are in {out}; the same "
+                       "command continues where it stopped"):
+      sample.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
   """metric_main samples into RUN/eval/...: after the run folder is moved, those images are
   still the run's (skipped, kept, the manifest follows); a folder outside the run is not."""
