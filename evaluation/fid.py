@@ -56,7 +56,8 @@ def load_statistics(path):
   except FileNotFoundError:
     raise FileNotFoundError(f"FID statistics not found: {path}") from None
   except Exception as e:
-    raise ValueError(f"cannot read FID statistics {path} ({type(e).__name__}: {e})") from e
+    what = ("not a .npz file" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}")
+    raise ValueError(f"cannot read FID statistics {path} ({what})") from e
   if "mu" not in data or "sigma" not in data:
     raise ValueError(f"{path} has no 'mu'/'sigma' arrays (keys: {sorted(data)})")
   mu, sigma = data.pop("mu").astype(np.float64), data.pop("sigma").astype(np.float64)

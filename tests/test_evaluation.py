@@ -436,6 +436,10 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
   fid.save_statistics(str(tmp_path / "nan.npz"), np.full(8, np.nan), np.eye(8))
   with pytest.raises(ValueError, match="nan.npz: mu or sigma has non-finite values"):
     fid.load_statistics(str(tmp_path / "nan.npz"))
+  (tmp_path / "text.npz").write_text("mu sigma\n")
+  with pytest.raises(ValueError, match="cannot read FID statistics .*text.npz \\(not a .npz "
+                     "file\\)"):
+    fid.load_statistics(str(tmp_path / "text.npz"))
   # Identical statistics print 0.0000, not -0.0000.
   line = fid.format_result("FID", {"fid": -1e-9, "num_images": 2, "num_reference": 2,
                                    "extractor": "x", "verified": True})
