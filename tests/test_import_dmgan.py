@@ -482,3 +482,161 @@ def test_cli_writes_the_same_run(small, shapes_dir, tmp_path):
   res = subprocess.run(args + [f"--netG={tmp_path / 'missing.pth'}", f"--out={tmp_path / 'r'}"],
                        cwd=repo, capture_output=True, text=True, timeout=300)
   assert res.returncode != 0 and f"not found: {tmp_path / 'missing.pth'}" in res.stderr
+
+
+# ------------------------------------------------------------ refused before anything changes
+
+def folder_state(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  out = {}
+  for root, _, names in os.walk(folder):
+    for n in names:
+      p = os.path.join(root, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, folder)] = f.read()
+  return out
+
+
+def test_non_finite_weights_are_refused(small, shapes_dir, tmp_path):
+  """A netG whose last image conv is NaN would import and sample all-black PNGs."""
+  net, _ = small
+  state = numpy_state_dict(net)  # num_batches_tracked (int64) included: not checked
+  state["img_net3.img.0.weight"][0, 0, 0, 0] = np.nan
+  state["h_net2.A.weight"][:] = -np.inf
+  g = config_for(**DIMS, r_num=2, word_mask="per_sample").build_generator(7)
+  before = [np.asarray(v).copy() for v in g.variables]
+  with pytest.raises(dmgan.DMGANImportError,
+                     match=r"nan\.pth has non-finite values \(NaN or Inf\) in 2 tensor\(s\): "
+                           r"h_net2\.A\.weight, img_net3\.img\.0\.weight"):
+    dmgan.assign_state_dict(g, state, "nan.pth")
+  for v, old in zip(g.variables, before):
+    np.testing.assert_array_equal(np.asarray(v), old)
+  vocab, damsm = _damsm_folder(shapes_dir, tmp_path)
+  path = str(tmp_path / "netG_nan.pth")
+  torch.save(collections.OrderedDict((k, torch.from_numpy(v)) for k, v in state.items()), path)
+  cfg = config_for(**DIMS, r_num=2, word_mask="official_repeat", vocab=vocab)
+  data = {"dataset": "shapes", "data_dir": shapes_dir, "words_num": 18}
+  with pytest.raises(dmgan.DMGANImportError, match=r"netG_nan\.pth has non-finite values"):
+    dmgan.write_run(path, str(tmp_path / "run"), cfg, data, str(damsm))
+  assert not (tmp_path / "run").exists()
+
+
+def test_damsm_encoders_given_as_net_g_are_named(small):
+  g = config_for(**DIMS, r_num=2, word_mask="per_sample").build_generator(7)
+  text = {"encoder.weight": np.zeros((50, 300), np.float32)}
+  for d in ("", "_reverse"):
+    text.update({f"rnn.weight_ih_l0{d}": np.zeros((512, 300), np.float32),
+                 f"rnn.weight_hh_l0{d}": np.zeros((512, 128), np.float32),
+                 f"rnn.bias_ih_l0{d}": np.zeros(512, np.float32),
+                 f"rnn.bias_hh_l0{d}": np.zeros(512, np.float32)})
+  with pytest.raises(dmgan.DMGANImportError) as e:
+    dmgan.assign_state_dict(g, text, "text_encoder200.pth")
+  msg = str(e.value)
+  assert ("text_encoder200.pth is not a DM-GAN G_NET state dict: it looks like AttnGAN's DAMSM "
+          "text encoder (RNN_ENCODER)") in msg and "damsm --text_encoder" in msg, msg
+  assert "missing keys" not in msg and len(msg) < 300, msg
+  image = {"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 3), np.float32),
+           "Conv2d_1a_3x3.bn.num_batches_tracked": np.zeros((), np.int64),
+           "Mixed_7c.branch_pool.conv.weight": np.zeros((192, 2048, 1, 1), np.float32),
+           "emb_features.weight": np.zeros((256, 768, 1, 1), np.float32),
+           "emb_cnn_code.weight": np.zeros((256, 2048), np.float32),
+           "emb_cnn_code.bias": np.zeros(256, np.float32)}
+  with pytest.raises(dmgan.DMGANImportError,
+                     match=r"image_encoder200\.pth is not a DM-GAN G_NET state dict: it looks "
+                           r"like AttnGAN's DAMSM image encoder \(CNN_ENCODER\) \(keys such as "
+                           r"emb_features\.weight, .*damsm --image_encoder"):
+    dmgan.assign_state_dict(g, image, "image_encoder200.pth")
+
+
+def _training_run(folder):
+  """What msmt_tf.train leaves in a run directory (stand-ins of its files)."""
+  (folder / "checkpoints").mkdir(parents=True)
+  (folder / "checkpoints" / "ckpt-00000500.npz").write_bytes(b"trained")
+  (folder / "config.json").write_text(json.dumps({"model": {"refinement": "dmgan"}}))
+  (folder / "flags.txt").write_text("--run_dir=runs/cub_dmgan\n")
+  (folder / "losses.jsonl").write_text('{"step": 1}\n')
+  (folder / "generator_ema.keras").write_bytes(b"trained generator")
+  (folder / "samples").mkdir()
+  (folder / "samples" / "step-00000500.png").write_bytes(b"png")
+  (folder / "tb").mkdir()
+  (folder / "tb" / "events").write_bytes(b"tb")
+
+
+def test_overwrite_replaces_only_an_earlier_import(small, shapes_dir, tmp_path):
+  net, _ = small
+  vocab, damsm = _damsm_folder(shapes_dir, tmp_path)
+  path = save_formats(net, str(tmp_path))["zip"]
+  cfg = config_for(**DIMS, r_num=2, word_mask="official_repeat", vocab=vocab)
+  data = {"dataset": "shapes", "data_dir": shapes_dir, "words_num": 18}
+  trained = tmp_path / "cub_dmgan"
+  _training_run(trained)
+  before = folder_state(trained)
+  for overwrite in (True, False):
+    with pytest.raises(FileExistsError) as e:
+      dmgan.write_run(path, str(trained), cfg, data, str(damsm), overwrite=overwrite)
+    msg = str(e.value)
+    for part in (f"{trained} holds a training run (config.json, checkpoints, losses.jsonl, "
+                 "generator_ema.keras, samples, tb;", "choose another --out",
+                 "nothing was changed"):
+      assert part in msg, msg
+  assert folder_state(trained) == before
+  # --out is a file: said so, the file untouched.
+  taken = tmp_path / "x"
+  taken.write_text("keep me")
+  with pytest.raises(FileExistsError, match=f"--out {taken} is a file, not a folder"):
+    dmgan.write_run(path, str(taken), cfg, data, str(damsm))
+  assert taken.read_text() == "keep me"
+  # An earlier import's folder is replaced with --overwrite, as before.
+  run = tmp_path / "run"
+  dmgan.write_run(path, str(run), cfg, data, str(damsm))
+  with pytest.raises(FileExistsError, match="already holds a run.*--overwrite"):
+    dmgan.write_run(path, str(run), cfg, data, str(damsm))
+  ckpt, _ = dmgan.write_run(path, str(run), cfg, data, str(damsm), overwrite=True)
+  assert os.listdir(run / "checkpoints") == [os.path.basename(ckpt)]
+  assert "imported" in json.loads((run / "config.json").read_text())
+
+
+def test_cli_records_the_run_and_names_wrong_paths(small, shapes_dir, tmp_path):
+  """flags.txt holds the run's values (the word mask the import chose, --run_dir = --out) and
+  no absl flags; a folder as --netG and a file as --out are named as such."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  net, _ = small
+  vocab, damsm = _damsm_folder(shapes_dir, tmp_path)
+  models = tmp_path / "models"
+  models.mkdir()
+  path = save_formats(net, str(models))["zip"]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, "-m", "msmt_tf.import_torch", "dmgan_generator",
+          "--flagfile=configs/cub_dmgan.cfg", "--dataset=shapes", f"--data_dir={shapes_dir}",
+          f"--vocab_size={vocab}", "--channels=4", "--condition_dim=5", "--z_dim=6",
+          "--text_dim=16", f"--damsm_dir={damsm}"]
+
+  def run(*extra):
+    return subprocess.run(args + list(extra), cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+  out = tmp_path / "released"
+  res = run(f"--netG={path}", f"--out={out}")
+  assert res.returncode == 0, res.stderr
+  record = json.loads((out / "config.json").read_text())
+  assert record["model"]["dmgan_word_mask"] == "official_repeat"
+  lines = (out / "flags.txt").read_text().splitlines()
+  for line in ("--dmgan_word_mask=official_repeat", f"--run_dir={out}", f"--netG={path}",
+               f"--out={out}", "--channels=4", "--refinement=dmgan"):
+    assert line in lines, lines
+  noise = [l for l in lines if l.split("=")[0] in (
+      "--nohelp", "--test_tmpdir", "--verbosity", "--nologtostderr", "--nopdb",
+      "--hbm_oom_exit")]
+  assert not noise and len({l.split("=")[0] for l in lines}) == len(lines), noise
+  res = run(f"--netG={models}", f"--out={tmp_path / 'r2'}")
+  assert res.returncode == 1
+  line = res.stderr.strip().splitlines()[-1]
+  assert line == (f"error: --netG {models} is a folder, not a file: expected a DM-GAN generator "
+                  f"file; it holds {models / 'netG_legacy.pth'}, {path}: pass one of them"), line
+  assert not (tmp_path / "r2").exists()
+  taken = tmp_path / "x"
+  taken.write_text("keep me")
+  res = run(f"--netG={path}", f"--out={taken}")
+  assert res.returncode == 1 and "Errno" not in res.stderr
+  assert f"error: --out {taken} is a file, not a folder" in res.stderr
+  assert taken.read_text() == "keep me"

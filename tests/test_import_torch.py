@@ -496,3 +496,126 @@ def test_import_writes_both_encoders_for_load_damsm(tmp_path, shapes_dir, monkey
   with pytest.raises(ValueError, match=r"t\.pth.*not an AttnGAN image encoder"):
     damsm.import_damsm(text, text, shapes_dir, str(tmp_path / "d3"))
   assert not os.path.exists(tmp_path / "d3")
+
+
+# ------------------------------------------------------------------ refused before writing
+def head_only_image_encoder(nef, path, **changes):
+  """A file with only CNN_ENCODER's projections (`emb_features`, `emb_cnn_code`) of width
+  `nef`: enough for the checks made before the Inception trunk is built."""
+  sd = collections.OrderedDict([("emb_features.weight", torch.zeros(nef, 768, 1, 1)),
+                                ("emb_cnn_code.weight", torch.zeros(nef, 2048)),
+                                ("emb_cnn_code.bias", torch.zeros(nef))])
+  sd.update(changes)
+  return save(sd, path, "legacy")
+
+
+def test_encoders_of_different_widths_are_refused(tmp_path, shapes_dir):
+  """AttnGAN's text encoder is 256 wide (2 x 128); an image encoder of nef 128 would import and
+  break R-precision later with a broadcast error."""
+  _, _, vocab = datasets.load_captions(shapes_dir, "shapes")
+  text = save(random_rnn_encoder(len(vocab)).state_dict(), tmp_path / "text_encoder200.pth",
+              "zip")
+  image = head_only_image_encoder(128, tmp_path / "image_encoder200.pth")
+  out = tmp_path / "damsm"
+  with pytest.raises(damsm.WeightsMismatchError) as e:
+    damsm.import_damsm(text, image, shapes_dir, str(out))
+  msg = str(e.value)
+  for part in ("differ in width", f"text encoder {text} gives 256-dim",
+               f"image encoder {image} 128-dim", "emb_features.weight [128, 768, 1, 1]"):
+    assert part in msg, msg
+  assert not out.exists()
+
+
+def test_non_finite_weights_are_refused(tmp_path, shapes_dir):
+  _, _, vocab = datasets.load_captions(shapes_dir, "shapes")
+  sd = random_rnn_encoder(len(vocab)).state_dict()
+  sd["rnn.weight_hh_l0"][3, 5] = float("nan")
+  sd["encoder.weight"][0, 0] = float("inf")
+  text = save(sd, tmp_path / "text_nan.pth", "legacy")
+  out = tmp_path / "damsm"
+  with pytest.raises(damsm.WeightsMismatchError,
+                     match=r"text_nan\.pth has non-finite values \(NaN or Inf\) in 2 tensor\(s\): "
+                           r"encoder\.weight, rnn\.weight_hh_l0 .*nothing was imported"):
+    damsm.import_damsm(text, None, shapes_dir, str(out))
+  assert not out.exists()
+  # The image encoder too, before its trunk is built; integer tensors (num_batches_tracked)
+  # are not checked, and more than a few bad keys are counted.
+  good = save(random_rnn_encoder(len(vocab)).state_dict(), tmp_path / "text.pth", "zip")
+  bad = {f"Mixed_5b.branch{i}.bn.running_var": torch.full((4,), float("nan")) for i in range(6)}
+  image = head_only_image_encoder(
+      256, tmp_path / "image_nan.pth", **bad,
+      **{"Mixed_5b.branch0.bn.num_batches_tracked": torch.tensor(7)})
+  with pytest.raises(damsm.WeightsMismatchError,
+                     match=r"image_nan\.pth has non-finite values \(NaN or Inf\) in 6 tensor\(s\): "
+                           r"Mixed_5b\.branch0\.bn\.running_var, .*\(6 in all\)"):
+    damsm.import_damsm(good, image, shapes_dir, str(out))
+  assert not out.exists()
+  arrays = {"f16": np.array([1, np.inf], np.float16), "f64": np.array([np.nan]),
+            "c": np.array([1j * np.inf]), "ok": np.ones(3, np.float32),
+            "int": np.array([2**62]), "bool": np.array([True])}
+  assert torch_io.non_finite_keys(arrays) == ["f16", "f64", "c"]
+
+
+def damsm_flags(argv):
+  """The damsm subcommand's flags parsed from `argv`, in a FlagValues of their own."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  damsm.define_flags(fv)
+  fv(["damsm"] + argv)
+  return fv
+
+
+def test_paths_of_the_wrong_kind_are_named(tmp_path, shapes_dir):
+  """A folder given as an encoder file says it is a folder (and which .pth files it holds); an
+  --out that is a file says so, and nothing is changed."""
+  _, _, vocab = datasets.load_captions(shapes_dir, "shapes")
+  models = tmp_path / "DAMSMencoders" / "bird"
+  models.mkdir(parents=True)
+  text = save(random_rnn_encoder(len(vocab)).state_dict(), models / "text_encoder200.pth", "zip")
+  save({"w": torch.ones(1)}, models / "image_encoder200.pth", "zip")
+  with pytest.raises(FileNotFoundError) as e:
+    damsm.run_from_flags(damsm_flags([f"--text_encoder={models}", f"--data_dir={shapes_dir}",
+                                      f"--out={tmp_path / 'd'}"]))
+  msg = str(e.value)
+  for part in (f"--text_encoder {models} is a folder, not a file",
+               f"{models / 'image_encoder200.pth'}, {models / 'text_encoder200.pth'}"):
+    assert part in msg, msg
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=r"--image_encoder .*empty is a folder, not a "
+                                              r"file.*holds no \.pth"):
+    damsm.run_from_flags(damsm_flags([f"--text_encoder={text}", f"--image_encoder={empty}",
+                                      f"--data_dir={shapes_dir}", f"--out={tmp_path / 'd'}"]))
+  with pytest.raises(FileNotFoundError, match=r"^PyTorch weights file not found: "):
+    torch_io.load_state_dict(str(tmp_path / "none.pth"))
+  with pytest.raises(FileNotFoundError, match=r"empty is a folder, not a file"):
+    torch_io.load_state_dict(str(empty))
+  assert not (tmp_path / "d").exists()
+  # --out names an existing file: the command's one-line error, the file untouched.
+  taken = tmp_path / "x"
+  taken.write_text("keep me")
+  res = run_cli("damsm", f"--text_encoder={text}", f"--data_dir={shapes_dir}", f"--out={taken}")
+  assert res.returncode == 1
+  line = res.stderr.strip().splitlines()[-1]
+  assert line.startswith(f"error: --out {taken} is a file, not a folder"), line
+  assert "Errno" not in res.stderr and taken.read_text() == "keep me"
+  with pytest.raises(FileExistsError, match="is a file, not a folder"):
+    damsm.import_damsm(text, None, shapes_dir, str(taken))
+  assert taken.read_text() == "keep me"
+
+
+def test_a_generator_given_as_an_encoder_is_named(tmp_path):
+  gnet = {"ca_net.fc.weight": np.zeros((4, 2), np.float32),
+          "h_net1.fc.0.weight": np.zeros((3, 3), np.float32),
+          "img_net1.img.0.weight": np.zeros((3, 4, 3, 3), np.float32)}
+  with pytest.raises(damsm.WeightsMismatchError,
+                     match=r"netG\.pth looks like a generator G_NET .*dmgan_generator --netG"):
+    damsm.text_encoder_from_state_dict(gnet, "netG.pth")
+  from msmt_tf.interop import attngan_image  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"netG\.pth is not an AttnGAN image encoder.*looks like "
+                                       r"a generator G_NET"):
+    attngan_image.image_encoder_from_state_dict(gnet, source="netG.pth")
+  text = {"encoder.weight": np.zeros((5, 300), np.float32),
+          "rnn.weight_ih_l0": np.zeros((512, 300), np.float32)}
+  with pytest.raises(ValueError, match=r"looks like AttnGAN's DAMSM text encoder.*--text_encoder"):
+    attngan_image.image_encoder_from_state_dict(text, source="t.pth")

@@ -56,8 +56,15 @@ def image_encoder_from_state_dict(arrays, align_corners=True, source="state dict
   arrays = _strip_module(arrays)
   missing = [k for k in tvi.ATTNGAN_HEAD_KEYS if k not in arrays]
   if missing:
-    kind = ("torchvision's inception_v3 classifier file"
-            if any(k.startswith(("fc.", "AuxLogits.")) for k in arrays) else "something else")
+    if any(k.startswith(("fc.", "AuxLogits.")) for k in arrays):
+      kind = "torchvision's inception_v3 classifier file"
+    elif "encoder.weight" in arrays and any(k.startswith("rnn.") for k in arrays):
+      kind = "AttnGAN's DAMSM text encoder RNN_ENCODER: pass it as --text_encoder"
+    elif any(k.startswith(("ca_net.", "h_net1.", "img_net1.")) for k in arrays):
+      kind = ("a generator G_NET (AttnGAN's or DM-GAN's; DM-GAN's imports with python -m "
+              "msmt_tf.import_torch dmgan_generator --netG)")
+    else:
+      kind = "something else"
     raise ValueError(f"{source} is not an AttnGAN image encoder (CNN_ENCODER): missing "
                      f"{', '.join(missing)} (it looks like {kind}; keys: {tvi._short(arrays)})")
   w_local = np.asarray(arrays["emb_features.weight"])

@@ -25,15 +25,17 @@ import sys
 
 import numpy as np
 
+from msmt_tf.interop import paths
 from msmt_tf.interop import torch_io
 
 __all__ = ["WeightsMismatchError", "check_keys", "text_encoder_keys",
-           "text_encoder_from_state_dict", "check_vocab", "read_vocab_size", "import_damsm",
-           "define_flags", "run_from_flags", "main", "MANIFEST_FILE"]
+           "text_encoder_from_state_dict", "check_vocab", "read_vocab_size", "check_width",
+           "import_damsm", "define_flags", "run_from_flags", "main", "MANIFEST_FILE"]
 
 MANIFEST_FILE = "import_manifest.json"
 _TEXT = "AttnGAN's RNN_ENCODER (LSTM, 1 layer, bidirectional)"
 _DIRECTIONS = (("", "forward_layer"), ("_reverse", "backward_layer"))
+_GNET_PREFIXES = ("ca_net.", "h_net1.", "img_net1.")  # the generator G_NET of AttnGAN, DM-GAN
 
 
 class WeightsMismatchError(ValueError):
@@ -90,6 +92,12 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=30
           f"{source} is an image encoder (AttnGAN's CNN_ENCODER / Inception-v3 keys such as "
           f"{torch_io.key_list([k for k in arrays if k.startswith(('emb_', 'Mixed_'))], 2)}), not "
           f"{_TEXT}: pass it as --image_encoder and text_encoder*.pth as --text_encoder")
+    if any(k.startswith(_GNET_PREFIXES) for k in arrays):
+      raise WeightsMismatchError(
+          f"{source} looks like a generator G_NET (AttnGAN's or DM-GAN's; keys such as "
+          f"{torch_io.key_list([k for k in arrays if k.startswith(_GNET_PREFIXES)], 2)}), not "
+          f"{_TEXT}: DM-GAN's imports with python -m msmt_tf.import_torch dmgan_generator "
+          "--netG")
     check_keys(arrays, text_encoder_keys("ntoken", embedding_dim, hidden_dim), source, _TEXT)
   vocab_size = int(arrays["encoder.weight"].shape[0])
   expected = text_encoder_keys(vocab_size, embedding_dim, hidden_dim)
@@ -137,12 +145,30 @@ def check_vocab(vocab_size, vocab_path, rows, weights_path):
         "the encoder was trained with")
 
 
+def check_width(text_width, text_path, image_arrays, image_path):
+  """One-line error when the image encoder's projection width (`nef`, the rows of
+  `emb_features.weight`) is not the text encoder's feature width: DAMSM compares word and
+  sentence features with image features (R-precision, the DAMSM losses), so a mixed pair would
+  import and fail later with a broadcast error. A file without a 4-D `emb_features.weight` is
+  left to the image importer's own checks."""
+  w = image_arrays.get("emb_features.weight")
+  if w is None or np.ndim(w) != 4 or w.shape[0] == text_width:
+    return
+  nef = int(w.shape[0])
+  raise WeightsMismatchError(
+      f"the DAMSM encoders differ in width: the text encoder {text_path} gives {text_width}-dim "
+      f"word / sentence features ({text_width // 2} per LSTM direction), the image encoder "
+      f"{image_path} {nef}-dim image features (emb_features.weight [{nef}, 768, 1, 1]); DAMSM "
+      "compares the two, so pass the text and image encoder of one pretraining run")
+
+
 def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=True):
   """Converts AttnGAN's DAMSM `.pth` files into `out_dir/{text,image}_encoder.keras`.
 
-  Everything is read and checked (vocabulary, keys, shapes) before anything is written; each
-  file is written atomically. `image_encoder` may be None (text encoder only; an
-  `image_encoder.keras` already in `out_dir` is then removed, as it belongs to another pair).
+  Everything is read and checked (vocabulary, keys, shapes, finite values, the two encoders'
+  common width) before anything is written; each file is written atomically. `image_encoder`
+  may be None (text encoder only; an `image_encoder.keras` already in `out_dir` is then
+  removed, as it belongs to another pair).
 
   Args:
     text_encoder: AttnGAN `text_encoder*.pth` (RNN_ENCODER state dict, either torch.save
@@ -155,17 +181,27 @@ def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=T
 
   Returns:
     {'text_encoder': path, 'image_encoder': path or None, 'vocab_size': int}.
+
+  Raises:
+    FileExistsError: `out_dir` is a file.
+    WeightsMismatchError: see `text_encoder_from_state_dict` and `check_vocab`; also a tensor
+      with NaN / Inf values, or an image encoder whose width (`nef`) is not the text encoder's.
   """
   from msmt_tf import config, fileio, runs  # pylint: disable=g-import-not-at-top
+  paths.check_out_folder(out_dir)
   vocab_size, vocab_path = read_vocab_size(data_dir)
   text_arrays = torch_io.load_state_dict(text_encoder)
   rows = text_arrays.get("encoder.weight")
   if rows is not None and rows.ndim == 2:
     check_vocab(vocab_size, vocab_path, rows.shape[0], text_encoder)
   text_model = text_encoder_from_state_dict(text_arrays, text_encoder)
+  torch_io.check_finite(text_arrays, text_encoder, WeightsMismatchError)
   image_model = None
   if image_encoder is not None:
     image_arrays = torch_io.load_state_dict(image_encoder)
+    check_width(text_model.hidden_dim, text_encoder, image_arrays, image_encoder)
+    # Before the (slow) Inception build; the trunk loader would name only the first bad key.
+    torch_io.check_finite(image_arrays, image_encoder, WeightsMismatchError)
     from msmt_tf.interop import attngan_image  # pylint: disable=g-import-not-at-top
     try:
       image_model = attngan_image.image_encoder_from_state_dict(
@@ -204,7 +240,7 @@ def define_flags(flag_values=None):
   `--data_dir` is `msmt_tf.config`'s)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import  (--data_dir)
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
   specs = (
       ("string", "text_encoder", None, "AttnGAN's text encoder (text_encoder200.pth: "
        "RNN_ENCODER state dict, either torch.save format)."),
@@ -228,15 +264,16 @@ def run_from_flags(flag_values=None):
   """Runs the import with the parsed flags; returns `import_damsm`'s result."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import config  # pylint: disable=g-import-not-at-top
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values
   for name, what in (("text_encoder", "AttnGAN's text_encoder*.pth"),
                      ("data_dir", "the dataset folder with captions.pickle"),
                      ("out", "the DAMSM folder to write")):
     if not fv[name].value:
       raise ValueError(f"--{name} ({what}) is not set")
   for name in ("text_encoder", "image_encoder"):
-    if fv[name].value and not os.path.isfile(fv[name].value):
-      raise FileNotFoundError(f"--{name}: PyTorch weights file not found: {fv[name].value}")
+    if fv[name].value:
+      paths.check_file(fv[name].value, f"--{name}")
+  paths.check_out_folder(fv.out)
   existing = [p for p in config.damsm_paths(fv.out) if os.path.exists(p)]
   if existing and not fv.overwrite:
     raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")

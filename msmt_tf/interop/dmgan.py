@@ -31,7 +31,12 @@ and its BatchNorm's parameters are permuted accordingly (the same function, rein
 The released `netG` holds DM-GAN's averaged (EMA) parameters with the live BatchNorm statistics;
 the run's checkpoint (`checkpoints/ckpt-00000000.npz`, groups `generator` and `generator_ema`,
 both the released weights; no discriminators or optimizer states, so the run can be sampled,
-evaluated and exported but not resumed) is what `msmt_tf.runs.load_run` restores.
+evaluated and exported but not resumed) is what `msmt_tf.runs.load_run` restores. Before
+anything is written the file is checked: keys, shapes, dtypes and finite values (a NaN
+weight would sample black images). The run's `flags.txt` holds the project's flags with the
+values the run has (`--dmgan_word_mask` as recorded, `--run_dir` = `--out`), not absl's own.
+`--overwrite` replaces only a folder an earlier import wrote (config.json has `imported`); a
+training run's folder is refused, whatever the flags.
 
 The memory read's word mask: DM-GAN's `Memory.forward` masks pixel q of sample b with the
 padding of sample `(b * queryL + q) mod B` (interop.md §3). The imported run uses that
@@ -41,6 +46,7 @@ caption's padding).
 """
 
 import collections
+import copy
 import dataclasses
 import os
 import re
@@ -49,11 +55,12 @@ import sys
 import numpy as np
 
 from msmt_tf import fileio
+from msmt_tf.interop import paths
 from msmt_tf.interop import torch_io
 
 __all__ = ["DMGANImportError", "ImportReport", "key_map", "describe_state_dict",
-           "assign_state_dict", "load_generator", "write_run", "define_flags", "run_from_flags",
-           "main"]
+           "assign_state_dict", "load_generator", "write_run", "recorded_flags", "define_flags",
+           "run_from_flags", "main"]
 
 
 class DMGANImportError(ValueError):
@@ -199,6 +206,28 @@ def _strip_module(state_dict):
   return state_dict
 
 
+# Keys that tell what a file other than G_NET is: (prefixes, what it is, where it goes).
+_OTHER_FILES = (
+    (("encoder.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0"),
+     "AttnGAN's DAMSM text encoder (RNN_ENCODER)",
+     "pass it to python -m msmt_tf.import_torch damsm --text_encoder"),
+    (("emb_features.", "emb_cnn_code."),
+     "AttnGAN's DAMSM image encoder (CNN_ENCODER)",
+     "pass it to python -m msmt_tf.import_torch damsm --image_encoder"),
+    (("Conv2d_1a_3x3.", "Mixed_"),
+     "torchvision's Inception-v3 (an image network)", "it holds no generator"),
+)
+
+
+def _other_file_hint(state_dict):
+  """What a state dict with none of G_NET's keys looks like instead, or None."""
+  for prefixes, what, advice in _OTHER_FILES:
+    found = [k for k in state_dict if k.startswith(prefixes)]
+    if found:
+      return f"looks like {what} (keys such as {torch_io.key_list(found, 2)}): {advice}"
+  return None
+
+
 def _config_hint(state_dict, generator):
   info = describe_state_dict(state_dict)
   if not info:
@@ -227,8 +256,9 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
     `ImportReport`.
 
   Raises:
-    DMGANImportError: missing or unexpected keys, a shape mismatch, or a non-float value; the
-      message names `source`, the keys and (where it can tell) the config the file implies.
+    DMGANImportError: missing or unexpected keys (or a DAMSM encoder file, said to be one), a
+      shape mismatch, a non-float value or a NaN / Inf value; the message names `source`, the
+      keys and (where it can tell) the config the file implies.
   """
   state_dict = _strip_module(state_dict)
   mapping = key_map(generator)
@@ -237,6 +267,9 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
   missing = [k for k in mapping if k not in state_dict]
   unexpected = [k for k in state_dict if k not in mapping and k not in ignored]
   if missing or unexpected:
+    other = _other_file_hint(state_dict)
+    if other and not any(k in mapping for k in state_dict):
+      raise DMGANImportError(f"{source} is not a DM-GAN G_NET state dict: it {other}")
     parts = []
     if missing:
       parts.append(f"missing keys: {torch_io.key_list(missing)}")
@@ -259,6 +292,8 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
   if bad:
     raise DMGANImportError(f"{source}: {len(bad)} tensor(s) do not fit this config: "
                            f"{torch_io.key_list(bad, 6)}{_config_hint(state_dict, generator)}")
+  # NaN weights would import and sample all-black images.
+  torch_io.check_finite(state_dict, source, DMGANImportError)
   for variable, value in values:
     variable.assign(value)
   return ImportReport(source=source, assigned_keys=len(values),
@@ -272,11 +307,11 @@ def load_generator(netg_path, model_cfg, words_num, seed=0):
     `(generator, ImportReport)`.
 
   Raises:
-    FileNotFoundError, torch_io.TorchFileError: the file is missing or not a torch.save file.
+    FileNotFoundError, torch_io.TorchFileError: the file is missing (or a folder) or not a
+      torch.save file.
     DMGANImportError: the weights do not fit `model_cfg`.
   """
-  if not os.path.isfile(netg_path):
-    raise FileNotFoundError(f"DM-GAN generator file not found: {netg_path}")
+  paths.check_file(netg_path, what="DM-GAN generator file")
   if model_cfg.initial_stage != "ig" or model_cfg.refinement != "dmgan":
     raise DMGANImportError(
         f"{netg_path}: DM-GAN's G_NET needs --initial_stage=ig --refinement=dmgan "
@@ -286,6 +321,39 @@ def load_generator(netg_path, model_cfg, words_num, seed=0):
   generator = model_cfg.build_generator(words_num, seed=seed)
   report = assign_state_dict(generator, state_dict, netg_path)
   return generator, report
+
+
+# What msmt_tf.train writes into a run directory besides config.json and checkpoints/.
+_TRAINING_FILES = ("losses.jsonl", "generator_ema.keras", "samples", "tb")
+
+
+def _check_out(out, overwrite):
+  """Refuses an `out` that is a file, that holds a run not written by an import (`overwrite`
+  would delete its checkpoints and leave its generator_ema.keras, losses and samples beside
+  the imported weights), or an earlier import without `overwrite`."""
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  paths.check_out_folder(out)
+  if not os.path.isdir(out):
+    return
+  config_path = os.path.join(out, runs.CONFIG)
+  has_config = os.path.isfile(config_path)
+  if not (has_config or checkpoint.latest(out)):
+    return
+  try:
+    imported = has_config and "imported" in runs.read_config(out)
+  except ValueError:  # unreadable config.json: not known to be an import's
+    imported = False
+  if not imported:
+    found = [n for n in (runs.CONFIG, "checkpoints") + _TRAINING_FILES
+             if os.path.exists(os.path.join(out, n))]
+    raise FileExistsError(
+        f"{out} holds a training run ({', '.join(found)}; no \"imported\" in its config.json): "
+        "choose another --out; --overwrite replaces only the folder of an earlier import "
+        "(nothing was changed)")
+  if not overwrite:
+    raise FileExistsError(f"{out} already holds a run (config.json or checkpoints); choose "
+                          "another --out or pass --overwrite")
 
 
 def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=None,
@@ -304,10 +372,15 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
     loss: optional dict recorded as the run's loss config (informational).
     flags_text: written to `flags.txt` (the command's flags).
     seed: seed of the generator's CA noise generator (sampling passes its own noise).
-    overwrite: replace an existing run's config and checkpoints.
+    overwrite: replace the config and checkpoints of a run an earlier import wrote (config.json
+      has "imported"); a training run's folder is never replaced.
 
   Returns:
     `(checkpoint path, ImportReport)`.
+
+  Raises:
+    FileExistsError: `out` is a file, holds a training run, or (without `overwrite`) an
+      earlier import; nothing is changed then.
   """
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
   from msmt_tf import config  # pylint: disable=g-import-not-at-top
@@ -315,10 +388,7 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
   from msmt_tf.runs import load_damsm_encoder  # pylint: disable=g-import-not-at-top
   if not out:
     raise ValueError("--out (the run directory to write) is not set")
-  existing = checkpoint.latest(out) if os.path.isdir(out) else None
-  if (existing or os.path.isfile(os.path.join(out, runs.CONFIG))) and not overwrite:
-    raise FileExistsError(f"{out} already holds a run (config.json or checkpoints); choose "
-                          "another --out or pass --overwrite")
+  _check_out(out, overwrite)
   if not damsm_dir:
     raise FileNotFoundError("--damsm_dir is not set: the run needs the DAMSM text encoder "
                             "(import AttnGAN's with python -m msmt_tf.import_torch damsm)")
@@ -359,6 +429,37 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
 
 # ----------------------------------------------------------------------------- CLI
 
+# Packages whose flags a run's flags.txt records; absl (--nohelp, --verbosity, --test_tmpdir,
+# ...) and TensorFlow define further flags on import that say nothing about the run.
+_PROJECT_PACKAGES = ("msmt_tf", "evaluation")
+
+
+def recorded_flags(flag_values, overrides=None):
+  """The imported run's flags.txt: the project's flags, as `flags_into_string` writes them (by
+  defining module, then name; unset flags left out), without absl's and TensorFlow's own.
+
+  Args:
+    flag_values: the parsed `FlagValues`.
+    overrides: {flag name: value} the run has where it differs from the command line (the
+      word mask the import chose, `--run_dir` = `--out`); flags not defined are skipped.
+  """
+  overrides = dict(overrides or {})
+  lines, seen = [], set()
+  for module, module_flags in sorted(flag_values.flags_by_module_dict().items()):
+    if module.split(".")[0] not in _PROJECT_PACKAGES:
+      continue
+    for flag in sorted(module_flags, key=lambda f: f.name):
+      if flag.name in seen:
+        continue
+      seen.add(flag.name)
+      if flag.name in overrides:
+        flag = copy.deepcopy(flag)
+        flag.value = overrides[flag.name]
+      if flag.value is not None:
+        lines.append(flag.serialize() + "\n")
+  return "".join(lines)
+
+
 def define_flags(flag_values=None):
   """Defines the subcommand's flags (`--netG`, `--out`, `--overwrite`) where not yet defined.
 
@@ -366,7 +467,7 @@ def define_flags(flag_values=None):
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
   if "netG" not in fv:
     flags.DEFINE_string("netG", None, "DM-GAN's released generator (netG_epoch_*.pth, "
                         "bird_DMGAN.pth, coco_DMGAN.pth).", flag_values=fv)
@@ -382,11 +483,13 @@ def run_from_flags(flag_values=None):
   """Runs the import with the parsed flags; returns (checkpoint path, report, record path)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import config  # pylint: disable=g-import-not-at-top
-  fv = flag_values or flags.FLAGS
+  fv = flags.FLAGS if flag_values is None else flag_values
   if not fv.netG:
     raise ValueError("--netG (DM-GAN's netG_*.pth) is not set")
   if not fv.out:
     raise ValueError("--out (the run directory to write) is not set")
+  paths.check_file(fv.netG, "--netG", "DM-GAN generator file")
+  paths.check_out_folder(fv.out)
   if not fv.data_dir:
     raise ValueError("--data_dir is not set (the dataset the run samples captions from)")
   vocab = config.resolve_vocab_size(fv.data_dir, fv.dataset, fv.vocab_size)
@@ -398,8 +501,9 @@ def run_from_flags(flag_values=None):
   loss = dataclasses.asdict(config.loss_config_from_flags())
   data = {"dataset": fv.dataset, "data_dir": fv.data_dir,
           "words_num": config.words_num_from_flags(), "batch_size": fv.batch_size}
-  path, report = write_run(fv.netG, fv.out, model_cfg, data, fv.damsm_dir, loss,
-                           fv.flags_into_string(), fv.seed, fv.overwrite)
+  recorded = recorded_flags(fv, {"dmgan_word_mask": model_cfg.dmgan_word_mask, "run_dir": fv.out})
+  path, report = write_run(fv.netG, fv.out, model_cfg, data, fv.damsm_dir, loss, recorded,
+                           fv.seed, fv.overwrite)
   return path, report, model_cfg
 
 

@@ -34,8 +34,11 @@ import zipfile
 
 import numpy as np
 
+from msmt_tf.interop import paths
+
 __all__ = ["TorchFileError", "STORAGE_DTYPES", "RestrictedUnpickler", "load", "load_state_dict",
-           "read_zip_pickle", "resolve", "zip_prefix", "key_list"]
+           "read_zip_pickle", "resolve", "zip_prefix", "key_list", "non_finite_keys",
+           "check_finite"]
 
 
 def key_list(keys, limit=12):
@@ -43,6 +46,24 @@ def key_list(keys, limit=12):
   in all when that is more."""
   keys = list(keys)
   return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def non_finite_keys(arrays):
+  """The keys of `arrays` whose floating-point (or complex) tensor holds a NaN or an Inf.
+  Integer and bool tensors (BatchNorm's `num_batches_tracked`) cannot and are not checked."""
+  return [k for k, v in arrays.items()
+          if np.asarray(v).dtype.kind in "fc" and not np.isfinite(v).all()]
+
+
+def check_finite(arrays, source, error=None):
+  """Raises `error` (default `TorchFileError`) naming `source`, the count and the first few
+  keys of the tensors with NaN / Inf values: a diverged or damaged training run's file, whose
+  images (all black) or embeddings would be NaN."""
+  bad = non_finite_keys(arrays)
+  if bad:
+    raise (error or TorchFileError)(
+        f"{source} has non-finite values (NaN or Inf) in {len(bad)} tensor(s): "
+        f"{key_list(bad, 4)} (saved from a diverged run, or damaged?); nothing was imported")
 
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 PROTOCOL_VERSION = 1001
@@ -443,13 +464,12 @@ def load(path):
   """The object saved by `torch.save` in `path` (either format), tensors as numpy arrays.
 
   Raises:
-    FileNotFoundError: no such file.
+    FileNotFoundError: no such file, or a folder (said to be one).
     TorchFileError: not a `torch.save` file, corrupt or truncated, or its pickle asks for a
       global other than tensors, storages and OrderedDict (refused before anything runs).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"PyTorch weights file not found: {path}")
+  paths.check_file(path)
   with open(path, "rb") as f:
     data = f.read()
   if data[:4] == b"PK\x03\x04":  # what torch itself checks (a zip's first local header)
