@@ -865,7 +865,7 @@ def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
   still the run's (skipped, kept, the manifest follows); a folder outside the run is not."""
   import shutil
   run_a, run_b = str(tmp_path / "run_a"), str(tmp_path / "run_b")
-  shutil.copytree(smoke_run["run"], run_a)
+  shutil.copytree(smoke_run["run"], run_a, ignore=shutil.ignore_patterns("eval"))
   inside = os.path.join(run_a, "eval", "step-2", "test-seed100")
   outside = str(tmp_path / "outside")
   for out in (inside, outside):

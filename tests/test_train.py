@@ -270,8 +270,8 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path):
     for resume in (True, False):
       flags.FLAGS.resume = resume
       with pytest.raises(ValueError, match=f"{run_dir} has no readable checkpoint, only damaged "
-                         "ones set aside \(ckpt-00000001.npz.damaged, ckpt-00000002.npz.damaged"
-                         "\): nothing to resume from"):
+                         "ones set aside \\(ckpt-00000001.npz.damaged, ckpt-00000002.npz.damaged"
+                         "\\): nothing to resume from"):
         train.prepare()
     with open(loss_log) as f:
       assert f.read() == losses
@@ -283,7 +283,7 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path):
     imported.mkdir()
     (imported / "config.json").write_text(json.dumps({"imported": {"from": "DM-GAN G_NET"}}))
     flags.FLAGS.run_dir = str(imported)
-    with pytest.raises(ValueError, match="is an imported run \(DM-GAN G_NET\): it holds "
+    with pytest.raises(ValueError, match="is an imported run \\(DM-GAN G_NET\\): it holds "
                        "generator weights only"):
       train.prepare()
   finally:
