@@ -22,10 +22,24 @@ def file_digest(path, algorithm="sha256"):
 
 
 def _umask():
-  """The process's umask (read by setting it and setting it back; no other way in Python)."""
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
+  """The process's umask. Linux reports it in /proc/self/status; elsewhere it is read by setting
+  it and setting it back, which is process-wide (a file another thread creates in between gets
+  the temporary mask), so that is done once and remembered."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  global _UMASK
+  if _UMASK is None:
+    _UMASK = os.umask(0o022)
+    os.umask(_UMASK)
+  return _UMASK
+
+
+_UMASK = None
 
 
 def atomic_write(path, write_fn):

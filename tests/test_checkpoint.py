@@ -136,17 +136,28 @@ def test_run_directories_are_read_through_one_library_module():
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode):
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode, monkeypatch):
   """Samples, checkpoints and records are as readable as any file the user writes (mkstemp's
-  temporary file is 0600 whatever the umask)."""
+  temporary file is 0600 whatever the umask); also where /proc does not tell the umask."""
+  import builtins  # pylint: disable=g-import-not-at-top
   from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
   old = os.umask(umask)
   try:
-    path = str(tmp_path / "a.png")
-    fileio.atomic_write_bytes(path, b"x")
     with open(tmp_path / "plain", "wb"):
       pass
-    assert os.stat(path).st_mode & 0o777 == mode == os.stat(tmp_path / "plain").st_mode & 0o777
+    assert os.stat(tmp_path / "plain").st_mode & 0o777 == mode
+    path = str(tmp_path / "a.png")
+    fileio.atomic_write_bytes(path, b"x")
+    assert os.stat(path).st_mode & 0o777 == mode
+
+    def no_proc(name, *args, **kwargs):
+      if str(name).startswith("/proc/"):
+        raise OSError("no /proc here")
+      return builtins.open(name, *args, **kwargs)
+    monkeypatch.setattr(fileio, "open", no_proc, raising=False)
+    monkeypatch.setattr(fileio, "_UMASK", None)
+    fileio.atomic_write_bytes(str(tmp_path / "b.png"), b"x")
+    assert os.stat(tmp_path / "b.png").st_mode & 0o777 == mode
     assert os.umask(umask) == umask  # the umask is left as it was
   finally:
     os.umask(old)
