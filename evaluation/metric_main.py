@@ -359,8 +359,10 @@ def _subset(folder, count):
   os.makedirs(sub, exist_ok=True)
   for i in range(count):
     link = os.path.join(sub, sample.image_name(i))
-    if not os.path.exists(link):
-      os.symlink(os.path.join(os.path.abspath(folder), sample.image_name(i)), link)
+    if os.path.lexists(link) and not os.path.exists(link):  # absolute links of before a move
+      os.remove(link)
+    if not os.path.lexists(link):  # relative: the two folders move together with the run
+      os.symlink(os.path.join(os.pardir, os.path.basename(folder), sample.image_name(i)), link)
   m.update(num_images=count, images=m["images"][:count])
   fileio.atomic_write_bytes(os.path.join(sub, sample.MANIFEST), json.dumps(m).encode())
   return sub

@@ -56,7 +56,10 @@ def atomic_write(path, write_fn):
     write_fn(tmp)
     # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask), so
     # samples, checkpoints and records are as readable as any other file the user writes.
-    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+      os.chmod(tmp, 0o666 & ~_umask())
+    except OSError:  # a filesystem without modes (some network and FAT mounts): as it is
+      pass
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -161,9 +161,10 @@ def _compiled(generator):
 
 
 def _inside(path, folder):
-  """Whether `path` lies inside `folder` (both resolved)."""
-  path, folder = os.path.realpath(path), os.path.realpath(folder)
-  return os.path.commonpath([path, folder]) == folder
+  """Whether `path` lies inside `folder`, as written or with links resolved (RUN/eval may be a
+  link to scratch storage)."""
+  return any(os.path.commonpath([resolve(path), resolve(folder)]) == resolve(folder)
+             for resolve in (os.path.abspath, os.path.realpath))
 
 
 def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_num=None,
@@ -279,8 +280,8 @@ def main(argv):
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
-    done = (len([f for f in os.listdir(FLAGS.out) if f.endswith(".png")])
-            if os.path.isdir(FLAGS.out) else 0)
+    done = sum(os.path.isfile(os.path.join(FLAGS.out, image_name(i)))
+               for i in range(FLAGS.num_images))
     sys.exit(f"interrupted: {done} of {FLAGS.num_images} images are in {FLAGS.out}; the same "
              "command continues where it stopped")
   print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "

@@ -125,7 +125,8 @@ def prepare():
         f"({', '.join(os.path.basename(p) for p in aside[:3])}"
         f"{', ...' if len(aside) > 3 else ''}): nothing to resume from, and a new run is not "
         "started over it (nothing was changed). Put a good copy of a checkpoint in "
-        f"{os.path.join(run.run_dir, 'checkpoints')}, or choose another --run_dir")
+        f"{os.path.join(run.run_dir, 'checkpoints')}, or choose another --run_dir (or, to start "
+        "over in this folder, move the .damaged files away)")
   if existing and not FLAGS.resume:
     raise ValueError(f"{run.run_dir} already has checkpoints (newest: step {existing[0]}); pass "
                      "--resume to continue it or choose another --run_dir")

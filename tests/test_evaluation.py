@@ -430,8 +430,24 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
   saved = open(stats, "rb").read()
   with pytest.raises(ValueError, match=f"{stats} holds the statistics of 12 images of "
                      f".*{os.sep}a, not of the images now in the image folder .*{os.sep}b "
-                     "\\(their names or sizes differ\\)"):
+                     "\\(their names or contents differ\\)"):
     fid.folder_statistics(ext, str(tmp_path / "b"), 8, stats)
+  # An image replaced by another of the same size (regenerated into the same folder) ...
+  replaced = tmp_path / "a_moved" / "3.bmp"
+  Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(replaced)
+  size = os.path.getsize(replaced)
+  Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(replaced)
+  assert os.path.getsize(replaced) == size
+  fid.folder_statistics(ext, str(tmp_path / "a_moved"), 8, str(tmp_path / "bmp.npz"))
+  Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(replaced)
+  with pytest.raises(ValueError, match="their names or contents differ"):
+    fid.folder_statistics(ext, str(tmp_path / "a_moved"), 8, str(tmp_path / "bmp.npz"))
+  # ... and statistics kept for images no longer there are used, with a warning.
+  shutil.rmtree(tmp_path / "a_moved")
+  with pytest.warns(UserWarning, match="a_moved is not there: using the statistics in .*a.npz "
+                    "\\(12 images of .*a\\) unchecked"):
+    gone = fid.folder_statistics(ext, str(tmp_path / "a_moved"), 8, stats)
+  np.testing.assert_array_equal(gone[0], first[0])
   assert open(stats, "rb").read() == saved
   fid.save_statistics(str(tmp_path / "nan.npz"), np.full(8, np.nan), np.eye(8))
   with pytest.raises(ValueError, match="nan.npz: mu or sigma has non-finite values"):
@@ -540,15 +556,25 @@ def test_official_fid_separates_a_shifted_set(tmp_path):
     same, other = fid.fid_from_activations(a, b), fid.fid_from_activations(a, c)
   assert same < 0.5 * other, (same, other)
   # A folder of images of several sizes (the in-network resize needs each batch's static size;
-  # the TensorFlow function once retraced shape-generic and failed at the second size).
+  # the TensorFlow function once retraced shape-generic and failed at the second size). Runs of
+  # one size fill two batches each (compiled at the second), their tails are padded to the
+  # batch; a lone size is not padded (a folder of many sizes would run 50x the images).
   from PIL import Image
-  sizes = (64, 40, 64, 300)
+  sizes = (64,) * 5 + (40,) * 5 + (300,)
   for i, size in enumerate(sizes):
-    Image.fromarray(images[i].astype(np.uint8)).resize((size, size)).save(tmp_path / f"{i}.png")
-  act, _ = features.activations(ext, str(tmp_path), batch_size=2)
+    Image.fromarray(images[i].astype(np.uint8)).resize((size, size)).save(
+        tmp_path / f"{i:02d}.png")
+  shapes = []
+
+  def recording(x):
+    shapes.append(x.shape[:2])
+    return ext(x)
+  recording.description, recording.has_logits = ext.description, False
+  act, _ = features.activations(recording, str(tmp_path), batch_size=2)
   assert act.shape == (len(sizes), 2048)
+  assert shapes == [(2, 64)] * 3 + [(2, 40)] * 3 + [(1, 300)], shapes
   for i in range(len(sizes)):
-    alone = ext(features.load_image(str(tmp_path / f"{i}.png"))[None].astype(np.float32))
+    alone = ext(features.load_image(str(tmp_path / f"{i:02d}.png"))[None].astype(np.float32))
     np.testing.assert_allclose(act[i], alone["pool_3"][0], rtol=1e-4, atol=1e-4, err_msg=i)
 
 
@@ -860,6 +886,39 @@ def test_ctrl_c_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
     flags.FLAGS.unparse_flags()
 
 
+def test_a_folder_reached_through_a_link_in_the_run_is_inside_it(tmp_path):
+  (tmp_path / "run").mkdir()
+  (tmp_path / "scratch").mkdir()
+  os.symlink(tmp_path / "scratch", tmp_path / "run" / "eval")  # RUN/eval on scratch storage
+  inside = sample._inside  # pylint: disable=protected-access
+  assert inside(str(tmp_path / "run" / "eval" / "step-2"), str(tmp_path / "run"))
+  assert not inside(str(tmp_path / "scratch" / "step-2"), str(tmp_path / "run"))
+  assert not inside(str(tmp_path / "run_b" / "eval"), str(tmp_path / "run"))
+
+
+def test_subsets_of_a_sample_folder_survive_a_move(tmp_path):
+  """metric_main scores the first N of a larger folder through a folder of links beside it; the
+  links are relative, so they still read after the run is moved (absolute ones of before are
+  replaced)."""
+  from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "run" / "eval" / "test-seed100"
+  folder.mkdir(parents=True)
+  for i in range(3):
+    (folder / sample.image_name(i)).write_bytes(f"image {i}".encode())
+  (folder / sample.MANIFEST).write_text(json.dumps({"num_images": 3, "images": [{}, {}, {}]}))
+  sub = metric_main._subset(str(folder), 2)  # pylint: disable=protected-access
+  assert sorted(os.listdir(sub)) == [sample.image_name(0), sample.image_name(1), sample.MANIFEST]
+  os.rename(tmp_path / "run", tmp_path / "moved")
+  moved = tmp_path / "moved" / "eval" / "test-seed100"
+  link = os.path.join(f"{moved}-first2", sample.image_name(1))
+  assert not os.path.isabs(os.readlink(link)) and open(link, "rb").read() == b"image 1"
+  os.remove(link)
+  os.symlink(str(folder / sample.image_name(1)), link)  # an absolute link, now dangling
+  sub = metric_main._subset(str(moved), 2)  # pylint: disable=protected-access
+  assert open(os.path.join(sub, sample.image_name(1)), "rb").read() == b"image 1"
+  assert json.load(open(os.path.join(sub, sample.MANIFEST)))["num_images"] == 2
+
+
 def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
   """metric_main samples into RUN/eval/...: after the run folder is moved, those images are
   still the run's (skipped, kept, the manifest follows); a folder outside the run is not."""
@@ -875,7 +934,9 @@ def test_images_inside_a_moved_run_count_as_the_runs(smoke_run, tmp_path):
   assert len(before) == 3
   os.rename(run_a, run_b)
   moved = os.path.join(run_b, "eval", "step-2", "test-seed100")
+  stamps = {f: os.stat(os.path.join(moved, f)).st_mtime_ns for f in before}
   m = sample.generate(run_b, moved, 3, batch_size=3, progress=False)
+  assert {f: os.stat(os.path.join(moved, f)).st_mtime_ns for f in before} == stamps  # kept
   assert m["run_dir"] == os.path.abspath(run_b)
   assert sample.read_manifest(moved)["run_dir"] == os.path.abspath(run_b)
   assert {f: open(os.path.join(moved, f), "rb").read() for f in before} == before
