@@ -103,6 +103,9 @@ def prepare():
                # images must not resume a run; the folder may move).
                "train_images": data.num_images, "train_files_sha256": _keys_digest(data.keys)},
       "damsm_dir": os.path.abspath(FLAGS.damsm_dir) if FLAGS.damsm_dir else None,
+      # What the run continues with (not compared on --resume: a new rate is applied).
+      "optimizer": {"lr_g": FLAGS.lr_g, "lr_d": FLAGS.lr_d, "beta1": FLAGS.beta1,
+                    "beta2": FLAGS.beta2, "ema_decay": FLAGS.ema_decay},
       # Not compared on --resume: a checkpoint of N devices resumes on M (the state is
       # replicated and the data position is the global step).
       "world": {"processes": run.world["processes"], "devices": run.world["devices"]},
@@ -198,6 +201,22 @@ def prepare():
     run.step = found[2]["step"]
     if run.is_writer:
       print(f"resumed from {found[1]} (step {run.step})", flush=True)
+    # The learning rates are optimizer variables, so the checkpoint restored the old ones; the
+    # run continues with the flags' (a lower rate to fine-tune), and says so.
+    changed = []
+    for flag, opts, lr in (("lr_g", [gan.g_optimizer], FLAGS.lr_g),
+                           ("lr_d", gan.d_optimizers, FLAGS.lr_d)):
+      old = float(opts[0].learning_rate)
+      if not math.isclose(old, lr, rel_tol=1e-6):
+        for opt in opts:
+          opt.learning_rate = lr
+        changed.append(f"--{flag} {old:g} -> {lr:g}")
+    if changed and run.is_writer:
+      print(f"note: continuing with {', '.join(changed)} (the checkpoint had the old rate)",
+            flush=True)
+    if run.step >= run.max_steps and run.is_writer:
+      print(f"note: the run is at step {run.step}, --max_steps is {run.max_steps}: nothing to "
+            "train (raise --max_steps or --max_epochs to continue it)", flush=True)
   return run
 
 

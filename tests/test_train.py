@@ -233,7 +233,7 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
 
 
-def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path):
+def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   run_dir = str(tmp_path / "run")
@@ -248,7 +248,14 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path):
       good_bytes = f.read()
     flags.FLAGS.max_steps = 4
     flags.FLAGS.resume = True
+    # A new learning rate on --resume is applied (the checkpoint restored the old one), and said.
+    flags.FLAGS.lr_g = 1e-3
+    capsys.readouterr()
     run = train.prepare()
+    assert float(run.gan.g_optimizer.learning_rate) == pytest.approx(1e-3)
+    assert all(float(o.learning_rate) == pytest.approx(2e-4) for o in run.gan.d_optimizers)
+    assert "note: continuing with --lr_g 0.0002 -> 0.001" in capsys.readouterr().out
+    assert run.record["optimizer"]["lr_g"] == 1e-3
     var = run.gan.generator.trainable_variables[0]
     var.assign(np.full(var.shape, np.nan, "float32"))
     with pytest.raises(train.TrainingError, match=r"non-finite loss at step 3 .*ckpt-00000002"):
