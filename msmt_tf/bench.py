@@ -1085,16 +1085,34 @@ def dry_run_commands(path):
   return 1 if failed else 0
 
 
+def _print_table(path):
+  """Prints the tables of the JSON lines in `path`; returns None, or the error to exit with."""
+  results = []
+  try:
+    with open(path) as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          results.append(json.loads(line))
+        except ValueError as e:
+          return f"error: {path} line {number} is not a JSON line of bench ({e})"
+  except OSError as e:
+    return f"error: cannot read --table {path} ({e.strerror or e})"
+  steps = [r for r in results if isinstance(r, dict) and "ms_per_step_median" in r]
+  pipes = [r for r in results if isinstance(r, dict) and r.get("mode") == "pipeline"]
+  if not steps and not pipes:  # --flops_only and --only_parts lines have no table
+    return (f"error: {path} has no step or pipeline timings of bench ({len(results)} JSON lines; "
+            "--flops_only and --only_parts lines are not tabled)")
+  print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
+                                  pipeline_table(pipes) if pipes else "") if t))
+  return None
+
+
 def main(argv):
   del argv
   if FLAGS.table:
-    with open(FLAGS.table) as f:
-      results = [json.loads(l) for l in f if l.strip()]
-    steps = [r for r in results if "ms_per_step_median" in r]  # not --flops_only / parts
-    pipes = [r for r in results if r.get("mode") == "pipeline"]
-    print("\n\n".join(t for t in (markdown_table(steps) if steps else "",
-                                    pipeline_table(pipes) if pipes else "") if t))
-    return
+    sys.exit(_print_table(FLAGS.table))
   if FLAGS.dry_run_commands:
     sys.exit(dry_run_commands(FLAGS.dry_run_commands))
   problem = _flag_problem()

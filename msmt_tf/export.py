@@ -163,6 +163,15 @@ class ServingModule:
 def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=None,
            overwrite=False, max_batch=MAX_BATCH, chunk=CHUNK):
   """Writes the SavedModel to `output` (`.../<name>/<version>`); returns the module."""
+  import keras  # pylint: disable=g-import-not-at-top
+  if keras.backend.backend() != "tensorflow":
+    raise ValueError(f"export writes a TensorFlow SavedModel, and KERAS_BACKEND is "
+                     f"{keras.backend.backend()!r}: run it with KERAS_BACKEND=tensorflow (the "
+                     "default); a run trained under JAX exports the same way")
+  if chunk > max_batch:
+    raise ValueError(f"--serving_chunk {chunk} is larger than --max_batch {max_batch}: a chunk "
+                     "never holds more captions than a request; lower it to at most "
+                     f"{max_batch}")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   if not re.fullmatch(r"\d+", os.path.basename(os.path.normpath(output))):
@@ -175,7 +184,6 @@ def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=
   words_num = words_num or datasets.dataset_spec(
       data_dir or record["data"]["data_dir"], record["data"]["dataset"]).words_num_eval
   module = ServingModule(generator, text_encoder, vocab.words, words_num, max_batch, chunk)
-  import keras  # pylint: disable=g-import-not-at-top
   archive = keras.export.ExportArchive()
   archive.track(generator)
   archive.track(text_encoder)

@@ -617,3 +617,19 @@ def test_profile_summary_attributes_kernels_to_layers(tmp_path):
     res = subprocess.run([sys.executable, "benchmarks/profile_summary.py", "--compare", *args],
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 1 and message in res.stderr, res.stderr[-2000:]
+
+
+def test_table_of_a_bad_file_names_it(tmp_path, capsys):
+  from msmt_tf import bench  # pylint: disable=g-import-not-at-top
+  missing = str(tmp_path / "missing.jsonl")
+  assert bench._print_table(missing).startswith(f"error: cannot read --table {missing} (")
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"backend": "jax"}\n\nnot json\n')
+  assert bench._print_table(str(bad)).startswith(
+      f"error: {bad} line 3 is not a JSON line of bench (")
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text('{"backend": "jax", "gflop_per_step": 1.0}\n')
+  assert bench._print_table(str(empty)) == (
+      f"error: {empty} has no step or pipeline timings of bench (1 JSON lines; --flops_only and "
+      "--only_parts lines are not tabled)")
+  assert capsys.readouterr().out == ""

@@ -155,6 +155,20 @@ def test_export_refuses_bad_output(exported):
     export_lib.export(exported["run"], str(exported["root"] / "models" / "shapes" / "latest"))
   with pytest.raises(FileExistsError, match="already exists"):
     export_lib.export(exported["run"], exported["out"])
+  with pytest.raises(ValueError, match="--serving_chunk 16 is larger than --max_batch 4"):
+    export_lib.export(exported["run"], str(exported["root"] / "m" / "9"), max_batch=4, chunk=16)
+  assert not (exported["root"] / "m").exists()
+
+
+def test_export_under_jax_says_it_needs_tensorflow(tmp_path):
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.export", f"--run_dir={tmp_path}",
+                        f"--output={tmp_path / 'models' / '1'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert ("error: export writes a TensorFlow SavedModel, and KERAS_BACKEND is 'jax': run it with "
+          "KERAS_BACKEND=tensorflow") in res.stderr
+  assert not (tmp_path / "models").exists()
 
 
 def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
