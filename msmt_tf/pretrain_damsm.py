@@ -177,6 +177,12 @@ def main(argv):
              (FLAGS.gamma1, FLAGS.gamma2, FLAGS.gamma3), FLAGS.seed)
   except (DatasetError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    left = [p for p in config.damsm_paths(FLAGS.damsm_dir) if os.path.exists(p)]
+    sys.exit("interrupted before the encoders were finished: "
+             + (f"{', '.join(left)} are a snapshot of an earlier epoch, not fully trained "
+                "encoders; pretraining starts over with --overwrite" if left else
+                "nothing was written; run the same command again"))
   logging.info("DAMSM encoders written to %s", FLAGS.damsm_dir)
   print(f"DAMSM encoders written to {os.path.abspath(FLAGS.damsm_dir)}")
 

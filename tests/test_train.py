@@ -133,6 +133,47 @@ def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   assert f"cannot load the DAMSM encoder {damsm / 'image_encoder.keras'}" in res.stderr
 
 
+def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from msmt_tf import pretrain_damsm  # pylint: disable=g-import-not-at-top
+  damsm = tmp_path / "damsm"
+
+  def interrupted(*args, snapshot=False, **kwargs):
+    if snapshot:  # an epoch's snapshot written before the Ctrl-C
+      shutil.copytree(smoke["damsm"], damsm)
+    raise KeyboardInterrupt
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["pretrain_damsm", "--flagfile=" + os.path.join(REPO, "configs", "smoke.cfg"),
+               f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}"])
+  try:
+    monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
+    with pytest.raises(SystemExit, match="interrupted before the encoders were finished: "
+                       "nothing was written"):
+      pretrain_damsm.main([])
+    monkeypatch.setattr(pretrain_damsm, "pretrain",
+                        lambda *a, **k: interrupted(*a, snapshot=True, **k))
+    with pytest.raises(SystemExit, match="text_encoder.keras, .*image_encoder.keras are a "
+                       "snapshot of an earlier epoch, not fully trained encoders"):
+      pretrain_damsm.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_a_wrong_inception_weights_file_is_named_in_one_line(tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf.models.text_encoder import ImageEncoder  # pylint: disable=g-import-not-at-top
+  garbage = tmp_path / "garbage.h5"
+  garbage.write_bytes(b"not hdf5 at all")
+  other = str(tmp_path / "other.weights.h5")
+  small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+  small.save_weights(other)
+  for path in (str(garbage), other):
+    with pytest.raises(ValueError, match=f"{path} is not a Keras InceptionV3 weights file without "
+                       "the top") as e:
+      ImageEncoder(16, "inception_v3", path)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 600, str(e.value)
+
+
 def test_a_missing_encoder_names_the_command_that_makes_it(tmp_path):
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "image_encoder.keras")

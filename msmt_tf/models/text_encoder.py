@@ -136,8 +136,19 @@ class ImageEncoder(keras.Model):
       if not os.path.isfile(trunk_weights):
         raise FileNotFoundError(f"Inception-v3 trunk weights not found: {trunk_weights}")
     if trunk == "inception_v3":
-      inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
-                                                 input_shape=(299, 299, 3))
+      import warnings  # pylint: disable=g-import-not-at-top
+      try:
+        with warnings.catch_warnings():  # another model's file: a warning per layer, then this
+          warnings.simplefilter("ignore")
+          inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
+                                                     input_shape=(299, 299, 3))
+      except Exception as e:  # h5py's OSError, Keras's ValueError: not the right weights file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(
+            f"{trunk_weights} is not a Keras InceptionV3 weights file without the top "
+            "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or a .weights.h5 of "
+            f"keras.applications.InceptionV3(include_top=False)): {type(e).__name__}: "
+            f"{first}") from e
       self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
                                                  inception.get_layer("mixed10").output],
                                name="inception_trunk")
