@@ -114,6 +114,34 @@ def test_shapes_keeps_existing_output(tmp_path):
   assert (other / "precious.txt").read_text() == "keep me"
 
 
+def test_an_interrupted_shapes_write_is_finished_by_the_same_command(tmp_path, monkeypatch):
+  """A Ctrl-C while the images are written left a folder the same command refused as 'not a
+  shapes dataset' (and --overwrite too): the demo could not start again."""
+  reference = str(tmp_path / "reference")
+  shapes.write_dataset(reference, num_train=4, num_test=2, seed=0, image_size=64)
+  out = str(tmp_path / "s")
+  render, calls = shapes.render_scene, []
+
+  def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return render(*args, **kwargs)
+  monkeypatch.setattr(shapes, "render_scene", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    shapes.write_dataset(out, num_train=4, num_test=2, seed=0, image_size=64)
+  monkeypatch.setattr(shapes, "render_scene", render)
+  assert os.listdir(os.path.join(out, "images")) and not os.path.exists(
+      os.path.join(out, "shapes_manifest.json"))
+  with pytest.raises(FileExistsError, match="holds an unfinished shapes dataset of other "
+                     "parameters"):
+    shapes.write_dataset(out, num_train=5, num_test=2, seed=0, image_size=64)
+  done = shapes.write_dataset(out, num_train=4, num_test=2, seed=0, image_size=64)
+  assert not done["reused"] and _tree_digest(out) == _tree_digest(reference)
+  assert not os.path.exists(os.path.join(out, "shapes_unfinished.json"))
+  assert shapes.write_dataset(out, num_train=4, num_test=2, seed=0, image_size=64)["reused"]
+
+
 def test_shapes_cli_prints_summary(tmp_path):
   out = tmp_path / "cli"
   res = subprocess.run([sys.executable, "-m", "msmt_tf.data.shapes", "--out", str(out),
@@ -492,3 +520,93 @@ def test_inspect_lists_missing_and_corrupt_images_together(fresh_shapes_dir):
   problems = inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=lines.append)
   assert len(problems) == 3 and "has word ids outside" in problems[0], problems
   assert problems[1:] == got["train"]
+
+
+# ----------------------------------------------------------------------------- bad boxes, formats
+
+def test_cub_crop_region_matches_cub_crop_box():
+  """inspect's crop arithmetic is the pipeline's, boxes outside the image included."""
+  rng = np.random.default_rng(2)
+  for _ in range(200):
+    width, height = (int(v) for v in rng.integers(20, 400, 2))
+    box = [float(v) for v in np.round(rng.uniform(0, 500, 4), 1)]
+    want = transforms.cub_crop_box(tf.constant(box, tf.float64), width, height).numpy().tolist()
+    assert datasets.cub_crop_region(box, width, height) == want, (box, width, height)
+
+
+def _set_box_line(root, lineno, values):
+  path = os.path.join(root, "CUB_200_2011", "bounding_boxes.txt")
+  with open(path) as f:
+    lines = f.read().split("\n")
+  lines[lineno - 1] = f"{lineno} {values}"
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+@pytest.mark.parametrize("values", ["100.0 50.0 0.0 80.0", "100.0 nan 80.0 80.0",
+                                    "100.0 50.0 80.0 -3.0"])
+def test_bbox_without_size_or_finite_values_is_refused_at_load(tmp_path, values):
+  root = data_fixtures.write_birds(str(tmp_path / "birds"))
+  _set_box_line(root, 2, values)
+  with pytest.raises(DatasetError, match=r"bounding_boxes\.txt:2: bounding box x y w h = "
+                     + values.replace(".", r"\.") + " needs finite values"):
+    datasets.load_split(root, "birds", "train")
+
+
+def test_bbox_outside_its_image_is_named_by_inspect_and_the_pipeline(tmp_path):
+  root = data_fixtures.write_birds(str(tmp_path / "birds"))
+  _set_box_line(root, 1, "500.0 400.0 50.0 40.0")  # the images are 300x200
+  boxes = os.path.join(root, "CUB_200_2011", "bounding_boxes.txt")
+  image = os.path.join(root, "CUB_200_2011", "images", "001.Black_footed_Albatross",
+                       "Bird_0001.jpg")
+  want = (f"{boxes}:1 (the box of 001.Black_footed_Albatross/Bird_0001): bounding box x=500 "
+          f"y=400 w=50 h=40 lies outside its 300x200 image {image}: the crop around it")
+  problems = inspect_lib.inspect_split(root, "birds", "train", out=lambda _: None)
+  assert len(problems) == 1 and problems[0].startswith(want), problems
+  data = datasets.load_split(root, "birds", "train")
+  pipe = datasets.DataPipeline(data, batch_size=3, words_num=18, base_size=16, seed=0)
+  with pytest.raises(DatasetError) as e:
+    next(iter(pipe))
+  assert e.value.problems == problems and "division" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "TIFF"])
+def test_image_tensorflow_cannot_decode_is_named_with_its_format(fresh_shapes_dir, fmt):
+  """Pillow opens a WebP or TIFF saved as .jpg; TensorFlow does not: inspect applies the
+  pipeline's header test, and the pipeline's failure is one line naming the file."""
+  path = os.path.join(fresh_shapes_dir, "images", "train_000002.jpg")
+  with Image.open(path) as im:
+    im.convert("RGB").save(path, format=fmt)
+  want = f"image is {fmt}, which training cannot decode (only JPEG, PNG, BMP or GIF): {path}"
+  problems = inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=lambda _: None)
+  assert len(problems) == 1 and problems[0].startswith(want), problems
+  data = datasets.load_split(fresh_shapes_dir, "shapes", "train")
+  pipe = datasets.DataPipeline(data, batch_size=12, words_num=8, base_size=16)
+  with pytest.raises(DatasetError) as e:
+    next(iter(pipe))
+  assert e.value.problems == problems and "assertion" not in str(e.value)
+
+
+def test_inspect_finds_a_captions_pickle_of_other_captions(fresh_shapes_dir):
+  quiet = lambda _: None  # pylint: disable=unnecessary-lambda-assignment
+  assert inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=quiet) == []
+  path = os.path.join(fresh_shapes_dir, "captions.pickle")
+  with open(path, "rb") as f:
+    train, test, ixtoword, wordtoix = pickle.load(f)
+  # One caption of 120 replaced (under 1%): tolerated, as in a released pickle.
+  with open(path, "wb") as f:
+    pickle.dump([[train[1]] + train[1:], test, ixtoword, wordtoix], f, protocol=2)
+  assert inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=quiet) == []
+  # Same counts, same vocabulary, every image given the next image's captions.
+  with open(path, "wb") as f:
+    pickle.dump([train[10:] + train[:10], test, ixtoword, wordtoix], f, protocol=2)
+  problems = inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=quiet)
+  assert len(problems) == 1, problems
+  assert problems[0].startswith(f"{path}: 120 of 120 train captions differ from the text/ files "
+                                "(e.g. train_000000 caption 0: text/ has '"), problems
+  assert "train_000001 caption 0" in problems[0] and "train_000002 caption 0" in problems[0]
+  assert "belongs to other captions" in problems[0] and "delete it" in problems[0]
+  assert inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "test", out=quiet) == []
+  # What the message advises: without captions.pickle the loader rebuilds it from text/.
+  os.remove(path)
+  assert inspect_lib.inspect_split(fresh_shapes_dir, "shapes", "train", out=quiet) == []

@@ -24,6 +24,7 @@ element is a stateless function of (seed, epoch, image index), so a pipeline sta
 """
 
 import dataclasses
+import math
 import os
 import pickle
 
@@ -38,11 +39,16 @@ from msmt_tf.data.safe_pickle import safe_load_pickle
 __all__ = [
     "DatasetSpec", "DATASETS", "SplitData", "load_split", "load_captions", "read_caption_file",
     "verify_image", "DataPipeline", "epoch_order", "dataset_spec", "SPEC_FILE", "read_keys",
+    "IMAGE_MAGIC", "header_problem", "cub_crop_region",
 ]
 
 SPLITS = ("train", "test")
 SPEC_FILE = "dataset_spec.json"  # in a `folder` dataset: what the build recorded
 SPEC_FORMAT = "msmt-tf folder dataset"
+# The leading bytes of the formats the pipeline decodes (tf.io.decode_image: JPEG, PNG, BMP, GIF).
+# The pipeline's header test and `header_problem` (inspect, `DataPipeline.diagnose`) both read
+# this table, so a file inspect accepts is one the pipeline decodes.
+IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"BM", "BMP"), (b"GIF8", "GIF"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +134,8 @@ class SplitData:
     captions: per image, `captions_per_image` lists of word ids (each non-empty).
     bboxes: `[N, 4]` float64 `(x, y, w, h)` for birds, else None.
     class_ids: `[N]` int64.
+    bbox_sources: for birds, per image the `bounding_boxes.txt:<line>` its box comes from (named
+      by the messages about a box), else None.
   """
   dataset: str
   data_dir: str
@@ -139,10 +147,19 @@ class SplitData:
   bboxes: object
   vocab: vocab_lib.Vocabulary
   spec: object = None
+  bbox_sources: object = None
 
   @property
   def num_images(self):
     return len(self.keys)
+
+  def image_problem(self, index):
+    """`verify_image` of image `index`, with its bounding box (birds) checked against its size."""
+    if self.bboxes is None:
+      return verify_image(self.image_paths[index])
+    source = self.bbox_sources[index] if self.bbox_sources is not None else "bounding box"
+    return verify_image(self.image_paths[index], self.bboxes[index],
+                        f"{source} (the box of {self.keys[index]})")
 
   @property
   def classes(self):
@@ -314,6 +331,12 @@ def _check_captions(obj, path):
 
 
 def _read_bboxes(data_dir, keys):
+  """The `[N, 4]` boxes of `keys` and, per key, the `bounding_boxes.txt:<line>` it comes from.
+
+  A box whose values are not finite, or whose width or height is not positive, is refused here,
+  naming its line: the crop around it would be empty or undefined, and the pipeline would fail
+  only at the step that reads it.
+  """
   cub = os.path.join(data_dir, "CUB_200_2011")
   images_txt = os.path.join(cub, "images.txt")
   boxes_txt = os.path.join(cub, "bounding_boxes.txt")
@@ -329,7 +352,7 @@ def _read_bboxes(data_dir, keys):
       if len(parts) != 2:
         raise DatasetError(f"{images_txt}:{lineno}: expected '<id> <path.jpg>', got {line!r}")
       id_to_key[parts[0]] = os.path.splitext(parts[1])[0]
-  key_to_box = {}
+  key_to_box, problems = {}, []
   with open(boxes_txt) as f:
     for lineno, line in enumerate(f, 1):
       parts = line.split()
@@ -341,12 +364,19 @@ def _read_bboxes(data_dir, keys):
           raise ValueError
       except ValueError:
         raise DatasetError(f"{boxes_txt}:{lineno}: expected '<id> x y w h', got {line!r}")
+      if not all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+        problems.append(f"{boxes_txt}:{lineno}: bounding box x y w h = {' '.join(parts[1:])} "
+                        f"needs finite values and a width and height > 0")
+        continue
       if parts[0] in id_to_key:
-        key_to_box[id_to_key[parts[0]]] = box
+        key_to_box[id_to_key[parts[0]]] = (box, f"{boxes_txt}:{lineno}")
+  if problems:
+    raise DatasetError(problems, hint="Fix these lines (CUB's own bounding_boxes.txt has none).")
   missing = [k for k in keys if k not in key_to_box]
   if missing:
     raise DatasetError([f"no bounding box for {k} in {boxes_txt}" for k in missing])
-  return np.asarray([key_to_box[k] for k in keys], np.float64)
+  return (np.asarray([key_to_box[k][0] for k in keys], np.float64),
+          [key_to_box[k][1] for k in keys])
 
 
 def load_split(data_dir, dataset, split, check_files=True):
@@ -415,7 +445,7 @@ def load_split(data_dir, dataset, split, check_files=True):
   else:
     class_ids = np.arange(len(keys), dtype=np.int64)
 
-  bboxes = _read_bboxes(data_dir, keys) if spec.uses_bbox else None
+  bboxes, bbox_sources = _read_bboxes(data_dir, keys) if spec.uses_bbox else (None, None)
   image_paths = [os.path.join(data_dir, spec.image_dir, k + spec.image_ext) for k in keys]
   if check_files:
     problems.extend(f"image listed in {split}/filenames.pickle but missing: {p}"
@@ -424,22 +454,66 @@ def load_split(data_dir, dataset, split, check_files=True):
     raise DatasetError(problems, hint=f"Run: python -m msmt_tf.data.inspect --data_dir {data_dir} "
                        f"--dataset {dataset} for a full report.")
   return SplitData(dataset, data_dir, split, keys, image_paths, captions, class_ids, bboxes, vocab,
-                   spec)
+                   spec, bbox_sources)
 
 
-def verify_image(path):
-  """Fully decodes one image with PIL; returns None, or a one-line problem naming the file."""
+def header_problem(path):
+  """The pipeline's header test on one file: None when it starts like a JPEG, PNG, BMP or GIF
+  (`IMAGE_MAGIC`), else a one-line problem naming the file and, where Pillow knows it, its real
+  format (a WebP or TIFF saved as .jpg opens in Pillow, but TensorFlow does not decode it)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if any(head.startswith(magic) for magic, _ in IMAGE_MAGIC):
+    return None
+  try:
+    with Image.open(path) as im:
+      real = im.format
+  except Exception:  # pylint: disable=broad-except  # not an image Pillow knows either
+    real = None
+  if real is None:
+    return f"corrupt or unreadable image: {path} (no JPEG, PNG, BMP or GIF header)"
+  return (f"image is {real}, which training cannot decode (only JPEG, PNG, BMP or GIF): {path}; "
+          f"convert it, e.g. to JPEG")
+
+
+def cub_crop_region(bbox, width, height):
+  """`transforms.cub_crop_box` in plain Python: `[left, top, right, bottom]` of DM-GAN's crop
+  around `bbox` (`[x, y, w, h]`) in a `width` x `height` image; empty when right <= left or
+  bottom <= top (a box outside its image)."""
+  x, y, w, h = (float(v) for v in bbox)
+  r = math.floor(max(w, h) * 0.75)
+  cx, cy = math.floor((2.0 * x + w) / 2.0), math.floor((2.0 * y + h) / 2.0)
+  return [int(max(0.0, cx - r)), int(max(0.0, cy - r)), int(min(width, cx + r)),
+          int(min(height, cy + r))]
+
+
+def verify_image(path, bbox=None, bbox_source="bounding box"):
+  """Applies the pipeline's header test, then fully decodes one image with PIL; with `bbox`
+  (birds), also checks that DM-GAN's crop around it keeps some of the image. Returns None, or a
+  one-line problem naming the file (and `bbox_source`, e.g. `bounding_boxes.txt:<line>`)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
+    problem = header_problem(path)
+    if problem:
+      return problem
     with Image.open(path) as im:
       im.load()
       if im.width < 1 or im.height < 1:
         return f"empty image: {path}"
       im.convert("RGB")
+      size = im.size
   except FileNotFoundError:
     return f"missing image: {path}"
   except Exception as e:  # PIL raises many types for bad files.
     return f"corrupt or unreadable image: {path} ({type(e).__name__}: {e})"
+  if bbox is not None:
+    left, top, right, bottom = cub_crop_region(bbox, *size)
+    if right <= left or bottom <= top:
+      x, y, w, h = (float(v) for v in bbox)
+      return (f"{bbox_source}: bounding box x={x:g} y={y:g} w={w:g} h={h:g} lies outside its "
+              f"{size[0]}x{size[1]} image {path}: the crop around it (centre +- 0.75 max(w, h), "
+              f"clamped to the image) is empty")
   return None
 
 
@@ -556,17 +630,21 @@ class DataPipeline:
 
       path = paths[index]
       raw = tf.io.read_file(path)
-      magic = tf.strings.substr(raw, 0, 4)
-      is_image = tf.reduce_any(tf.stack([
-          tf.strings.substr(magic, 0, 3) == b"\xff\xd8\xff", magic == b"\x89PNG",
-          tf.strings.substr(magic, 0, 2) == b"BM", magic == b"GIF8"]))
+      is_image = tf.reduce_any(tf.stack([  # the same test as `header_problem`
+          tf.strings.substr(raw, 0, len(magic)) == magic for magic, _ in IMAGE_MAGIC]))
       with tf.control_dependencies([tf.debugging.Assert(
           is_image, ["corrupt or non-image file (bad header):", path])]):
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
       if use_bbox:
         shape = tf.shape(image)
         box = transforms.cub_crop_box(bboxes[index], shape[1], shape[0])
-        image = image[box[1]:box[3], box[0]:box[2], :]
+        # A box outside its image leaves an empty crop, which the resize would divide by (an
+        # unnamed "Integer division by zero"): stop here instead; `diagnose` names the file, the
+        # bounding_boxes.txt line and the image size.
+        with tf.control_dependencies([tf.debugging.Assert(
+            tf.logical_and(box[2] > box[0], box[3] > box[1]),
+            ["bounding box outside its image:", path])]):
+          image = tf.identity(image[box[1]:box[3], box[0]:box[2], :])
       image = transforms.resized_crop(image, load_size, max(sizes), s_img if augment else None)
       out = {f"image_{s}": img for s, img in zip(sizes, transforms.image_pyramid(image, sizes))}
       out.update(tokens=ids, length=length, class_id=class_ids[index], index=index, epoch=epoch)
@@ -581,13 +659,15 @@ class DataPipeline:
     return ds.prefetch(tf.data.AUTOTUNE)
 
   def diagnose(self, epoch, batch, lookahead=2):
-    """Names the unreadable images among batch `batch` of `epoch` and the next `lookahead`."""
+    """Names the images the pipeline fails on among batch `batch` of `epoch` and the next
+    `lookahead`: unreadable, not a format TensorFlow decodes (`header_problem`), or (birds)
+    with a bounding box outside the image; one line each."""
     problems = []
     for b in range(batch, batch + 1 + lookahead):
       e, bb = epoch + b // self.batches_per_epoch, b % self.batches_per_epoch
       for idx in self.order(e)[bb * self.batch_size:(bb + 1) * self.batch_size]:
-        problem = verify_image(self.data.image_paths[idx])
-        if problem:
+        problem = self.data.image_problem(idx)
+        if problem and problem not in problems:  # the lookahead may reach the same image again
           problems.append(problem)
     return problems
 
@@ -607,8 +687,8 @@ class DataPipeline:
         return
       except tf.errors.OpError as e:
         problems = self.diagnose(epoch, batch) or [f"{type(e).__name__}: {e.message.strip()}"]
-        raise DatasetError(problems, hint="Replace or remove these images (python -m "
-                           "msmt_tf.data.inspect lists every bad file).") from e
+        raise DatasetError(problems, hint="Replace or remove these images, or fix their boxes "
+                           "(python -m msmt_tf.data.inspect lists every bad file).") from e
       yield {k: v.numpy() for k, v in out.items()} if as_numpy else out
       batch += 1
       if batch == self.batches_per_epoch:

@@ -3,9 +3,11 @@ r"""Checks a dataset folder through the code path training uses, before a long r
     python -m msmt_tf.data.inspect --data_dir data/birds --dataset birds [--split train]
     python -m msmt_tf.data.inspect --data_dir data/NAME   # built from your images (--dataset folder)
 
-Checks: the metadata pickles (restricted unpickler), every listed image exists, opens and decodes
-(all of them, also when the metadata has problems), every caption file exists and has enough
-captions, the vocabulary tables agree, caption ids are in range. Prints counts, vocabulary size and
+Checks: the metadata pickles (restricted unpickler), every listed image exists, has a header
+training decodes (JPEG, PNG, BMP, GIF), opens and decodes (all of them, also when the metadata has
+problems), every birds bounding box leaves a non-empty crop of its image, every caption file exists
+and has enough captions, captions.pickle holds the captions of text/, the vocabulary tables agree,
+caption ids are in range. Prints counts, vocabulary size and
 one batch's shapes; exits 1 listing every problem found in every split.
 """
 
@@ -25,14 +27,48 @@ from msmt_tf.data.errors import DatasetError
 __all__ = ["inspect_split"]
 
 
-def _check_text_files(split_data):
-  problems, skipped = [], 0
+def _short(words, n=6):
+  return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+def _check_text_files(split_data, max_differing=0.01):
+  """Reads every caption file of the split, and compares its captions, mapped to word ids the way
+  the loader builds captions.pickle from text/ (words the vocabulary lacks dropped), with the
+  pickle's. A captions.pickle of other captions with the same counts loads without error, and
+  training would pair every image with wrong captions; more than `max_differing` of the captions
+  differing says so (a few may differ in a released pickle without harm).
+
+  Returns:
+    (problems, skipped caption lines).
+  """
+  problems, skipped, differing, compared = [], 0, [], 0
   variable = split_data.spec is not None and split_data.spec.variable_captions
-  for key, count in zip(split_data.keys, split_data.caption_counts.tolist()):
-    _, bad_lines, bad = datasets.read_key_captions(split_data.data_dir, key, split_data.dataset,
-                                                   count if variable else None)
+  vocab = split_data.vocab
+  for i, (key, count) in enumerate(zip(split_data.keys, split_data.caption_counts.tolist())):
+    caps, bad_lines, bad = datasets.read_key_captions(split_data.data_dir, key, split_data.dataset,
+                                                      count if variable else None)
     problems.extend(bad)
     skipped += len(bad_lines)
+    if bad:
+      continue
+    for j, (tokens, ids) in enumerate(zip(caps, split_data.captions[i])):
+      compared += 1
+      if [vocab.index(t) for t in tokens if t in vocab] != ids:
+        differing.append((key, j, tokens, ids))
+  if len(differing) > max_differing * compared:
+    first = {}  # the first differing caption of each of the first 3 images
+    for d in differing:
+      if len(first) < 3:
+        first.setdefault(d[0], d)
+    examples = "; ".join(f"{key} caption {j}: text/ has {_short(tokens)!r}, captions.pickle "
+                         f"{_short(vocab.decode(ids).split())!r}"
+                         for key, j, tokens, ids in first.values())
+    path = os.path.join(split_data.data_dir, "captions.pickle")
+    problems.append(
+        f"{path}: {len(differing)} of {compared} {split_data.split} captions differ from the "
+        f"text/ files (e.g. {examples}): this captions.pickle belongs to other captions, and "
+        f"training would pair images with them; delete it, and the loader rebuilds it from text/ "
+        f"(with a new vocabulary: a DAMSM text encoder trained with the old one does not fit it)")
   return problems, skipped
 
 
@@ -48,15 +84,18 @@ def _listed_images(data_dir, dataset, split):
   return [os.path.join(data_dir, spec.image_dir, k + spec.image_ext) for k in keys]
 
 
-def _check_images(split, image_paths, decode):
-  """Every listed image that is missing, then (`decode`) every other one that does not decode."""
-  present = [p for p in image_paths if os.path.isfile(p)]
+def _check_images(split, image_paths, decode, verify=None):
+  """Every listed image that is missing, then (`decode`) every other one that `verify(index)`
+  (default: `verify_image` of its path) finds a problem with: the header test training applies,
+  a full decode and, for a loaded birds split, its bounding box against its size."""
+  verify = verify or (lambda i: datasets.verify_image(image_paths[i]))
+  present = [i for i, p in enumerate(image_paths) if os.path.isfile(p)]
   problems = [f"image listed in {split}/filenames.pickle but missing: {p}"
               for p in image_paths if not os.path.isfile(p)]
   if decode:
     workers = max(2, os.cpu_count() or 2)
     with futures.ThreadPoolExecutor(workers) as pool:
-      problems.extend(p for p in pool.map(datasets.verify_image, present) if p)
+      problems.extend(p for p in pool.map(verify, present) if p)
   return problems
 
 
@@ -69,7 +108,7 @@ def inspect_split(data_dir, dataset, split, words_num=None, batch_size=4, check_
     return list(e.problems) + _check_images(split, _listed_images(data_dir, dataset, split),
                                             check_images)
   problems, skipped = _check_text_files(data)
-  problems.extend(_check_images(split, data.image_paths, check_images))
+  problems.extend(_check_images(split, data.image_paths, check_images, data.image_problem))
   spec = data.spec or datasets.DATASETS[dataset]
   words_num = words_num or (spec.words_num_train if split == "train" else spec.words_num_eval)
   lengths = np.asarray([len(c) for caps in data.captions for c in caps])

@@ -45,6 +45,7 @@ BG_STYLES = ("plain", "gradient", "striped")
 CAPTIONS_PER_IMAGE = 10
 _SPLIT_ID = {"train": 0, "test": 1}
 _MANIFEST = "shapes_manifest.json"
+_PARTIAL = "shapes_unfinished.json"  # written first, removed after the manifest: a partial write
 
 
 def class_id_of(kind, colour):
@@ -206,7 +207,9 @@ def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, ove
   """Writes the dataset in the AttnGAN layout; returns a summary dict.
 
   An existing folder made with the same parameters is kept as it is; a folder made with other
-  parameters (or any non-empty folder without our manifest) is refused unless `overwrite`.
+  parameters (or any non-empty folder without our manifest) is refused unless `overwrite`. An
+  interrupted write (its `shapes_unfinished.json` left, no manifest) is finished by the same
+  command (same seed, same bytes); with other parameters it is replaced with `overwrite`.
   """
   import io  # pylint: disable=g-import-not-at-top
   import pickle  # pylint: disable=g-import-not-at-top
@@ -221,24 +224,32 @@ def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, ove
     raise ValueError(f"--image_size must be >= 64, got {image_size}")
   out = os.path.abspath(out)
   manifest_path = os.path.join(out, _MANIFEST)
+  partial_path = os.path.join(out, _PARTIAL)
   if os.path.isdir(out) and os.listdir(out):
-    existing = None
+    existing = partial = None
     if os.path.isfile(manifest_path):
       with open(manifest_path) as f:
         existing = json.load(f)
+    elif os.path.isfile(partial_path):  # a write that was interrupted (Ctrl-C, a killed job)
+      with open(partial_path) as f:
+        partial = json.load(f)
     if existing is not None and existing.get("params") == params:
       return dict(existing["summary"], reused=True)
-    if not overwrite:
-      what = (f"was made with other parameters {existing.get('params')}" if existing
-              else "is not empty and is not a shapes dataset")
-      raise FileExistsError(f"{out} {what}; choose another --out or pass --overwrite")
-    if existing is None:
-      raise FileExistsError(f"refusing to --overwrite {out}: it is not a shapes dataset folder")
-    shutil.rmtree(out)
+    if not (partial is not None and partial.get("params") == params):
+      # (The same parameters as an interrupted write: written again over it, same bytes.)
+      if not overwrite:
+        what = (f"was made with other parameters {existing.get('params')}" if existing else
+                f"holds an unfinished shapes dataset of other parameters {partial.get('params')}"
+                if partial else "is not empty and is not a shapes dataset")
+        raise FileExistsError(f"{out} {what}; choose another --out or pass --overwrite")
+      if existing is None and partial is None:
+        raise FileExistsError(f"refusing to --overwrite {out}: it is not a shapes dataset folder")
+      shutil.rmtree(out)
 
   start = time.time()
   for sub in ("images", "text", "train", "test"):
     os.makedirs(os.path.join(out, sub), exist_ok=True)
+  atomic_write_bytes(partial_path, json.dumps(dict(params=params)).encode())
   tokens, keys, classes = {}, {}, {}
   for split, n in (("train", params["num_train"]), ("test", params["num_test"])):
     tokens[split], keys[split], classes[split] = [], [], []
@@ -273,6 +284,7 @@ def write_dataset(out, num_train=2000, num_test=500, seed=0, image_size=256, ove
       image_size=params["image_size"], seconds=round(time.time() - start, 1))
   atomic_write_bytes(manifest_path, json.dumps(
       dict(params=params, summary=summary), indent=1).encode())
+  os.remove(partial_path)
   return dict(summary, reused=False)
 
 

@@ -19,6 +19,10 @@ __all__ = [
 def cub_crop_box(bbox, width, height):
   """DM-GAN's bounding-box crop: returns `[left, top, right, bottom]` as int32.
 
+  A box outside its image gives right <= left or bottom <= top (an empty crop): the pipeline
+  stops there naming the file, and `datasets.cub_crop_region` (the same arithmetic in Python)
+  lets inspect find such boxes first.
+
   Args:
     bbox: `[x, y, w, h]` float (CUB `bounding_boxes.txt`).
     width, height: image size in pixels.
