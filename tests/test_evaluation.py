@@ -409,19 +409,27 @@ def test_images_of_any_mode_load_as_data_build_converts_them(tmp_path):
   assert (got[:2] == [200, 0, 0]).all() and (got[2:] == 255).all()
 
 
+def _standin_folders(tmp_path, seed, counts):
+  """Folders `tmp_path/<name>` of `count` random 24 px PNGs, and the 8-d stand-in graph's
+  extractor."""
+  from PIL import Image
+  build_standin_graph(str(tmp_path / "g.pb"), width=8)
+  rng = np.random.default_rng(seed)
+  for name, count in counts.items():
+    os.makedirs(tmp_path / name)
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+          tmp_path / name / f"{i}.png")
+  return features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
+
+
 def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
   """--save_stats: statistics written for one folder are reused for the same images (also when
   moved) but refused for other images; non-finite statistics are refused."""
   import shutil
   from PIL import Image
-  build_standin_graph(str(tmp_path / "g.pb"), width=8)
-  ext = features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
-  rng = np.random.default_rng(14)
-  for name, count in (("a", 12), ("b", 3)):
-    os.makedirs(tmp_path / name)
-    for i in range(count):
-      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
-          tmp_path / name / f"{i}.png")
+  ext = _standin_folders(tmp_path, 14, {"a": 12, "b": 3})
+  rng = np.random.default_rng(15)
   stats = str(tmp_path / "a.npz")
   first = fid.folder_statistics(ext, str(tmp_path / "a"), 8, stats)
   shutil.copytree(tmp_path / "a", tmp_path / "a_moved")
@@ -799,15 +807,7 @@ def test_metric_main_checks_every_split_before_generating(smoke_run, tmp_path):
 
 
 def test_fid_of_a_single_image_names_the_set(tmp_path):
-  from PIL import Image
-  build_standin_graph(str(tmp_path / "g.pb"), width=8)
-  ext = features.FrozenGraphExtractor(str(tmp_path / "g.pb"))
-  rng = np.random.default_rng(16)
-  for name, count in (("one", 1), ("three", 3)):
-    os.makedirs(tmp_path / name)
-    for i in range(count):
-      Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
-          tmp_path / name / f"{i}.png")
+  ext = _standin_folders(tmp_path, 16, {"one": 1, "three": 3})
   one, three = str(tmp_path / "one"), str(tmp_path / "three")
   for images, reference, role in ((one, three, "generated images (--images)"),
                                   (three, one, "reference images (--reference)")):
