@@ -4,7 +4,8 @@ r"""The built-in demo: shapes dataset -> DAMSM pretraining -> MSMT-GAN training 
 
 Runs, in order, the same commands a user runs for CUB or COCO:
   1. `python -m msmt_tf.data.shapes` (only if the dataset folder is absent),
-  2. `python -m msmt_tf.pretrain_damsm` (only if the encoders are absent),
+  2. `python -m msmt_tf.pretrain_damsm` (only if the encoders are absent, half written, or a
+     snapshot of an interrupted pretraining),
   3. `python -m msmt_tf.train` (resuming if the run already has checkpoints),
   4. `python -m msmt_tf.export` to `saved_models/shapes_demo/<step>` (if not there yet),
 with `--flagfile=configs/shapes.cfg`, a reduced-size MSMT-GAN (two stages, 64 and 128) sized
@@ -53,6 +54,19 @@ def _run(args):
   return time.time() - start
 
 
+def pretrain_command(cfg, damsm_dir):
+  """The pretrain_damsm command when `damsm_dir` lacks finished encoders (absent, half written,
+  or a snapshot of an interrupted pretraining), else None. The folder is the demo's own, so
+  what is there is replaced (`--overwrite`: pretrain_damsm refuses existing encoders)."""
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  present = [os.path.isfile(os.path.join(damsm_dir, n))
+             for n in ("text_encoder.keras", "image_encoder.keras")]
+  if all(present) and not runs.damsm_snapshot_note(damsm_dir):
+    return None
+  return (["msmt_tf.pretrain_damsm", f"--flagfile={cfg}"]
+          + (["--overwrite"] if any(present) else []))
+
+
 def main(argv):
   del argv
   cfg = FLAGS.config
@@ -68,9 +82,9 @@ def main(argv):
                                f"--num_train={FLAGS.shapes_train}",
                                f"--num_test={FLAGS.shapes_test}",
                                f"--image_size={FLAGS.shapes_image_size}"])
-  if not all(os.path.isfile(os.path.join(damsm_dir, n))
-             for n in ("text_encoder.keras", "image_encoder.keras")):
-    timings["damsm"] = _run(["msmt_tf.pretrain_damsm", f"--flagfile={cfg}"])
+  pretrain = pretrain_command(cfg, damsm_dir)
+  if pretrain:
+    timings["damsm"] = _run(pretrain)
   train = ["msmt_tf.train", f"--flagfile={cfg}"]
   if os.path.isdir(os.path.join(run_dir, "checkpoints")):
     train.append("--resume")

@@ -9,7 +9,9 @@ the text encoder only; loss = word + sentence DAMSM losses (both directions, cla
 Trainable: the text encoder and the image projections (plus the trunk when it is the small demo
 CNN; the Inception-v3 trunk stays frozen). Images are the encoder's input size (299 for
 Inception). Writes `text_encoder.keras` and `image_encoder.keras` into `--damsm_dir` (atomically)
-every `--damsm_snapshot_every` epochs and at the end, and `damsm_log.jsonl` with per-epoch losses.
+every `--damsm_snapshot_every` epochs and at the end, then `pretrain_record.json` (whether they
+are the finished encoders or a snapshot of an earlier epoch: `train` warns of a snapshot), and
+`damsm_log.jsonl` with per-epoch losses.
 Refuses an Inception trunk without `--inception_weights` (it would stay frozen at random), and a
 `--damsm_dir` that already holds encoders unless `--overwrite` is given.
 """
@@ -28,6 +30,7 @@ from absl import flags
 from absl import logging
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top
+from msmt_tf import fileio
 from msmt_tf import runs
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
@@ -83,6 +86,9 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     num_epochs=1)
   log_path = os.path.join(damsm_dir, "damsm_log.jsonl")
   open(log_path, "w").close()  # this run's losses only (main refuses existing encoders)
+  for stale in (runs.PRETRAIN_RECORD, "import_manifest.json"):  # of the encoders replaced
+    if os.path.exists(os.path.join(damsm_dir, stale)):
+      os.remove(os.path.join(damsm_dir, stale))
   history, steps, it = [], 0, train_pipe.iterate(as_numpy=False)
   lr0 = lr
   for epoch in range(epochs):
@@ -117,6 +123,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
       text_path, image_path = config.damsm_paths(damsm_dir)
       runs.save_model(text_enc, text_path)
       runs.save_model(image_enc, image_path)
+      # After both: whether they are the finished encoders or a snapshot (train warns of one).
+      fileio.atomic_write_bytes(os.path.join(damsm_dir, runs.PRETRAIN_RECORD), json.dumps(
+          {"complete": bool(last), "epoch": epoch + 1, "epochs": epochs, "steps": steps,
+           "max_steps": max_steps}).encode())
     if last:
       break
     if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate

@@ -11,6 +11,7 @@ A DAMSM folder (`--damsm_dir`, written by `msmt_tf.pretrain_damsm` or `import_to
 
     <damsm_dir>/text_encoder.keras   RNNTextEncoder
     <damsm_dir>/image_encoder.keras  ImageEncoder
+    <damsm_dir>/pretrain_record.json finished or a snapshot of an earlier epoch (pretrain_damsm)
 
 Entry points (train, export, sample, import_torch) and `evaluation/` read and write these only
 through this module, which imports no entry point.
@@ -23,11 +24,13 @@ from msmt_tf import checkpoint
 from msmt_tf import config
 from msmt_tf import fileio
 
-__all__ = ["CONFIG", "FLAGS_FILE", "read_config", "write_run_files", "load_damsm_encoder",
-           "load_damsm", "save_model", "load_run", "damsm_provenance"]
+__all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "read_config", "write_run_files",
+           "load_damsm_encoder", "load_damsm", "damsm_snapshot_note", "save_model", "load_run",
+           "damsm_provenance"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
+PRETRAIN_RECORD = "pretrain_record.json"
 
 
 def read_config(run_dir):
@@ -79,6 +82,22 @@ def load_damsm_encoder(path, kind):
   if type(model).__name__ != kind:
     raise ValueError(f"{path} holds a {type(model).__name__}, expected a {kind}")
   return model
+
+
+def damsm_snapshot_note(damsm_dir):
+  """A warning when `damsm_dir`'s encoders are a snapshot of an unfinished `pretrain_damsm` (its
+  pretrain_record.json says so), else None (finished, imported, or written before the record)."""
+  path = os.path.join(damsm_dir, PRETRAIN_RECORD)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(record, dict) or record.get("complete", True):
+    return None
+  return (f"the DAMSM encoders in {damsm_dir} are a snapshot of epoch {record.get('epoch')} of "
+          f"{record.get('epochs')}, not finished encoders (pretrain_damsm stopped early; "
+          f"{path}): the GAN's DAMSM losses use them as they are")
 
 
 def load_damsm(damsm_dir, vocab_size, text_dim=None):

@@ -168,6 +168,9 @@ def prepare():
           "the DAMSM losses take other classes as negatives and are 0 for this run",
           file=sys.stderr, flush=True)
   text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab), model_cfg.text_dim)
+  snapshot = runs.damsm_snapshot_note(FLAGS.damsm_dir)
+  if snapshot and run.is_writer:
+    print(f"warning: {snapshot}", file=sys.stderr, flush=True)
 
   if FLAGS.deterministic:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

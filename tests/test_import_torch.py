@@ -438,9 +438,12 @@ def test_cli_imports_a_text_encoder_the_damsm_loader_accepts(tmp_path, shapes_di
   ref = random_rnn_encoder(len(vocab), seed=7)
   pth = save(ref.state_dict(), tmp_path / "text_encoder200.pth", "legacy")
   out = tmp_path / "damsm"
+  out.mkdir()  # a folder an interrupted pretrain_damsm left its record in (no encoders)
+  (out / "pretrain_record.json").write_text('{"complete": false, "epoch": 1, "epochs": 600}')
   res = run_cli("damsm", f"--text_encoder={pth}", f"--data_dir={shapes_dir}", f"--out={out}")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "text_encoder.keras" in res.stdout and "note: no --image_encoder" in res.stdout
+  assert not (out / "pretrain_record.json").exists()  # the imported encoders are not a snapshot
   text_path, image_path = config.damsm_paths(str(out))
   assert not os.path.exists(image_path)
   manifest = json.load(open(out / damsm.MANIFEST_FILE))

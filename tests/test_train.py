@@ -394,6 +394,31 @@ def test_demo_driver_runs_all_steps_and_resumes(tmp_path):
   assert os.path.isfile(tmp_path / "models" / "3" / "saved_model.pb")
 
 
+def test_a_snapshot_of_unfinished_pretraining_is_told_apart(smoke, tmp_path):
+  """pretrain_damsm records whether its encoders are finished; train warns of a snapshot, and the
+  demo pretrains again over a snapshot or a half-written folder (its own)."""
+  from msmt_tf import demo  # pylint: disable=g-import-not-at-top
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(smoke["damsm"], runs.PRETRAIN_RECORD)) as f:
+    assert json.load(f)["complete"] is True  # the fixture's finished pretraining
+  assert runs.damsm_snapshot_note(smoke["damsm"]) is None
+  assert demo.pretrain_command("c.cfg", smoke["damsm"]) is None
+  damsm = tmp_path / "damsm"
+  shutil.copytree(smoke["damsm"], damsm)
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps(
+      {"complete": False, "epoch": 50, "epochs": 600, "steps": 9200, "max_steps": None}))
+  assert runs.damsm_snapshot_note(str(damsm)).startswith(
+      f"the DAMSM encoders in {damsm} are a snapshot of epoch 50 of 600, not finished encoders")
+  assert demo.pretrain_command("c.cfg", str(damsm)) == [
+      "msmt_tf.pretrain_damsm", "--flagfile=c.cfg", "--overwrite"]
+  (damsm / runs.PRETRAIN_RECORD).unlink()  # written before the record, or imported: trusted
+  assert runs.damsm_snapshot_note(str(damsm)) is None
+  (damsm / "image_encoder.keras").unlink()  # stopped between the two saves
+  assert demo.pretrain_command("c.cfg", str(damsm))[-1] == "--overwrite"
+  assert demo.pretrain_command("c.cfg", str(tmp_path / "none")) == [
+      "msmt_tf.pretrain_damsm", "--flagfile=c.cfg"]
+
+
 def test_mixed_precision_step_matches_float32(smoke, tmp_path):
   """bfloat16 compute gives the same first-step losses as float32 to bfloat16 accuracy."""
   runs = {}

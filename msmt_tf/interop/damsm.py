@@ -229,6 +229,9 @@ def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=T
   }
   fileio.atomic_write_bytes(os.path.join(out_dir, MANIFEST_FILE),
                             (json.dumps(manifest, indent=1) + "\n").encode())
+  stale = os.path.join(out_dir, runs.PRETRAIN_RECORD)  # pretrain_damsm's, of replaced encoders
+  if os.path.exists(stale):
+    os.remove(stale)
   return {"text_encoder": text_path, "image_encoder": image_path if image_model else None,
           "vocab_size": vocab_size}
 
