@@ -58,9 +58,8 @@ def pretrain_command(cfg, damsm_dir):
   """The pretrain_damsm command when `damsm_dir` lacks finished encoders (absent, half written,
   or a snapshot of an interrupted pretraining), else None. The folder is the demo's own, so
   what is there is replaced (`--overwrite`: pretrain_damsm refuses existing encoders)."""
-  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
-  present = [os.path.isfile(os.path.join(damsm_dir, n))
-             for n in ("text_encoder.keras", "image_encoder.keras")]
+  from msmt_tf import config, runs  # pylint: disable=g-import-not-at-top
+  present = [os.path.isfile(p) for p in config.damsm_paths(damsm_dir)]
   if all(present) and not runs.damsm_snapshot_note(damsm_dir):
     return None
   return (["msmt_tf.pretrain_damsm", f"--flagfile={cfg}"]

@@ -86,7 +86,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     num_epochs=1)
   log_path = os.path.join(damsm_dir, "damsm_log.jsonl")
   open(log_path, "w").close()  # this run's losses only (main refuses existing encoders)
-  for stale in (runs.PRETRAIN_RECORD, "import_manifest.json"):  # of the encoders replaced
+  for stale in (runs.PRETRAIN_RECORD, runs.IMPORT_MANIFEST):  # of the encoders replaced
     if os.path.exists(os.path.join(damsm_dir, stale)):
       os.remove(os.path.join(damsm_dir, stale))
   history, steps, it = [], 0, train_pipe.iterate(as_numpy=False)

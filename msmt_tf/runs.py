@@ -24,13 +24,15 @@ from msmt_tf import checkpoint
 from msmt_tf import config
 from msmt_tf import fileio
 
-__all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "read_config", "write_run_files",
+__all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_config",
+           "write_run_files",
            "load_damsm_encoder", "load_damsm", "damsm_snapshot_note", "save_model", "load_run",
            "damsm_provenance"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
 PRETRAIN_RECORD = "pretrain_record.json"
+IMPORT_MANIFEST = "import_manifest.json"  # import_torch damsm's (interop.damsm.MANIFEST_FILE)
 
 
 def read_config(run_dir):
@@ -66,7 +68,7 @@ def load_damsm_encoder(path, kind):
   import msmt_tf.models  # pylint: disable=g-import-not-at-top,unused-import  (registers classes)
   if not os.path.isfile(path):
     folder = os.path.dirname(path)
-    if os.path.isfile(os.path.join(folder, "import_manifest.json")):  # import_torch damsm's
+    if os.path.isfile(os.path.join(folder, IMPORT_MANIFEST)):
       raise FileNotFoundError(
           f"DAMSM encoder not found: {path}; {folder} was imported from AttnGAN's files without "
           "this encoder: import it too with python -m msmt_tf.import_torch damsm "
@@ -125,7 +127,7 @@ def damsm_provenance(damsm_dir):
   """Which DAMSM encoders a folder holds, for metric records: AttnGAN's released ones imported
   by `import_torch damsm` (its import_manifest.json: source files and SHA-256), or encoders
   pretrained by this project (`pretrain_damsm`)."""
-  manifest = os.path.join(damsm_dir, "import_manifest.json")
+  manifest = os.path.join(damsm_dir, IMPORT_MANIFEST)
   if os.path.isfile(manifest):
     try:
       with open(manifest) as f:

@@ -112,8 +112,8 @@ def prepare():
   }
   existing = checkpoint.latest(run.run_dir)
   config_path = os.path.join(run.run_dir, runs.CONFIG)
-  imported = (runs.read_config(run.run_dir).get("imported") if os.path.isfile(config_path)
-              else None)
+  recorded = runs.read_config(run.run_dir) if os.path.isfile(config_path) else None
+  imported = recorded and recorded.get("imported")
   if imported:
     raise ValueError(
         f"{run.run_dir} is an imported run ({imported.get('from', 'import_torch')}): it holds "
@@ -140,18 +140,17 @@ def prepare():
            f"has no checkpoint in {os.path.join(run.run_dir, 'checkpoints')}")
     print(f"warning: --resume: {run.run_dir} {why}; starting a new run at step 0",
           file=sys.stderr, flush=True)
-  if FLAGS.resume and os.path.isfile(config_path):
-    old = runs.read_config(run.run_dir)
+  if FLAGS.resume and recorded is not None:
     # A model option added after the run started counts as its default (older config.json).
     added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
     # The split's identity is compared where the run recorded it (runs since 2026-11-27).
-    unrecorded = {k for k in _SPLIT_KEYS if k not in old.get("data", {})}
-    diff = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
+    unrecorded = {k for k in _SPLIT_KEYS if k not in recorded.get("data", {})}
+    diff = [f"{sec}.{k}: {recorded.get(sec, {}).get(k)!r} -> {v!r}"
             for sec in ("model", "loss", "data") for k, v in run.record[sec].items()
             if sec != "data" or k not in {"data_dir"} | unrecorded
-            if old.get(sec, {}).get(k, added.get(k) if sec == "model" else None) != v]
+            if recorded.get(sec, {}).get(k, added.get(k) if sec == "model" else None) != v]
     if diff:
-      split_changed = any(old["data"][k] != run.record["data"][k]
+      split_changed = any(recorded["data"][k] != run.record["data"][k]
                           for k in set(_SPLIT_KEYS) - unrecorded)
       why = ("; the training split differs (a dataset rebuilt or replaced since the run "
              "started): resume it with that data, or start a new --run_dir"

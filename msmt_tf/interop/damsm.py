@@ -32,7 +32,7 @@ __all__ = ["WeightsMismatchError", "check_keys", "text_encoder_keys",
            "text_encoder_from_state_dict", "check_vocab", "read_vocab_size", "check_width",
            "import_damsm", "define_flags", "run_from_flags", "main", "MANIFEST_FILE"]
 
-MANIFEST_FILE = "import_manifest.json"
+MANIFEST_FILE = "import_manifest.json"  # runs.IMPORT_MANIFEST (this module imports runs lazily)
 _TEXT = "AttnGAN's RNN_ENCODER (LSTM, 1 layer, bidirectional)"
 _DIRECTIONS = (("", "forward_layer"), ("_reverse", "backward_layer"))
 _GNET_PREFIXES = ("ca_net.", "h_net1.", "img_net1.")  # the generator G_NET of AttnGAN, DM-GAN
