@@ -136,7 +136,15 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
 
 def check_trunk(trunk, inception_weights):
   """The Inception trunks stay frozen, so they need pretrained weights: without them DAMSM would
-  be trained on a random, frozen feature extractor (and its encoders would be useless)."""
+  be trained on a random, frozen feature extractor (and its encoders would be useless). The small
+  trunk is trained from scratch: weights given for it would be ignored, so they are refused."""
+  if trunk == "small" and inception_weights:
+    raise ValueError(
+        f"--inception_weights={inception_weights} is given, but --image_encoder_trunk=small "
+        "trains its own trunk from scratch and would not use it: pass "
+        "--image_encoder_trunk=inception_v3 (a Keras InceptionV3 no-top .h5) or "
+        "torchvision_inception_v3 (torchvision's .pth) to use the file, or drop "
+        "--inception_weights")
   if trunk != "small" and not inception_weights:
     raise ValueError(
         f"--image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs its "

@@ -68,6 +68,23 @@ def test_image_encoder_shapes_and_frozen_trunk():
     ImageEncoder(trunk_weights="/tmp/no_such_weights.h5")
 
 
+def test_a_saved_image_encoder_loads_without_its_trunk_weights_file(tmp_path):
+  """The .keras archive holds the frozen trunk: loading it needs no ImageNet file (deleted, or
+  on another machine), and gives the same outputs; the file's name stays in the config."""
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  weights = str(tmp_path / "stand_in_inception_notop.weights.h5")  # stand-in: random weights
+  keras.applications.InceptionV3(include_top=False, weights=None).save_weights(weights)
+  enc = ImageEncoder(16, "inception_v3", weights, name="image_encoder")
+  images = rand(2, 64, 64, 3)
+  expected = enc(images)
+  path = str(tmp_path / "image_encoder.keras")
+  runs.save_model(enc, path)
+  os.remove(weights)
+  loaded = runs.load_damsm_encoder(path, "ImageEncoder")
+  assert loaded.trunk_weights == weights and not loaded.trunk.trainable
+  assert_allclose_nested(expected, loaded(images))
+
+
 # ------------------------------------------------------------------------------ discriminator
 
 def test_spectral_norm_normalises_kernel():

@@ -217,6 +217,13 @@ def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_t
     assert (f"error: --image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs "
             "its pretrained weights: pass --inception_weights=PATH") in res.stderr
     assert not fresh.exists()
+  # Weights for the small trunk (trained from scratch) would be ignored: refused, naming the file.
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
+             "--image_encoder_trunk=small", "--inception_weights=/x/inception_notop.h5")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert ("error: --inception_weights=/x/inception_notop.h5 is given, but "
+          "--image_encoder_trunk=small trains its own trunk from scratch") in res.stderr
+  assert not fresh.exists()
   # The batch-too-large error names pretrain_damsm's own flag.
   res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
              "--damsm_batch_size=17")

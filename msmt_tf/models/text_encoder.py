@@ -194,3 +194,15 @@ class ImageEncoder(keras.Model):
   def get_config(self):
     return {**super().get_config(), "nef": self.nef, "trunk": self.trunk_name,
             "trunk_weights": self.trunk_weights, "align_corners": self.align_corners}
+
+  @classmethod
+  def from_config(cls, config):
+    """`trunk_weights` is kept in the config as a record of where the trunk came from, not read
+    again: a saved encoder's archive holds the trunk's weights, and the file may be gone or on
+    another machine. The layer made here has the trunk's architecture; the loader (or the caller
+    of `from_config`) sets its weights."""
+    config = dict(config)
+    source = config.pop("trunk_weights", None)
+    layer = cls(**config)
+    layer.trunk_weights = source
+    return layer
