@@ -206,7 +206,8 @@ flags.DEFINE_string("damsm_dir", None, "Folder with the DAMSM text_encoder.keras
 flags.DEFINE_integer("max_steps", None, "Stop after this many generator steps (total).")
 flags.DEFINE_integer("max_epochs", None, "Stop after this many epochs (paper: 1000 CUB, 210 "
                      "COCO); used when --max_steps is not set.")
-flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --run_dir.")
+flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --run_dir (train); "
+                  "continue the unfinished pretraining in --damsm_dir (pretrain_damsm).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the noise.")
 flags.DEFINE_integer("batch_size", 20, "Batch size (paper: 20).")
 flags.DEFINE_float("lr_g", 2e-4, "Generator Adam learning rate.")

@@ -55,15 +55,18 @@ def _run(args):
 
 
 def pretrain_command(cfg, damsm_dir):
-  """The pretrain_damsm command when `damsm_dir` lacks finished encoders (absent, half written,
-  or a snapshot of an interrupted pretraining), else None. The folder is the demo's own, so
-  what is there is replaced (`--overwrite`: pretrain_damsm refuses existing encoders)."""
+  """The pretrain_damsm command when `damsm_dir` lacks finished encoders, else None: a snapshot
+  of an interrupted pretraining is continued (`--resume`); what else is there (half written) is
+  replaced (`--overwrite`: the folder is the demo's own, and pretrain_damsm refuses existing
+  encoders)."""
   from msmt_tf import config, runs  # pylint: disable=g-import-not-at-top
   present = [os.path.isfile(p) for p in config.damsm_paths(damsm_dir)]
   if all(present) and not runs.damsm_snapshot_note(damsm_dir):
     return None
+  record = runs.read_pretrain_record(damsm_dir) or {}
+  resumable = all(present) and not record.get("writing")
   return (["msmt_tf.pretrain_damsm", f"--flagfile={cfg}"]
-          + (["--overwrite"] if any(present) else []))
+          + (["--resume"] if resumable else ["--overwrite"] if any(present) else []))
 
 
 def main(argv):

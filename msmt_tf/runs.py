@@ -25,9 +25,8 @@ from msmt_tf import config
 from msmt_tf import fileio
 
 __all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_config",
-           "write_run_files",
-           "load_damsm_encoder", "load_damsm", "damsm_snapshot_note", "save_model", "load_run",
-           "damsm_provenance"]
+           "write_run_files", "load_damsm_encoder", "load_damsm", "read_pretrain_record",
+           "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
@@ -86,20 +85,34 @@ def load_damsm_encoder(path, kind):
   return model
 
 
-def damsm_snapshot_note(damsm_dir):
-  """A warning when `damsm_dir`'s encoders are a snapshot of an unfinished `pretrain_damsm` (its
-  pretrain_record.json says so), else None (finished, imported, or written before the record)."""
-  path = os.path.join(damsm_dir, PRETRAIN_RECORD)
+def read_pretrain_record(damsm_dir):
+  """`damsm_dir`'s pretrain_record.json as a dict (pretrain_damsm's: `complete`, `epoch`,
+  `epochs`, `steps`, `max_steps`, `settings`, and `writing` while a snapshot is being saved), or
+  None when it is missing or unreadable (imported encoders, or written before the record)."""
   try:
-    with open(path) as f:
+    with open(os.path.join(damsm_dir, PRETRAIN_RECORD)) as f:
       record = json.load(f)
   except (OSError, ValueError):
     return None
-  if not isinstance(record, dict) or record.get("complete", True):
+  return record if isinstance(record, dict) else None
+
+
+def damsm_snapshot_note(damsm_dir):
+  """A warning when `damsm_dir`'s encoders are a snapshot of an unfinished `pretrain_damsm`, or
+  were being written when it stopped (its pretrain_record.json says so), else None (finished,
+  imported, or written before the record)."""
+  record = read_pretrain_record(damsm_dir)
+  if record is None or record.get("complete", True):
     return None
+  path = os.path.join(damsm_dir, PRETRAIN_RECORD)
+  if record.get("writing"):
+    return (f"the DAMSM encoders in {damsm_dir} were being written when pretrain_damsm stopped "
+            f"(the snapshot of epoch {record.get('epoch')}; {path}): the two encoders may be of "
+            "different epochs; make them again with pretrain_damsm --overwrite")
   return (f"the DAMSM encoders in {damsm_dir} are a snapshot of epoch {record.get('epoch')} of "
           f"{record.get('epochs')}, not finished encoders (pretrain_damsm stopped early; "
-          f"{path}): the GAN's DAMSM losses use them as they are")
+          f"{path}; pretrain_damsm --resume continues it): the GAN's DAMSM losses use them as "
+          "they are")
 
 
 def load_damsm(damsm_dir, vocab_size, text_dim=None):

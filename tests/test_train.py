@@ -141,7 +141,11 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
   def interrupted(*args, snapshot=False, **kwargs):
     if snapshot:  # an epoch's snapshot written before the Ctrl-C
       shutil.copytree(smoke["damsm"], damsm)
+      (damsm / "pretrain_record.json").write_text(json.dumps(
+          {"complete": False, "epoch": 1, "epochs": 3, "steps": 2, "max_steps": None}))
     raise KeyboardInterrupt
+  if "overwrite" not in flags.FLAGS:  # pretrain_damsm defines it when run as a program
+    flags.DEFINE_bool("overwrite", False, "Replace the encoders already in --damsm_dir.")
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["pretrain_damsm", "--flagfile=" + os.path.join(REPO, "configs", "smoke.cfg"),
                f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}"])
@@ -153,7 +157,19 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_damsm, "pretrain",
                         lambda *a, **k: interrupted(*a, snapshot=True, **k))
     with pytest.raises(SystemExit, match="text_encoder.keras, .*image_encoder.keras are a "
-                       "snapshot of an earlier epoch, not fully trained encoders"):
+                       "snapshot of epoch 1 of 3, not fully trained encoders; continue with the "
+                       "same command and --resume"):
+      pretrain_damsm.main([])
+    # --overwrite stopped before its first snapshot: the encoders there before are untouched.
+    (damsm / "pretrain_record.json").write_text(json.dumps({"complete": True, "epoch": 3}))
+    flags.FLAGS.overwrite = True
+    monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
+    with pytest.raises(SystemExit, match="no snapshot of this run was written yet; .* are the "
+                       "encoders that were there before it, unchanged"):
+      pretrain_damsm.main([])
+    flags.FLAGS.resume = True
+    with pytest.raises(SystemExit, match="--resume continues the snapshot in --damsm_dir, "
+                       "--overwrite starts over from scratch: pass one of them"):
       pretrain_damsm.main([])
   finally:
     flags.FLAGS.unparse_flags()
@@ -201,7 +217,7 @@ def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_t
              "--seed=5")
   assert res.returncode == 1 and "Traceback" not in res.stderr
   assert f"error: {damsm / 'text_encoder.keras'} already exists" in res.stderr
-  assert "--overwrite" in res.stderr and digest() == before
+  assert "--overwrite" in res.stderr and "--resume" in res.stderr and digest() == before
   res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
              "--seed=5", "--overwrite")
   assert res.returncode == 0, res.stderr[-2000:]
@@ -380,6 +396,70 @@ def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
   assert hist[1]["lr"] == pytest.approx(0.002 * 0.98)
 
 
+def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypatch):
+  """Ctrl-C after the epoch-2 snapshot, then --resume: epoch 3 equals the uninterrupted run's
+  (the same data order, learning rate and dropout masks; Adam starts afresh every epoch), and the
+  log holds each epoch once. What --resume refuses names the reason."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import pretrain_damsm, runs  # pylint: disable=g-import-not-at-top
+  from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
+  data = datasets.load_split(smoke["data"], "shapes", "train")
+  test = datasets.load_split(smoke["data"], "shapes", "test")
+  cfg = ModelConfig(vocab_size=len(data.vocab), text_dim=16, embedding_dim=12)
+
+  def run(damsm, **kw):
+    return pretrain_damsm.pretrain(data, test, cfg, str(damsm), 8, trunk="small", epochs=3,
+                                   batch_size=8, snapshot_every=2, verbose=False, **kw)
+  ref = run(tmp_path / "ref")
+  damsm = tmp_path / "damsm"
+  seed_dropout = pretrain_damsm.seed_dropout
+
+  def ctrl_c_in_epoch_3(models, seed, epoch):
+    if epoch == 2:
+      raise KeyboardInterrupt
+    seed_dropout(models, seed, epoch)
+  monkeypatch.setattr(pretrain_damsm, "seed_dropout", ctrl_c_in_epoch_3)
+  with pytest.raises(KeyboardInterrupt):
+    run(damsm)
+  monkeypatch.setattr(pretrain_damsm, "seed_dropout", seed_dropout)
+  assert runs.read_pretrain_record(str(damsm))["complete"] is False
+  assert "are a snapshot of epoch 2 of 3, not fully trained encoders; continue with the same " \
+      "command and --resume" in pretrain_damsm.interrupted_message(str(damsm))
+  got = run(damsm, resume=True)
+  # Same process, same ops: equal to float rounding (another dropout mask moves these by 10-30%).
+  assert [e["epoch"] for e in got] == [3] and got[0]["lr"] == ref[2]["lr"]
+  for key in ("steps", "train_word", "train_sent", "test_word", "test_sent"):
+    assert got[0][key] == pytest.approx(ref[2][key], rel=1e-4), key
+  log = [json.loads(l) for l in (damsm / "damsm_log.jsonl").read_text().splitlines()]
+  assert [e["epoch"] for e in log] == [1, 2, 3]
+  assert runs.read_pretrain_record(str(damsm))["complete"] is True
+  for kind, name in (("RNNTextEncoder", "text_encoder.keras"),
+                     ("ImageEncoder", "image_encoder.keras")):
+    a = runs.load_damsm_encoder(str(tmp_path / "ref" / name), kind)
+    b = runs.load_damsm_encoder(str(damsm / name), kind)
+    for x, y in zip(a.trainable_variables, b.trainable_variables):
+      np.testing.assert_allclose(keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(x),
+                                 rtol=1e-4, atol=1e-6)
+  # Refused, naming why: finished; other settings; a snapshot half written; no record.
+  with pytest.raises(ValueError, match="trained to epoch 3 \\(6 steps\\), as far as "
+                     "--damsm_epochs=3 goes: nothing to continue"):
+    run(damsm, resume=True)
+  with pytest.raises(ValueError, match="--damsm_batch_size is 4 here, the snapshot .* was "
+                     "trained with 8"):
+    pretrain_damsm.pretrain(data, test, cfg, str(damsm), 8, trunk="small", epochs=5,
+                            batch_size=4, resume=True)
+  record = runs.read_pretrain_record(str(damsm))
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps({**record, "complete": False,
+                                                        "writing": True}))
+  with pytest.raises(ValueError, match="stopped while writing the snapshot of epoch 3"):
+    run(damsm, resume=True)
+  assert "were being written when pretrain_damsm stopped" in runs.damsm_snapshot_note(str(damsm))
+  (damsm / runs.PRETRAIN_RECORD).unlink()
+  with pytest.raises(ValueError, match="pretrain_record.json is missing or unreadable"):
+    run(damsm, resume=True)
+
+
 def test_demo_driver_runs_all_steps_and_resumes(tmp_path):
   cfg = tmp_path / "demo.cfg"
   with open(os.path.join(REPO, "configs", "smoke.cfg")) as f:
@@ -417,7 +497,10 @@ def test_a_snapshot_of_unfinished_pretraining_is_told_apart(smoke, tmp_path):
   assert runs.damsm_snapshot_note(str(damsm)).startswith(
       f"the DAMSM encoders in {damsm} are a snapshot of epoch 50 of 600, not finished encoders")
   assert demo.pretrain_command("c.cfg", str(damsm)) == [
-      "msmt_tf.pretrain_damsm", "--flagfile=c.cfg", "--overwrite"]
+      "msmt_tf.pretrain_damsm", "--flagfile=c.cfg", "--resume"]
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps(
+      {"complete": False, "writing": True, "epoch": 50, "epochs": 600, "steps": 9200}))
+  assert demo.pretrain_command("c.cfg", str(damsm))[-1] == "--overwrite"  # may be mixed
   (damsm / runs.PRETRAIN_RECORD).unlink()  # written before the record, or imported: trusted
   assert runs.damsm_snapshot_note(str(damsm)) is None
   (damsm / "image_encoder.keras").unlink()  # stopped between the two saves
