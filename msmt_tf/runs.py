@@ -17,6 +17,7 @@ Entry points (train, export, sample, import_torch) and `evaluation/` read and wr
 through this module, which imports no entry point.
 """
 
+import copy
 import json
 import os
 
@@ -26,12 +27,45 @@ from msmt_tf import fileio
 
 __all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_config",
            "write_run_files", "load_damsm_encoder", "load_damsm", "read_pretrain_record",
-           "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance"]
+           "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance", "recorded_flags"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
 PRETRAIN_RECORD = "pretrain_record.json"
 IMPORT_MANIFEST = "import_manifest.json"  # import_torch damsm's (interop.damsm.MANIFEST_FILE)
+
+
+# Packages whose flags a run's flags.txt records; absl (--nohelp, --verbosity, --test_tmpdir,
+# ...) and TensorFlow define further flags on import that say nothing about the run.
+_PROJECT_PACKAGES = ("msmt_tf", "evaluation")
+
+
+def recorded_flags(flag_values, overrides=None):
+  """A run's flags.txt: the project's flags, as `flags_into_string` writes them (by defining
+  module, then name; unset flags left out), without absl's and TensorFlow's own (a flagfile
+  naming those fails in a process that did not import them: TensorFlow's under JAX).
+
+  Args:
+    flag_values: the parsed `FlagValues`.
+    overrides: {flag name: value} the run has where it differs from the command line (for an
+      imported run: the word mask the import chose, `--run_dir` = `--out`); flags not defined
+      are skipped.
+  """
+  overrides = dict(overrides or {})
+  lines, seen = [], set()
+  for module, module_flags in sorted(flag_values.flags_by_module_dict().items()):
+    if module.split(".")[0] not in _PROJECT_PACKAGES:
+      continue
+    for flag in sorted(module_flags, key=lambda f: f.name):
+      if flag.name in seen:
+        continue
+      seen.add(flag.name)
+      if flag.name in overrides:
+        flag = copy.deepcopy(flag)
+        flag.value = overrides[flag.name]
+      if flag.value is not None:
+        lines.append(flag.serialize() + "\n")
+  return "".join(lines)
 
 
 def read_config(run_dir):

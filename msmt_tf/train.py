@@ -271,7 +271,7 @@ def train(run):
   loss_log = os.path.join(run.run_dir, "losses.jsonl")
   writer = None
   if writes:
-    runs.write_run_files(run.run_dir, run.record, FLAGS.flags_into_string())
+    runs.write_run_files(run.run_dir, run.record, runs.recorded_flags(FLAGS))
     _trim_loss_log(loss_log, run.step)
     writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
   run.samples = _fixed_samples(run, FLAGS.num_samples)

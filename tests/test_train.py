@@ -295,6 +295,20 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   res = _run("msmt_tf.train", *args, f"--data_dir={moved}")
   assert res.returncode == 0, res.stderr[-2000:]
   assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
+  # flags.txt is a flagfile for the same run under JAX too, which defines no TensorFlow flags
+  # before parsing: absl's and TensorFlow's own flags are left out of it.
+  flags_txt = os.path.join(run_dir, "flags.txt")
+  with open(flags_txt) as f:
+    text = f.read()
+  assert f"--run_dir={run_dir}\n" in text and "--batch_size=4\n" in text
+  assert "--test_tmpdir" not in text and "--verbosity" not in text
+  if importlib.util.find_spec("jax") is not None:  # parsed; stops at the (missing) dataset
+    missing = str(tmp_path / "no_data")
+    res = subprocess.run([sys.executable, "-m", "msmt_tf.train", f"--flagfile={flags_txt}",
+                          f"--data_dir={missing}"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert res.returncode == 1 and "Flags parsing error" not in res.stderr, res.stderr[-2000:]
+    assert f"error: dataset folder not found: {missing}" in res.stderr
 
 
 def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys):

@@ -46,7 +46,6 @@ caption's padding).
 """
 
 import collections
-import copy
 import dataclasses
 import os
 import re
@@ -59,7 +58,7 @@ from msmt_tf.interop import paths
 from msmt_tf.interop import torch_io
 
 __all__ = ["DMGANImportError", "ImportReport", "key_map", "describe_state_dict",
-           "assign_state_dict", "load_generator", "write_run", "recorded_flags", "define_flags",
+           "assign_state_dict", "load_generator", "write_run", "define_flags",
            "run_from_flags", "main"]
 
 
@@ -429,37 +428,6 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
 
 # ----------------------------------------------------------------------------- CLI
 
-# Packages whose flags a run's flags.txt records; absl (--nohelp, --verbosity, --test_tmpdir,
-# ...) and TensorFlow define further flags on import that say nothing about the run.
-_PROJECT_PACKAGES = ("msmt_tf", "evaluation")
-
-
-def recorded_flags(flag_values, overrides=None):
-  """The imported run's flags.txt: the project's flags, as `flags_into_string` writes them (by
-  defining module, then name; unset flags left out), without absl's and TensorFlow's own.
-
-  Args:
-    flag_values: the parsed `FlagValues`.
-    overrides: {flag name: value} the run has where it differs from the command line (the
-      word mask the import chose, `--run_dir` = `--out`); flags not defined are skipped.
-  """
-  overrides = dict(overrides or {})
-  lines, seen = [], set()
-  for module, module_flags in sorted(flag_values.flags_by_module_dict().items()):
-    if module.split(".")[0] not in _PROJECT_PACKAGES:
-      continue
-    for flag in sorted(module_flags, key=lambda f: f.name):
-      if flag.name in seen:
-        continue
-      seen.add(flag.name)
-      if flag.name in overrides:
-        flag = copy.deepcopy(flag)
-        flag.value = overrides[flag.name]
-      if flag.value is not None:
-        lines.append(flag.serialize() + "\n")
-  return "".join(lines)
-
-
 def define_flags(flag_values=None):
   """Defines the subcommand's flags (`--netG`, `--out`, `--overwrite`) where not yet defined.
 
@@ -482,7 +450,7 @@ def define_flags(flag_values=None):
 def run_from_flags(flag_values=None):
   """Runs the import with the parsed flags; returns (checkpoint path, report, record path)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from msmt_tf import config  # pylint: disable=g-import-not-at-top
+  from msmt_tf import config, runs  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS if flag_values is None else flag_values
   if not fv.netG:
     raise ValueError("--netG (DM-GAN's netG_*.pth) is not set")
@@ -501,7 +469,8 @@ def run_from_flags(flag_values=None):
   loss = dataclasses.asdict(config.loss_config_from_flags())
   data = {"dataset": fv.dataset, "data_dir": fv.data_dir,
           "words_num": config.words_num_from_flags(), "batch_size": fv.batch_size}
-  recorded = recorded_flags(fv, {"dmgan_word_mask": model_cfg.dmgan_word_mask, "run_dir": fv.out})
+  recorded = runs.recorded_flags(fv, {"dmgan_word_mask": model_cfg.dmgan_word_mask,
+                                      "run_dir": fv.out})
   path, report = write_run(fv.netG, fv.out, model_cfg, data, fv.damsm_dir, loss, recorded,
                            fv.seed, fv.overwrite)
   return path, report, model_cfg
