@@ -5,7 +5,7 @@ r"""The built-in demo: shapes dataset -> DAMSM pretraining -> MSMT-GAN training 
 Runs, in order, the same commands a user runs for CUB or COCO:
   1. `python -m msmt_tf.data.shapes` (only if the dataset folder is absent),
   2. `python -m msmt_tf.pretrain_damsm` (only if the encoders are absent, half written, or a
-     snapshot of an interrupted pretraining),
+     snapshot of an interrupted pretraining, which it resumes when the config allows),
   3. `python -m msmt_tf.train` (resuming if the run already has checkpoints),
   4. `python -m msmt_tf.export` to `saved_models/shapes_demo/<step>` (if not there yet),
 with `--flagfile=configs/shapes.cfg`, a reduced-size MSMT-GAN (two stages, 64 and 128) sized
@@ -45,10 +45,14 @@ def _flag_value(path, name):
   return value
 
 
-def _run(args):
+def _run(args, may_refuse=False):
+  """Runs one step; stops the demo when it fails. `may_refuse`: returns None instead when the
+  step exits with status 3 (pretrain_damsm --resume has nothing it can continue)."""
   print("\n$ python -m " + " ".join(args), flush=True)
   start = time.time()
   res = subprocess.run([sys.executable, "-m", *args])
+  if may_refuse and res.returncode == 3:
+    return None
   if res.returncode:
     sys.exit(f"error: step failed (exit {res.returncode}): {' '.join(args)}")
   return time.time() - start
@@ -86,7 +90,11 @@ def main(argv):
                                f"--image_size={FLAGS.shapes_image_size}"])
   pretrain = pretrain_command(cfg, damsm_dir)
   if pretrain:
-    timings["damsm"] = _run(pretrain)
+    timings["damsm"] = _run(pretrain, may_refuse=pretrain[-1] == "--resume")
+    if timings["damsm"] is None:  # a snapshot of other settings: the demo's folder, so again
+      print("the DAMSM snapshot cannot be continued with this config: pretraining again",
+            flush=True)
+      timings["damsm"] = _run(pretrain[:-1] + ["--overwrite"])
   train = ["msmt_tf.train", f"--flagfile={cfg}"]
   if os.path.isdir(os.path.join(run_dir, "checkpoints")):
     train.append("--resume")

@@ -9,7 +9,7 @@ import hashlib
 import os
 import tempfile
 
-__all__ = ["atomic_write", "atomic_write_bytes", "file_digest"]
+__all__ = ["write_aside", "atomic_write", "atomic_write_bytes", "file_digest"]
 
 
 def file_digest(path, algorithm="sha256"):
@@ -42,11 +42,11 @@ def _umask():
 _UMASK = None
 
 
-def atomic_write(path, write_fn):
-  """Calls `write_fn(tmp_path)` and renames the result to `path`.
-
-  The temporary file has the same extension as `path` (some writers, e.g. Keras, require it)
-  and is removed if `write_fn` fails.
+def write_aside(path, write_fn):
+  """Calls `write_fn(tmp_path)` for a hidden temporary file beside `path` and returns its name,
+  with the mode open() would give: the caller moves it into place (`os.replace`), possibly
+  together with others. The temporary file has the same extension as `path` (some writers,
+  e.g. Keras, require it) and is removed if `write_fn` fails.
   """
   folder = os.path.dirname(os.path.abspath(path))
   base = os.path.basename(path)
@@ -60,6 +60,17 @@ def atomic_write(path, write_fn):
       os.chmod(tmp, 0o666 & ~_umask())
     except OSError:  # a filesystem without modes (some network and FAT mounts): as it is
       pass
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return tmp
+
+
+def atomic_write(path, write_fn):
+  """Calls `write_fn(tmp_path)` and renames the result to `path` (`write_aside`)."""
+  tmp = write_aside(path, write_fn)
+  try:
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -12,8 +12,11 @@ Inception). Writes `text_encoder.keras` and `image_encoder.keras` into `--damsm_
 every `--damsm_snapshot_every` epochs and at the end, then `pretrain_record.json` (whether they
 are the finished encoders or a snapshot of an earlier epoch: `train` warns of a snapshot), and
 `damsm_log.jsonl` with per-epoch losses.
-`--resume` continues an interrupted pretraining from its last snapshot (the same data order and
-learning rate; Adam is re-created every epoch anyway), with the snapshot's settings.
+`--resume` continues an interrupted pretraining from its last snapshot as the uninterrupted run
+would have gone on (the same data order, learning rate and dropout masks; Adam starts afresh
+every epoch anyway, and a snapshot taken inside an epoch by `--damsm_max_steps` keeps its
+state), with the snapshot's settings; when it has nothing to continue it says why and exits
+with status 3.
 Refuses an Inception trunk without `--inception_weights` (it would stay frozen at random), and a
 `--damsm_dir` that already holds encoders unless `--overwrite` (start over) or `--resume` is
 given.
@@ -44,11 +47,19 @@ __all__ = ["pretrain"]
 
 
 # The settings a resumed pretraining must share with its snapshot (the encoders' shapes, or the
-# optimisation the remaining epochs continue), and the flag that sets each.
+# optimisation and data order the remaining epochs continue), and the flag that sets each.
 RESUME_SETTINGS = {"vocab_size": "the dataset's vocabulary size", "text_dim": "--text_dim",
                    "trunk": "--image_encoder_trunk", "words_num": "--damsm_words_num",
                    "batch_size": "--damsm_batch_size", "lr": "--damsm_lr",
-                   "gammas": "--gamma1/2/3"}
+                   "gammas": "--gamma1/2/3", "seed": "--seed"}
+# Written with a snapshot taken inside an epoch (a --damsm_max_steps stop): the optimizer's and
+# the dropout layers' state, which the rest of that epoch continues from.
+STATE_FILE = "pretrain_state.npz"
+LOG_FILE = "damsm_log.jsonl"
+
+
+class ResumeRefused(ValueError):
+  """`--resume` has nothing it can continue (the message says why); exit status 3."""
 
 
 def learning_rate(lr0, epochs_done):
@@ -61,52 +72,77 @@ def learning_rate(lr0, epochs_done):
   return lr
 
 
-def resume_point(damsm_dir, settings, epochs, max_steps):
-  """(epochs done, steps done) of the snapshot in `damsm_dir` that `--resume` continues; a
-  ValueError names the reason when there is none to continue."""
+def resume_point(damsm_dir, settings, epochs, max_steps, batches_per_epoch):
+  """Where `--resume` continues the snapshot in `damsm_dir`: (whole epochs done, batches done
+  in the next epoch, steps done). ResumeRefused names the reason when there is nothing to
+  continue."""
   path = os.path.join(damsm_dir, runs.PRETRAIN_RECORD)
+  present = [p for p in config.damsm_paths(damsm_dir) if os.path.isfile(p)]
+  if not present:
+    raise ResumeRefused(f"--resume: {damsm_dir} holds no DAMSM encoders to continue; run "
+                        "without --resume to pretrain them")
   record = runs.read_pretrain_record(damsm_dir)
   if record is None:
-    raise ValueError(f"--resume: {path} is missing or unreadable: {damsm_dir} holds no "
-                     "pretrain_damsm snapshot to continue (its encoders were imported, or written "
-                     "before the record was kept); start over with --overwrite")
+    raise ResumeRefused(f"--resume: {path} is missing or unreadable: {damsm_dir} holds no "
+                        "pretrain_damsm snapshot to continue (its encoders were imported, or "
+                        "written before the record was kept); start over with --overwrite")
   if record.get("writing"):
-    raise ValueError(f"--resume: pretrain_damsm stopped while writing the snapshot of epoch "
-                     f"{record.get('epoch')} ({path}): the two encoders may be of different "
-                     "epochs; start over with --overwrite")
+    raise ResumeRefused(f"--resume: pretrain_damsm stopped while moving the snapshot of epoch "
+                        f"{record.get('epoch')} into place ({path}): the two encoders may be "
+                        "of different epochs; start over with --overwrite")
+  if len(present) < 2:
+    missing = [p for p in config.damsm_paths(damsm_dir) if p not in present]
+    raise ResumeRefused(f"--resume: {missing[0]} is missing: the snapshot is incomplete; start "
+                        "over with --overwrite")
+  try:
+    epoch, steps = int(record["epoch"]), int(record["steps"])
+    batch = int(record.get("batch", batches_per_epoch))
+  except (KeyError, TypeError, ValueError) as e:
+    raise ResumeRefused(f"--resume: {path} does not say where the snapshot stopped ({e!r}); "
+                        "start over with --overwrite") from e
   saved = record.get("settings") or {}
   for key, what in RESUME_SETTINGS.items():
     if key in saved and saved[key] != settings[key]:
-      raise ValueError(f"--resume: {what} is {settings[key]} here, the snapshot in {damsm_dir} "
-                       f"was trained with {saved[key]} ({path}): resume with its settings, or "
-                       "start over with --overwrite")
-  done, steps = int(record["epoch"]), int(record["steps"])
+      raise ResumeRefused(f"--resume: {what} is {settings[key]} here, the snapshot in "
+                          f"{damsm_dir} was trained with {saved[key]} ({path}): resume with its "
+                          "settings, or start over with --overwrite")
+  # Stopped inside an epoch (--damsm_max_steps)? Counted in the batches of the snapshot's run.
+  partial = 0 < batch < int(record.get("batches_per_epoch", batches_per_epoch))
+  if partial and saved.get("train_images", settings["train_images"]) != settings["train_images"]:
+    raise ResumeRefused(f"--resume: the snapshot stopped inside epoch {epoch} of a train split of "
+                        f"{saved['train_images']} images; this one has {settings['train_images']}:"
+                        " the rest of that epoch cannot be found; start over with --overwrite")
+  done = epoch - 1 if partial else epoch
   if done >= epochs or (max_steps and steps >= max_steps):
     limit = (f"--damsm_max_steps={max_steps}" if max_steps and steps >= max_steps
              else f"--damsm_epochs={epochs}")
-    raise ValueError(f"--resume: the encoders in {damsm_dir} are trained to epoch {done} "
-                     f"({steps} steps), as far as {limit} goes: nothing to continue; raise it to "
-                     "train further")
-  return done, steps
+    raise ResumeRefused(f"--resume: the encoders in {damsm_dir} are trained to epoch {epoch} "
+                        f"({steps} steps), as far as {limit} goes: nothing to continue; raise it "
+                        "to train further")
+  return done, (batch if partial else 0), steps
 
 
 def seed_dropout(models, seed, epoch):
   """Sets the random-state variables of the models' dropout layers (Keras seed generators) to a
   function of (seed, epoch, their order): an epoch draws the same dropout masks whether the run
   was resumed before it or not (a saved model does not keep these states: loading draws new
-  ones)."""
+  ones), and no epoch repeats another's."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  states = [v for m in models for v in m.non_trainable_variables
-            if v.path.endswith("seed_generator_state")]
-  for index, v in enumerate(states):
-    # [seed, counter]: each draw adds 1 to the counter; epochs start 2**32 draws apart.
-    v.assign(np.array([(int(seed) * 1_000_003 + index) % 2**31, int(epoch) << 32],
-                      dtype=v.dtype))
+  for index, v in enumerate(_seed_states(models)):
+    # [key, counter]: each draw adds 1 to the counter. Keras reduces both modulo 2**31 - 2
+    # before drawing, so epochs get their own keys, not counters far apart.
+    key = np.random.SeedSequence([int(seed) % 2**32, index, int(epoch)]).generate_state(1)[0]
+    v.assign(np.array([int(key) % (2**31 - 2), 0], dtype=v.dtype))
 
 
-def _keep_log(log_path, epochs_done):
-  """Keeps the log's entries of the epochs the snapshot holds (a stop after the snapshot logged
-  epochs the resumed run trains again)."""
+def _seed_states(models):
+  return [v for m in models for v in m.non_trainable_variables
+          if v.path.endswith("seed_generator_state")]
+
+
+def _read_log(log_path, epochs_done):
+  """The log's entries of the epochs a snapshot holds (a stop after the snapshot logged epochs
+  that the resumed run trains again), as lines."""
   kept = []
   if os.path.isfile(log_path):
     with open(log_path) as f:
@@ -116,49 +152,68 @@ def _keep_log(log_path, epochs_done):
             kept.append(line.rstrip("\n") + "\n")
         except (ValueError, KeyError, TypeError):
           continue
-  fileio.atomic_write_bytes(log_path, "".join(kept).encode())
+  return kept
 
 
 def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
              inception_weights=None, epochs=600, max_steps=None, batch_size=48, lr=0.002,
-             snapshot_every=50, gammas=(4.0, 5.0, 10.0), seed=0, verbose=True, resume=False):
+             snapshot_every=50, gammas=(4.0, 5.0, 10.0), seed=0, verbose=True, resume=False,
+             progress=None):
   """Trains the encoders; returns the list of per-epoch log dicts (of this call's epochs).
-  `resume`: continue the snapshot in `damsm_dir` (its pretrain_record.json) from the next epoch:
-  the same data order and learning rate as an uninterrupted run (Adam starts afresh every epoch,
-  as in AttnGAN, so no optimizer state is lost); the dropout draws differ."""
+
+  `resume`: continue the snapshot in `damsm_dir` (its pretrain_record.json) where it stopped,
+  as the uninterrupted run would have gone on: the same data order, learning rate and dropout
+  masks, and Adam afresh at every epoch as in AttnGAN (a snapshot taken inside an epoch by
+  `max_steps` also holds Adam's and the dropout's state, STATE_FILE).
+  `progress`: a dict this call fills in, for a caller interrupted in it: "resumed" (the epoch
+  it continued from, or None) and "snapshot" (the epoch of the last snapshot it wrote).
+  """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from msmt_tf import losses  # pylint: disable=g-import-not-at-top
   from msmt_tf.models import ImageEncoder  # pylint: disable=g-import-not-at-top
 
+  progress = {} if progress is None else progress
+  progress.update(resumed=None, snapshot=None)
   settings = {"vocab_size": len(data.vocab), "text_dim": model_cfg.text_dim, "trunk": trunk,
               "words_num": words_num, "batch_size": batch_size, "lr": lr,
-              "gammas": [float(g) for g in gammas]}
-  log_path = os.path.join(damsm_dir, "damsm_log.jsonl")
+              "gammas": [float(g) for g in gammas], "seed": int(seed),
+              "train_images": data.num_images}
+  batches_per_epoch = datasets.DataPipeline(data, batch_size, words_num, num_stages=1,
+                                            seed=seed).batches_per_epoch
+  log_path = os.path.join(damsm_dir, LOG_FILE)
+  keras.utils.set_random_seed(seed)
   if resume:
-    done, steps = resume_point(damsm_dir, settings, epochs, max_steps)
-    keras.utils.set_random_seed(seed)
+    done, start_batch, steps = resume_point(damsm_dir, settings, epochs, max_steps,
+                                            batches_per_epoch)
     text_path, image_path = config.damsm_paths(damsm_dir)
     text_enc = runs.load_damsm_encoder(text_path, "RNNTextEncoder")
     image_enc = runs.load_damsm_encoder(image_path, "ImageEncoder")
     if text_enc.vocab_size != len(data.vocab) or image_enc.trunk_name != trunk:
-      raise ValueError(f"--resume: the encoders in {damsm_dir} have a {text_enc.vocab_size}-word "
-                       f"vocabulary and the {image_enc.trunk_name} trunk; this dataset has "
-                       f"{len(data.vocab)} words and --image_encoder_trunk={trunk}; start over "
-                       "with --overwrite")
-    _keep_log(log_path, done)
+      raise ResumeRefused(f"--resume: the encoders in {damsm_dir} have a "
+                          f"{text_enc.vocab_size}-word vocabulary and the {image_enc.trunk_name} "
+                          f"trunk; this dataset has {len(data.vocab)} words and "
+                          f"--image_encoder_trunk={trunk}; start over with --overwrite")
+    log_lines = _read_log(log_path, done + (1 if start_batch else 0))
+    progress["resumed"] = done + (1 if start_batch else 0)
     if verbose:
-      print(f"resuming DAMSM pretraining in {damsm_dir} after epoch {done} ({steps} steps)",
+      where = (f"inside epoch {done + 1} (batch {start_batch} of {batches_per_epoch})"
+               if start_batch else f"after epoch {done}")
+      print(f"resuming DAMSM pretraining in {damsm_dir} {where}, {steps} steps done",
             flush=True)
   else:
     check_trunk(trunk, inception_weights)
-    keras.utils.set_random_seed(seed)
     os.makedirs(damsm_dir, exist_ok=True)
-    done, steps = 0, 0
+    done, start_batch, steps = 0, 0, 0
     text_enc = model_cfg.build_text_encoder(words_num)
     image_enc = ImageEncoder(model_cfg.text_dim, trunk, inception_weights, name="image_encoder")
     image_enc.build((None, image_enc.input_size, image_enc.input_size, 3))
-    open(log_path, "w").close()  # this run's losses only (main refuses existing encoders)
+    log_lines = []
+  # The log on disk follows the encoders on disk: encoders of an earlier pretraining (replaced
+  # with --overwrite) keep their log until this run writes its first snapshot.
+  log_owned = resume or not any(os.path.exists(p) for p in config.damsm_paths(damsm_dir))
+  if log_owned:
+    fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
   size = image_enc.input_size
   g1, g2, g3 = gammas
 
@@ -178,6 +233,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   opt = keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.999)
   opt.build(text_vars + image_vars)
   fresh_state = [v for v in opt.variables if not v.path.endswith("/learning_rate")]
+  inner_state = list(opt.variables) + _seed_states([text_enc, image_enc])
 
   def step(batch):
     with tf.GradientTape() as tape:
@@ -190,7 +246,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
 
   eval_step = tf.function(lambda b: damsm_loss(b, False), reduce_retracing=True)
   train_pipe = datasets.DataPipeline(data, batch_size, words_num, base_size=size, num_stages=1,
-                                     seed=seed, start_epoch=done)
+                                     seed=seed, start_epoch=done, start_batch=start_batch)
   test_pipe = datasets.DataPipeline(test, min(batch_size, test.num_images), words_num,
                                     base_size=size, num_stages=1, seed=seed, augment=False,
                                     num_epochs=1)
@@ -198,13 +254,17 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   lr0, lr = lr, learning_rate(lr, done)
   step_fn = tf.function(step, reduce_retracing=True)
   for epoch in range(done, epochs):
-    for v in fresh_state:  # a fresh Adam each epoch (AttnGAN)
-      v.assign(keras.ops.zeros(v.shape, v.dtype))
+    first_batch = start_batch if epoch == done else 0
+    if first_batch:  # inside an epoch: its Adam and dropout state as the snapshot kept them
+      _restore_state(os.path.join(damsm_dir, STATE_FILE), inner_state)
+    else:
+      for v in fresh_state:  # a fresh Adam each epoch (AttnGAN)
+        v.assign(keras.ops.zeros(v.shape, v.dtype))
+      seed_dropout([text_enc, image_enc], seed, epoch)
     opt.learning_rate = lr
-    seed_dropout([text_enc, image_enc], seed, epoch)
     w_sum = s_sum = 0.0
-    n = 0
-    for _ in range(train_pipe.batches_per_epoch):
+    n = batch_index = 0
+    for batch_index in range(first_batch, batches_per_epoch):
       batch = next(it)
       w, s = step_fn({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
       w_sum, s_sum, n, steps = w_sum + float(w), s_sum + float(s), n + 1, steps + 1
@@ -215,20 +275,32 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     for batch in test_pipe.iterate(as_numpy=False):
       w, s = eval_step({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
       tw, ts, tn = tw + float(w), ts + float(s), tn + 1
-    entry = dict(epoch=epoch + 1, steps=steps, lr=lr, train_word=w_sum / n,
-                 train_sent=s_sum / n, test_word=tw / max(tn, 1), test_sent=ts / max(tn, 1))
+    entry = dict(epoch=epoch + 1, steps=steps, lr=lr, train_word=w_sum / max(n, 1),
+                 train_sent=s_sum / max(n, 1), test_word=tw / max(tn, 1),
+                 test_sent=ts / max(tn, 1))
+    if first_batch:
+      entry["from_batch"] = first_batch  # the means are of this part of the epoch
     history.append(entry)
-    with open(log_path, "a") as f:
-      f.write(json.dumps(entry) + "\n")
+    log_lines.append(json.dumps(entry) + "\n")
+    if log_owned:
+      fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
     if verbose:
       print(f"DAMSM epoch {epoch + 1}: train word {entry['train_word']:.3f} sent "
             f"{entry['train_sent']:.3f} | test word {entry['test_word']:.3f} sent "
             f"{entry['test_sent']:.3f} | lr {lr:.5f}", flush=True)
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:
+      batches = batch_index + 1
+      inner = ([keras.ops.convert_to_numpy(v.value) for v in inner_state]
+               if batches < batches_per_epoch else None)
       _save_snapshot(damsm_dir, text_enc, image_enc, {
-          "complete": bool(last), "epoch": epoch + 1, "epochs": epochs, "steps": steps,
-          "max_steps": max_steps, "settings": settings})
+          "complete": bool(last), "epoch": epoch + 1, "batch": batches,
+          "batches_per_epoch": batches_per_epoch, "epochs": epochs, "steps": steps,
+          "max_steps": max_steps, "settings": settings}, inner)
+      progress["snapshot"] = epoch + 1
+      if not log_owned:  # the first snapshot of a run over older encoders: their log goes too
+        fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
+        log_owned = True
     if last:
       break
     if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate
@@ -236,19 +308,56 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   return history
 
 
-def _save_snapshot(damsm_dir, text_enc, image_enc, record):
-  """Saves both encoders (each atomically) between two writes of pretrain_record.json: the first
-  says a snapshot is being written (a stop between the two saves would leave encoders of two
-  epochs: train warns, --resume refuses), the second what they are (finished, or a snapshot)."""
+def _restore_state(path, variables):
+  """Sets `variables` (Adam's, then the dropout seed states) from a snapshot's STATE_FILE."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(path) as f:
+      values = [f[f"v{i}"] for i in range(len(f.files))]
+  except (OSError, ValueError, KeyError) as e:
+    raise ResumeRefused(f"--resume: cannot read {path} (the optimizer state of a snapshot taken "
+                        f"inside an epoch: {type(e).__name__}: {e}); start over with "
+                        "--overwrite") from e
+  shapes = [tuple(v.shape) for v in variables]
+  if [tuple(x.shape) for x in values] != shapes:
+    raise ResumeRefused(f"--resume: {path} holds {len(values)} arrays that do not match the "
+                        f"encoders' {len(shapes)} optimizer and dropout states; start over with "
+                        "--overwrite")
+  for v, x in zip(variables, values):
+    v.assign(x.astype(v.dtype))
+
+
+def _save_snapshot(damsm_dir, text_enc, image_enc, record, inner_state=None):
+  """Writes both encoders (and `inner_state`, Adam's and the dropout's state of a snapshot taken
+  inside an epoch) to hidden files first, then moves them into place between two writes of
+  pretrain_record.json: the first says a snapshot is being moved in (a stop in that instant
+  would leave encoders of two epochs: train warns, --resume refuses), the second what they are
+  (finished, or a snapshot). A stop while the files are written leaves the last snapshot and its
+  record as they were."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  text_path, image_path = config.damsm_paths(damsm_dir)
+  state_path = os.path.join(damsm_dir, STATE_FILE)
+  moves = []
+  try:
+    moves.append((fileio.write_aside(text_path, text_enc.save), text_path))
+    moves.append((fileio.write_aside(image_path, image_enc.save), image_path))
+    if inner_state is not None:
+      moves.append((fileio.write_aside(state_path, lambda p: np.savez(
+          p, **{f"v{i}": x for i, x in enumerate(inner_state)})), state_path))
+  except BaseException:
+    for tmp, _ in moves:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+    raise
   record_path = os.path.join(damsm_dir, runs.PRETRAIN_RECORD)
   fileio.atomic_write_bytes(record_path, json.dumps(
       {**record, "complete": False, "writing": True}).encode())
-  manifest = os.path.join(damsm_dir, runs.IMPORT_MANIFEST)  # of imported encoders replaced
-  if os.path.exists(manifest):
-    os.remove(manifest)
-  text_path, image_path = config.damsm_paths(damsm_dir)
-  runs.save_model(text_enc, text_path)
-  runs.save_model(image_enc, image_path)
+  for tmp, path in moves:
+    os.replace(tmp, path)
+  for stale in ([] if inner_state is not None else [state_path]) + [
+      os.path.join(damsm_dir, runs.IMPORT_MANIFEST)]:  # of encoders replaced
+    if os.path.exists(stale):
+      os.remove(stale)
   fileio.atomic_write_bytes(record_path, json.dumps(record).encode())
 
 
@@ -285,22 +394,33 @@ def check_classes(data):
         "build without --class_column (every image its own class)")
 
 
-def interrupted_message(damsm_dir):
-  """What Ctrl-C leaves in `damsm_dir`, and the command that goes on from there."""
+def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False):
+  """What Ctrl-C leaves in `damsm_dir`, and the command that goes on from there. `progress`: what
+  the interrupted `pretrain` call filled in; `resume`, `overwrite`: its command's flags."""
+  progress = progress or {}
   left = [p for p in config.damsm_paths(damsm_dir) if os.path.exists(p)]
   record = runs.read_pretrain_record(damsm_dir) or {}
   head = "interrupted before the encoders were finished: "
   if not left:
     return head + "nothing was written; run the same command again"
   if record.get("writing"):
-    return (head + f"stopped while writing the snapshot of epoch {record.get('epoch')}: "
-            f"{', '.join(left)} may be of different epochs; start over with --overwrite")
-  if record and not record.get("complete", True):
-    return (head + f"{', '.join(left)} are a snapshot of epoch {record.get('epoch')} of "
-            f"{record.get('epochs')}, not fully trained encoders; continue with the same command "
-            "and --resume (or start over with --overwrite)")
-  return (head + f"no snapshot of this run was written yet; {', '.join(left)} are the encoders "
-          "that were there before it, unchanged")
+    return (head + f"stopped while moving the snapshot of epoch {record.get('epoch')} into "
+            f"place: {', '.join(left)} may be of different epochs; start over with --overwrite")
+  if progress.get("snapshot") is None and progress.get("resumed") is None:
+    earlier = (f" (a snapshot of epoch {record.get('epoch')} of {record.get('epochs')} of an "
+               "earlier pretraining)" if record and not record.get("complete", True) else "")
+    return (head + f"no snapshot of this run was written yet; {', '.join(left)} are the "
+            f"encoders that were there before it, unchanged{earlier}; run the same command "
+            "again to start over")
+  go_on = ("the same command" if resume else "the same command with --resume instead of "
+           "--overwrite" if overwrite else "the same command and --resume")
+  epoch = record.get("epoch")
+  if record.get("complete", True):  # a finished pretraining resumed for more epochs
+    return (head + f"{', '.join(left)} are as trained to epoch {epoch} (no newer snapshot); "
+            f"continue with {go_on}")
+  return (head + f"{', '.join(left)} are a snapshot of epoch {epoch} of "
+          f"{record.get('epochs')}, not fully trained encoders; continue with {go_on} (or start "
+          "over with --overwrite)")
 
 
 def main(argv):
@@ -323,6 +443,7 @@ def main(argv):
     except ValueError as e:
       sys.exit(f"error: {e}")
   words_num = FLAGS.damsm_words_num or (15 if FLAGS.dataset == "coco" else 18)
+  progress = {}
   try:
     data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
     test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
@@ -333,11 +454,15 @@ def main(argv):
     pretrain(data, test, model_cfg, FLAGS.damsm_dir, words_num, FLAGS.image_encoder_trunk,
              FLAGS.inception_weights, FLAGS.damsm_epochs, FLAGS.damsm_max_steps,
              FLAGS.damsm_batch_size, FLAGS.damsm_lr, FLAGS.damsm_snapshot_every,
-             (FLAGS.gamma1, FLAGS.gamma2, FLAGS.gamma3), FLAGS.seed, resume=FLAGS.resume)
+             (FLAGS.gamma1, FLAGS.gamma2, FLAGS.gamma3), FLAGS.seed, resume=FLAGS.resume,
+             progress=progress)
+  except ResumeRefused as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
   except (DatasetError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
-    sys.exit(interrupted_message(FLAGS.damsm_dir))
+    sys.exit(interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite))
   logging.info("DAMSM encoders written to %s", FLAGS.damsm_dir)
   print(f"DAMSM encoders written to {os.path.abspath(FLAGS.damsm_dir)}")
 

@@ -138,11 +138,13 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
   from msmt_tf import pretrain_damsm  # pylint: disable=g-import-not-at-top
   damsm = tmp_path / "damsm"
 
-  def interrupted(*args, snapshot=False, **kwargs):
+  def interrupted(*args, snapshot=False, progress=None, **kwargs):
+    progress.update(resumed=None, snapshot=None)
     if snapshot:  # an epoch's snapshot written before the Ctrl-C
       shutil.copytree(smoke["damsm"], damsm)
       (damsm / "pretrain_record.json").write_text(json.dumps(
           {"complete": False, "epoch": 1, "epochs": 3, "steps": 2, "max_steps": None}))
+      progress["snapshot"] = 1
     raise KeyboardInterrupt
   if "overwrite" not in flags.FLAGS:  # pretrain_damsm defines it when run as a program
     flags.DEFINE_bool("overwrite", False, "Replace the encoders already in --damsm_dir.")
@@ -160,12 +162,20 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
                        "snapshot of epoch 1 of 3, not fully trained encoders; continue with the "
                        "same command and --resume"):
       pretrain_damsm.main([])
-    # --overwrite stopped before its first snapshot: the encoders there before are untouched.
-    (damsm / "pretrain_record.json").write_text(json.dumps({"complete": True, "epoch": 3}))
+    # --overwrite stopped before its first snapshot: the encoders there before are untouched
+    # (here a snapshot of an earlier pretraining: its record is still there).
     flags.FLAGS.overwrite = True
     monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
     with pytest.raises(SystemExit, match="no snapshot of this run was written yet; .* are the "
-                       "encoders that were there before it, unchanged"):
+                       "encoders that were there before it, unchanged \\(a snapshot of epoch 1 "
+                       "of 3 of an earlier pretraining\\); run the same command again"):
+      pretrain_damsm.main([])
+    # ... and after its first one: --resume instead of --overwrite.
+    monkeypatch.setattr(pretrain_damsm, "pretrain",
+                        lambda *a, **k: interrupted(*a, snapshot=True, **k))
+    shutil.rmtree(damsm)
+    with pytest.raises(SystemExit, match="continue with the same command with --resume instead "
+                       "of --overwrite"):
       pretrain_damsm.main([])
     flags.FLAGS.resume = True
     with pytest.raises(SystemExit, match="--resume continues the snapshot in --damsm_dir, "
@@ -233,6 +243,12 @@ def test_damsm_pretraining_keeps_existing_encoders_and_refuses_a_random_frozen_t
     assert (f"error: --image_encoder_trunk={trunk} is frozen during DAMSM pretraining and needs "
             "its pretrained weights: pass --inception_weights=PATH") in res.stderr
     assert not fresh.exists()
+  # --resume with nothing to continue: exit status 3 (the demo's cue), the reason, no traceback.
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
+             "--resume")
+  assert res.returncode == 3 and "Traceback" not in res.stderr
+  assert f"error: --resume: {fresh} holds no DAMSM encoders to continue" in res.stderr
+  assert not fresh.exists()
   # Weights for the small trunk (trained from scratch) would be ignored: refused, naming the file.
   res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={fresh}",
              "--image_encoder_trunk=small", "--inception_weights=/x/inception_notop.h5")
@@ -411,20 +427,37 @@ def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
 
 
 def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypatch):
-  """Ctrl-C after the epoch-2 snapshot, then --resume: epoch 3 equals the uninterrupted run's
-  (the same data order, learning rate and dropout masks; Adam starts afresh every epoch), and the
-  log holds each epoch once. What --resume refuses names the reason."""
+  """Two interruptions, each resumed with --resume, end where the uninterrupted run ends (the
+  same data order, learning rate and dropout masks; Adam afresh every epoch, or as saved inside
+  an epoch): Ctrl-C after the epoch-2 snapshot, and a --damsm_max_steps stop inside epoch 2
+  continued with a larger budget. What --resume refuses names the reason."""
   import keras  # pylint: disable=g-import-not-at-top
   from msmt_tf import pretrain_damsm, runs  # pylint: disable=g-import-not-at-top
   from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
-  data = datasets.load_split(smoke["data"], "shapes", "train")
+  data = datasets.load_split(smoke["data"], "shapes", "train")  # 16 images: 2 batches of 8
   test = datasets.load_split(smoke["data"], "shapes", "test")
   cfg = ModelConfig(vocab_size=len(data.vocab), text_dim=16, embedding_dim=12)
 
   def run(damsm, **kw):
-    return pretrain_damsm.pretrain(data, test, cfg, str(damsm), 8, trunk="small", epochs=3,
-                                   batch_size=8, snapshot_every=2, verbose=False, **kw)
+    return pretrain_damsm.pretrain(data, test, cfg, str(damsm), 8, trunk="small",
+                                   **{"epochs": 3, "batch_size": 8, "snapshot_every": 2,
+                                      "verbose": False, **kw})
+
+  def same_encoders(got_dir):
+    for kind, name in (("RNNTextEncoder", "text_encoder.keras"),
+                       ("ImageEncoder", "image_encoder.keras")):
+      a = runs.load_damsm_encoder(str(tmp_path / "ref" / name), kind)
+      b = runs.load_damsm_encoder(str(got_dir / name), kind)
+      for x, y in zip(a.trainable_variables, b.trainable_variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(x),
+                                   rtol=1e-4, atol=1e-6)
+  # Same process, same ops: equal to float rounding (another dropout mask moves these by 10-30%).
+  def same_epoch(got, want):
+    assert got["epoch"] == want["epoch"] and got["lr"] == want["lr"]
+    for key in ("steps", "train_word", "train_sent", "test_word", "test_sent"):
+      assert got[key] == pytest.approx(want[key], rel=1e-4), key
+
   ref = run(tmp_path / "ref")
   damsm = tmp_path / "damsm"
   seed_dropout = pretrain_damsm.seed_dropout
@@ -434,44 +467,81 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
       raise KeyboardInterrupt
     seed_dropout(models, seed, epoch)
   monkeypatch.setattr(pretrain_damsm, "seed_dropout", ctrl_c_in_epoch_3)
+  progress = {}
   with pytest.raises(KeyboardInterrupt):
-    run(damsm)
+    run(damsm, progress=progress)
   monkeypatch.setattr(pretrain_damsm, "seed_dropout", seed_dropout)
   assert runs.read_pretrain_record(str(damsm))["complete"] is False
+  assert progress == {"resumed": None, "snapshot": 2}
   assert "are a snapshot of epoch 2 of 3, not fully trained encoders; continue with the same " \
-      "command and --resume" in pretrain_damsm.interrupted_message(str(damsm))
+      "command and --resume" in pretrain_damsm.interrupted_message(str(damsm), progress)
   got = run(damsm, resume=True)
-  # Same process, same ops: equal to float rounding (another dropout mask moves these by 10-30%).
-  assert [e["epoch"] for e in got] == [3] and got[0]["lr"] == ref[2]["lr"]
-  for key in ("steps", "train_word", "train_sent", "test_word", "test_sent"):
-    assert got[0][key] == pytest.approx(ref[2][key], rel=1e-4), key
+  assert [e["epoch"] for e in got] == [3]
+  same_epoch(got[0], ref[2])
   log = [json.loads(l) for l in (damsm / "damsm_log.jsonl").read_text().splitlines()]
   assert [e["epoch"] for e in log] == [1, 2, 3]
   assert runs.read_pretrain_record(str(damsm))["complete"] is True
-  for kind, name in (("RNNTextEncoder", "text_encoder.keras"),
-                     ("ImageEncoder", "image_encoder.keras")):
-    a = runs.load_damsm_encoder(str(tmp_path / "ref" / name), kind)
-    b = runs.load_damsm_encoder(str(damsm / name), kind)
-    for x, y in zip(a.trainable_variables, b.trainable_variables):
-      np.testing.assert_allclose(keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(x),
-                                 rtol=1e-4, atol=1e-6)
-  # Refused, naming why: finished; other settings; a snapshot half written; no record.
-  with pytest.raises(ValueError, match="trained to epoch 3 \\(6 steps\\), as far as "
-                     "--damsm_epochs=3 goes: nothing to continue"):
+  same_encoders(damsm)
+  # A step budget that ends inside epoch 2 (step 3 of 2 + 2), then a larger one: the rest of
+  # epoch 2 with the Adam and dropout state saved at the stop, then epoch 3.
+  budget = tmp_path / "budget"
+  run(budget, max_steps=3)
+  record = runs.read_pretrain_record(str(budget))
+  assert (record["complete"], record["epoch"], record["batch"]) == (True, 2, 1)
+  assert (budget / pretrain_damsm.STATE_FILE).is_file()
+  got = run(budget, resume=True)
+  assert [(e["epoch"], e.get("from_batch")) for e in got] == [(2, 1), (3, None)]
+  same_epoch(got[1], ref[2])
+  same_encoders(budget)
+  assert not (budget / pretrain_damsm.STATE_FILE).exists()  # the end is a whole epoch
+  # Refused, naming why: finished; other settings; a snapshot half moved in; a record that says
+  # nothing; no record; no encoders.
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="trained to epoch 3 \\(6 steps\\), as "
+                     "far as --damsm_epochs=3 goes: nothing to continue"):
     run(damsm, resume=True)
-  with pytest.raises(ValueError, match="--damsm_batch_size is 4 here, the snapshot .* was "
-                     "trained with 8"):
-    pretrain_damsm.pretrain(data, test, cfg, str(damsm), 8, trunk="small", epochs=5,
-                            batch_size=4, resume=True)
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="--damsm_batch_size is 4 here, the "
+                     "snapshot .* was trained with 8"):
+    run(damsm, epochs=5, batch_size=4, resume=True)
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="--seed is 1 here"):
+    run(damsm, epochs=5, seed=1, resume=True)
   record = runs.read_pretrain_record(str(damsm))
   (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps({**record, "complete": False,
                                                         "writing": True}))
-  with pytest.raises(ValueError, match="stopped while writing the snapshot of epoch 3"):
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="stopped while moving the snapshot of "
+                     "epoch 3 into place"):
     run(damsm, resume=True)
   assert "were being written when pretrain_damsm stopped" in runs.damsm_snapshot_note(str(damsm))
-  (damsm / runs.PRETRAIN_RECORD).unlink()
-  with pytest.raises(ValueError, match="pretrain_record.json is missing or unreadable"):
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps({"complete": False}))
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="does not say where the snapshot "
+                     "stopped"):
     run(damsm, resume=True)
+  (damsm / runs.PRETRAIN_RECORD).unlink()
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="pretrain_record.json is missing or "
+                     "unreadable"):
+    run(damsm, resume=True)
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="holds no DAMSM encoders to continue; "
+                     "run without --resume"):
+    run(tmp_path / "empty", resume=True)
+
+
+def test_dropout_masks_are_the_epochs_own(smoke):
+  """seed_dropout gives each epoch its own masks (Keras reduces a seed generator's state modulo
+  2**31 - 2, so counters 2**32 apart would repeat with a shift) and the same masks again for
+  the same epoch (what a resumed run relies on)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from msmt_tf.pretrain_damsm import seed_dropout  # pylint: disable=g-import-not-at-top
+  enc = ModelConfig(vocab_size=20, text_dim=16, embedding_dim=12).build_text_encoder(8)
+  ones = keras.ops.ones((4, 32))
+
+  def masks(epoch, draws=12):
+    seed_dropout([enc], 0, epoch)
+    return [keras.ops.convert_to_numpy(enc.drop(ones, training=True)) != 0
+            for _ in range(draws)]
+  e0, e1 = masks(0), masks(1)
+  assert all((a == b).all() for a, b in zip(e0, masks(0)))
+  for a in e1:
+    assert not any((a == b).all() for b in e0)
 
 
 def test_demo_driver_runs_all_steps_and_resumes(tmp_path):
@@ -521,6 +591,50 @@ def test_a_snapshot_of_unfinished_pretraining_is_told_apart(smoke, tmp_path):
   assert demo.pretrain_command("c.cfg", str(damsm))[-1] == "--overwrite"
   assert demo.pretrain_command("c.cfg", str(tmp_path / "none")) == [
       "msmt_tf.pretrain_damsm", "--flagfile=c.cfg"]
+
+
+def test_demo_pretrains_again_when_its_snapshot_cannot_be_resumed(tmp_path, monkeypatch):
+  """The demo resumes its DAMSM snapshot; when pretrain_damsm refuses (exit status 3: a config
+  of other settings), it pretrains again over it (its own folder); other failures stop it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from msmt_tf import demo  # pylint: disable=g-import-not-at-top
+  cfg = tmp_path / "demo.cfg"
+  cfg.write_text(f"--data_dir={tmp_path / 'data'}\n--damsm_dir={tmp_path / 'damsm'}\n"
+                 f"--run_dir={tmp_path / 'run'}\n")
+  os.makedirs(tmp_path / "data")
+  (tmp_path / "data" / "captions.pickle").write_bytes(b"")
+  calls = []
+
+  class Stop(Exception):
+    pass
+
+  def fake_run(args, may_refuse=False):
+    calls.append((args[0], args[-1], may_refuse))
+    if args[0] == "msmt_tf.train":
+      raise Stop
+    return None if args[-1] == "--resume" else 1.0
+  monkeypatch.setattr(demo, "_run", fake_run)
+  monkeypatch.setattr(demo, "pretrain_command",
+                      lambda c, d: ["msmt_tf.pretrain_damsm", f"--flagfile={c}", "--resume"])
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["demo", f"--config={cfg}"])
+  try:
+    with pytest.raises(Stop):
+      demo.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert calls[:2] == [("msmt_tf.pretrain_damsm", "--resume", True),
+                       ("msmt_tf.pretrain_damsm", "--overwrite", False)]
+  assert calls[2][0] == "msmt_tf.train"
+  # A refusal is exit status 3 and nothing else (a crash, exit 1, stops the demo).
+  monkeypatch.undo()
+  monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 3}))
+  assert demo._run(["msmt_tf.pretrain_damsm", "--resume"], may_refuse=True) is None
+  with pytest.raises(SystemExit, match="step failed \\(exit 3\\)"):
+    demo._run(["msmt_tf.pretrain_damsm", "--resume"])
+  monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 1}))
+  with pytest.raises(SystemExit, match="step failed \\(exit 1\\)"):
+    demo._run(["msmt_tf.pretrain_damsm", "--resume"], may_refuse=True)
 
 
 def test_mixed_precision_step_matches_float32(smoke, tmp_path):
