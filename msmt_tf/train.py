@@ -208,7 +208,7 @@ def prepare():
     changed = []
     for flag, opts, lr in (("lr_g", [gan.g_optimizer], FLAGS.lr_g),
                            ("lr_d", gan.d_optimizers, FLAGS.lr_d)):
-      old = float(opts[0].learning_rate)
+      old = float(keras.ops.convert_to_numpy(opts[0].learning_rate))  # a MirroredVariable too
       if not math.isclose(old, lr, rel_tol=1e-6):
         for opt in opts:
           opt.learning_rate = lr

@@ -169,6 +169,16 @@ def test_two_workers_train_like_one_device(tmp_path):
   assert misses <= MISS_FRACTION * elements, (misses, elements)
   assert moment > 0 and np.sqrt(moment_diff / moment) <= MOMENT_REL
   assert os.path.isfile(os.path.join(two, "generator_ema.keras"))
+  # The one-device run resumed data-parallel (2 logical CPU devices, MirroredStrategy) with a new
+  # discriminator rate: the restored rates are read and set through mirrored variables.
+  res = subprocess.run(train[:-1] + ["--max_steps=3", f"--run_dir={one}", "--resume",
+                                     "--devices=2", "--lr_d=1e-4"], cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=240)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "note: continuing with --lr_d 0.0002 -> 0.0001" in res.stdout
+  assert [e["step"] for e in _losses(one)] == [1, 2, 3]
+  with open(os.path.join(one, "config.json")) as f:
+    assert json.load(f)["world"] == {"processes": 1, "devices": 2}
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 6])
