@@ -10,6 +10,9 @@ import os
 
 from absl import flags
 
+# The data-parallel flags (--distribute, --devices, ...; train and bench use them) are defined
+# wherever the project's flags are, so a run's flags.txt is a flagfile for every command.
+from msmt_tf import distribute  # pylint: disable=unused-import,g-bad-import-order
 from msmt_tf.data import datasets
 from msmt_tf.layers import blocks
 

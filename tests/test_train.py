@@ -325,6 +325,16 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
                          env=dict(os.environ, KERAS_BACKEND="jax"))
     assert res.returncode == 1 and "Flags parsing error" not in res.stderr, res.stderr[-2000:]
     assert f"error: dataset folder not found: {missing}" in res.stderr
+  # ... and for the other commands that read a run's flags (they define the same flags).
+  gone = str(tmp_path / "no_run")
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, f"--flagfile={flags_txt}",
+                                f"--run_dir={gone}"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for m in ("msmt_tf.export", "msmt_tf.sample", "evaluation.metric_main",
+                     "msmt_tf.params")}
+  for m, p in procs.items():
+    _, err = p.communicate(timeout=300)
+    assert "Unknown command line flag" not in err, (m, err[-2000:])
 
 
 def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys):
