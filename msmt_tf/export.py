@@ -168,6 +168,9 @@ def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=
     raise ValueError(f"export writes a TensorFlow SavedModel, and KERAS_BACKEND is "
                      f"{keras.backend.backend()!r}: run it with KERAS_BACKEND=tensorflow (the "
                      "default); a run trained under JAX exports the same way")
+  if max_batch < 1 or chunk < 1:
+    raise ValueError(f"--max_batch and --serving_chunk must be >= 1, got {max_batch} and "
+                     f"{chunk}")
   if chunk > max_batch:
     raise ValueError(f"--serving_chunk {chunk} is larger than --max_batch {max_batch}: a chunk "
                      "never holds more captions than a request; lower it to at most "

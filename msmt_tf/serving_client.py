@@ -4,13 +4,18 @@ r"""Writes PNGs from a TF Serving REST endpoint serving an msmt_tf export.
         [--out samples/] "a red circle on the left" "a small blue square" ...
 
 Sends `POST {url}/v1/models/{model}[/versions/V]:predict` with the `generate_png` signature
-(columnar `inputs`: captions, seed) and writes `<out>/<i>.png` plus `<out>/captions.txt`.
-Standard library only (no TensorFlow needed on the client).
+(columnar `inputs`: captions, seed) and writes `<out>/<i>.png`, `<out>/captions.txt` (one
+caption per line, line breaks inside a caption as spaces) and `<out>/request.json` (the exact
+request). An `--out` holding the images of another request is refused unless `--overwrite`
+(which replaces that whole set). Standard library only (no TensorFlow needed on the client).
 """
 
 import base64
+import binascii
+import http.client
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -18,46 +23,100 @@ import urllib.request
 from absl import app
 from absl import flags
 
-__all__ = ["predict_png", "write_pngs"]
+__all__ = ["predict_png", "check_out", "write_pngs"]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("url", "http://localhost:8501", "TF Serving REST address.")
-flags.DEFINE_string("model", None, "Model name in TF Serving.", required=True)
-flags.DEFINE_integer("version", None, "Model version (default: the newest served).")
-flags.DEFINE_integer("seed", 0, "Noise seed: the same captions and seed give the same images.")
-flags.DEFINE_string("out", "samples", "Folder for the PNGs.")
-flags.DEFINE_float("timeout", 120.0, "HTTP timeout in seconds.")
+
+
+def define_flags():
+  """The command's flags (defined when it runs, so the module's functions can be imported
+  beside the project's own `--seed`)."""
+  flags.DEFINE_string("url", "http://localhost:8501", "TF Serving REST address.")
+  flags.DEFINE_string("model", None, "Model name in TF Serving.", required=True)
+  flags.DEFINE_integer("version", None, "Model version (default: the newest served).")
+  flags.DEFINE_integer("seed", 0, "Noise seed: the same captions and seed give the same images.")
+  flags.DEFINE_string("out", "samples", "Folder for the PNGs.")
+  flags.DEFINE_float("timeout", 120.0, "HTTP timeout in seconds.")
+  flags.DEFINE_bool("overwrite", False, "Replace the images of another request in --out.")
+
+REQUEST_FILE = "request.json"
+_PNG_NAME = re.compile(r"^\d{4}\.png$")
 
 
 def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
-  """Returns the PNG bytes for `captions`; raises RuntimeError with the server's message."""
-  path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
+  """Returns the PNG bytes for `captions`; raises RuntimeError naming the endpoint and what went
+  wrong (the server's message, no connection, a timeout, a reply that is not the signature's)."""
+  path = (f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+          + ":predict")
+  endpoint = url.rstrip("/") + path
   body = json.dumps({"signature_name": "generate_png",
                      "inputs": {"captions": list(captions), "seed": int(seed)}}).encode()
-  request = urllib.request.Request(url.rstrip("/") + path, data=body,
+  request = urllib.request.Request(endpoint, data=body,
                                    headers={"Content-Type": "application/json"})
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
-      reply = json.loads(response.read())
+      raw = response.read()
   except urllib.error.HTTPError as e:
     detail = e.read().decode(errors="replace")
     try:
       detail = json.loads(detail).get("error", detail)
-    except ValueError:
+    except (ValueError, AttributeError):
       pass
-    raise RuntimeError(f"{url}{path}: HTTP {e.code}: {detail}") from e
+    raise RuntimeError(f"{endpoint}: HTTP {e.code}: {detail}") from e
   except urllib.error.URLError as e:
-    raise RuntimeError(f"cannot reach {url}{path}: {e.reason}") from e
-  outputs = reply.get("outputs")
+    raise RuntimeError(f"cannot reach {endpoint}: {e.reason}") from e
+  except TimeoutError as e:
+    raise RuntimeError(f"{endpoint}: no reply within --timeout {timeout:g} s (a large batch on a "
+                       "CPU server can take longer: raise --timeout)") from e
+  except (http.client.HTTPException, OSError) as e:
+    raise RuntimeError(f"{endpoint}: the connection failed ({type(e).__name__}: {e})") from e
+  try:
+    reply = json.loads(raw)
+  except ValueError as e:
+    raise RuntimeError(f"{endpoint}: the reply is not JSON (is {url} TF Serving's REST port?): "
+                       f"{raw[:200]!r}") from e
+  outputs = reply.get("outputs") if isinstance(reply, dict) else None
   if isinstance(outputs, dict):
     outputs = outputs.get("images_bytes")
   if not isinstance(outputs, list) or len(outputs) != len(captions):
-    raise RuntimeError(f"{url}{path}: unexpected reply (expected {len(captions)} images_bytes)")
-  return [base64.b64decode(o["b64"]) for o in outputs]
+    raise RuntimeError(f"{endpoint}: unexpected reply (expected {len(captions)} images_bytes)")
+  try:
+    return [base64.b64decode(o["b64"], validate=True) for o in outputs]
+  except (KeyError, TypeError, binascii.Error) as e:
+    raise RuntimeError(f"{endpoint}: unexpected reply (images_bytes not base64 PNGs: "
+                       f"{type(e).__name__})") from e
 
 
-def write_pngs(pngs, captions, out):
+def check_out(out, request, overwrite=False):
+  """Refuses an `out` that holds the images of another request (or numbered PNGs of unknown
+  origin) unless `overwrite`; the same request again (same captions, seed, model and version:
+  the same images) is written over. Returns the earlier set's PNG names to remove."""
+  if not os.path.isdir(out):
+    if os.path.exists(out):
+      raise RuntimeError(f"--out {out} is a file, not a folder")
+    return []
+  pngs = sorted(n for n in os.listdir(out) if _PNG_NAME.match(n))
+  try:
+    with open(os.path.join(out, REQUEST_FILE)) as f:
+      earlier = json.load(f)
+  except (OSError, ValueError):
+    earlier = None
+  if not pngs or earlier == request:
+    return []
+  if not overwrite:
+    what = ("the images of another request (request.json)" if earlier is not None else
+            f"{len(pngs)} numbered PNGs of no recorded request")
+    raise RuntimeError(f"--out {out} holds {what}: choose another --out, or pass --overwrite to "
+                       "replace them")
+  return pngs
+
+
+def write_pngs(pngs, captions, out, request=None, stale=()):
+  """Writes `<out>/<i>.png`, captions.txt and request.json; removes `stale` PNGs of an earlier
+  request first."""
   os.makedirs(out, exist_ok=True)
+  for name in stale:
+    os.remove(os.path.join(out, name))
   paths = []
   for i, png in enumerate(pngs):
     path = os.path.join(out, f"{i:04d}.png")
@@ -65,7 +124,10 @@ def write_pngs(pngs, captions, out):
       f.write(png)
     paths.append(path)
   with open(os.path.join(out, "captions.txt"), "w") as f:
-    f.write("\n".join(captions) + "\n")
+    f.write("".join(" ".join(c.splitlines()) + "\n" for c in captions))
+  if request is not None:
+    with open(os.path.join(out, REQUEST_FILE), "w") as f:
+      json.dump(request, f, indent=1)
   return paths
 
 
@@ -73,14 +135,18 @@ def main(argv):
   captions = argv[1:]
   if not captions:
     sys.exit("error: give at least one caption")
+  request = {"model": FLAGS.model, "version": FLAGS.version, "seed": FLAGS.seed,
+             "captions": list(captions)}
   try:
+    stale = check_out(FLAGS.out, request, FLAGS.overwrite)  # before the (slow) request
     pngs = predict_png(FLAGS.url, FLAGS.model, captions, FLAGS.seed, FLAGS.version,
                        FLAGS.timeout)
   except RuntimeError as e:
     sys.exit(f"error: {e}")
-  for path, caption in zip(write_pngs(pngs, captions, FLAGS.out), captions):
+  for path, caption in zip(write_pngs(pngs, captions, FLAGS.out, request, stale), captions):
     print(f"{path}: {caption}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

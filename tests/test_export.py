@@ -157,6 +157,8 @@ def test_export_refuses_bad_output(exported):
     export_lib.export(exported["run"], exported["out"])
   with pytest.raises(ValueError, match="--serving_chunk 16 is larger than --max_batch 4"):
     export_lib.export(exported["run"], str(exported["root"] / "m" / "9"), max_batch=4, chunk=16)
+  with pytest.raises(ValueError, match="--max_batch and --serving_chunk must be >= 1, got 0 and"):
+    export_lib.export(exported["run"], str(exported["root"] / "m" / "9"), max_batch=0)
   assert not (exported["root"] / "m").exists()
 
 
@@ -225,6 +227,66 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "HTTP 400" in res.stderr
     assert "without any vocabulary word" in res.stderr
+    # Another request into the same --out: refused, the first set kept; --overwrite replaces
+    # the whole set (no PNG of the first request left beside the new one); version 0 is asked
+    # for; a caption's line break stays inside its line of captions.txt.
+    first = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    args = [sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}", "--model=shapes",
+            f"--out={out}", "--version=0", "a yellow\nsquare"]
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "holds the images of another request" in res.stderr
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == first
+    res = subprocess.run(args + ["--overwrite"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert seen[-1][0] == "/v1/models/shapes/versions/0:predict"
+    assert sorted(os.listdir(out)) == ["0000.png", "captions.txt", "request.json"]
+    assert (out / "captions.txt").read_text() == "a yellow square\n"
+    assert json.loads((out / "request.json").read_text())["captions"] == ["a yellow\nsquare"]
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_serving_client_names_network_and_reply_failures():
+  """A timeout, a reply that is not JSON, a dropped connection and a reply of other outputs each
+  give one RuntimeError naming the endpoint (main prints it as one error line)."""
+  import http.server  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from msmt_tf import serving_client  # pylint: disable=g-import-not-at-top
+  mode = {}
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      self.rfile.read(int(self.headers["Content-Length"]))
+      if mode["m"] == "drop":
+        self.close_connection = True
+        return
+      if mode["m"] == "slow":
+        time.sleep(1.5)
+      data = {"html": b"<html>proxy login</html>",
+              "slow": b"{}", "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[mode["m"]]
+      self.send_response(200)
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  url = f"http://127.0.0.1:{server.server_address[1]}"
+  try:
+    for m, message in (("slow", "no reply within --timeout 0.3 s"),
+                       ("html", "the reply is not JSON"),
+                       ("drop", "the connection failed \\(RemoteDisconnected"),
+                       ("other", "unexpected reply \\(images_bytes not base64 PNGs")):
+      mode["m"] = m
+      with pytest.raises(RuntimeError, match=f"{url}/v1/models/m:predict: {message}"):
+        serving_client.predict_png(url, "m", ["a red circle"], timeout=0.3)
   finally:
     server.shutdown()
     server.server_close()
