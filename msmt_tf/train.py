@@ -109,6 +109,10 @@ def prepare():
       # Not compared on --resume: a checkpoint of N devices resumes on M (the state is
       # replicated and the data position is the global step).
       "world": {"processes": run.world["processes"], "devices": run.world["devices"]},
+      # Not compared on --resume either (a run may move to a GPU under JAX, or to bfloat16);
+      # a change is said and kept in "compute_changes".
+      "compute": {"backend": keras.backend.backend(), "mixed_precision": FLAGS.mixed_precision,
+                  "jit_compile": FLAGS.jit_compile},
   }
   existing = checkpoint.latest(run.run_dir)
   config_path = os.path.join(run.run_dir, runs.CONFIG)
@@ -216,10 +220,41 @@ def prepare():
     if changed and run.is_writer:
       print(f"note: continuing with {', '.join(changed)} (the checkpoint had the old rate)",
             flush=True)
+    _note_compute_change(run, recorded)
     if run.step >= run.max_steps and run.is_writer:
       print(f"note: the run is at step {run.step}, --max_steps is {run.max_steps}: nothing to "
             "train (raise --max_steps or --max_epochs to continue it)", flush=True)
   return run
+
+
+def _note_compute_change(run, recorded):
+  """Says when a resumed run continues under another backend or precision than it was recorded
+  with, and keeps the change in config.json's "compute_changes"."""
+  before = (recorded or {}).get("compute")
+  now = run.record["compute"]
+  changes = list((recorded or {}).get("compute_changes", []))
+  if before is not None and before != now:
+    changes.append({"step": run.step, "from": before, "to": now})
+    if run.is_writer:
+      said = []
+      if before.get("backend") != now["backend"]:
+        said.append(f"under {now['backend']} (the run was trained under {before.get('backend')} "
+                    f"to step {run.step}): the same weights, optimizer states and data position, "
+                    "but the noise is drawn by the other backend's random number generator, so "
+                    "the losses from here differ from a run that stayed on one backend")
+      if before.get("mixed_precision") != now["mixed_precision"]:
+        said.append(("in bfloat16 (--mixed_precision)" if now["mixed_precision"] else
+                     "in float32") + f" (the run computed in "
+                    f"{'bfloat16' if before.get('mixed_precision') else 'float32'} to step "
+                    f"{run.step})")
+      if before.get("jit_compile") != now["jit_compile"] and now["backend"] == "tensorflow":
+        said.append(f"{'with' if now['jit_compile'] else 'without'} --jit_compile (XLA draws "
+                    "other noise from the same seed)")
+      for line in said:
+        print(f"note: continuing {line}; config.json keeps the change (compute_changes)",
+              flush=True)
+  if changes:
+    run.record["compute_changes"] = changes
 
 
 def _trim_loss_log(path, step):

@@ -313,6 +313,9 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000001.npz"))
   # flags.txt is a flagfile for the same run under JAX too, which defines no TensorFlow flags
   # before parsing: absl's and TensorFlow's own flags are left out of it.
+  with open(os.path.join(run_dir, "config.json")) as f:
+    assert json.load(f)["compute"] == {"backend": "tensorflow", "mixed_precision": False,
+                                       "jit_compile": False}
   flags_txt = os.path.join(run_dir, "flags.txt")
   with open(flags_txt) as f:
     text = f.read()
@@ -399,6 +402,33 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys)
       train.prepare()
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
+  """Not refused (a run moves to a GPU under JAX, or to bfloat16), but said, and kept in
+  config.json's compute_changes; the same compute says nothing."""
+  import types  # pylint: disable=g-import-not-at-top
+  from msmt_tf import train  # pylint: disable=g-import-not-at-top
+  tf_f32 = {"backend": "tensorflow", "mixed_precision": False, "jit_compile": False}
+  jax_bf16 = {"backend": "jax", "mixed_precision": True, "jit_compile": False}
+  run = types.SimpleNamespace(record={"compute": dict(jax_bf16)}, step=7, is_writer=True)
+  train._note_compute_change(run, {"compute": dict(tf_f32)})
+  out = capsys.readouterr().out
+  assert "note: continuing under jax (the run was trained under tensorflow to step 7)" in out
+  assert "the noise is drawn by the other backend's random number generator" in out
+  assert "note: continuing in bfloat16 (--mixed_precision) (the run computed in float32 to " \
+      "step 7)" in out
+  assert run.record["compute_changes"] == [{"step": 7, "from": tf_f32, "to": jax_bf16}]
+  # Back to TensorFlow float32 at step 9: both changes kept.
+  again = types.SimpleNamespace(record={"compute": dict(tf_f32)}, step=9, is_writer=True)
+  train._note_compute_change(again, {**run.record})
+  assert [c["step"] for c in again.record["compute_changes"]] == [7, 9]
+  same = types.SimpleNamespace(record={"compute": dict(tf_f32)}, step=11, is_writer=True)
+  capsys.readouterr()
+  train._note_compute_change(same, {"compute": dict(tf_f32)})
+  assert capsys.readouterr().out == "" and "compute_changes" not in same.record
+  train._note_compute_change(same, {})  # a config.json from before the record: nothing said
+  assert capsys.readouterr().out == ""
 
 
 def test_ctrl_c_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
