@@ -98,6 +98,8 @@ PAPER_TABLE2 = {
     ("mtwig", "imhm", "birds"): 48.11, ("mtwig", "imhm", "coco"): 55.16,
     ("ig", "dmgan", "birds"): 23.52, ("ig", "dmgan", "coco"): 30.96,
 }
+# The vocabularies Table 2's counts hold (AttnGAN's CUB and COCO captions.pickle).
+PAPER_VOCAB = {"birds": 5450, "coco": 27297}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +182,9 @@ def resolve_vocab_size(data_dir, dataset, vocab_size):
                        "drop --vocab_size or point --data_dir elsewhere")
     return len(vocab)
   if vocab_size is None:
-    raise ValueError(f"no vocabulary: {path or '--data_dir'} not found and --vocab_size not set")
+    where = f"{path} not found" if path else "--data_dir is not set"
+    raise ValueError(f"no vocabulary: {where} and --vocab_size is not set (pass a config, e.g. "
+                     "--flagfile=configs/cub.cfg, or --data_dir / --vocab_size)")
   return vocab_size
 
 

@@ -82,7 +82,13 @@ def initialize_from_flags():
     kwargs["num_processes"] = FLAGS.num_processes
   if FLAGS.process_id is not None:
     kwargs["process_id"] = FLAGS.process_id
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # JAX's own wording ("coordinator_address should be defined")
+    raise ValueError(f"a multi-process JAX run could not start ({e}): give "
+                     "--coordinator_address=HOST:PORT (process 0's), --num_processes and "
+                     "--process_id, or run under a cluster launcher JAX detects (Slurm, "
+                     "Open MPI); BUILD.md, 'Multi-GPU and multi-host'") from e
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
@@ -206,8 +212,10 @@ def placement_from_flags(batch_size, backend=None):
   chosen = accelerators or local
   if FLAGS.devices:
     if FLAGS.devices > len(chosen):
+      hint = ("; on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N (set before the "
+              "command) gives N CPU devices" if chosen[0].platform == "cpu" else "")
       raise ValueError(f"--devices {FLAGS.devices}: this process has only {len(chosen)} "
-                       f"{chosen[0].platform} device(s)")
+                       f"{chosen[0].platform} device(s){hint}")
     chosen = chosen[:FLAGS.devices]
   if jax.process_count() == 1 and len(chosen) == 1:
     check_batch_size(batch_size, 1)
@@ -365,5 +373,5 @@ class TFPlacement:
     return x
 
   def __repr__(self):
-    return (f"TFPlacement({type(self.strategy).__name__}, {self.num_devices} devices, "
-            f"{self.num_processes} processes)")
+    return (f"{type(self.strategy).__name__} over {self.num_devices} devices in "
+            f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}")

@@ -66,7 +66,8 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"error: {e}")
   paper = None
-  if cfg.channels == (48 if cfg.initial_stage == "mtwig" else 64) and cfg.num_stages == 3:
+  if (cfg.channels == (48 if cfg.initial_stage == "mtwig" else 64) and cfg.num_stages == 3
+      and cfg.vocab_size == config.PAPER_VOCAB.get(FLAGS.dataset)):  # Table 2's model only
     paper = config.PAPER_TABLE2.get((cfg.initial_stage, cfg.refinement, FLAGS.dataset))
   print(f"{FLAGS.dataset}: initial={cfg.initial_stage} refinement={cfg.refinement} "
         f"N_r={cfg.channels} N_m={cfg.memory_dim} h={cfg.grid} T={cfg.num_heads} "

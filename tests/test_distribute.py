@@ -87,6 +87,21 @@ def test_batch_not_divisible_by_devices_names_the_numbers():
   distribute.check_batch_size(20, 4)
 
 
+@needs_jax
+def test_more_devices_than_there_are_says_how_to_get_cpu_devices():
+  """The JAX placement on a 1-CPU-device process (this one): --devices 2 names what there is and
+  how a CPU gets more devices."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["x", "--devices=2"])
+  try:
+    with pytest.raises(ValueError, match="--devices 2: this process has only 1 cpu device\\(s\\); "
+                       "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N"):
+      distribute.placement_from_flags(4, backend="jax")
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

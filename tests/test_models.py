@@ -213,6 +213,10 @@ def test_params_cli():
   res = subprocess.run([sys.executable, "-m", "msmt_tf.params", "--flagfile=configs/cub.cfg",
                         "--num_heads=0"], cwd=REPO, capture_output=True, text=True)
   assert res.returncode != 0 and "--num_heads must be >= 1" in res.stderr
+  # Another vocabulary is not Table 2's model: no comparison printed.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.params", "--flagfile=configs/cub.cfg",
+                        "--vocab_size=100"], cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 0 and "vocab=100" in res.stdout and "Table 2" not in res.stdout
 
 
 # ------------------------------------------------------------------------------ backends
