@@ -248,6 +248,9 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   parsed = [(name, *parse(name)) for name in metric_names]
+  if not os.path.isdir(run_dir):
+    raise FileNotFoundError(f"run folder not found: {run_dir} (--run_dir: a msmt_tf.train run, "
+                            "or one imported with msmt_tf.import_torch)")
   if step is None:  # the newest checkpoint that reads (damaged newer ones are set aside, said)
     found = checkpoint.newest_readable(run_dir)
     if found is None:

@@ -659,6 +659,9 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
                         f"--run_dir={smoke_run['run']}", "--metrics=fidx_test"], cwd=REPO,
                        capture_output=True, text=True)
   assert res.returncode != 0 and "unknown metric 'fidx_test'" in res.stderr
+  from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match=f"run folder not found: {tmp_path / 'no_run'}"):
+    metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
   # A missing classifier file stops the command before any image is generated.
   res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
                         f"--run_dir={smoke_run['run']}", "--metrics=is40_test"], cwd=REPO,
