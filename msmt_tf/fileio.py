@@ -5,6 +5,7 @@ existing file is only replaced by a complete new one. The file gets the mode a p
 would give it (0666 less the umask).
 """
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -52,7 +53,7 @@ def write_aside(path, write_fn):
   base = os.path.basename(path)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=os.path.splitext(base)[1])
   os.close(fd)
-  try:
+  with _removed_on_failure(tmp):
     write_fn(tmp)
     # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask), so
     # samples, checkpoints and records are as readable as any other file the user writes.
@@ -60,23 +61,26 @@ def write_aside(path, write_fn):
       os.chmod(tmp, 0o666 & ~_umask())
     except OSError:  # a filesystem without modes (some network and FAT mounts): as it is
       pass
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return tmp
 
 
 def atomic_write(path, write_fn):
   """Calls `write_fn(tmp_path)` and renames the result to `path` (`write_aside`)."""
   tmp = write_aside(path, write_fn)
-  try:
+  with _removed_on_failure(tmp):
     os.replace(tmp, path)
+  return path
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp):
+  """Removes the temporary file `tmp` when the block raises (Ctrl-C included), then re-raises."""
+  try:
+    yield
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  return path
 
 
 def atomic_write_bytes(path, data):

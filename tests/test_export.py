@@ -1,5 +1,6 @@
 """Export tests: raw text in, images equal to the Python generator's; core ops; bad inputs."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -173,29 +174,21 @@ def test_export_under_jax_says_it_needs_tensorflow(tmp_path):
   assert not (tmp_path / "models").exists()
 
 
-def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
-  """A 127.0.0.1 stub of TF Serving's REST predict API, answering from the SavedModel."""
-  import base64  # pylint: disable=g-import-not-at-top
+@contextlib.contextmanager
+def rest_stub(answer):
+  """A 127.0.0.1 HTTP server whose POSTs are answered by `answer(path, body bytes)`: (status,
+  reply bytes), or None to close the connection without a reply. Yields its URL."""
   import http.server  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
-  model = exported["model"]
-  seen = []
 
   class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # pylint: disable=invalid-name
-      body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-      seen.append((self.path, body))
-      try:
-        out = model.signatures[body["signature_name"]](
-            captions=tf.constant(body["inputs"]["captions"]),
-            seed=tf.constant(body["inputs"]["seed"], tf.int64))
-        reply, code = {"outputs": {"images_bytes": [
-            {"b64": base64.b64encode(b).decode()} for b in out["images_bytes"].numpy()]}}, 200
-      except tf.errors.InvalidArgumentError as e:
-        reply, code = {"error": e.message}, 400
-      data = json.dumps(reply).encode()
+      reply = answer(self.path, self.rfile.read(int(self.headers["Content-Length"])))
+      if reply is None:
+        self.close_connection = True
+        return
+      code, data = reply
       self.send_response(code)
       self.send_header("Content-Length", str(len(data)))
       self.end_headers()
@@ -204,11 +197,36 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
     def log_message(self, *args):
       pass
 
-  server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
-  thread.start()
-  url = f"http://127.0.0.1:{server.server_address[1]}"
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
+  """A 127.0.0.1 stub of TF Serving's REST predict API, answering from the SavedModel."""
+  import base64  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  model = exported["model"]
+  seen = []
+
+  def predict(path, raw):
+    body = json.loads(raw)
+    seen.append((path, body))
+    try:
+      out = model.signatures[body["signature_name"]](
+          captions=tf.constant(body["inputs"]["captions"]),
+          seed=tf.constant(body["inputs"]["seed"], tf.int64))
+      reply, code = {"outputs": {"images_bytes": [
+          {"b64": base64.b64encode(b).decode()} for b in out["images_bytes"].numpy()]}}, 200
+    except tf.errors.InvalidArgumentError as e:
+      reply, code = {"error": e.message}, 400
+    return code, json.dumps(reply).encode()
+
+  with rest_stub(predict) as url:
     out = tmp_path / "pngs"
     res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}",
                           "--model=shapes", f"--out={out}", "--seed=5", "a red circle",
@@ -243,43 +261,25 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
     assert sorted(os.listdir(out)) == ["0000.png", "captions.txt", "request.json"]
     assert (out / "captions.txt").read_text() == "a yellow square\n"
     assert json.loads((out / "request.json").read_text())["captions"] == ["a yellow\nsquare"]
-  finally:
-    server.shutdown()
-    server.server_close()
 
 
 def test_serving_client_names_network_and_reply_failures():
   """A timeout, a reply that is not JSON, a dropped connection and a reply of other outputs each
   give one RuntimeError naming the endpoint (main prints it as one error line)."""
-  import http.server  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   from msmt_tf import serving_client  # pylint: disable=g-import-not-at-top
   mode = {}
 
-  class Handler(http.server.BaseHTTPRequestHandler):
+  def answer(path, raw):
+    del path, raw
+    if mode["m"] == "drop":
+      return None
+    if mode["m"] == "slow":
+      time.sleep(1.5)
+    return 200, {"html": b"<html>proxy login</html>", "slow": b"{}",
+                 "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[mode["m"]]
 
-    def do_POST(self):  # pylint: disable=invalid-name
-      self.rfile.read(int(self.headers["Content-Length"]))
-      if mode["m"] == "drop":
-        self.close_connection = True
-        return
-      if mode["m"] == "slow":
-        time.sleep(1.5)
-      data = {"html": b"<html>proxy login</html>",
-              "slow": b"{}", "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[mode["m"]]
-      self.send_response(200)
-      self.send_header("Content-Length", str(len(data)))
-      self.end_headers()
-      self.wfile.write(data)
-
-    def log_message(self, *args):
-      pass
-
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  url = f"http://127.0.0.1:{server.server_address[1]}"
-  try:
+  with rest_stub(answer) as url:
     for m, message in (("slow", "no reply within --timeout 0.3 s"),
                        ("html", "the reply is not JSON"),
                        ("drop", "the connection failed \\(RemoteDisconnected"),
@@ -287,9 +287,6 @@ def test_serving_client_names_network_and_reply_failures():
       mode["m"] = m
       with pytest.raises(RuntimeError, match=f"{url}/v1/models/m:predict: {message}"):
         serving_client.predict_png(url, "m", ["a red circle"], timeout=0.3)
-  finally:
-    server.shutdown()
-    server.server_close()
 
 
 def test_export_names_a_bad_text_encoder(exported, tmp_path):
