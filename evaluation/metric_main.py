@@ -373,6 +373,8 @@ def _subset(folder, count):
 
 def main(argv):
   del argv
+  from msmt_tf import distribute  # pylint: disable=g-import-not-at-top
+  distribute.note_single_device("metric_main")
   from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
   if not FLAGS.run_dir:
     sys.exit("error: set --run_dir")

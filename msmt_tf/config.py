@@ -182,9 +182,12 @@ def resolve_vocab_size(data_dir, dataset, vocab_size):
                        "drop --vocab_size or point --data_dir elsewhere")
     return len(vocab)
   if vocab_size is None:
-    where = f"{path} not found" if path else "--data_dir is not set"
-    raise ValueError(f"no vocabulary: {where} and --vocab_size is not set (pass a config, e.g. "
-                     "--flagfile=configs/cub.cfg, or --data_dir / --vocab_size)")
+    if path:
+      raise ValueError(f"no vocabulary: {path} not found and --vocab_size is not set: build the "
+                       "dataset first (README, 'Data'; the demo's: python -m msmt_tf.data.shapes "
+                       f"--out {data_dir}), or pass --vocab_size")
+    raise ValueError("no vocabulary: --data_dir and --vocab_size are not set (pass a config, "
+                     "e.g. --flagfile=configs/cub.cfg, or one of them)")
   return vocab_size
 
 

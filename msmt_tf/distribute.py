@@ -28,16 +28,20 @@ wrong-caption pairs read the global batch through `ReplicaContext.all_gather` (s
 import contextlib
 import json
 import os
+import re
 
 from absl import flags
 from absl import logging
 import numpy as np
 
 __all__ = ["Placement", "TFPlacement", "initialize_from_flags", "placement_from_flags",
-           "check_batch_size", "world_of", "tf_config_world", "tf_placement"]
+           "check_batch_size", "world_of", "tf_config_world", "tf_placement",
+           "note_single_device"]
 
+# Used by train and bench; defined wherever the project's flags are (a run's flags.txt is a
+# flagfile for every command), and noted when set for a command that runs on one device.
 flags.DEFINE_enum("distribute", "auto", ["auto", "none"],
-                  "auto: data-parallel over every local accelerator and over every process of a "
+                  "train and bench: auto: data-parallel over every local accelerator and over every process of a "
                   "multi-host run (JAX: jax.distributed; TensorFlow: the workers of TF_CONFIG). "
                   "On a CPU-only machine: JAX uses the CPU devices XLA was asked for (XLA_FLAGS="
                   "--xla_force_host_platform_device_count=4), TensorFlow one device unless "
@@ -65,6 +69,22 @@ def world_of(placement):
           "process_index": placement.process_index}
 
 
+_DATA_PARALLEL_FLAGS = ("distribute", "devices", "coordinator_address", "num_processes",
+                        "process_id", "cpu_collectives")
+
+
+def note_single_device(command):
+  """For the commands that run on one device (pretrain_damsm, sample, export, metric_main): a note
+  on stderr when data-parallel flags are set to other than their defaults (they are defined
+  everywhere so that a run's flags.txt reads as a flagfile, but only train and bench use them)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  changed = [f"--{n}" for n in _DATA_PARALLEL_FLAGS if FLAGS[n].value != FLAGS[n].default]
+  if changed:
+    print(f"note: {', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'} to train "
+          f"and bench only; {command} runs in one process on one device", file=sys.stderr,
+          flush=True)
+
+
 def initialize_from_flags():
   """Connects the processes of a multi-host JAX run (once); a no-op for a single process."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -75,6 +95,13 @@ def initialize_from_flags():
                      "multi-process run needs --distribute=auto")
   if FLAGS.cpu_collectives != "none":
     jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
+  if (FLAGS.process_id is not None and FLAGS.num_processes is not None
+      and not 0 <= FLAGS.process_id < FLAGS.num_processes):
+    raise ValueError(f"--process_id {FLAGS.process_id} is not one of the --num_processes "
+                     f"{FLAGS.num_processes} processes (0 to {FLAGS.num_processes - 1})")
+  if FLAGS.coordinator_address and not re.fullmatch(r".+:\d+", FLAGS.coordinator_address):
+    raise ValueError(f"--coordinator_address {FLAGS.coordinator_address!r} is not HOST:PORT "
+                     "(process 0's host and a free port, e.g. 10.0.0.1:12345)")
   kwargs = {}
   if FLAGS.coordinator_address:
     kwargs["coordinator_address"] = FLAGS.coordinator_address
@@ -82,13 +109,18 @@ def initialize_from_flags():
     kwargs["num_processes"] = FLAGS.num_processes
   if FLAGS.process_id is not None:
     kwargs["process_id"] = FLAGS.process_id
+  unset = [f"--{n}" for n in ("coordinator_address", "num_processes", "process_id")
+           if getattr(FLAGS, n) is None]
   try:
     jax.distributed.initialize(**kwargs)
-  except ValueError as e:  # JAX's own wording ("coordinator_address should be defined")
-    raise ValueError(f"a multi-process JAX run could not start ({e}): give "
-                     "--coordinator_address=HOST:PORT (process 0's), --num_processes and "
-                     "--process_id, or run under a cluster launcher JAX detects (Slurm, "
-                     "Open MPI); BUILD.md, 'Multi-GPU and multi-host'") from e
+  except ValueError as e:
+    if not unset:
+      raise
+    # JAX's own wording ("coordinator_address should be defined") for what it could not find.
+    raise ValueError(f"a multi-process JAX run could not start ({e}): {', '.join(unset)} "
+                     f"{'is' if len(unset) == 1 else 'are'} not set; give them, or run under a "
+                     "cluster launcher JAX detects (Slurm, Open MPI); BUILD.md, 'Multi-GPU and "
+                     "multi-host'") from e
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

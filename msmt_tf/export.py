@@ -211,6 +211,8 @@ def export(run_dir, output, step=None, damsm_dir=None, data_dir=None, words_num=
 
 def main(argv):
   del argv
+  from msmt_tf import distribute  # pylint: disable=g-import-not-at-top
+  distribute.note_single_device("export")
   import logging  # pylint: disable=g-import-not-at-top
   # tf.saved_model.save's "INFO:tensorflow:Assets written to: ..." (the last line says where).
   logging.getLogger("tensorflow").setLevel(logging.WARNING)

@@ -425,6 +425,8 @@ def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False)
 
 def main(argv):
   del argv
+  from msmt_tf import distribute  # pylint: disable=g-import-not-at-top
+  distribute.note_single_device("pretrain_damsm")
   if not FLAGS.damsm_dir:
     sys.exit("error: --damsm_dir is not set (where the encoders are written)")
   if not FLAGS.data_dir:

@@ -266,6 +266,8 @@ flags.DEFINE_integer("sample_words_num", None,
 
 def main(argv):
   del argv
+  from msmt_tf import distribute  # pylint: disable=g-import-not-at-top
+  distribute.note_single_device("sample")
   from msmt_tf.data.errors import DatasetError  # pylint: disable=g-import-not-at-top
   if not FLAGS.run_dir or not FLAGS.out:
     sys.exit("error: set --run_dir and --out")

@@ -4,10 +4,12 @@ r"""Writes PNGs from a TF Serving REST endpoint serving an msmt_tf export.
         [--out samples/] "a red circle on the left" "a small blue square" ...
 
 Sends `POST {url}/v1/models/{model}[/versions/V]:predict` with the `generate_png` signature
-(columnar `inputs`: captions, seed) and writes `<out>/<i>.png`, `<out>/captions.txt` (one
-caption per line, line breaks inside a caption as spaces) and `<out>/request.json` (the exact
-request). An `--out` holding the images of another request is refused unless `--overwrite`
-(which replaces that whole set). Standard library only (no TensorFlow needed on the client).
+(columnar `inputs`: captions, seed) and writes `<out>/0000.png`, `0001.png`, ...,
+`<out>/captions.txt` (one caption per line, line breaks inside a caption as spaces) and
+`<out>/request.json` (the exact request). An `--out` holding the images of another request is
+refused unless `--overwrite` (which replaces that whole set); numbered PNGs no recorded request
+made are never touched (refused). Needs absl-py and the standard library only (no TensorFlow
+on the client).
 """
 
 import base64
@@ -16,6 +18,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -40,7 +43,8 @@ def define_flags():
   flags.DEFINE_bool("overwrite", False, "Replace the images of another request in --out.")
 
 REQUEST_FILE = "request.json"
-_PNG_NAME = re.compile(r"^\d{4}\.png$")
+_NUMBERED_PNG = re.compile(r"^\d+\.png$")  # ours (0000.png) and msmt_tf.sample's (000000.png)
+_TIMEOUTS = (TimeoutError, socket.timeout)  # the same class since Python 3.10
 
 
 def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
@@ -64,8 +68,10 @@ def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
       pass
     raise RuntimeError(f"{endpoint}: HTTP {e.code}: {detail}") from e
   except urllib.error.URLError as e:
+    if isinstance(e.reason, _TIMEOUTS):  # no connection within the timeout
+      raise RuntimeError(f"cannot reach {endpoint} within --timeout {timeout:g} s") from e
     raise RuntimeError(f"cannot reach {endpoint}: {e.reason}") from e
-  except TimeoutError as e:
+  except _TIMEOUTS as e:
     raise RuntimeError(f"{endpoint}: no reply within --timeout {timeout:g} s (a large batch on a "
                        "CPU server can take longer: raise --timeout)") from e
   except (http.client.HTTPException, OSError) as e:
@@ -88,27 +94,37 @@ def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
 
 
 def check_out(out, request, overwrite=False):
-  """Refuses an `out` that holds the images of another request (or numbered PNGs of unknown
-  origin) unless `overwrite`; the same request again (same captions, seed, model and version:
-  the same images) is written over. Returns the earlier set's PNG names to remove."""
+  """The PNGs of an earlier request in `out` that this one replaces (to remove before writing).
+
+  The same request again (same captions, seed, url, model and version) is written over; another
+  request's images are refused unless `overwrite`. Numbered PNGs that no recorded request made
+  (the user's, `msmt_tf.sample`'s, a client's from before request.json) are never removed: the
+  request is refused while they are there.
+  """
   if not os.path.isdir(out):
     if os.path.exists(out):
       raise RuntimeError(f"--out {out} is a file, not a folder")
     return []
-  pngs = sorted(n for n in os.listdir(out) if _PNG_NAME.match(n))
+  pngs = sorted(n for n in os.listdir(out) if _NUMBERED_PNG.match(n))
   try:
     with open(os.path.join(out, REQUEST_FILE)) as f:
       earlier = json.load(f)
-  except (OSError, ValueError):
-    earlier = None
-  if not pngs or earlier == request:
-    return []
+    ours = {f"{i:04d}.png" for i in range(len(earlier["captions"]))}
+  except (OSError, ValueError, KeyError, TypeError):
+    earlier, ours = None, set()
+  foreign = [n for n in pngs if n not in ours]
+  if foreign:
+    raise RuntimeError(f"--out {out} holds {len(foreign)} numbered PNGs that no recorded "
+                       f"request made ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+                       "): they are left alone; choose another --out")
+  mine = [n for n in pngs if n in ours]
+  if not mine or earlier == request:
+    return [n for n in mine if n not in {f"{i:04d}.png" for i in range(len(request["captions"]))}]
   if not overwrite:
-    what = ("the images of another request (request.json)" if earlier is not None else
-            f"{len(pngs)} numbered PNGs of no recorded request")
-    raise RuntimeError(f"--out {out} holds {what}: choose another --out, or pass --overwrite to "
-                       "replace them")
-  return pngs
+    raise RuntimeError(f"--out {out} holds the {len(mine)} images of another request "
+                       f"({REQUEST_FILE}): choose another --out, or pass --overwrite to replace "
+                       "them")
+  return mine
 
 
 def write_pngs(pngs, captions, out, request=None, stale=()):
@@ -135,8 +151,8 @@ def main(argv):
   captions = argv[1:]
   if not captions:
     sys.exit("error: give at least one caption")
-  request = {"model": FLAGS.model, "version": FLAGS.version, "seed": FLAGS.seed,
-             "captions": list(captions)}
+  request = {"url": FLAGS.url, "model": FLAGS.model, "version": FLAGS.version,
+             "seed": FLAGS.seed, "captions": list(captions)}
   try:
     stale = check_out(FLAGS.out, request, FLAGS.overwrite)  # before the (slow) request
     pngs = predict_png(FLAGS.url, FLAGS.model, captions, FLAGS.seed, FLAGS.version,

@@ -220,7 +220,9 @@ def prepare():
     if changed and run.is_writer:
       print(f"note: continuing with {', '.join(changed)} (the checkpoint had the old rate)",
             flush=True)
-    _note_compute_change(run, recorded)
+    # What computed the restored state is the checkpoint's record (config.json is rewritten by
+    # a resume that may not have reached a checkpoint); older checkpoints: config.json's.
+    _note_compute_change(run, found[2] if "compute" in found[2] else recorded)
     if run.step >= run.max_steps and run.is_writer:
       print(f"note: the run is at step {run.step}, --max_steps is {run.max_steps}: nothing to "
             "train (raise --max_steps or --max_epochs to continue it)", flush=True)
@@ -228,11 +230,13 @@ def prepare():
 
 
 def _note_compute_change(run, recorded):
-  """Says when a resumed run continues under another backend or precision than it was recorded
-  with, and keeps the change in config.json's "compute_changes"."""
+  """Says when a resumed run continues under another backend or precision than the restored
+  state was computed with (`recorded`: the checkpoint's record), and keeps the change in
+  config.json's "compute_changes" (those after the restored step are dropped: never trained)."""
   before = (recorded or {}).get("compute")
   now = run.record["compute"]
-  changes = list((recorded or {}).get("compute_changes", []))
+  changes = [c for c in (recorded or {}).get("compute_changes", [])
+             if c.get("step", 0) <= run.step]
   if before is not None and before != now:
     changes.append({"step": run.step, "from": before, "to": now})
     if run.is_writer:
@@ -247,7 +251,8 @@ def _note_compute_change(run, recorded):
                      "in float32") + f" (the run computed in "
                     f"{'bfloat16' if before.get('mixed_precision') else 'float32'} to step "
                     f"{run.step})")
-      if before.get("jit_compile") != now["jit_compile"] and now["backend"] == "tensorflow":
+      if (before.get("jit_compile") != now["jit_compile"] and now["backend"] == "tensorflow"
+          and before.get("backend") == "tensorflow"):
         said.append(f"{'with' if now['jit_compile'] else 'without'} --jit_compile (XLA draws "
                     "other noise from the same seed)")
       for line in said:

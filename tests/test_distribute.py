@@ -102,6 +102,41 @@ def test_more_devices_than_there_are_says_how_to_get_cpu_devices():
     flags.FLAGS.unparse_flags()
 
 
+@needs_jax
+def test_multi_process_flags_are_checked_before_jax_starts():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for args, message in (
+      (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+       "--process_id 2 is not one of the --num_processes 2 processes \\(0 to 1\\)"),
+      (["--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=0"],
+       "--coordinator_address '127.0.0.1' is not HOST:PORT")):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["x", *args])
+    try:
+      with pytest.raises(ValueError, match=message):
+        distribute.initialize_from_flags()
+    finally:
+      flags.FLAGS.unparse_flags()
+
+
+def test_commands_on_one_device_note_data_parallel_flags(capsys):
+  """sample, export, metric_main and pretrain_damsm accept the data-parallel flags (a run's
+  flags.txt names them) and say they do nothing there; at their defaults, nothing is said."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["x"])
+    distribute.note_single_device("sample")
+    assert capsys.readouterr().err == ""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["x", "--devices=2", "--num_processes=2"])
+    distribute.note_single_device("sample")
+    assert capsys.readouterr().err == ("note: --devices, --num_processes apply to train and "
+                                       "bench only; sample runs in one process on one device\n")
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

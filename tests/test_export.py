@@ -252,7 +252,7 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
     args = [sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}", "--model=shapes",
             f"--out={out}", "--version=0", "a yellow\nsquare"]
     res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and "holds the images of another request" in res.stderr
+    assert res.returncode == 1 and "holds the 2 images of another request" in res.stderr
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == first
     res = subprocess.run(args + ["--overwrite"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
@@ -287,6 +287,25 @@ def test_serving_client_names_network_and_reply_failures():
       mode["m"] = m
       with pytest.raises(RuntimeError, match=f"{url}/v1/models/m:predict: {message}"):
         serving_client.predict_png(url, "m", ["a red circle"], timeout=0.3)
+
+
+def test_serving_client_never_removes_pngs_it_did_not_write(tmp_path):
+  from msmt_tf import serving_client  # pylint: disable=g-import-not-at-top
+  request = {"url": "u", "model": "m", "version": None, "seed": 0, "captions": ["a", "b", "c"]}
+  out = tmp_path / "out"
+  assert serving_client.check_out(str(out), request) == []  # a new folder
+  serving_client.write_pngs([b"0", b"1", b"2"], request["captions"], str(out), request)
+  assert serving_client.check_out(str(out), request) == []  # the same request: written over
+  other = {**request, "captions": ["d"]}
+  assert serving_client.check_out(str(out), other, overwrite=True) == [
+      "0000.png", "0001.png", "0002.png"]
+  (out / "0007.png").write_bytes(b"the user's")
+  (out / "000008.png").write_bytes(b"msmt_tf.sample's")
+  for overwrite in (False, True):
+    with pytest.raises(RuntimeError, match="holds 2 numbered PNGs that no recorded request made "
+                       "\\(000008.png, 0007.png\\): they are left alone"):
+      serving_client.check_out(str(out), other, overwrite=overwrite)
+  assert (out / "0007.png").read_bytes() == b"the user's"
 
 
 def test_export_names_a_bad_text_encoder(exported, tmp_path):

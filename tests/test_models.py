@@ -204,6 +204,16 @@ def test_parameter_counts_match_paper_table2(cub_models):
     assert abs(dm_total / 1e6 - paper) / paper < 0.001
 
 
+def test_no_vocabulary_says_what_to_pass_or_build(tmp_path):
+  from msmt_tf import config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="--data_dir and --vocab_size are not set \\(pass a config"):
+    config.resolve_vocab_size(None, "birds", None)
+  missing = str(tmp_path / "shapes")
+  with pytest.raises(ValueError, match=f"{missing}/captions.pickle not found and --vocab_size is "
+                     f"not set: build the dataset first .*--out {missing}"):
+    config.resolve_vocab_size(missing, "shapes", None)
+
+
 def test_params_cli():
   res = subprocess.run([sys.executable, "-m", "msmt_tf.params",
                         "--flagfile=configs/cub_dmgan.cfg"], cwd=REPO, capture_output=True,
@@ -215,7 +225,8 @@ def test_params_cli():
   assert res.returncode != 0 and "--num_heads must be >= 1" in res.stderr
   # Another vocabulary is not Table 2's model: no comparison printed.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.params", "--flagfile=configs/cub.cfg",
-                        "--vocab_size=100"], cwd=REPO, capture_output=True, text=True)
+                        "--vocab_size=100", "--data_dir="], cwd=REPO, capture_output=True,
+                       text=True)  # (no dataset: a checkout may hold data/birds)
   assert res.returncode == 0 and "vocab=100" in res.stdout and "Table 2" not in res.stdout
 
 

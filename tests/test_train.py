@@ -687,6 +687,21 @@ def test_mixed_precision_step_matches_float32(smoke, tmp_path):
     runs[name] = _losses(run_dir)[1]
   for key in ("d_loss_64", "d_loss_128", "g_adv", "damsm_word", "damsm_sent", "g_total"):
     assert runs["bf16"][key] == pytest.approx(runs["fp32"][key], rel=2e-2), key
+  # The float32 run resumed in bfloat16: said, and kept with the step it happened at. A resume
+  # that trains nothing (--max_steps reached) rewrites config.json, but the next one reads what
+  # computed the restored state from the checkpoint: no change is said or kept for it.
+  fp32 = str(tmp_path / "fp32")
+  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=1", "--resume",
+                                          "--mixed_precision"))
+  assert res.returncode == 0 and "nothing to train" in res.stdout, res.stderr[-2000:]
+  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=2", "--resume",
+                                          "--mixed_precision"))
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "note: continuing in bfloat16 (--mixed_precision) (the run computed in float32 to " \
+      "step 1)" in res.stdout
+  with open(os.path.join(fp32, "config.json")) as f:
+    changes = json.load(f)["compute_changes"]
+  assert [(c["step"], c["to"]["mixed_precision"]) for c in changes] == [(1, True)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
