@@ -41,8 +41,9 @@ __all__ = ["Placement", "TFPlacement", "initialize_from_flags", "placement_from_
 # Used by train and bench; defined wherever the project's flags are (a run's flags.txt is a
 # flagfile for every command), and noted when set for a command that runs on one device.
 flags.DEFINE_enum("distribute", "auto", ["auto", "none"],
-                  "train and bench: auto: data-parallel over every local accelerator and over every process of a "
-                  "multi-host run (JAX: jax.distributed; TensorFlow: the workers of TF_CONFIG). "
+                  "train and bench: auto: data-parallel over every local accelerator and over "
+                  "every process of a multi-host run (JAX: jax.distributed; TensorFlow: the "
+                  "workers of TF_CONFIG). "
                   "On a CPU-only machine: JAX uses the CPU devices XLA was asked for (XLA_FLAGS="
                   "--xla_force_host_platform_device_count=4), TensorFlow one device unless "
                   "--devices asks for more; none: one device.")

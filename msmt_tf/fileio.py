@@ -10,7 +10,8 @@ import hashlib
 import os
 import tempfile
 
-__all__ = ["write_aside", "atomic_write", "atomic_write_bytes", "file_digest"]
+__all__ = ["write_aside", "removed_on_failure", "atomic_write", "atomic_write_bytes",
+           "file_digest"]
 
 
 def file_digest(path, algorithm="sha256"):
@@ -53,7 +54,7 @@ def write_aside(path, write_fn):
   base = os.path.basename(path)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=os.path.splitext(base)[1])
   os.close(fd)
-  with _removed_on_failure(tmp):
+  with removed_on_failure([tmp]):
     write_fn(tmp)
     # mkstemp makes the file 0600; give it the mode open() would (0666 less the umask), so
     # samples, checkpoints and records are as readable as any other file the user writes.
@@ -67,19 +68,21 @@ def write_aside(path, write_fn):
 def atomic_write(path, write_fn):
   """Calls `write_fn(tmp_path)` and renames the result to `path` (`write_aside`)."""
   tmp = write_aside(path, write_fn)
-  with _removed_on_failure(tmp):
+  with removed_on_failure([tmp]):
     os.replace(tmp, path)
   return path
 
 
 @contextlib.contextmanager
-def _removed_on_failure(tmp):
-  """Removes the temporary file `tmp` when the block raises (Ctrl-C included), then re-raises."""
+def removed_on_failure(tmps):
+  """Removes the temporary files in the list `tmps` (which the block may extend) when the block
+  raises (Ctrl-C included), then re-raises."""
   try:
     yield
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    for tmp in tmps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
     raise
 
 

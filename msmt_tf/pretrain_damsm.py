@@ -194,8 +194,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                           f"{text_enc.vocab_size}-word vocabulary and the {image_enc.trunk_name} "
                           f"trunk; this dataset has {len(data.vocab)} words and "
                           f"--image_encoder_trunk={trunk}; start over with --overwrite")
-    log_lines = _read_log(log_path, done + (1 if start_batch else 0))
-    progress["resumed"] = done + (1 if start_batch else 0)
+    progress["resumed"] = done + (1 if start_batch else 0)  # the epoch the snapshot is of
+    log_lines = _read_log(log_path, progress["resumed"])
     if verbose:
       where = (f"inside epoch {done + 1} (batch {start_batch} of {batches_per_epoch})"
                if start_batch else f"after epoch {done}")
@@ -251,9 +251,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     base_size=size, num_stages=1, seed=seed, augment=False,
                                     num_epochs=1)
   history, it = [], train_pipe.iterate(as_numpy=False)
-  lr0, lr = lr, learning_rate(lr, done)
+  lr0 = lr
   step_fn = tf.function(step, reduce_retracing=True)
   for epoch in range(done, epochs):
+    lr = learning_rate(lr0, epoch)
     first_batch = start_batch if epoch == done else 0
     if first_batch:  # inside an epoch: its Adam and dropout state as the snapshot kept them
       _restore_state(os.path.join(damsm_dir, STATE_FILE), inner_state)
@@ -303,8 +304,6 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
         log_owned = True
     if last:
       break
-    if lr > lr0 / 10.0:  # AttnGAN: decay while above a tenth of the initial rate
-      lr *= 0.98
   return history
 
 
@@ -337,22 +336,18 @@ def _save_snapshot(damsm_dir, text_enc, image_enc, record, inner_state=None):
   import numpy as np  # pylint: disable=g-import-not-at-top
   text_path, image_path = config.damsm_paths(damsm_dir)
   state_path = os.path.join(damsm_dir, STATE_FILE)
-  moves = []
-  try:
-    moves.append((fileio.write_aside(text_path, text_enc.save), text_path))
-    moves.append((fileio.write_aside(image_path, image_enc.save), image_path))
-    if inner_state is not None:
-      moves.append((fileio.write_aside(state_path, lambda p: np.savez(
-          p, **{f"v{i}": x for i, x in enumerate(inner_state)})), state_path))
-  except BaseException:
-    for tmp, _ in moves:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    raise
+  moves = [(text_path, text_enc.save), (image_path, image_enc.save)]
+  if inner_state is not None:
+    moves.append((state_path, lambda p: np.savez(
+        p, **{f"v{i}": x for i, x in enumerate(inner_state)})))
+  tmps = []
+  with fileio.removed_on_failure(tmps):  # the files written so far, if a later one fails
+    for path, write in moves:
+      tmps.append(fileio.write_aside(path, write))
   record_path = os.path.join(damsm_dir, runs.PRETRAIN_RECORD)
   fileio.atomic_write_bytes(record_path, json.dumps(
       {**record, "complete": False, "writing": True}).encode())
-  for tmp, path in moves:
+  for tmp, (path, _) in zip(tmps, moves):
     os.replace(tmp, path)
   for stale in ([] if inner_state is not None else [state_path]) + [
       os.path.join(damsm_dir, runs.IMPORT_MANIFEST)]:  # of encoders replaced

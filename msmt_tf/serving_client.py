@@ -93,6 +93,11 @@ def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
                        f"{type(e).__name__})") from e
 
 
+def _png_names(count):
+  """The names of a request's `count` images: 0000.png, 0001.png, ..."""
+  return [f"{i:04d}.png" for i in range(count)]
+
+
 def check_out(out, request, overwrite=False):
   """The PNGs of an earlier request in `out` that this one replaces (to remove before writing).
 
@@ -109,17 +114,17 @@ def check_out(out, request, overwrite=False):
   try:
     with open(os.path.join(out, REQUEST_FILE)) as f:
       earlier = json.load(f)
-    ours = {f"{i:04d}.png" for i in range(len(earlier["captions"]))}
+    ours = set(_png_names(len(earlier["captions"])))
   except (OSError, ValueError, KeyError, TypeError):
     earlier, ours = None, set()
   foreign = [n for n in pngs if n not in ours]
   if foreign:
+    listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     raise RuntimeError(f"--out {out} holds {len(foreign)} numbered PNGs that no recorded "
-                       f"request made ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
-                       "): they are left alone; choose another --out")
+                       f"request made ({listed}): they are left alone; choose another --out")
   mine = [n for n in pngs if n in ours]
   if not mine or earlier == request:
-    return [n for n in mine if n not in {f"{i:04d}.png" for i in range(len(request["captions"]))}]
+    return [n for n in mine if n not in _png_names(len(request["captions"]))]
   if not overwrite:
     raise RuntimeError(f"--out {out} holds the {len(mine)} images of another request "
                        f"({REQUEST_FILE}): choose another --out, or pass --overwrite to replace "
@@ -134,8 +139,8 @@ def write_pngs(pngs, captions, out, request=None, stale=()):
   for name in stale:
     os.remove(os.path.join(out, name))
   paths = []
-  for i, png in enumerate(pngs):
-    path = os.path.join(out, f"{i:04d}.png")
+  for name, png in zip(_png_names(len(pngs)), pngs):
+    path = os.path.join(out, name)
     with open(path, "wb") as f:
       f.write(png)
     paths.append(path)
