@@ -9,7 +9,7 @@
 # short keeps what was measured), OUT_DIR/logs.tgz (each run's log) and OUT_DIR/profile_*.tgz
 # (jax.profiler XPlane of one step of the fused float32 / bf16 runs; read them with XProf, e.g.
 # `xprof.convert.raw_to_tool_data.xspace_to_tool_data([path], "hlo_stats", {})`).
-# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "16 17 18 19",
+# Environment: PYTHON (default python3), STEPS (default 30), RUN_GROUPS (default "21 22",
 # the next sitting's; an unknown group is refused), CUB_FLAGS / DMGAN_FLAGS / COCO_FLAGS
 # (the configs; a CPU rehearsal: "--flagfile=configs/smoke.cfg --vocab_size=50" for each), DRY_RUN=1
 # (check every command's flags with bench --dry_run_commands, in one process; nothing is compiled
@@ -43,14 +43,21 @@
 #   ran out of memory at its first step beside the three others, so bf16 is not yet measured:
 #   the next sitting's RUN_GROUPS=15 (group 14's bf16 pair alone). Group 14 was then removed
 #   (its float32 pair is measured; group 15 holds its bf16 pair).
-# Groups 16 (float32) and 17 (bf16), sixth session: the default step (--sdm_convs=merged) beside
-#   --sdm_convs=factored (13% fewer FLOPs, same function), the latter with a one-step profile.
-#   Groups 18 (float32) and 19 (bf16): the same choice on the two refinement parts alone
-#   (--only_parts, no step compiled): a quick first answer. Two runs per group: four CUB runs
-#   at once have run out of device memory. The default RUN_GROUPS="16 17 18 19".
-#   Seventh session: group 17 also times bf16 with --batch_norm=fused (never timed in bf16; it
-#   keeps 30-34% fewer bytes for the backward of the bf16 generator parts: bench --flops_only's
-#   parts_residual_mb, BUILD.md); three bf16 runs (about 8 GB each at their peak).
+# Groups 16 (float32) and 17 (bf16), prepared in the sixth session and run in the sixth H100
+#   sitting (2026-11-27, tenth session; BUILD.md "H100, sixth sitting"): the then default step
+#   (--sdm_convs=merged) beside --sdm_convs=factored, with a one-step profile of the latter,
+#   and bf16 with --batch_norm=fused. Factored won in float32 (92.3 against 95.1 ms) and tied
+#   in bf16 (54.7 / 54.5), and is now the default; --batch_norm=fused tied in bf16 (54.0).
+#   Group 10 then timed the bf16 step's parts (the per-part bf16 table), its step compile a hit
+#   of the persistent cache (12 s against 224 s). Groups 15-20 were removed with them (20 was 16
+#   and 17 as one group for an H200; 18 and 19, the refinement parts alone, were not needed).
+# Groups 21 and 22 (tenth session), the next sitting's: bench now also times the step as
+#   train.py runs it (`ms_per_step_pipelined_*`: the next step dispatched before the last is
+#   waited for) and the host's part of a call (`ms_per_call_median`). 21: the float32 default
+#   step alone, so its compile is timed alone (the 2-minute target; never timed alone); run
+#   it without JAX_COMPILATION_CACHE_DIR or with an empty one. 22: bf16 default,
+#   cub_dmgan.cfg default, and float32 --batch_norm=fused (one pair so far, -2.7%), compiled
+#   together (about 42 GB at their peaks).
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +110,7 @@ fi
 CUB=${CUB_FLAGS:---flagfile=configs/cub.cfg}
 DMGAN=${DMGAN_FLAGS:---flagfile=configs/cub_dmgan.cfg}
 COCO=${COCO_FLAGS:---flagfile=configs/coco.cfg}
-for g in ${RUN_GROUPS:-16 17 18 19}; do
+for g in ${RUN_GROUPS:-21 22}; do
   case $g in
     1) group 1 \
          "$CUB --parts --devices 1 --upsample_conv=reference" \
@@ -120,18 +127,10 @@ for g in ${RUN_GROUPS:-16 17 18 19}; do
     6) group 6 "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_ref --profile_steps 1" \
          "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
     10) group 10 "$CUB --parts --mixed_precision" ;;
-    15) # bf16 alone (group 14's bf16 pair): the layers as written beside the defaults
-        group 15 "$CUB --noparts --mixed_precision --sdm_convs=separate --fuse_gate=conv" \
-          "$CUB --noparts --mixed_precision --profile_dir $OUT_DIR/work/profile_bf16_merged --profile_steps 1" ;;
-    16) group 16 "$CUB --noparts" \
-          "$CUB --noparts --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_f32_factored --profile_steps 1" ;;
-    17) group 17 "$CUB --noparts --mixed_precision" \
-          "$CUB --noparts --mixed_precision --sdm_convs=factored --profile_dir $OUT_DIR/work/profile_bf16_factored --profile_steps 1" \
-          "$CUB --noparts --mixed_precision --batch_norm=fused" ;;
-    18) group 18 "$CUB --only_parts=refine1,refine2" "$CUB --only_parts=refine1,refine2 --sdm_convs=factored" ;;
-    19) group 19 "$CUB --only_parts=refine1,refine2 --mixed_precision" \
-          "$CUB --only_parts=refine1,refine2 --mixed_precision --sdm_convs=factored" ;;
-    *) echo "gpu_session.sh: no group $g (groups: 1 2 5 6 10 15 16 17 18 19)" >&2; exit 2 ;;
+    21) group 21 "$CUB --noparts" ;;
+    22) group 22 "$CUB --noparts --mixed_precision" "$DMGAN --noparts" \
+          "$CUB --noparts --batch_norm=fused" ;;
+    *) echo "gpu_session.sh: no group $g (groups: 1 2 5 6 10 21 22)" >&2; exit 2 ;;
   esac
 done
 if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -148,7 +147,8 @@ import json, re, sys
 for l in open(sys.argv[1]):
   r = json.loads(l)
   cmd = re.sub(r" --(out|sync_\w+|profile_\w+|steps|warmup)[= ]\S+", "", r["command"])
-  step = (f"{r['ms_per_step_median']} ({r['ms_per_step_min']}-{r['ms_per_step_max']}) | compile "
+  step = (f"{r['ms_per_step_median']} ({r['ms_per_step_min']}-{r['ms_per_step_max']}), pipelined "
+          f"{r.get('ms_per_step_pipelined_median')}, call {r.get('ms_per_call_median')} | compile "
           f"{r['compile_s']} | peak MB {r['peak_memory_mb']}" if "ms_per_step_median" in r else
           f"parts only, compile {r.get('parts_compile_s')}")
   print(cmd.split("python -m msmt_tf.bench", 1)[1], r.get("xla_flags", ""), "|", r["precision"],
