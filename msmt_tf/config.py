@@ -61,15 +61,14 @@ flags.DEFINE_enum("batch_norm", "keras", list(blocks.BATCH_NORM_MODES),
                   "BatchNormalization as it is) or 'fused' (one-pass statistics and a "
                   "hand-written backward that keeps only the input, BUILD.md Performance). Same "
                   "variables and function; rounding differs. Inference is the same either way.")
-flags.DEFINE_enum("sdm_convs", "merged", list(blocks.SDM_CONVS_MODES),
+flags.DEFINE_enum("sdm_convs", "factored", list(blocks.SDM_CONVS_MODES),
                   "How each SDM head runs its convolutions that share an input (the three query "
-                  "convs; phi_K and phi_V): 'merged' (kernels concatenated, one convolution per "
-                  "input; with --fuse_gate=reduce the float32 CUB step 5% faster on the H100, "
-                  "BUILD.md Performance), 'separate' (one per layer, as written) or 'factored' "
-                  "(by linearity: phi_K / phi_V applied per word and per cell instead of per "
-                  "memory slot, the global and grid queries from window means; 13% fewer FLOPs "
-                  "in the CUB step, not yet timed on a GPU). Same variables and function; "
-                  "rounding differs.")
+                  "convs; phi_K and phi_V): 'factored' (by linearity: phi_K / phi_V applied per "
+                  "word and per cell instead of per memory slot, the global and grid queries "
+                  "from window means; 13% fewer FLOPs in the CUB step, float32 3% faster on the "
+                  "H100, bf16 the same: BUILD.md Performance), 'merged' (kernels concatenated, "
+                  "one convolution per input) or 'separate' (one per layer, as written). Same "
+                  "variables and function; rounding differs.")
 flags.DEFINE_enum("fuse_gate", "reduce", list(blocks.FUSE_GATE_MODES),
                   "How the scalar fuse gates' logits are computed: 'reduce' (per-pixel weighted "
                   "sums over the channels of each map, in float32, no concatenation) or 'conv' "

@@ -366,9 +366,9 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
 
 @pytest.mark.parametrize("name,mode,module,hook,hook_mode,min_calls", [
     ("batch_norm", "fused", "blocks", "_normalize_with_batch_gradient", "fused", 7),
-    ("sdm_convs", "separate", "blocks", "merged_conv", "merged", 2 * 2),
+    ("sdm_convs", "merged", "blocks", "merged_conv", "merged", 2 * 2),
     ("fuse_gate", "conv", "fuse", "scalar_gate_logits", "reduce", 4),
-    ("sdm_convs", "factored", "sdm", "factored_memory_convs", "factored", 2)])
+    ("sdm_convs", "separate", "sdm", "factored_memory_convs", "factored", 2)])
 def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, module, hook,
                                                        hook_mode, min_calls):
   """A whole training step with an implementation choice against the default one, from the same
@@ -419,7 +419,7 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   if os.environ.get("MSMT_STEP_REPORT"):  # the measurement behind the docstring
     import json  # pylint: disable=g-import-not-at-top
     with open(os.environ["MSMT_STEP_REPORT"], "a") as f:
-      f.write(json.dumps(dict(name=name, seed=seed, stats={k: v for k, v in stats.items()
+      f.write(json.dumps(dict(name=name, mode=mode, seed=seed, stats={k: v for k, v in stats.items()
                                                            if k != "misses"},
                               logs={k: [float(want_logs[k]), float(got_logs[k])]
                                     for k in want_logs})) + "\n")

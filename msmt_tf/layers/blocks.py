@@ -193,19 +193,21 @@ def apply_batch_norm(layer, x, training=None):
 # (phi_Q_global, phi_Q_grid, phi_Q_pixel, all on the query source U) and its key and value convs
 # (phi_K, phi_V, both on the memory m); the same function of the same variables, rounded
 # differently:
-#   "merged" (default): the kernels (and biases) concatenated along the output channels, one
-#     convolution per input (`merged_conv`), its output split: one cuDNN call of 3 x 48 (or
-#     304 + 48) channels instead of three (two) thin ones, whose kernel gradients ran at 12-36
-#     TFLOP/s in the H100 profile of the CUB step. There it took the SDM layers from 21.5 to
-#     17.8 ms of device time (float32; BUILD.md, "H100, fourth and fifth sittings").
-#   "separate": one Keras convolution per layer, as the layers are written.
-#   "factored": the same function with less arithmetic, by linearity (sdm.py): phi_K and phi_V
-#     are applied per word and per cell, not per (word, cell) slot of the memory
+#   "factored" (default): the same function with less arithmetic, by linearity (sdm.py): phi_K
+#     and phi_V are applied per word and per cell, not per (word, cell) slot of the memory
 #     (`factored_memory_convs`; m is never formed), and the global and grid queries are the
 #     kernels applied to window means (`pooled_query_convs`), only phi_Q_pixel stays a
-#     convolution. The CUB step: 6,525 -> 5,648 GFLOP (bench --flops_only); not yet timed on
-#     a GPU, so not the default (BUILD.md, "Prepared on the CPU ... sixth session").
-SDM_CONVS_MODES = ("merged", "separate", "factored")
+#     convolution. The CUB step: 6,525 -> 5,648 GFLOP (bench --flops_only); on the H100 92.3
+#     against 95.1 ms float32 (the SDM layers' backward 4.3 ms shorter), bf16 unchanged (54.7
+#     against 54.5 ms); on the CPU the refinement parts 11-18% faster (BUILD.md, "H100, sixth
+#     sitting").
+#   "merged": the kernels (and biases) concatenated along the output channels, one convolution
+#     per input (`merged_conv`), its output split: one cuDNN call of 3 x 48 (or 304 + 48)
+#     channels instead of three (two) thin ones, whose kernel gradients ran at 12-36 TFLOP/s in
+#     the H100 profile of the CUB step. There it took the SDM layers from 21.5 to 17.8 ms of
+#     device time (float32; BUILD.md, "H100, fourth and fifth sittings").
+#   "separate": one Keras convolution per layer, as the layers are written.
+SDM_CONVS_MODES = ("factored", "merged", "separate")
 _MODES["sdm_convs"] = SDM_CONVS_MODES
 
 # How `GatedFusion`'s scalar gate (a 1x1 convolution of concat(a, b) to one channel) computes its
