@@ -7,8 +7,10 @@ needed under JAX).
 Runs the full training step (`MSMTGAN.make_train_function`: text encoder, generator, one Adam
 step per discriminator, generator step with DAMSM, EMA) on random captions of random lengths and
 random images, with randomly initialised weights (speed does not depend on their values), and
-prints one JSON line: backend, device, batch size, compile time, ms/step median/min/max,
-images/s, peak memory, the CUB and COCO epoch times this implies, and a per-part breakdown
+prints one JSON line: backend, device, batch size, compile time, ms/step median/min/max (each
+step waited for before the next is made: "blocked"), ms/step "pipelined" (the next step
+dispatched before the last is waited for, as `train.py` runs them: the host's per-step work
+then overlaps the device's), images/s, peak memory, the CUB and COCO epoch times this implies, and a per-part breakdown
 (each part compiled and timed on its own, forward + backward where training needs one; the parts
 overlap with nothing, so their sum is an upper bound of the fused step). `--out FILE` appends
 the line to FILE (the source of BUILD.md's performance table).
@@ -182,16 +184,48 @@ def _first_call_s(fn, args):
   return time.perf_counter() - t
 
 
-def _time(fn, args, steps, warmup):
-  """Milliseconds of each of `steps` calls of an already compiled `fn`, after `warmup` calls."""
+def _time(fn, args, steps, warmup, block=None, clock=time.perf_counter):
+  """Milliseconds of each of `steps` calls of an already compiled `fn`, after `warmup` calls,
+  each waited for before the next is made ("blocked": the host's work for a call, its argument
+  handling and dispatch, is counted in series with the device's)."""
+  block = block or _block
   for _ in range(warmup):
-    _block(fn(*args))
+    block(fn(*args))
   times = []
   for _ in range(steps):
-    t = time.perf_counter()
-    _block(fn(*args))
-    times.append(1000 * (time.perf_counter() - t))
+    t = clock()
+    block(fn(*args))
+    times.append(1000 * (clock() - t))
   return times
+
+
+def _time_pipelined(fn, args, steps, warmup, block=None, clock=time.perf_counter):
+  """`(per_step, calls)`, milliseconds, of `steps` calls made as `train.py` makes its steps: call
+  n + 1 is made before waiting for call n (the training loop reads step n's losses after
+  dispatching step n + 1), so the host's work for a call overlaps the device's work for the one
+  before. `per_step`: the time from one call's completion to the next's as the host sees it; at
+  the steady state the larger of the device's time per call and the host's (the first
+  interval, which starts from an idle device, is not counted). `calls`: how long each call took
+  to return, the host's part of a step where the device runs asynchronously (a GPU; a CPU
+  backend may run the step inside the call)."""
+  block = block or _block
+  for _ in range(warmup):
+    block(fn(*args))
+  pending = fn(*args)
+  block(pending)
+  last, pending = clock(), fn(*args)
+  per_step, calls = [], []
+  for i in range(steps + 1):
+    t = clock()
+    following = fn(*args)
+    calls.append(1000 * (clock() - t))
+    block(pending)
+    now = clock()
+    if i:
+      per_step.append(1000 * (now - last))
+    last, pending = now, following
+  block(pending)
+  return per_step, calls[1:]
 
 
 def _time_parts(parts, steps, warmup):
@@ -850,6 +884,7 @@ def run_benchmark(steps, warmup, with_parts):
   with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
                    FLAGS.sync_timeout) as sync:
     times = _time(step_fn, [step_data], steps, warmup)
+    piped, calls = _time_pipelined(step_fn, [step_data], steps, 0)
     parts_ms = _time_parts(parts, max(3, steps // 2), 1)
     if FLAGS.profile_dir and backend == "jax":
       import jax  # pylint: disable=g-import-not-at-top
@@ -869,6 +904,14 @@ def run_benchmark(steps, warmup, with_parts):
       "ms_per_step_min": round(min(times), 2),
       "ms_per_step_max": round(max(times), 2),
       "images_per_s": round(1000 * batch_size / median, 2),
+      # As train.py runs its steps (the next dispatched before the last is waited for): what
+      # training gets where the host keeps up; the blocked numbers above add the host's
+      # per-step work (BUILD.md, "H100, sixth sitting").
+      "ms_per_step_pipelined_median": round(statistics.median(piped), 2),
+      "ms_per_step_pipelined_min": round(min(piped), 2),
+      "ms_per_step_pipelined_max": round(max(piped), 2),
+      "images_per_s_pipelined": round(1000 * batch_size / statistics.median(piped), 2),
+      "ms_per_call_median": round(statistics.median(calls), 2),  # the host's part on a GPU
       "devices": distribute.world_of(placement)["devices"],
       "images_per_s_per_device": round(1000 * batch_size / median /
                                        distribute.world_of(placement)["devices"], 2),
@@ -891,6 +934,9 @@ def run_benchmark(steps, warmup, with_parts):
     result["parts_skipped"] = parts_skipped
   if os.environ.get("XLA_FLAGS"):
     result["xla_flags"] = os.environ["XLA_FLAGS"]
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") and backend == "jax":
+    # compile_s may then be a read of the persistent cache, not a compile
+    result["jax_compilation_cache_dir"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
   if os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"):  # a cap beside other processes
     result["xla_mem_fraction"] = os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]
   memory, kind = _peak_memory_mb()
@@ -964,7 +1010,8 @@ def _flops_keys(flops, batch_size, bf16):
 def markdown_table(results):
   """BUILD.md's performance table from benchmark result dicts."""
   head = ("| date | backend | device | config | batch | precision | ms/step (median, min-max) | "
-          "images/s | CUB epoch (8,855 images) | COCO epoch (82,783) | peak memory | command |")
+          "pipelined ms/step (median) | images/s | CUB epoch (8,855 images) | "
+          "COCO epoch (82,783) | peak memory | command |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in results:
     cfg = r["config"]
@@ -974,7 +1021,8 @@ def markdown_table(results):
     lines.append(
         f"| {r['date']} | {r['backend']} | {r['device']} | {name} | {r['batch_size']} | "
         f"{r['precision']} | {r['ms_per_step_median']:.1f} ({r['ms_per_step_min']:.1f}-"
-        f"{r['ms_per_step_max']:.1f}) | {r['images_per_s']:.1f} | "
+        f"{r['ms_per_step_max']:.1f}) | "
+        f"{_number(r.get('ms_per_step_pipelined_median'), '.1f')} | {r['images_per_s']:.1f} | "
         f"{_duration(r['cub_epoch_s']) if r['dataset'] == 'birds' else '-'} | "
         f"{_duration(r['coco_epoch_s']) if r['dataset'] == 'coco' else '-'} | "
         f"{r['peak_memory_mb']:.0f} MB ({r['peak_memory_kind']}) | `{command}` |")
@@ -1000,6 +1048,10 @@ def pipeline_table(results):
         f"{need.get('75', '-')} / {need.get('40', '-')}; "
         f"{by_cpu.get('75', '-')} / {by_cpu.get('40', '-')} | {load} | `{command}` |")
   return "\n".join(lines)
+
+
+def _number(value, spec):
+  return "-" if value is None else format(value, spec)
 
 
 def _duration(seconds):
