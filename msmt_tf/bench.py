@@ -10,10 +10,10 @@ random images, with randomly initialised weights (speed does not depend on their
 prints one JSON line: backend, device, batch size, compile time, ms/step median/min/max (each
 step waited for before the next is made: "blocked"), ms/step "pipelined" (the next step
 dispatched before the last is waited for, as `train.py` runs them: the host's per-step work
-then overlaps the device's), images/s, peak memory, the CUB and COCO epoch times this implies, and a per-part breakdown
-(each part compiled and timed on its own, forward + backward where training needs one; the parts
-overlap with nothing, so their sum is an upper bound of the fused step). `--out FILE` appends
-the line to FILE (the source of BUILD.md's performance table).
+then overlaps the device's), images/s, peak memory, the CUB and COCO epoch times this implies,
+and a per-part breakdown (each part compiled and timed on its own, forward + backward where
+training needs one; the parts overlap with nothing, so their sum is an upper bound of the fused
+step). `--out FILE` appends the line to FILE (the source of BUILD.md's performance table).
 
 Under JAX it adds XLA's cost analysis of the step and of each part: FLOPs, bytes accessed, their
 ratio (FLOP/byte) and the roofline bound on an H100 (`--flops_only`: only these, nothing compiled

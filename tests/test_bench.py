@@ -458,11 +458,12 @@ def test_pipelined_timing_overlaps_the_host_with_the_device(host_ms, device_ms):
   give the blocked numbers."""
   from msmt_tf import bench  # pylint: disable=g-import-not-at-top
   dev = _VirtualDevice(host_ms, device_ms)
-  blocked = bench._time(lambda: dev.step(), [], 10, 2, dev.block, dev.clock)  # pylint: disable=protected-access
+  time_blocked, time_pipelined = bench._time, bench._time_pipelined  # pylint: disable=protected-access
+  blocked = time_blocked(dev.step, [], 10, 2, dev.block, dev.clock)
   assert blocked == [pytest.approx(host_ms + device_ms)] * 10
   assert dev.calls == 12
   dev = _VirtualDevice(host_ms, device_ms)
-  piped, calls = bench._time_pipelined(lambda: dev.step(), [], 10, 2, dev.block, dev.clock)  # pylint: disable=protected-access
+  piped, calls = time_pipelined(dev.step, [], 10, 2, dev.block, dev.clock)
   assert piped == [pytest.approx(max(host_ms, device_ms))] * 10
   assert calls == [pytest.approx(host_ms)] * 10  # each call returns once dispatched
   assert dev.calls == 2 + 1 + 10 + 2 and dev.now == dev.free  # every call waited for at the end

@@ -307,7 +307,8 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
   inputs, one step's differences stay at float32 rounding amplified by the step's conditioning.
 
   Bounds, per step, against the largest value measured over MSMT_STEP_SEED=0..19 on an AMD EPYC
-  (20 of 20 passed; BUILD.md "Numerical agreement" has the table and the command):
+  (20 of 20 passed; BUILD.md "Numerical agreement" has the table and the command; over 0..9 with
+  the factored SDM heads, the default since 2026-11-27, each value within these too):
   - losses: relative 1e-4 (measured max 2.7e-6 step 0, 5.8e-6 step 1);
   - model-weight elements off by more than 1e-4: at most 0.1% (measured max 8e-5; Adam's
     near-zero-gradient steps are the only source);
@@ -374,19 +375,20 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   """A whole training step with an implementation choice against the default one, from the same
   state and batch, on the current backend, with the TF-vs-JAX test's bounds: --batch_norm=fused
   (every generator batch norm: UpBlocks, ResBlocks, MTWIG's tails and fc; at least 7 traced
-  calls), --sdm_convs=separate against the default merged (2 per SDM head, 2 heads in the test
-  model's refinement stage), --fuse_gate=conv against the default reduce (its 4 scalar gates:
-  MTWIG's, the heads' and the skip's) and --sdm_convs=factored (its hook once per SDM head).
-  Largest values over 10 seeds (AMD EPYC, TensorFlow /
-  JAX), batch_norm: losses 1.6e-6 / 1.1e-6 relative, weight elements off by > 1e-4 2.3e-5 /
-  8.9e-6 (Adam's near-zero- gradient steps), updates 3.4e-4 / 2.2e-4 and Adam moments 9.7e-4 /
-  3.2e-4 relative RMS; sdm_convs: losses 0 / 8.8e-7, weight elements off 8.9e-7 / 3.0e-5,
-  updates 2.6e-5 / 4.2e-4, moments 1.9e-6 / 1.3e-3; fuse_gate: losses 1.1e-6 / 7.2e-7, weight
-  elements off 5.8e-6 / 4.0e-6, updates 1.8e-4 / 1.7e-4, moments 2.3e-4 / 6.1e-5; factored:
-  losses 9.4e-7 / 7.8e-7, weight elements off 1.3e-6 / 0, updates 3.2e-5 / 6.3e-6, moments
-  2.5e-6 / 1.6e-6 (for s in
-  0..9: MSMT_STEP_SEED=$s MSMT_STEP_REPORT=FILE KERAS_BACKEND=... pytest tests/test_models.py
-  -k implementation_choice). A batch norm whose
+  calls), --sdm_convs=merged and --sdm_convs=separate against the default factored (its hook
+  once per SDM head, 2 heads in the test model's refinement stage; merged's twice per head) and
+  --fuse_gate=conv against the default reduce (its 4 scalar gates: MTWIG's, the heads' and the
+  skip's). Largest values (AMD EPYC, TensorFlow / JAX) over seeds 0..5 with the factored
+  default (2026-11-27): merged: losses 7.5e-7 / 8.8e-7 relative, weight elements off by > 1e-4
+  0 / 1.3e-5 (Adam's near-zero-gradient steps), updates 1.5e-5 / 2.8e-4 and Adam moments
+  2.0e-6 / 5.1e-4 relative RMS; separate: losses 1.3e-6 / 8.7e-7, weight elements off 0 /
+  1.3e-5, updates 1.0e-5 / 2.8e-4, moments 1.4e-6 / 5.1e-4. Over seeds 0..9 with the merged SDM
+  default before it (their own paths unchanged; seed 0 passes on both): batch_norm: losses
+  1.6e-6 / 1.1e-6, weight elements off 2.3e-5 / 8.9e-6, updates 3.4e-4 / 2.2e-4, moments
+  9.7e-4 / 3.2e-4; fuse_gate: losses 1.1e-6 / 7.2e-7, weight elements off 5.8e-6 / 4.0e-6,
+  updates 1.8e-4 / 1.7e-4, moments 2.3e-4 / 6.1e-5 (for s in 0..9: MSMT_STEP_SEED=$s
+  MSMT_STEP_REPORT=FILE KERAS_BACKEND=... pytest tests/test_models.py -k implementation_choice).
+  A batch norm whose
   gradient leaves out the statistics' path puts 2% of the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
