@@ -895,7 +895,7 @@ def run_benchmark(steps, warmup, with_parts):
   bad = [k for k, v in logs.items() if not np.isfinite(v)]
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
-  median = statistics.median(times)
+  median, piped_median = statistics.median(times), statistics.median(piped)
   result = _describe(backend, cfg, batch_size, words_num, jit)
   result.update({
       "compile_s": round(compile_s, 2),
@@ -907,10 +907,10 @@ def run_benchmark(steps, warmup, with_parts):
       # As train.py runs its steps (the next dispatched before the last is waited for): what
       # training gets where the host keeps up; the blocked numbers above add the host's
       # per-step work (BUILD.md, "H100, sixth sitting").
-      "ms_per_step_pipelined_median": round(statistics.median(piped), 2),
+      "ms_per_step_pipelined_median": round(piped_median, 2),
       "ms_per_step_pipelined_min": round(min(piped), 2),
       "ms_per_step_pipelined_max": round(max(piped), 2),
-      "images_per_s_pipelined": round(1000 * batch_size / statistics.median(piped), 2),
+      "images_per_s_pipelined": round(1000 * batch_size / piped_median, 2),
       "ms_per_call_median": round(statistics.median(calls), 2),  # the host's part on a GPU
       "devices": distribute.world_of(placement)["devices"],
       "images_per_s_per_device": round(1000 * batch_size / median /

@@ -51,17 +51,19 @@ flags.DEFINE_enum("key_mode", "split", ["split", "concat", "project"], "How the 
 flags.DEFINE_bool("detach_grid", True, "Stop gradients through the SDM grid features C.")
 flags.DEFINE_enum("query_mode", "iterative", ["iterative", "previous"], "Head t queries U_{t-1} "
                   "(paper) or R_{k-1}.")
-flags.DEFINE_enum("upsample_conv", "reference", list(blocks.UPSAMPLE_CONV_MODES),
+# The implementation choices: each default is the first of its modes in blocks.py, where the
+# layers read it (blocks.implementation) when no flag set one.
+flags.DEFINE_enum("upsample_conv", blocks.UPSAMPLE_CONV_MODES[0], list(blocks.UPSAMPLE_CONV_MODES),
                   "How UpBlocks compute conv3x3(upsample x2): 'reference' (upsample, then conv) "
                   "or 'fused' (2x2 phase kernels on the low-resolution input: 4/9 of the "
                   "multiply-adds, but slower on the H100, BUILD.md Performance). Same weights "
                   "and function; rounding differs.")
-flags.DEFINE_enum("batch_norm", "keras", list(blocks.BATCH_NORM_MODES),
+flags.DEFINE_enum("batch_norm", blocks.BATCH_NORM_MODES[0], list(blocks.BATCH_NORM_MODES),
                   "How the generator's batch norms train: 'keras' (keras.layers."
                   "BatchNormalization as it is) or 'fused' (one-pass statistics and a "
                   "hand-written backward that keeps only the input, BUILD.md Performance). Same "
                   "variables and function; rounding differs. Inference is the same either way.")
-flags.DEFINE_enum("sdm_convs", "factored", list(blocks.SDM_CONVS_MODES),
+flags.DEFINE_enum("sdm_convs", blocks.SDM_CONVS_MODES[0], list(blocks.SDM_CONVS_MODES),
                   "How each SDM head runs its convolutions that share an input (the three query "
                   "convs; phi_K and phi_V): 'factored' (by linearity: phi_K / phi_V applied per "
                   "word and per cell instead of per memory slot, the global and grid queries "
@@ -69,7 +71,7 @@ flags.DEFINE_enum("sdm_convs", "factored", list(blocks.SDM_CONVS_MODES),
                   "H100, bf16 the same: BUILD.md Performance), 'merged' (kernels concatenated, "
                   "one convolution per input) or 'separate' (one per layer, as written). Same "
                   "variables and function; rounding differs.")
-flags.DEFINE_enum("fuse_gate", "reduce", list(blocks.FUSE_GATE_MODES),
+flags.DEFINE_enum("fuse_gate", blocks.FUSE_GATE_MODES[0], list(blocks.FUSE_GATE_MODES),
                   "How the scalar fuse gates' logits are computed: 'reduce' (per-pixel weighted "
                   "sums over the channels of each map, in float32, no concatenation) or 'conv' "
                   "(a 1x1 convolution of the concatenated maps, as written). Same variables and "
