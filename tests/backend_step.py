@@ -97,6 +97,33 @@ def run_steps(gan, batch, starts, steps=2, placement=None):
   return out
 
 
+def frozen_encoder_checks(gan, batch):
+  """JAX: the step takes the frozen DAMSM encoders as constants (`MSMTGAN.frozen_variables`):
+  returns how many arrays one step gives back (the state without them), and the error a step
+  that writes one of them raises when traced."""
+  fn = gan.make_train_function(jit_compile=False)
+  fn(batch)
+  returned = len(fn._state)  # pylint: disable=protected-access
+  fn.sync()
+  step, frozen = gan.jax_train_step, gan.frozen_variables()
+  index = [id(v) for v in gan.state_variables()].index(id(frozen[-1]))
+
+  def writes_an_encoder(state, data):
+    new, logs = step(state, data)
+    new[index] = new[index] * 0.5
+    return new, logs
+
+  gan.jax_train_step = writes_an_encoder
+  try:
+    gan.make_train_function(jit_compile=False)(batch)
+    error = ""
+  except ValueError as e:
+    error = str(e)
+  finally:
+    del gan.jax_train_step
+  return returned, error, frozen[-1].path
+
+
 if __name__ == "__main__":
   src = np.load(sys.argv[1])
   model = build()
@@ -107,5 +134,8 @@ if __name__ == "__main__":
   for s, (logs, state) in enumerate(run_steps(model, data, starts)):
     out.update({f"s{s}_w{i}": x for i, x in enumerate(state)})
     out.update({f"loss{s}_{k}": v for k, v in logs.items()})
+  returned, error, written = frozen_encoder_checks(model, data)
+  out.update(frozen_returned=returned, frozen_error=error, frozen_written=written,
+             state_count=len(model.state_variables()), frozen_count=len(model.frozen_variables()))
   np.savez(sys.argv[2], backend=keras.backend.backend(),
            tensorflow_imported="tensorflow" in sys.modules, names=np.array(names), **out)

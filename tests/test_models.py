@@ -344,6 +344,12 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
   got = np.load(dst)
   assert str(got["backend"]) == "jax" and not got["tensorflow_imported"]
   assert list(got["names"]) == names
+  # The JAX step takes the frozen DAMSM encoders as constants: it gives back the rest of the
+  # state only, and a step that writes an encoder variable is refused when traced, naming it.
+  assert int(got["frozen_count"]) == len(gan.frozen_variables()) > 0
+  assert int(got["frozen_returned"]) == int(got["state_count"]) - int(got["frozen_count"])
+  assert "frozen encoders" in str(got["frozen_error"])
+  assert str(got["frozen_written"]) in str(got["frozen_error"])
   report = []
   for s, (logs, expected) in enumerate(tf_steps):
     assert len(logs) >= 8
@@ -428,3 +434,4 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   assert stats["miss_fraction"] <= 1e-3, stats["misses"]
   assert stats["update_rel"] <= 5e-3 and stats["moment"] > 0 and stats["moment_rel"] <= 5e-2
   assert stats["moved"] > len(names) // 2
+
