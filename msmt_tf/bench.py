@@ -836,7 +836,11 @@ def run_benchmark(steps, warmup, with_parts):
     if unknown:
       raise ValueError(f"--only_parts: no part {', '.join(map(repr, unknown))} in this "
                        f"configuration; its parts: {', '.join(names)}")
+  started = time.perf_counter()
   gan, cfg, batch = build(batch_size, words_num, FLAGS.seed)
+  # Making the models and their initial values (under JAX, XLA compiles for these too: BUILD.md,
+  # "Startup under JAX"); compile_s is the step's first call after it.
+  build_s = round(time.perf_counter() - started, 2)
   jit = True if backend == "jax" else FLAGS.jit_compile
   step_fn = gan.make_train_function(jit_compile=jit, placement=placement)
   if backend == "tensorflow":
@@ -863,7 +867,7 @@ def run_benchmark(steps, warmup, with_parts):
                        residuals=FLAGS.flops_only)
            if backend == "jax" else {})
   if FLAGS.flops_only:
-    return (_describe(backend, cfg, batch_size, words_num, jit)
+    return (_describe(backend, cfg, batch_size, words_num, jit, build_s)
             | ({"mode": "parts"} if only else {})
             | _flops_keys(flops, batch_size, FLAGS.mixed_precision))
   # Everything timed below is compiled first (with --sync_dir, beside the group's compiles).
@@ -873,7 +877,7 @@ def run_benchmark(steps, warmup, with_parts):
     with timing_turn(FLAGS.sync_dir, FLAGS.sync_count, FLAGS.sync_index,
                      FLAGS.sync_timeout) as sync:
       parts_ms = _time_parts(parts, steps, warmup)
-    return (_describe(backend, cfg, batch_size, words_num, jit)
+    return (_describe(backend, cfg, batch_size, words_num, jit, build_s)
             | {"mode": "parts", "steps": steps, "parts_ms": parts_ms,
                "parts_sum_ms": round(sum(parts_ms.values()), 2),
                "parts_compile_s": parts_compile_s}
@@ -896,7 +900,7 @@ def run_benchmark(steps, warmup, with_parts):
   if bad:
     raise RuntimeError(f"non-finite losses in the benchmark step: {bad}")
   median, piped_median = statistics.median(times), statistics.median(piped)
-  result = _describe(backend, cfg, batch_size, words_num, jit)
+  result = _describe(backend, cfg, batch_size, words_num, jit, build_s)
   result.update({
       "compile_s": round(compile_s, 2),
       "steps": steps,
@@ -945,8 +949,9 @@ def run_benchmark(steps, warmup, with_parts):
   return result
 
 
-def _describe(backend, cfg, batch_size, words_num, jit):
-  """The keys saying what was measured: date, command, backend, device, model, batch."""
+def _describe(backend, cfg, batch_size, words_num, jit, build_s):
+  """The keys saying what was measured: date, command, backend, device, model, batch (and how
+  long making the model took)."""
   import keras  # pylint: disable=g-import-not-at-top
   return {
       "date": datetime.date.today().isoformat(),
@@ -967,6 +972,7 @@ def _describe(backend, cfg, batch_size, words_num, jit):
       "words_num": words_num,
       "precision": "mixed_bfloat16" if FLAGS.mixed_precision else "float32",
       "xla": jit,
+      "build_s": build_s,  # the models and their initial values, before any step compiles
   } | config.implementation_flags() | _jax_version(backend)  # choices always said
 
 

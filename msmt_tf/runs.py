@@ -109,8 +109,10 @@ def load_damsm_encoder(path, kind):
     raise FileNotFoundError(
         f"DAMSM encoder not found: {path}; make the encoders with: python -m "
         f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={folder}")
+  from msmt_tf.models import initialization  # pylint: disable=g-import-not-at-top
   try:
-    model = keras.saving.load_model(path)
+    with initialization.one_program_initialization():  # weights from the file: none computed
+      model = keras.saving.load_model(path)
   except Exception as e:  # zip, h5 and deserialisation errors of a bad file
     raise ValueError(f"cannot load the DAMSM encoder {path} ({type(e).__name__}: {e}); "
                      "re-create it with python -m msmt_tf.pretrain_damsm") from e

@@ -52,6 +52,7 @@ def test_bench_prints_one_json_line_on_jax_without_tensorflow(tmp_path):
   assert json.loads(out.read_text()) == result
   assert result["backend"] == "jax" and result["device"].startswith("cpu")
   assert result["batch_size"] == 3 and result["steps"] == 2 and result["xla"]
+  assert 0 < result["build_s"] and 0 < result["compile_s"]  # making the model, then the step
   assert (result["upsample_conv"], result["batch_norm"], result["sdm_convs"],
           result["fuse_gate"]) == ("reference", "keras", "factored", "reduce")  # defaults
   assert 0 < result["ms_per_step_min"] <= result["ms_per_step_median"] <= result["ms_per_step_max"]

@@ -16,6 +16,7 @@ from keras import ops
 import numpy as np
 
 from msmt_tf import losses
+from msmt_tf.models.initialization import one_program_initialization
 
 __all__ = ["LossConfig", "MSMTGAN", "BatchShard", "clone_generator"]
 
@@ -34,10 +35,11 @@ class LossConfig:
 
 def clone_generator(generator, words_num, text_dim):
   clone = generator.__class__.from_config(generator.get_config())
-  clone.build((None, words_num, text_dim), (None, text_dim), (None, words_num),
-              (None, generator.z_dim))
-  for a, b in zip(clone.variables, generator.variables):
-    a.assign(b)
+  with one_program_initialization():  # every value is a copy: nothing to compute
+    clone.build((None, words_num, text_dim), (None, text_dim), (None, words_num),
+                (None, generator.z_dim))
+    for a, b in zip(clone.variables, generator.variables):
+      a.assign(b)
   return clone
 
 
@@ -126,9 +128,10 @@ class MSMTGAN(keras.Model):
     super().compile(**kwargs)
     self.g_optimizer = g_optimizer
     self.d_optimizers = list(d_optimizers)
-    g_optimizer.build(self.generator.trainable_variables)
-    for opt, d in zip(self.d_optimizers, self.discriminators):
-      opt.build(d.trainable_variables)
+    with one_program_initialization():
+      g_optimizer.build(self.generator.trainable_variables)
+      for opt, d in zip(self.d_optimizers, self.discriminators):
+        opt.build(d.trainable_variables)
 
   # ------------------------------------------------------------------ pieces shared by backends
   def encode_text(self, tokens):

@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from msmt_tf.models.initialization import (initialized_in_one_program,
+                                            one_program_initialization)
+
 __all__ = ["RNNTextEncoder", "ImageEncoder"]
 
 
@@ -45,6 +48,7 @@ class RNNTextEncoder(keras.Model):
         keras.layers.LSTM(hidden_dim // 2, return_sequences=True, return_state=True),
         name="rnn")
 
+  @initialized_in_one_program
   def build(self, tokens_shape):
     self.embedding.build(tokens_shape)
     self.rnn.build(tuple(tokens_shape) + (self.embedding_dim,))
@@ -135,36 +139,37 @@ class ImageEncoder(keras.Model):
       import os  # pylint: disable=g-import-not-at-top
       if not os.path.isfile(trunk_weights):
         raise FileNotFoundError(f"Inception-v3 trunk weights not found: {trunk_weights}")
-    if trunk == "inception_v3":
-      import warnings  # pylint: disable=g-import-not-at-top
-      try:
-        with warnings.catch_warnings():  # another model's file: a warning per layer, then this
-          warnings.simplefilter("ignore")
-          inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
-                                                     input_shape=(299, 299, 3))
-      except Exception as e:  # h5py's OSError, Keras's ValueError: not the right weights file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ValueError(
-            f"{trunk_weights} is not a Keras InceptionV3 weights file without the top "
-            "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or a .weights.h5 of "
-            f"keras.applications.InceptionV3(include_top=False)): {type(e).__name__}: "
-            f"{first}") from e
-      self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
-                                                 inception.get_layer("mixed10").output],
-                               name="inception_trunk")
-      self.trunk.trainable = False
-      self.input_size, self.local_shape = 299, (17, 17, 768)
-    elif trunk == "torchvision_inception_v3":
-      from msmt_tf.models import torchvision_inception  # pylint: disable=g-import-not-at-top
-      self.trunk = torchvision_inception.TorchvisionInceptionV3(
-          outputs=("Mixed_6e", "Mixed_7c"), name="inception_trunk")
-      if trunk_weights is not None:
-        torchvision_inception.load_weights_file(self.trunk, trunk_weights)
-      self.trunk.trainable = False
-      self.input_size, self.local_shape = 299, (17, 17, 768)
-    else:
-      self.trunk = _small_trunk()
-      self.input_size, self.local_shape = 128, (8, 8, 256)
+    with one_program_initialization():  # the trunk's variables are made here
+      if trunk == "inception_v3":
+        import warnings  # pylint: disable=g-import-not-at-top
+        try:
+          with warnings.catch_warnings():  # another model's file: a warning per layer, then this
+            warnings.simplefilter("ignore")
+            inception = keras.applications.InceptionV3(include_top=False, weights=trunk_weights,
+                                                       input_shape=(299, 299, 3))
+        except Exception as e:  # h5py's OSError, Keras's ValueError: not the right weights file
+          first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+          raise ValueError(
+              f"{trunk_weights} is not a Keras InceptionV3 weights file without the top "
+              "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5, or a .weights.h5 of "
+              f"keras.applications.InceptionV3(include_top=False)): {type(e).__name__}: "
+              f"{first}") from e
+        self.trunk = keras.Model(inception.input, [inception.get_layer("mixed7").output,
+                                                   inception.get_layer("mixed10").output],
+                                 name="inception_trunk")
+        self.trunk.trainable = False
+        self.input_size, self.local_shape = 299, (17, 17, 768)
+      elif trunk == "torchvision_inception_v3":
+        from msmt_tf.models import torchvision_inception  # pylint: disable=g-import-not-at-top
+        self.trunk = torchvision_inception.TorchvisionInceptionV3(
+            outputs=("Mixed_6e", "Mixed_7c"), name="inception_trunk")
+        if trunk_weights is not None:
+          torchvision_inception.load_weights_file(self.trunk, trunk_weights)
+        self.trunk.trainable = False
+        self.input_size, self.local_shape = 299, (17, 17, 768)
+      else:
+        self.trunk = _small_trunk()
+        self.input_size, self.local_shape = 128, (8, 8, 256)
     self.top_channels = (2048 if trunk == "torchvision_inception_v3"
                          else self.trunk.outputs[1].shape[-1])
     self.local_proj = keras.layers.Conv2D(nef, 1, use_bias=False, kernel_initializer=_uniform(),
@@ -172,6 +177,7 @@ class ImageEncoder(keras.Model):
     self.global_proj = keras.layers.Dense(nef, kernel_initializer=_uniform(),
                                           name="emb_cnn_code")
 
+  @initialized_in_one_program
   def build(self, images_shape):
     self.local_proj.build((None,) + self.local_shape)
     self.global_proj.build((None, self.top_channels))
