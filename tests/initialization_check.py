@@ -1,10 +1,11 @@
 """Builds the small training model under JAX with the initial values from one program each
-(`msmt_tf.models.initialization`) and, for reference, the generator and text encoder with every
-value computed eagerly, as Keras does; writes what test_one_program_initialization checks.
+(`msmt_tf.models.initialization`) and, for reference, its models with every value computed
+eagerly, as Keras does; writes what test_one_program_initialization checks.
 
-    KERAS_BACKEND=jax python -m tests.initialization_check OUT.npz SEED
+    KERAS_BACKEND=jax python -m tests.initialization_check OUT.npz SEED TMP_DIR
 """
 
+import os
 import sys
 
 if __name__ == "__main__":
@@ -15,8 +16,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from msmt_tf import runs  # pylint: disable=g-import-not-at-top
 from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
-from msmt_tf.models import initialization  # pylint: disable=g-import-not-at-top
+from msmt_tf.models import ImageEncoder, initialization  # pylint: disable=g-import-not-at-top
 from tests import backend_step  # pylint: disable=g-import-not-at-top
 
 COMPILES = []
@@ -27,15 +29,30 @@ def _listen(event, seconds, **unused):
     COMPILES.append(seconds)
 
 
-def _generator_and_text(seed):
+def _models(seed):
+  """The values of every model the GAN is made of (not its EMA copy and optimizers)."""
   keras.utils.set_random_seed(seed)
   cfg = ModelConfig(**backend_step.SMALL)
-  return [np.asarray(v.value) for m in (cfg.build_generator(backend_step.WORDS_NUM, seed=seed),
-                                        cfg.build_text_encoder(backend_step.WORDS_NUM))
-          for v in m.variables]
+  image = ImageEncoder(cfg.text_dim, "small", name="image_encoder")
+  image.build((None, 128, 128, 3))
+  models = [cfg.build_generator(backend_step.WORDS_NUM, seed=seed),
+            cfg.build_text_encoder(backend_step.WORDS_NUM), image, *cfg.build_discriminators()]
+  return [np.asarray(v.value) for m in models for v in m.variables]
 
 
-def main(out_path, seed):
+class _BuiltByItsCall(keras.layers.Layer):
+  """No `build`: Keras builds it by running it, its Dense's variable made in a StatelessScope
+  (Keras' own deferred initialization, inside a context here)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.dense = keras.layers.Dense(3)
+
+  def call(self, x):
+    return self.dense(x)
+
+
+def main(out_path, seed, tmp_dir):
   jax.monitoring.register_event_duration_secs_listener(_listen)
   keras.utils.set_random_seed(seed)
   gan = backend_step.build()
@@ -44,11 +61,23 @@ def main(out_path, seed):
   out["without_value"] = sum(v._value is None for v in every)  # pylint: disable=protected-access
   out["ema_equal"] = all(np.array_equal(np.asarray(a.value), np.asarray(b.value))
                          for a, b in zip(gan.generator_ema.variables, gan.generator.variables))
-  one = _generator_and_text(seed)
-  again = _generator_and_text(seed)
+  # An encoder saved and loaded (runs.load_damsm_encoder: inside a context) keeps its weights.
+  path = os.path.join(tmp_dir, "text_encoder.keras")
+  runs.save_model(gan.text_encoder, path)
+  loaded = runs.load_damsm_encoder(path, "RNNTextEncoder")
+  out["loaded_equal"] = all(np.array_equal(np.asarray(a.value), np.asarray(b.value))
+                            for a, b in zip(loaded.variables, gan.text_encoder.variables)
+                            if "float" in str(a.dtype))  # (dropout seeds are not in the file)
+  with initialization.one_program_initialization():
+    called = _BuiltByItsCall()
+    called(keras.KerasTensor((None, 5)))
+  out["built_by_call"] = (len(called.variables) == 2 and all(
+      v._value is not None for v in called.variables))  # pylint: disable=protected-access
+  one = _models(seed)
+  again = _models(seed)
   initialization.ENABLED = False
   del COMPILES[:]
-  eager = _generator_and_text(seed)
+  eager = _models(seed)
   out["eager_compiles"] = len(COMPILES)
   out["repeatable"] = all(np.array_equal(a, b) for a, b in zip(one, again))
   for i, (a, b) in enumerate(zip(one, eager)):
@@ -58,4 +87,4 @@ def main(out_path, seed):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], int(sys.argv[2]))
+  main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -59,7 +59,9 @@ def _install():
   @functools.wraps(eager)
   def initialize(self, initializer):
     stack = _stack()
-    if stack:
+    # Keras' own deferred initialization (`_deferred_initialize`, for a variable made in a
+    # StatelessScope) passes the variable's kept initializer: computed eagerly, as Keras does.
+    if stack and self._initializer is not initializer:  # pylint: disable=protected-access
       self._initialize_layout()  # pylint: disable=protected-access
       if (self._layout is None  # pylint: disable=protected-access
           and not isinstance(getattr(initializer, "seed", None), keras.random.SeedGenerator)):
@@ -79,10 +81,15 @@ def _compute(variables):
   todo = [v for v in variables if v._value is None]  # pylint: disable=protected-access
   if not todo:
     return
-  specs = [(v._initializer, v.shape, v.dtype) for v in todo]  # pylint: disable=protected-access
+  # The stored dtype (`v.dtype` is the autocast one inside a mixed-precision call).
+  specs = [(v._initializer, v.shape, v._dtype) for v in todo]  # pylint: disable=protected-access
 
   def initial_values():
-    return [init(shape, dtype=dtype) for init, shape, dtype in specs]
+    with keras.StatelessScope(initialize_variables=False) as scope:  # one that writes a
+      values = [init(shape, dtype=dtype) for init, shape, dtype in specs]  # variable (a
+    if scope.state_mapping:  # SeedGenerator inside a wrapper): computed eagerly instead
+      raise ValueError("an initializer writes a variable")
+    return values
 
   try:
     lowered = jax.jit(initial_values).lower()
@@ -101,8 +108,9 @@ def _compute(variables):
 @contextlib.contextmanager
 def one_program_initialization():
   """See the module docstring. Nested contexts hand their variables to the outermost, which
-  computes the values when it closes. If the body raises, nothing is computed: the half-made
-  model is not returned, and a variable without a value still reads as Keras' placeholder."""
+  computes the values when it closes. If the body raises, nothing is computed: the error is not
+  slowed by a compile for a model that was not made (a variable left without a value still
+  reads as its initializer's value, Keras' placeholder)."""
   if not ENABLED or keras.backend.backend() != "jax":
     yield
     return
