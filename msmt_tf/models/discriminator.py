@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from msmt_tf.models.initialization import initialized_in_one_program
+from msmt_tf.models.initialization import one_program_initialization
 
 __all__ = ["SNConv2D", "StageDiscriminator"]
 
@@ -112,7 +112,7 @@ class StageDiscriminator(keras.Model):
     self.cond_out = keras.layers.Conv2D(1, 4, strides=4, kernel_initializer="orthogonal",
                                         name="cond_logits")
 
-  @initialized_in_one_program
+  @one_program_initialization()
   def build(self, images_shape, sentence_shape=None):
     shape = images_shape
     for layer in self.image_layers:

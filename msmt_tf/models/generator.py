@@ -7,7 +7,7 @@ from msmt_tf.layers.blocks import ToImage
 from msmt_tf.layers.conditioning import ConditioningAugmentation
 from msmt_tf.layers.imhm import DMGANRefinement, IterativeMultiHeadRefinement
 from msmt_tf.layers.mtwig import ConventionalInit, MultiTailedWordInit
-from msmt_tf.models.initialization import initialized_in_one_program
+from msmt_tf.models.initialization import one_program_initialization
 
 __all__ = ["MSMTGenerator", "INITIAL_STAGES", "REFINEMENTS", "stage_names"]
 
@@ -107,7 +107,7 @@ class MSMTGenerator(keras.Model):
       self.refine_stages.append(stage)
     self.to_images = [ToImage(name=f"to_image{k}") for k in range(num_stages)]
 
-  @initialized_in_one_program
+  @one_program_initialization()
   def build(self, words_shape, sentence_shape=None, word_mask_shape=None, z_shape=None,
             ca_noise_shape=None):
     batch = words_shape[0]

@@ -16,7 +16,7 @@ before the context closes (a copy, loaded weights) is never computed.
 Reading a variable that still has no value (inside a context) gets Keras' placeholder, the
 initializer computed eagerly, which may differ from the value the context later gives it in its
 last bit: read values only after the context closes (the models' `build` methods, decorated
-with `initialized_in_one_program`, close theirs before returning).
+with `@one_program_initialization()`, close theirs before returning).
 
 Other backends, variables with a layout (`keras.distribution`) and initializers that draw from a
 `SeedGenerator` (stateful) are initialized eagerly, as Keras does. If the one program fails
@@ -29,7 +29,7 @@ import threading
 
 import keras
 
-__all__ = ["one_program_initialization", "initialized_in_one_program"]
+__all__ = ["one_program_initialization"]
 
 # XLA's cheapest compile for a program that runs once (DebugOptions fields, every backend): on the
 # CPU the smoke model's values compile in 8 s instead of 25 s.
@@ -128,13 +128,3 @@ def one_program_initialization():
     elif ok:
       _compute(pending)
 
-
-def initialized_in_one_program(method):
-  """Decorates a method (a model's `build`) to run inside `one_program_initialization()`."""
-
-  @functools.wraps(method)
-  def wrapper(*args, **kwargs):
-    with one_program_initialization():
-      return method(*args, **kwargs)
-
-  return wrapper

@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from msmt_tf.models.initialization import (initialized_in_one_program,
-                                            one_program_initialization)
+from msmt_tf.models.initialization import one_program_initialization
 
 __all__ = ["RNNTextEncoder", "ImageEncoder"]
 
@@ -48,7 +47,7 @@ class RNNTextEncoder(keras.Model):
         keras.layers.LSTM(hidden_dim // 2, return_sequences=True, return_state=True),
         name="rnn")
 
-  @initialized_in_one_program
+  @one_program_initialization()
   def build(self, tokens_shape):
     self.embedding.build(tokens_shape)
     self.rnn.build(tuple(tokens_shape) + (self.embedding_dim,))
@@ -177,7 +176,7 @@ class ImageEncoder(keras.Model):
     self.global_proj = keras.layers.Dense(nef, kernel_initializer=_uniform(),
                                           name="emb_cnn_code")
 
-  @initialized_in_one_program
+  @one_program_initialization()
   def build(self, images_shape):
     self.local_proj.build((None,) + self.local_shape)
     self.global_proj.build((None, self.top_channels))
