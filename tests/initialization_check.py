@@ -1,6 +1,7 @@
 """Builds the small training model under JAX with the initial values from one program each
 (`msmt_tf.models.initialization`) and, for reference, its models with every value computed
-eagerly, as Keras does; writes what test_one_program_initialization checks.
+eagerly, as Keras does; and `MSMTGAN.sample`'s one program against the eager forward; writes
+what test_one_program_initialization checks.
 
     KERAS_BACKEND=jax python -m tests.initialization_check OUT.npz SEED TMP_DIR
 """
@@ -52,6 +53,35 @@ class _BuiltByItsCall(keras.layers.Layer):
     return self.dense(x)
 
 
+def _sample_checks(gan, seed, out):
+  """`MSMTGAN.sample` on JAX (with the CA noise given): one compiled program, reading the
+  variables' values at each call; the eager forward for reference."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, backend_step.SMALL["vocab_size"], (3, backend_step.WORDS_NUM)).astype("int32")
+  tokens[0, 5:] = 0  # a padded caption
+  z = rng.standard_normal((3, gan.generator.z_dim)).astype("float32")
+  eps = rng.standard_normal((3, gan.generator.condition_dim)).astype("float32")
+  del COMPILES[:]
+  first = [np.asarray(x) for x in gan.sample(tokens, z, eps)]
+  out["sample_compiles"] = len(COMPILES)
+  second = [np.asarray(x) for x in gan.sample(tokens, z, eps)]
+  out["sample_compiles_again"] = len(COMPILES) - out["sample_compiles"]
+  out["sample_repeatable"] = all(np.array_equal(a, b) for a, b in zip(first, second))
+  eager = [np.asarray(x) for x in gan._sample(tokens, z, eps, True)]  # pylint: disable=protected-access
+  out["sample_stages"] = len(first)
+  out["sample_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(first, eager))
+  # A new value of an EMA weight (as a training step's sync writes them) is read by the next call.
+  kernel = next(v for v in reversed(gan.generator_ema.variables)  # the last stage's to-image
+                if "to_image" in v.path and v.path.endswith("kernel"))
+  kernel.assign(kernel.value * 1.5)
+  before = len(COMPILES)
+  moved = [np.asarray(x) for x in gan.sample(tokens, z, eps)]
+  out["sample_compiles_moved"] = len(COMPILES) - before
+  eager = [np.asarray(x) for x in gan._sample(tokens, z, eps, True)]  # pylint: disable=protected-access
+  out["sample_moved"] = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, first))
+  out["sample_moved_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, eager))
+
+
 def main(out_path, seed, tmp_dir):
   jax.monitoring.register_event_duration_secs_listener(_listen)
   keras.utils.set_random_seed(seed)
@@ -73,6 +103,7 @@ def main(out_path, seed, tmp_dir):
     called(keras.KerasTensor((None, 5)))
   out["built_by_call"] = (len(called.variables) == 2 and all(
       v._value is not None for v in called.variables))  # pylint: disable=protected-access
+  _sample_checks(gan, seed, out)
   one = _models(seed)
   again = _models(seed)
   initialization.ENABLED = False

@@ -448,7 +448,7 @@ def test_one_program_initialization(tmp_path):
   value computed eagerly (generator, encoders, discriminators: about 200 compiles), at most
   2.2e-7 apart on the AMD EPYC (seeds 0-5: XLA rounds the arithmetic after the random bits
   differently in a bigger program, compiled with its cheapest settings), bound 1e-6 (values are
-  O(1); a wrong seed or initializer is off by O(0.1))."""
+  O(1); a wrong seed or initializer is off by O(0.1)). And the JAX sampler, below."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   out = str(tmp_path / "init.npz")
   env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
@@ -461,6 +461,16 @@ def test_one_program_initialization(tmp_path):
   assert 0 < int(got["build_compiles"]) <= 16, int(got["build_compiles"])  # 10 on the EPYC
   assert int(got["eager_compiles"]) > 10 * int(got["build_compiles"])
   assert got["ema_equal"] and got["loaded_equal"] and got["built_by_call"] and got["repeatable"]
+  # MSMTGAN.sample (train's samples) on JAX: one program (the eager forward: ~200 compiles), the
+  # same images as the eager forward (measured at most 7.5e-9 apart, seeds 0 and 1; images in
+  # [-1, 1]), compiled once, and reading the weights' values at each call: an EMA weight changed
+  # by assign moves the images (by 2.0e-3 and 2.9e-3 at this initialization) as it moves the
+  # eager forward's, which a stale copy of the values would not.
+  assert int(got["sample_stages"]) == 2 and got["sample_repeatable"]
+  assert int(got["sample_compiles"]) <= 2 and int(got["sample_compiles_again"]) == 0
+  assert int(got["sample_compiles_moved"]) == 0
+  assert float(got["sample_diff"]) <= 1e-6 and float(got["sample_moved_diff"]) <= 1e-6
+  assert float(got["sample_moved"]) > 1e-4
   count = int(got["count"])
   assert count > 50
   worst = max(float(np.max(np.abs(got[f"one_{i}"] - got[f"eager_{i}"])))
