@@ -159,7 +159,8 @@ def test_bench_refuses_bad_flags():
                           "--only_parts and --profile_dir exclude each other")):
     res = subprocess.run([sys.executable, "-m", "msmt_tf.bench", "--flagfile=configs/smoke.cfg",
                           "--vocab_size=60", *extra.split()], cwd=REPO, capture_output=True,
-                         text=True)
+                         text=True,  # --flops_only is refused on TensorFlow, whatever the caller's
+                         env=dict(os.environ, KERAS_BACKEND="tensorflow"))  # backend
     assert res.returncode != 0 and message in res.stderr, res.stderr[-2000:]
 
 
