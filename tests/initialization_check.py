@@ -57,7 +57,8 @@ def _sample_checks(gan, seed, out):
   """`MSMTGAN.sample` on JAX (with the CA noise given): one compiled program, reading the
   variables' values at each call; the eager forward for reference."""
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(1, backend_step.SMALL["vocab_size"], (3, backend_step.WORDS_NUM)).astype("int32")
+  tokens = rng.integers(1, backend_step.SMALL["vocab_size"],
+                        (3, backend_step.WORDS_NUM)).astype("int32")
   tokens[0, 5:] = 0  # a padded caption
   z = rng.standard_normal((3, gan.generator.z_dim)).astype("float32")
   eps = rng.standard_normal((3, gan.generator.condition_dim)).astype("float32")
