@@ -133,14 +133,8 @@ def _compiled(net, run):
       return fn(images)
     return call
   if backend == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    state = [v.value for v in net.variables]
-
-    def pure(values, images):
-      with keras.StatelessScope(list(zip(net.variables, values))):
-        return run(images)
-    jitted = jax.jit(pure)  # compiles once per input shape
-    return lambda images: jitted(state, images)
+    from msmt_tf.models.stateless import jit_over_variables  # pylint: disable=g-import-not-at-top
+    return jit_over_variables(run, net.variables)  # compiles once per input shape
   return run
 
 

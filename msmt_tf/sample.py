@@ -137,26 +137,21 @@ def _foreign_files(folder):
                 if not f.startswith(".") and f.lower() not in ("thumbs.db", "desktop.ini"))
 
 
-def _compiled(generator):
-  """A compiled `(words, sentence, mask, z, eps) -> last image` on the current backend."""
+def _compiled(generator, text_encoder):
+  """A compiled `(tokens, z, eps) -> last image` (the text encoder and the generator) on the
+  current backend."""
   import keras  # pylint: disable=g-import-not-at-top
 
-  def last(w, s, m, z, eps):
-    return generator(w, s, m, z, eps, training=False)["images"][-1]
+  def last(tokens, z, eps):
+    words, sentence = text_encoder(tokens, training=False)
+    return generator(words, sentence, tokens != 0, z, eps, training=False)["images"][-1]
 
   if keras.backend.backend() == "tensorflow":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf.function(last, reduce_retracing=True)
   if keras.backend.backend() == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    variables = generator.variables
-    values = [v.value for v in variables]
-
-    def pure(vals, *args):
-      with keras.StatelessScope(list(zip(variables, vals))):
-        return last(*args)
-    jitted = jax.jit(pure)
-    return lambda *args: jitted(values, *args)
+    from msmt_tf.models.stateless import jit_over_variables  # pylint: disable=g-import-not-at-top
+    return jit_over_variables(last, text_encoder.variables + generator.variables)
   return last
 
 
@@ -219,7 +214,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   manifest["images"] = plan(data, num_images, words_num, seed)
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
   todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
-  run = _compiled(generator)
+  run = _compiled(generator, text_encoder)
   bar = keras.utils.Progbar(num_images, unit_name="image") if progress else None
   done = num_images - len(todo)
   if bar:
@@ -235,9 +230,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
       ids = manifest["images"][i]["tokens"]
       tokens[r, :len(ids)] = ids
       z[r], eps[r] = noise_for(i, seed, generator.z_dim, generator.condition_dim)
-    words, sentence = text_encoder(tokens, training=False)
-    images = image_utils.to_uint8(keras.ops.convert_to_numpy(
-        run(words, sentence, tokens != 0, z, eps)))
+    images = image_utils.to_uint8(keras.ops.convert_to_numpy(run(tokens, z, eps)))
     for r, i in enumerate(chunk):
       image_utils.save_png(Image.fromarray(images[r]), os.path.join(out, image_name(i)))
     done += len(chunk)

@@ -1,6 +1,7 @@
 """Builds the small training model under JAX with the initial values from one program each
 (`msmt_tf.models.initialization`) and, for reference, its models with every value computed
-eagerly, as Keras does; and `MSMTGAN.sample`'s one program against the eager forward; writes
+eagerly, as Keras does; and `MSMTGAN.sample`'s and the sample command's one program
+(`msmt_tf.models.stateless`) against the eager forward; writes
 what test_one_program_initialization checks.
 
     KERAS_BACKEND=jax python -m tests.initialization_check OUT.npz SEED TMP_DIR
@@ -17,9 +18,9 @@ import jax  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+from msmt_tf import runs, sample  # pylint: disable=g-import-not-at-top
 from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
-from msmt_tf.models import ImageEncoder, initialization  # pylint: disable=g-import-not-at-top
+from msmt_tf.models import ImageEncoder, initialization, stateless  # pylint: disable=g-import-not-at-top
 from tests import backend_step  # pylint: disable=g-import-not-at-top
 
 COMPILES = []
@@ -81,6 +82,17 @@ def _sample_checks(gan, seed, out):
   eager = [np.asarray(x) for x in gan._sample(tokens, z, eps, True)]  # pylint: disable=protected-access
   out["sample_moved"] = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, first))
   out["sample_moved_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, eager))
+  # The sample command's forward (the same helper): the last stage, from tokens.
+  run = sample._compiled(gan.generator_ema, gan.text_encoder)  # pylint: disable=protected-access
+  out["sample_cli_diff"] = float(np.max(np.abs(np.asarray(run(tokens, z, eps)) - eager[-1])))
+  # A forward that writes a variable is refused when traced, naming it (its write would be lost).
+  norm = keras.layers.BatchNormalization(name="norm_written")
+  norm.build((None, 4))
+  try:
+    stateless.jit_over_variables(lambda x: norm(x, training=True), norm.variables)(z[:, :4])
+    out["write_refused"] = ""
+  except ValueError as e:
+    out["write_refused"] = str(e)
 
 
 def main(out_path, seed, tmp_dir):

@@ -17,6 +17,7 @@ import numpy as np
 
 from msmt_tf import losses
 from msmt_tf.models.initialization import one_program_initialization
+from msmt_tf.models.stateless import jit_over_variables
 
 __all__ = ["LossConfig", "MSMTGAN", "BatchShard", "clone_generator"]
 
@@ -382,16 +383,9 @@ class MSMTGAN(keras.Model):
     name = "_jax_sampler_ema" if ema else "_jax_sampler_live"
     fn = self.__dict__.get(name)
     if fn is None:
-      import jax  # pylint: disable=g-import-not-at-top
       variables = list(self.text_encoder.variables) + list(
           (self.generator_ema if ema else self.generator).variables)
-
-      def pure(values, tokens, z, ca_noise):
-        with keras.StatelessScope(list(zip(variables, values))):
-          return self._sample(tokens, z, ca_noise, ema)
-
-      jitted = jax.jit(pure)
-      fn = lambda tokens, z, eps: jitted([v.value for v in variables], tokens, z, eps)
+      fn = jit_over_variables(lambda tokens, z, eps: self._sample(tokens, z, eps, ema), variables)
       object.__setattr__(self, name, fn)  # a plain attribute: nothing for Keras to track
     return fn
 
