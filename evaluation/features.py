@@ -129,7 +129,7 @@ def _compiled(net, run):
         by_shape[images.shape] = "seen"
         return run(images)
       if fn == "seen":
-        fn = by_shape[images.shape] = tf.function(run)
+        fn = by_shape[images.shape] = tf.function(run, autograph=False)
       return fn(images)
     return call
   if backend == "jax":

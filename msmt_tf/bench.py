@@ -279,7 +279,7 @@ def compile_part(train_vars, all_vars, fn, num_diff_inputs=0, jit_compile=True):
     return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  @tf.function(jit_compile=jit_compile)
+  @tf.function(jit_compile=jit_compile, autograph=False)
   def run(*inputs):
     if not backward:
       return fn(*inputs)
@@ -324,7 +324,7 @@ def compile_optimizer_step(optimizer, variables, jit_compile=True):
     return run
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  @tf.function(jit_compile=jit_compile)
+  @tf.function(jit_compile=jit_compile, autograph=False)
   def run():
     optimizer.apply(grads, variables)
     return optimizer.iterations

@@ -244,7 +244,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     opt.apply(list(text_grads) + grads[len(text_vars):], text_vars + image_vars)
     return w, s
 
-  eval_step = tf.function(lambda b: damsm_loss(b, False), reduce_retracing=True)
+  eval_step = tf.function(lambda b: damsm_loss(b, False), reduce_retracing=True,
+                          autograph=False)
   train_pipe = datasets.DataPipeline(data, batch_size, words_num, base_size=size, num_stages=1,
                                      seed=seed, start_epoch=done, start_batch=start_batch)
   test_pipe = datasets.DataPipeline(test, min(batch_size, test.num_images), words_num,
@@ -252,7 +253,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                                     num_epochs=1)
   history, it = [], train_pipe.iterate(as_numpy=False)
   lr0 = lr
-  step_fn = tf.function(step, reduce_retracing=True)
+  step_fn = tf.function(step, reduce_retracing=True, autograph=False)
   for epoch in range(done, epochs):
     lr = learning_rate(lr0, epoch)
     first_batch = start_batch if epoch == done else 0

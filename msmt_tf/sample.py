@@ -148,7 +148,7 @@ def _compiled(generator, text_encoder):
 
   if keras.backend.backend() == "tensorflow":
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.function(last, reduce_retracing=True)
+    return tf.function(last, reduce_retracing=True, autograph=False)
   if keras.backend.backend() == "jax":
     from msmt_tf.models.stateless import jit_over_variables  # pylint: disable=g-import-not-at-top
     return jit_over_variables(last, text_encoder.variables + generator.variables)

@@ -405,7 +405,8 @@ class _StepFunction:
       self._fn = _tf_distributed_step(gan, placement, jit_compile)
     elif self.backend == "tensorflow":
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._fn = tf.function(gan.train_step, jit_compile=jit_compile, reduce_retracing=True)
+      self._fn = tf.function(gan.train_step, jit_compile=jit_compile, reduce_retracing=True,
+                             autograph=False)
     elif self.backend == "jax":
       import jax  # pylint: disable=g-import-not-at-top
       self._vars = gan.state_variables()
@@ -574,4 +575,4 @@ def _tf_distributed_step(gan, placement, jit_compile):
       tf_logger.setLevel(level)
     return {k: total[i] for i, k in enumerate(keys)}
 
-  return tf.function(step, reduce_retracing=True)
+  return tf.function(step, reduce_retracing=True, autograph=False)
