@@ -93,6 +93,11 @@ def _sample_checks(gan, seed, out):
     out["write_refused"] = ""
   except ValueError as e:
     out["write_refused"] = str(e)
+  try:  # ... and so is a write to a variable left out of the list
+    stateless.jit_over_variables(lambda x: norm(x, training=True), [])(z[:, :4])
+    out["unlisted_write_refused"] = ""
+  except ValueError as e:
+    out["unlisted_write_refused"] = str(e)
 
 
 def main(out_path, seed, tmp_dir):

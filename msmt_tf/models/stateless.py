@@ -19,17 +19,30 @@ def jit_over_variables(fn, variables):
   """`fn(*args)` compiled with `jax.jit`, the values of `variables` read at each call.
 
   `variables`: every Keras variable `fn` reads (a layer's `.variables`, which include batch-norm
-  statistics and seed states). One program per argument shape and dtype, as `jax.jit` does.
+  statistics and seed states); one left out is compiled in as a constant, its later values not
+  seen. A write to any variable, listed or not, is refused. One program per argument shape and
+  dtype, as `jax.jit` does.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
   variables = list(variables)
 
+  class Scope(keras.StatelessScope):
+    """Records every variable written inside, listed or not (`Variable.assign` in a stateless
+    scope ends here)."""
+
+    def __init__(self, mapping):
+      super().__init__(mapping)
+      self.written = []
+
+    def add_update(self, update):
+      self.written.append(update[0])
+      super().add_update(update)
+
   def pure(values, *args):
-    with keras.StatelessScope(list(zip(variables, values))) as scope:
-      given = [scope.get_current_value(v) for v in variables]
+    with Scope(list(zip(variables, values))) as scope:
       out = fn(*args)
-      written = [v.path for v, x in zip(variables, given) if scope.get_current_value(v) is not x]
+    written = list(dict.fromkeys(v.path for v in scope.written))
     if written:
       raise ValueError(f"an inference forward writes {len(written)} variable(s), which a "
                        f"compiled forward would drop: {', '.join(written[:5])}")
