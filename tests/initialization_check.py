@@ -88,16 +88,13 @@ def _sample_checks(gan, seed, out):
   # A forward that writes a variable is refused when traced, naming it (its write would be lost).
   norm = keras.layers.BatchNormalization(name="norm_written")
   norm.build((None, 4))
-  try:
-    stateless.jit_over_variables(lambda x: norm(x, training=True), norm.variables)(z[:, :4])
-    out["write_refused"] = ""
-  except ValueError as e:
-    out["write_refused"] = str(e)
-  try:  # ... and so is a write to a variable left out of the list
-    stateless.jit_over_variables(lambda x: norm(x, training=True), [])(z[:, :4])
-    out["unlisted_write_refused"] = ""
-  except ValueError as e:
-    out["unlisted_write_refused"] = str(e)
+  # ... its variables given or left out of the list.
+  for key, variables in (("write_refused", norm.variables), ("unlisted_write_refused", [])):
+    try:
+      stateless.jit_over_variables(lambda x: norm(x, training=True), variables)(z[:, :4])
+      out[key] = ""
+    except ValueError as e:
+      out[key] = str(e)
 
 
 def main(out_path, seed, tmp_dir):

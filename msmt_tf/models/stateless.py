@@ -12,7 +12,22 @@ no noise drawn from a `SeedGenerator`): a write inside the scope would be droppe
 refused when the function is traced, naming the variable.
 """
 
+import keras
+
 __all__ = ["jit_over_variables"]
+
+
+class _RecordingScope(keras.StatelessScope):
+  """A `StatelessScope` that records every variable written inside it, given in its mapping or
+  not (`Variable.assign` inside a stateless scope ends in `add_update`)."""
+
+  def __init__(self, mapping):
+    super().__init__(mapping)
+    self.written = []
+
+  def add_update(self, update):
+    self.written.append(update[0])
+    super().add_update(update)
 
 
 def jit_over_variables(fn, variables):
@@ -24,23 +39,10 @@ def jit_over_variables(fn, variables):
   dtype, as `jax.jit` does.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
   variables = list(variables)
 
-  class Scope(keras.StatelessScope):
-    """Records every variable written inside, listed or not (`Variable.assign` in a stateless
-    scope ends here)."""
-
-    def __init__(self, mapping):
-      super().__init__(mapping)
-      self.written = []
-
-    def add_update(self, update):
-      self.written.append(update[0])
-      super().add_update(update)
-
   def pure(values, *args):
-    with Scope(list(zip(variables, values))) as scope:
+    with _RecordingScope(list(zip(variables, values))) as scope:
       out = fn(*args)
     written = list(dict.fromkeys(v.path for v in scope.written))
     if written:
