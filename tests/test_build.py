@@ -22,6 +22,7 @@ import pytest
 from msmt_tf.data import build as build_lib
 from msmt_tf.data import datasets
 from msmt_tf.data import inspect as inspect_lib
+from tests import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 64  # the smallest size the build accepts
@@ -352,9 +353,9 @@ def test_two_training_steps_with_the_built_flagfile(built, tmp_path):
   common = [f"--flagfile={cfg}", "--flagfile=configs/smoke.cfg", "--dataset=folder",
             f"--damsm_dir={tmp_path / 'damsm'}"]
   # Forgetting --dataset=folder after smoke.cfg (which sets --dataset=shapes) names the flag.
-  res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm",
-                        *[a for a in common if a != "--dataset=folder"]], cwd=REPO,
-                       capture_output=True, text=True)
+  res = cli.run_main("msmt_tf.pretrain_damsm",  # in this process (tests/cli.py)
+                     *[a.replace("=configs/", f"={REPO}/configs/") for a in common
+                       if a != "--dataset=folder"])
   assert res.returncode == 1 and "Traceback" not in res.stderr
   assert (f"{built['out']} is a folder dataset (it has dataset_spec.json), but --dataset=shapes: "
           "pass --dataset=folder") in res.stderr

@@ -18,6 +18,7 @@ import tensorflow as tf
 from evaluation import _tfgan, compare_fid, features, fid, inception, inception_score
 from evaluation import r_precision, torchscript
 from msmt_tf import sample
+from tests import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEEL = os.environ.get("MSMT_FID_HELPER_WHEEL", os.path.join(
@@ -621,9 +622,8 @@ def test_sampling_is_resumable_and_follows_the_protocol(smoke_run):
 
 
 def test_sample_cli_errors_name_the_problem(smoke_run, tmp_path):
-  res = subprocess.run([sys.executable, "-m", "msmt_tf.sample", f"--run_dir={tmp_path}",
-                        f"--out={tmp_path / 'o'}", "--num_images=2"], cwd=REPO,
-                       capture_output=True, text=True)
+  res = cli.run_main("msmt_tf.sample", f"--run_dir={tmp_path}", f"--out={tmp_path / 'o'}",
+                     "--num_images=2")
   assert res.returncode != 0 and "config.json" in res.stderr
 
 
@@ -655,17 +655,15 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
     # 20 generated against 6 real test images: singular covariances, said in the line and JSON.
     assert got["fid20_test"]["warning"].startswith("FID from 20 and 6 images with 2048-d")
     assert "; WARNING: FID from 20 and 6 images" in res.stdout
-  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
-                        f"--run_dir={smoke_run['run']}", "--metrics=fidx_test"], cwd=REPO,
-                       capture_output=True, text=True)
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=fidx_test")
   assert res.returncode != 0 and "unknown metric 'fidx_test'" in res.stderr
   from evaluation import metric_main  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match=f"run folder not found: {tmp_path / 'no_run'}"):
     metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
   # A missing classifier file stops the command before any image is generated.
-  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
-                        f"--run_dir={smoke_run['run']}", "--metrics=is40_test"], cwd=REPO,
-                       capture_output=True, text=True)
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=is40_test")
   assert res.returncode != 0 and "--inception_graph is not set" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
@@ -673,9 +671,8 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   bad_damsm = tmp_path / "bad_damsm"
   bad_damsm.mkdir()
   (bad_damsm / "text_encoder.keras").write_bytes(b"not a keras archive")
-  res = subprocess.run([sys.executable, "-m", "evaluation.metric_main",
-                        f"--run_dir={smoke_run['run']}", "--metrics=rprec40_test",
-                        f"--damsm_dir={bad_damsm}"], cwd=REPO, capture_output=True, text=True)
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=rprec40_test", f"--damsm_dir={bad_damsm}")
   assert res.returncode != 0
   assert f"cannot load the DAMSM encoder {bad_damsm / 'text_encoder.keras'}" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",

@@ -15,7 +15,7 @@ from msmt_tf.config import ModelConfig, PAPER_TABLE2
 from msmt_tf.layers import count_parameters
 from msmt_tf.models import (ImageEncoder, MSMTGenerator, RNNTextEncoder, SNConv2D,
                             StageDiscriminator)
-from tests import backend_outputs, backend_step
+from tests import backend_outputs, backend_step, cli
 from tests.layer_testing import assert_allclose_nested
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,8 +221,8 @@ def test_params_cli():
                        text=True)
   assert res.returncode == 0, res.stderr
   assert "23.52M  (ours +0.01%)" in res.stdout and "DM-GAN memory" in res.stdout
-  res = subprocess.run([sys.executable, "-m", "msmt_tf.params", "--flagfile=configs/cub.cfg",
-                        "--num_heads=0"], cwd=REPO, capture_output=True, text=True)
+  res = cli.run_main("msmt_tf.params", f"--flagfile={os.path.join(REPO, 'configs', 'cub.cfg')}",
+                     "--num_heads=0")  # in this process (tests/cli.py)
   assert res.returncode != 0 and "--num_heads must be >= 1" in res.stderr
   # Another vocabulary is not Table 2's model: no comparison printed.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.params", "--flagfile=configs/cub.cfg",
@@ -372,6 +372,37 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
       f.write(json.dumps(dict(seed=seed, steps=report)) + "\n")
 
 
+_HOOKS = (("blocks", "_normalize_with_batch_gradient"), ("blocks", "merged_conv"),
+          ("fuse", "scalar_gate_logits"), ("sdm", "factored_memory_convs"))
+_DEFAULT_STEPS = {}  # seed -> (the all-defaults step, its hook calls)
+
+
+def _count_calls(monkeypatch, module, hook, counts):
+  """Counts the calls of `module.hook` (one per traced use) into counts[(module, hook)]."""
+  from msmt_tf.layers import blocks, fuse, sdm  # pylint: disable=g-import-not-at-top
+  target = {"blocks": blocks, "fuse": fuse, "sdm": sdm}[module]
+  original = getattr(target, hook)
+  counts[(module, hook)] = 0
+
+  def counted(*a):
+    counts[(module, hook)] += 1
+    return original(*a)
+  monkeypatch.setattr(target, hook, counted)
+
+
+def _one_step(seed):
+  """One training step of a fresh small model (seeded: the same start weights each time, Adam's
+  step counter at 0) on the current backend and implementation choices: (logs, state after,
+  state before, variable names)."""
+  keras.utils.set_random_seed(seed)
+  gan = backend_step.build()
+  names = [n for n, _ in backend_step.float_state(gan)]
+  start = [x for _, x in backend_step.float_state(gan)]
+  batch = backend_step.batch_of(np.random.default_rng(21 + seed))
+  ((logs, state),) = backend_step.run_steps(gan, batch, [None], steps=1)
+  return logs, state, start, names
+
+
 @pytest.mark.parametrize("name,mode,module,hook,hook_mode,min_calls", [
     ("batch_norm", "fused", "blocks", "_normalize_with_batch_gradient", "fused", 7),
     ("sdm_convs", "merged", "blocks", "merged_conv", "merged", 2 * 2),
@@ -399,28 +430,29 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
   gradient leaves out the statistics' path puts 2% of the weight elements off."""
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
-  from msmt_tf.layers import fuse  # pylint: disable=g-import-not-at-top
-  from msmt_tf.layers import sdm  # pylint: disable=g-import-not-at-top
-  target = {"blocks": blocks, "fuse": fuse, "sdm": sdm}[module]
-  calls = []
-  original = getattr(target, hook)
-  monkeypatch.setattr(target, hook, lambda *a: calls.append(1) or original(*a))
   default = blocks._MODES[name][0]  # pylint: disable=protected-access
   assert mode != default
-  results = {}
-  for m in (default, mode):
-    monkeypatch.setitem(blocks._chosen, name, m)  # pylint: disable=protected-access
-    before = len(calls)
-    keras.utils.set_random_seed(seed)  # a fresh model each: Adam's step counter starts at 0 too
-    gan = backend_step.build()
-    names = [n for n, _ in backend_step.float_state(gan)]
-    start = [x for _, x in backend_step.float_state(gan)]
-    batch = backend_step.batch_of(np.random.default_rng(21 + seed))
-    (results[m],) = backend_step.run_steps(gan, batch, [None], steps=1)
-    results[m] += (start,)
-    traced = len(calls) - before
-    assert (traced >= min_calls) if m == hook_mode else traced == 0, (m, traced)  # traced once
-  (want_logs, want, start), (got_logs, got, start_other) = results[default], results[mode]
+  # The all-defaults step is the same for every choice: computed once per seed (a fresh model,
+  # its trace and its step: ~30 s on the EPYC), with every hook counted.
+  if seed not in _DEFAULT_STEPS:
+    counts = {}
+    for m in _HOOKS:
+      _count_calls(monkeypatch, *m, counts)
+    for n, modes in blocks._MODES.items():  # pylint: disable=protected-access
+      monkeypatch.setitem(blocks._chosen, n, modes[0])  # pylint: disable=protected-access
+    _DEFAULT_STEPS[seed] = _one_step(seed), counts
+    monkeypatch.undo()
+  results = {default: _DEFAULT_STEPS[seed][0]}
+  traced = _DEFAULT_STEPS[seed][1][(module, hook)]
+  assert (traced >= min_calls) if default == hook_mode else traced == 0, (default, traced)
+  counts = {}
+  _count_calls(monkeypatch, module, hook, counts)
+  monkeypatch.setitem(blocks._chosen, name, mode)  # pylint: disable=protected-access
+  results[mode] = _one_step(seed)
+  traced = counts[(module, hook)]
+  assert (traced >= min_calls) if mode == hook_mode else traced == 0, (mode, traced)  # traced once
+  names = results[default][3]
+  (want_logs, want, start, _), (got_logs, got, start_other, _) = results[default], results[mode]
   assert all(np.array_equal(a, b) for a, b in zip(start, start_other))
   for k, v in want_logs.items():
     assert got_logs[k] == pytest.approx(v, rel=1e-4, abs=1e-4), k
