@@ -23,9 +23,9 @@ needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 
 
 @needs_jax
-def test_one_two_and_four_devices_compute_the_same_step(tmp_path):
-  """Two steps of the small model over 1, 2 and 4 CPU devices (XLA_FLAGS forces 4 host devices),
-  global batch 4: same losses and same variables. Batch-norm statistics, the DAMSM in-batch
+def test_one_and_four_devices_compute_the_same_step(tmp_path):
+  """Two steps of the small model over 1 and 4 CPU devices (XLA_FLAGS forces 4 host devices),
+  global batch 4 (one image per device): same losses and same variables. Batch-norm statistics, the DAMSM in-batch
   negatives and the wrong-caption pairs are over the global batch on every device count (a
   per-device computation of any of them changes the losses by far more than the bounds).
 
@@ -46,7 +46,7 @@ def test_one_two_and_four_devices_compute_the_same_step(tmp_path):
   names = list(d["names"])
   starts = [[d[f"start_w{i}"] for i in range(len(names))],
             [d[f"s1start_w{i}"] for i in range(len(names))]]
-  for n in (2, 4):
+  for n in (4,):  # 2 devices run in test_two_processes_train_like_one_and_resume_exactly
     for s in (0, 1):
       keys = [k[len(f"d1_loss{s}_"):] for k in d.files if k.startswith(f"d1_loss{s}_")]
       assert len(keys) >= 8
