@@ -47,18 +47,17 @@ def pytest_configure(config):
 
 
 # Seconds per test file (`pytest -n 2 --dist loadfile --durations=0`, summed per file; AMD EPYC,
-# 2 cores, 2026-11-27, with another job beside it: 2,053 s in all, so 1,027 s per worker at best,
-# and the run took 1,135 s). CI gives each worker whole files (loadfile), in collection order,
-# which xdist by default reorders by test count: the longest file (test_train.py, 30% of the
+# 2 cores, 2026-11-28, clean clone of e0b2735: 4,384 s in all, so 2,192 s per worker at best, and
+# the run took 2,236 s). CI gives each worker whole files (loadfile), in collection order, which
+# xdist by default reorders by test count: the longest file (test_train.py, a quarter of the
 # total) could start late and finish alone. Handing out the longest files first
 # (longest-processing-time-first) lets the short ones fill the gap at the end. A file not listed
 # goes last; the weights need only be roughly right.
 _FILE_SECONDS = {
-    "test_train.py": 626, "test_evaluation.py": 246, "test_models.py": 245,
-    "test_distribute.py": 231, "test_bench.py": 209, "test_export.py": 152,
-    "test_distribute_tf.py": 118, "test_torchvision_inception.py": 106, "test_build.py": 45,
-    "test_import_dmgan.py": 38, "test_layers.py": 14, "test_import_torch.py": 12,
-    "test_data.py": 11,
+    "test_train.py": 1163, "test_models.py": 747, "test_evaluation.py": 566,
+    "test_distribute.py": 498, "test_bench.py": 410, "test_distribute_tf.py": 316,
+    "test_torchvision_inception.py": 226, "test_export.py": 174, "test_import_dmgan.py": 82,
+    "test_build.py": 77, "test_layers.py": 53, "test_import_torch.py": 40, "test_data.py": 31,
 }
 
 
