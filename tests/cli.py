@@ -28,7 +28,9 @@ def run_main(module, *argv):
   """`python -m module *argv` in this process: a CompletedProcess with the exit status (0, the
   code given to sys.exit, or 1 and the message on stderr for sys.exit(text)) and what was printed.
   The flags are reset before and after. An exception other than SystemExit propagates (a
-  subprocess would print a traceback: the test fails either way)."""
+  subprocess would print a traceback: the test fails either way). absl `logging` lines are not in
+  the captured stderr (app.run's handler is not installed): assert on what the command prints or
+  exits with."""
   mod = importlib.import_module(module)
   for name, help_text in _MAIN_ONLY_FLAGS.get(module, ()):
     if name not in flags.FLAGS:
@@ -39,7 +41,7 @@ def run_main(module, *argv):
   try:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       try:
-        mod.main(app.parse_flags_with_usage([module, *argv]))  # app.run's parse, its errors
+        raise SystemExit(mod.main(app.parse_flags_with_usage([module, *argv])))  # as app.run
       except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
           code = e.code or 0

@@ -23,11 +23,12 @@ needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 
 
 @needs_jax
-def test_one_and_four_devices_compute_the_same_step(tmp_path):
-  """Two steps of the small model over 1 and 4 CPU devices (XLA_FLAGS forces 4 host devices),
-  global batch 4 (one image per device): same losses and same variables. Batch-norm statistics, the DAMSM in-batch
-  negatives and the wrong-caption pairs are over the global batch on every device count (a
-  per-device computation of any of them changes the losses by far more than the bounds).
+def test_one_and_two_devices_compute_the_same_step(tmp_path):
+  """Two steps of the small model over 1 and 2 CPU devices (XLA_FLAGS forces 2 host devices),
+  global batch 4 (2 images per device): same losses and same variables. Batch-norm statistics,
+  the DAMSM in-batch negatives and the wrong-caption pairs are over the global batch on every
+  device count (a per-device computation of any of them changes the losses by far more than the
+  bounds).
 
   Each step is compared from identical inputs (step 1 from the one-device state after step 0), as
   in test_tensorflow_and_jax_train_steps_agree, with its bounds. Measured on the AMD EPYC: losses
@@ -37,7 +38,7 @@ def test_one_and_four_devices_compute_the_same_step(tmp_path):
   seed = int(os.environ.get("MSMT_STEP_SEED", "0"))
   out = tmp_path / "dist.npz"
   env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
   res = subprocess.run([sys.executable, "-m", "tests.distributed_step", str(out), str(seed)],
                        cwd=REPO, env=env, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
@@ -46,7 +47,7 @@ def test_one_and_four_devices_compute_the_same_step(tmp_path):
   names = list(d["names"])
   starts = [[d[f"start_w{i}"] for i in range(len(names))],
             [d[f"s1start_w{i}"] for i in range(len(names))]]
-  for n in (4,):  # 2 devices run in test_two_processes_train_like_one_and_resume_exactly
+  for n in (2,):  # 4 devices too until 2026-11-28 (one more compile of the step)
     for s in (0, 1):
       keys = [k[len(f"d1_loss{s}_"):] for k in d.files if k.startswith(f"d1_loss{s}_")]
       assert len(keys) >= 8

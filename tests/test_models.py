@@ -372,8 +372,12 @@ def test_tensorflow_and_jax_train_steps_agree(tmp_path):
       f.write(json.dumps(dict(seed=seed, steps=report)) + "\n")
 
 
-_HOOKS = (("blocks", "_normalize_with_batch_gradient"), ("blocks", "merged_conv"),
-          ("fuse", "scalar_gate_logits"), ("sdm", "factored_memory_convs"))
+_CHOICES = [  # name, mode, module, hook, hook_mode, min_calls
+    ("batch_norm", "fused", "blocks", "_normalize_with_batch_gradient", "fused", 7),
+    ("sdm_convs", "merged", "blocks", "merged_conv", "merged", 2 * 2),
+    ("fuse_gate", "conv", "fuse", "scalar_gate_logits", "reduce", 4),
+    ("sdm_convs", "separate", "sdm", "factored_memory_convs", "factored", 2)]
+_HOOKS = sorted({(module, hook) for _, _, module, hook, _, _ in _CHOICES})
 _DEFAULT_STEPS = {}  # seed -> (the all-defaults step, its hook calls)
 
 
@@ -390,10 +394,15 @@ def _count_calls(monkeypatch, module, hook, counts):
   monkeypatch.setattr(target, hook, counted)
 
 
-def _one_step(seed):
+def _one_step(seed, monkeypatch, choices):
   """One training step of a fresh small model (seeded: the same start weights each time, Adam's
-  step counter at 0) on the current backend and implementation choices: (logs, state after,
-  state before, variable names)."""
+  step counter at 0) on the current backend, every implementation choice at its default but
+  `choices` ({name: mode}): (logs, state after, state before, variable names)."""
+  from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
+  for name, modes in blocks._MODES.items():
+    monkeypatch.setitem(blocks._chosen, name, choices.get(name, modes[0]))
+  # pylint: enable=protected-access
   keras.utils.set_random_seed(seed)
   gan = backend_step.build()
   names = [n for n, _ in backend_step.float_state(gan)]
@@ -403,11 +412,7 @@ def _one_step(seed):
   return logs, state, start, names
 
 
-@pytest.mark.parametrize("name,mode,module,hook,hook_mode,min_calls", [
-    ("batch_norm", "fused", "blocks", "_normalize_with_batch_gradient", "fused", 7),
-    ("sdm_convs", "merged", "blocks", "merged_conv", "merged", 2 * 2),
-    ("fuse_gate", "conv", "fuse", "scalar_gate_logits", "reduce", 4),
-    ("sdm_convs", "separate", "sdm", "factored_memory_convs", "factored", 2)])
+@pytest.mark.parametrize("name,mode,module,hook,hook_mode,min_calls", _CHOICES)
 def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, module, hook,
                                                        hook_mode, min_calls):
   """A whole training step with an implementation choice against the default one, from the same
@@ -438,17 +443,14 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
     counts = {}
     for m in _HOOKS:
       _count_calls(monkeypatch, *m, counts)
-    for n, modes in blocks._MODES.items():  # pylint: disable=protected-access
-      monkeypatch.setitem(blocks._chosen, n, modes[0])  # pylint: disable=protected-access
-    _DEFAULT_STEPS[seed] = _one_step(seed), counts
+    _DEFAULT_STEPS[seed] = _one_step(seed, monkeypatch, {}), counts
     monkeypatch.undo()
   results = {default: _DEFAULT_STEPS[seed][0]}
   traced = _DEFAULT_STEPS[seed][1][(module, hook)]
   assert (traced >= min_calls) if default == hook_mode else traced == 0, (default, traced)
   counts = {}
   _count_calls(monkeypatch, module, hook, counts)
-  monkeypatch.setitem(blocks._chosen, name, mode)  # pylint: disable=protected-access
-  results[mode] = _one_step(seed)
+  results[mode] = _one_step(seed, monkeypatch, {name: mode})
   traced = counts[(module, hook)]
   assert (traced >= min_calls) if mode == hook_mode else traced == 0, (mode, traced)  # traced once
   names = results[default][3]
