@@ -11,11 +11,14 @@ at startup) stays a subprocess.
 import contextlib
 import importlib
 import io
+import os
 import subprocess
 import sys
 
 from absl import app
 from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Flags a module defines only when run as a program (so that importing it defines none). Not for
 # msmt_tf.bench: its own flags (--out, --steps) clash with other commands' in one process.
@@ -24,22 +27,28 @@ _MAIN_ONLY_FLAGS = {
 }
 
 
-def run_main(module, *argv):
-  """`python -m module *argv` in this process: a CompletedProcess with the exit status (0, the
-  code given to sys.exit, or 1 and the message on stderr for sys.exit(text)) and what was printed.
-  The flags are reset before and after. An exception other than SystemExit propagates (a
-  subprocess would print a traceback: the test fails either way). absl `logging` lines are not in
-  the captured stderr (app.run's handler is not installed): assert on what the command prints or
-  exits with."""
-  mod = importlib.import_module(module)
+def define_main_only_flags(module):
+  """Defines the flags `module` defines only under `__main__` (once per process), for a test that
+  calls its code in this process."""
   for name, help_text in _MAIN_ONLY_FLAGS.get(module, ()):
     if name not in flags.FLAGS:
       flags.DEFINE_bool(name, False, help_text)
+
+
+def run_main(module, *argv):
+  """`python -m module *argv` run from the repository root (as the tests' subprocesses are, so a
+  relative `--flagfile=configs/...` reads the same file) in this process: a CompletedProcess with
+  the exit status (0, the code given to sys.exit, or 1 and the message on stderr for
+  sys.exit(text)) and what was printed. The flags are reset before and after. An exception other
+  than SystemExit propagates (a subprocess would print a traceback: the test fails either way).
+  absl `logging` lines are not in the captured stderr (app.run's handler is not installed):
+  assert on what the command prints or exits with."""
+  mod = importlib.import_module(module)
+  define_main_only_flags(module)
   out, err = io.StringIO(), io.StringIO()
-  code = 0
   flags.FLAGS.unparse_flags()
   try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       try:
         raise SystemExit(mod.main(app.parse_flags_with_usage([module, *argv])))  # as app.run
       except SystemExit as e:

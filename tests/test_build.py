@@ -354,8 +354,7 @@ def test_two_training_steps_with_the_built_flagfile(built, tmp_path):
             f"--damsm_dir={tmp_path / 'damsm'}"]
   # Forgetting --dataset=folder after smoke.cfg (which sets --dataset=shapes) names the flag.
   res = cli.run_main("msmt_tf.pretrain_damsm",  # in this process (tests/cli.py)
-                     *[a.replace("=configs/", f"={REPO}/configs/") for a in common
-                       if a != "--dataset=folder"])
+                     *[a for a in common if a != "--dataset=folder"])
   assert res.returncode == 1 and "Traceback" not in res.stderr
   assert (f"{built['out']} is a folder dataset (it has dataset_spec.json), but --dataset=shapes: "
           "pass --dataset=folder") in res.stderr

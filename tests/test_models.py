@@ -221,7 +221,7 @@ def test_params_cli():
                        text=True)
   assert res.returncode == 0, res.stderr
   assert "23.52M  (ours +0.01%)" in res.stdout and "DM-GAN memory" in res.stdout
-  res = cli.run_main("msmt_tf.params", f"--flagfile={os.path.join(REPO, 'configs', 'cub.cfg')}",
+  res = cli.run_main("msmt_tf.params", "--flagfile=configs/cub.cfg",
                      "--num_heads=0")  # in this process (tests/cli.py)
   assert res.returncode != 0 and "--num_heads must be >= 1" in res.stderr
   # Another vocabulary is not Table 2's model: no comparison printed.
@@ -445,16 +445,14 @@ def test_implementation_choice_trains_like_the_default(monkeypatch, name, mode, 
       _count_calls(monkeypatch, *m, counts)
     _DEFAULT_STEPS[seed] = _one_step(seed, monkeypatch, {}), counts
     monkeypatch.undo()
-  results = {default: _DEFAULT_STEPS[seed][0]}
-  traced = _DEFAULT_STEPS[seed][1][(module, hook)]
+  (want_logs, want, start, names), default_counts = _DEFAULT_STEPS[seed]
+  traced = default_counts[(module, hook)]
   assert (traced >= min_calls) if default == hook_mode else traced == 0, (default, traced)
   counts = {}
   _count_calls(monkeypatch, module, hook, counts)
-  results[mode] = _one_step(seed, monkeypatch, {name: mode})
+  got_logs, got, start_other, _ = _one_step(seed, monkeypatch, {name: mode})
   traced = counts[(module, hook)]
   assert (traced >= min_calls) if mode == hook_mode else traced == 0, (mode, traced)  # traced once
-  names = results[default][3]
-  (want_logs, want, start, _), (got_logs, got, start_other, _) = results[default], results[mode]
   assert all(np.array_equal(a, b) for a, b in zip(start, start_other))
   for k, v in want_logs.items():
     assert got_logs[k] == pytest.approx(v, rel=1e-4, abs=1e-4), k

@@ -42,7 +42,7 @@ def _run(module, *args):
 
 def _main(module, *args):
   """_run's command in this process, for a check that stops before training (tests/cli.py)."""
-  return cli.run_main(module, f"--flagfile={os.path.join(REPO, 'configs', 'smoke.cfg')}", *args)
+  return cli.run_main(*_cmd(module, *args)[2:])
 
 
 def _train_args(smoke, run_dir, *extra):
@@ -152,8 +152,7 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
           {"complete": False, "epoch": 1, "epochs": 3, "steps": 2, "max_steps": None}))
       progress["snapshot"] = 1
     raise KeyboardInterrupt
-  if "overwrite" not in flags.FLAGS:  # pretrain_damsm defines it when run as a program
-    flags.DEFINE_bool("overwrite", False, "Replace the encoders already in --damsm_dir.")
+  cli.define_main_only_flags("msmt_tf.pretrain_damsm")  # its --overwrite
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["pretrain_damsm", "--flagfile=" + os.path.join(REPO, "configs", "smoke.cfg"),
                f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}"])
