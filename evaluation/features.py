@@ -30,6 +30,7 @@ release); metric results carry both, and unverified ones are printed as such.
 
 import hashlib
 import os
+import sys
 
 import numpy as np
 
@@ -340,14 +341,65 @@ def make(source, fid_inception_dir=None, inception_graph=None, inception_hub=Non
 
 
 # ----------------------------------------------------------------------------- images
+_NOTED_FOLDERS = set()
+# Image files Pillow opens that FID leaves out (pytorch-fid's extension list), named in a note.
+_UNREAD_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".apng", ".avif", ".heic", ".heif", ".jp2",
+                            ".jxl", ".tga", ".ico", ".pcx", ".dib", ".psd")
+
+
+def _count_images_below(folder):
+  """Image files anywhere under `folder` (recursive), for the messages of list_images."""
+  return sum(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, names in os.walk(folder)
+             for f in names)
+
+
+def _left_out_text(others, below):
+  """E.g. '2 image files of other types (a.gif, b.gif) and 31 images in 2 subfolders (x/, y/)'."""
+  parts = []
+  if others:
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    kind = "image files of other types" if len(others) > 1 else "image file of another type"
+    parts.append(f"{len(others)} {kind} ({shown})")
+  if below:
+    shown = ", ".join(f"{d}/" for d in list(below)[:3]) + (", ..." if len(below) > 3 else "")
+    count = sum(below.values())
+    parts.append(f"{count} image{'s' * (count > 1)} in {len(below)} "
+                 f"subfolder{'s' * (len(below) > 1)} ({shown})")
+  return " and ".join(parts)
+
+
 def list_images(folder):
-  """Sorted image files of `folder` (not recursive); a clear error when there are none."""
+  """Sorted image files of `folder` itself, as pytorch-fid and TTUR read a folder: files with an
+  extension of IMAGE_EXTENSIONS (any letter case); subfolders are not entered. A clear error
+  when there are none. Images the rule leaves out (files of other image types, images in
+  subfolders) are named: in that error, or else in one note per folder on stderr, so a metric
+  never reads fewer images than the folder shows without saying so. Other files (the
+  manifest.json that msmt_tf.sample writes, say) are not mentioned."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"image folder not found: {folder}")
-  files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  files, others, below = [], [], {}
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if os.path.isdir(path):
+      count = _count_images_below(path)
+      if count:
+        below[name] = count
+    elif name.lower().endswith(IMAGE_EXTENSIONS):
+      files.append(path)
+    elif name.lower().endswith(_UNREAD_IMAGE_EXTENSIONS):
+      others.append(name)
+  rule = (f"only {', '.join(IMAGE_EXTENSIONS)} files directly in the folder are read, as in "
+          "pytorch-fid")
   if not files:
-    raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    message = f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
+    if others or below:
+      message += f"; it holds {_left_out_text(others, below)}, not read ({rule})"
+    raise FileNotFoundError(message)
+  key = os.path.abspath(folder)
+  if (others or below) and key not in _NOTED_FOLDERS:
+    _NOTED_FOLDERS.add(key)
+    print(f"note: {folder}: {len(files)} images read; not read: {_left_out_text(others, below)} "
+          f"({rule})", file=sys.stderr)
   return files
 
 

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -362,6 +363,45 @@ def test_folder_activations_keep_every_image_and_name_corrupt_files(tmp_path):
   os.makedirs(tmp_path / "empty")
   with pytest.raises(FileNotFoundError, match="no images .* in .*empty"):
     features.list_images(str(tmp_path / "empty"))
+
+
+def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
+  """FID reads the image files of a folder itself, as pytorch-fid does; images of other types
+  and images in subfolders are named (a note, once per folder; or in the error when nothing is
+  left), other files are not."""
+  from PIL import Image
+  image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+  for name in ("b.png", "a.JPG", "c.gif", "d.gif", "sub/x/1.png", "sub/2.png", "empty/"):
+    os.makedirs(os.path.dirname(tmp_path / "f" / name), exist_ok=True)
+    if not name.endswith("/"):
+      image.save(tmp_path / "f" / name, format="GIF" if name.endswith(".gif") else "PNG")
+  (tmp_path / "f" / "manifest.json").write_text("{}")
+  (tmp_path / "f" / ".DS_Store").write_bytes(b"\0")
+  folder = str(tmp_path / "f")
+  capsys.readouterr()
+  assert features.list_images(folder) == [os.path.join(folder, "a.JPG"),
+                                          os.path.join(folder, "b.png")]
+  err = capsys.readouterr().err
+  assert err == (f"note: {folder}: 2 images read; not read: 2 image files of other types (c.gif, "
+                 "d.gif) and 2 images in 1 subfolder (sub/) (only .png, .jpg, .jpeg, .bmp, .webp, "
+                 ".tif, .tiff, .ppm, .pgm files directly in the folder are read, as in "
+                 "pytorch-fid)\n")
+  features.list_images(folder)
+  assert capsys.readouterr().err == ""  # once per folder
+  nested = str(tmp_path / "f" / "sub")
+  os.remove(os.path.join(nested, "2.png"))
+  with pytest.raises(FileNotFoundError) as raised:
+    features.list_images(nested)
+  assert str(raised.value) == (
+      f"no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff, .ppm, .pgm) in {nested}; it "
+      "holds 1 image in 1 subfolder (x/), not read (only .png, .jpg, .jpeg, .bmp, .webp, .tif, "
+      ".tiff, .ppm, .pgm files directly in the folder are read, as in pytorch-fid)")
+  for name in ("b.png", "a.JPG"):
+    os.remove(os.path.join(folder, name))
+  shutil.rmtree(nested)
+  with pytest.raises(FileNotFoundError, match=r"holds 2 image files of other types \(c.gif, "
+                     r"d.gif\), not read"):
+    features.list_images(folder)
 
 
 def test_fid_from_too_few_images_says_so_in_its_result_and_line(tmp_path):
