@@ -486,6 +486,8 @@ def write_pngs(folder, n, offset, rng):
 @pytest.mark.skipif(not HAVE_FID_WEIGHTS, reason=f"no official FID weights in {WEIGHTS_DIR} "
                     "(bash .ci/fid_weights)")
 def test_compare_fid_prints_three_fids_on_the_same_files(torch_inception, tmp_path):
+  """The official, current pytorch-fid and DM-GAN-style FIDs of the same files in one table,
+  then (by default) the two preprocessing differences one at a time, deltas to the official."""
   rng = np.random.default_rng(9)
   write_pngs(tmp_path / "a", 7, 0, rng)
   write_pngs(tmp_path / "b", 7, 60, rng)
@@ -494,19 +496,23 @@ def test_compare_fid_prints_three_fids_on_the_same_files(torch_inception, tmp_pa
                         f"--images={tmp_path / 'a'}", f"--reference={tmp_path / 'b'}",
                         f"--fid_inception_dir={WEIGHTS_DIR}", "--eval_batch_size=7",
                         f"--torchvision_inception={pth}", "--dmgan_batch_size=3",
-                        "--nodecompose", f"--save_stats={tmp_path / 'stats'}"],
+                        f"--save_stats={tmp_path / 'stats'}"],
                        cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   lines = res.stdout.splitlines()
   rows = {}
-  for prefix in ("official TF FID", "PyTorch FID (current pytorch-fid", "DM-GAN-style"):
+  for prefix in ("official TF FID", "PyTorch FID (current pytorch-fid", "DM-GAN-style",
+                 "  resize rule only", "  normalisation only"):
     line = next(l for l in lines if l.startswith(prefix))
     rows[prefix] = [float(v.rstrip("%")) for v in line.split("  [")[0].split()[-3:]]
   values = [v[0] for v in rows.values()]
-  assert all(v > 0 for v in values) and len(set(values)) == 3, res.stdout
+  assert all(v > 0 for v in values) and len(set(values[:3])) == 3, res.stdout
   assert rows["official TF FID"][1] == 0.0
   for value, delta, _ in rows.values():
     assert abs(value - values[0] - delta) < 1e-3
+  assert "resize rule (TF1 legacy vs half-pixel bilinear vs PIL)" in res.stdout
+  assert ("note: FID from 7 and 7 images with 2048-d features: the covariances are singular"
+          in res.stdout)
   dm_line = next(l for l in lines if l.startswith("DM-GAN-style"))
   assert "[UNVERIFIED WEIGHTS]" in dm_line
   assert "6 / 6 images used (1 / 1 dropped" in res.stdout, res.stdout
