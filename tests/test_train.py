@@ -62,12 +62,20 @@ def _losses(run_dir):
     return {e["step"]: e for e in map(json.loads, f)}
 
 
-def test_killed_run_resumes_with_identical_losses(smoke):
-  ref_dir, run_dir = str(smoke["root"] / "ref"), str(smoke["root"] / "killed")
+@pytest.fixture(scope="module")
+def reference_run(smoke):
+  """A float32 run of configs/smoke.cfg trained to step 8 without a stop (TensorFlow), shared
+  read-only: copy it to continue it."""
+  ref_dir = str(smoke["root"] / "ref")
   res = _run("msmt_tf.train", *_train_args(smoke, ref_dir, "--max_steps=8"))
   assert res.returncode == 0, res.stderr[-2000:]
-  ref = _losses(ref_dir)
-  assert sorted(ref) == list(range(1, 9))
+  assert sorted(_losses(ref_dir)) == list(range(1, 9))
+  return ref_dir
+
+
+def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
+  run_dir = str(smoke["root"] / "killed")
+  ref = _losses(reference_run)
 
   proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8")),
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -345,23 +353,19 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
     assert "Unknown command line flag" not in err, (m, err[-2000:])
 
 
-def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys):
+def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, reference_run, tmp_path, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   run_dir = str(tmp_path / "run")
+  shutil.copytree(reference_run, run_dir)  # trained to step 8: checkpoints 6, 7 and 8
+  good = os.path.join(run_dir, "checkpoints", "ckpt-00000008.npz")
+  with open(good, "rb") as f:
+    good_bytes = f.read()
   flags.FLAGS.unparse_flags()
+  # A new learning rate on --resume is applied (the checkpoint restored the old one), and said.
   flags.FLAGS(["train", "--flagfile=" + os.path.join(REPO, "configs", "smoke.cfg"),
-               *_train_args(smoke, run_dir, "--max_steps=2")])
+               *_train_args(smoke, run_dir, "--max_steps=10", "--resume", "--lr_g=1e-3")])
   try:
-    run = train.prepare()
-    train.train(run)
-    good = os.path.join(run_dir, "checkpoints", "ckpt-00000002.npz")
-    with open(good, "rb") as f:
-      good_bytes = f.read()
-    flags.FLAGS.max_steps = 4
-    flags.FLAGS.resume = True
-    # A new learning rate on --resume is applied (the checkpoint restored the old one), and said.
-    flags.FLAGS.lr_g = 1e-3
     capsys.readouterr()
     run = train.prepare()
     assert float(run.gan.g_optimizer.learning_rate) == pytest.approx(1e-3)
@@ -370,11 +374,11 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys)
     assert run.record["optimizer"]["lr_g"] == 1e-3
     var = run.gan.generator.trainable_variables[0]
     var.assign(np.full(var.shape, np.nan, "float32"))
-    with pytest.raises(train.TrainingError, match=r"non-finite loss at step 3 .*ckpt-00000002"):
+    with pytest.raises(train.TrainingError, match=r"non-finite loss at step 9 .*ckpt-00000008"):
       train.train(run)
     with open(good, "rb") as f:
       assert f.read() == good_bytes
-    assert not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz"))
+    assert not os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-00000009.npz"))
     # Every checkpoint damaged: the first --resume sets them aside and stops; a second one (a
     # scheduler retrying the command), or a run without --resume, does not start over the run.
     for _, path in checkpoint.list_checkpoints(run_dir):
@@ -383,14 +387,14 @@ def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, tmp_path, capsys)
     loss_log = os.path.join(run_dir, "losses.jsonl")
     with open(loss_log) as f:
       losses = f.read()
-    assert '"step": 2' in losses
+    assert '"step": 8' in losses
     with pytest.raises(checkpoint.DamagedCheckpointError, match="every one is damaged"):
       train.prepare()
     for resume in (True, False):
       flags.FLAGS.resume = resume
       with pytest.raises(ValueError, match=f"{run_dir} has no readable checkpoint, only damaged "
-                         "ones set aside \\(ckpt-00000001.npz.damaged, ckpt-00000002.npz.damaged"
-                         "\\): nothing to resume from"):
+                         "ones set aside \\(ckpt-00000006.npz.damaged, ckpt-00000007.npz.damaged"
+                         ", ckpt-00000008.npz.damaged\\): nothing to resume from"):
         train.prepare()
     with open(loss_log) as f:
       assert f.read() == losses
@@ -682,31 +686,30 @@ def test_demo_pretrains_again_when_its_snapshot_cannot_be_resumed(tmp_path, monk
     demo._run(["msmt_tf.pretrain_damsm", "--resume"], may_refuse=True)
 
 
-def test_mixed_precision_step_matches_float32(smoke, tmp_path):
+def test_mixed_precision_step_matches_float32(smoke, reference_run, tmp_path):
   """bfloat16 compute gives the same first-step losses as float32 to bfloat16 accuracy."""
-  runs = {}
-  for name, extra in (("fp32", ()), ("bf16", ("--mixed_precision",))):
-    run_dir = str(tmp_path / name)
-    res = _run("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1"), *extra)
-    assert res.returncode == 0, res.stderr[-2000:]
-    runs[name] = _losses(run_dir)[1]
+  bf16 = str(tmp_path / "bf16")
+  res = _run("msmt_tf.train", *_train_args(smoke, bf16, "--max_steps=1"), "--mixed_precision")
+  assert res.returncode == 0, res.stderr[-2000:]
+  got, want = _losses(bf16)[1], _losses(reference_run)[1]  # the same first step in float32
   for key in ("d_loss_64", "d_loss_128", "g_adv", "damsm_word", "damsm_sent", "g_total"):
-    assert runs["bf16"][key] == pytest.approx(runs["fp32"][key], rel=2e-2), key
+    assert got[key] == pytest.approx(want[key], rel=2e-2), key
   # The float32 run resumed in bfloat16: said, and kept with the step it happened at. A resume
   # that trains nothing (--max_steps reached) rewrites config.json, but the next one reads what
   # computed the restored state from the checkpoint: no change is said or kept for it.
   fp32 = str(tmp_path / "fp32")
-  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=1", "--resume",
+  shutil.copytree(reference_run, fp32)
+  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=8", "--resume",
                                           "--mixed_precision"))
   assert res.returncode == 0 and "nothing to train" in res.stdout, res.stderr[-2000:]
-  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=2", "--resume",
+  res = _run("msmt_tf.train", *_train_args(smoke, fp32, "--max_steps=9", "--resume",
                                           "--mixed_precision"))
   assert res.returncode == 0, res.stderr[-2000:]
   assert "note: continuing in bfloat16 (--mixed_precision) (the run computed in float32 to " \
-      "step 1)" in res.stdout
+      "step 8)" in res.stdout
   with open(os.path.join(fp32, "config.json")) as f:
     changes = json.load(f)["compute_changes"]
-  assert [(c["step"], c["to"]["mixed_precision"]) for c in changes] == [(1, True)]
+  assert [(c["step"], c["to"]["mixed_precision"]) for c in changes] == [(8, True)]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
