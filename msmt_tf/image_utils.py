@@ -19,9 +19,10 @@ def to_uint8(images):
 def to_rgb(im):
   """Any PIL mode -> 8-bit RGB: 16-bit and float grey scaled, alpha composited over white,
   CMYK through its ICC profile when it has one (`im.convert("RGB")` clips 16-bit grey to white
-  and drops alpha). What data.build stores and what evaluation reads from a user's folder."""
+  and drops alpha). A PNG's transparent colour key (tRNS, in RGB, grey or palette images) counts
+  as alpha. What data.build stores and what evaluation reads from a user's folder."""
   mode = im.mode
-  if mode == "RGB":
+  if mode == "RGB" and "transparency" not in im.info:  # an RGB PNG may key a colour (tRNS)
     return im
   if mode.startswith("I") or mode == "F":
     a = np.asarray(im).astype(np.float64)

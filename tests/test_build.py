@@ -281,6 +281,29 @@ def test_images_are_rgb_upright_and_jpeg_kept_byte_for_byte(source, built):
   assert len(stored) == 17
 
 
+def test_a_transparent_colour_key_is_composited_over_white():
+  """A PNG's tRNS colour key is alpha in RGB, grey and palette images alike (an RGB image with
+  one used to come back unchanged: its transparent colour stayed black)."""
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
+  rgb = np.zeros((4, 4, 3), np.uint8)
+  rgb[0, 0] = (200, 10, 10)
+  index = np.ones((4, 4), np.uint8)  # palette: 0 = (200, 10, 10), 1 = black
+  index[0, 0] = 0
+  palette = Image.fromarray(index, "P")
+  palette.putpalette([200, 10, 10, 0, 0, 0])
+  images = {"RGB": (Image.fromarray(rgb), (0, 0, 0)), "L": (Image.fromarray(rgb[..., 0]), 0),
+            "P": (palette, 1)}
+  for mode, (im, key) in images.items():
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=key)
+    buf.seek(0)
+    with Image.open(buf) as png:
+      assert png.mode == mode and "transparency" in png.info, mode
+      out = np.asarray(image_utils.to_rgb(png))
+    assert out.shape == (4, 4, 3) and (out[1:, :] == 255).all(), mode  # the key colour: white
+    assert out[0, 0].tolist() == ([200, 10, 10] if mode != "L" else [200] * 3), mode
+
+
 def test_inspect_and_pipeline_read_it_like_any_dataset(built):
   lines = []
   assert inspect_lib.inspect_split(built["out"], "folder", "train", out=lines.append) == []
