@@ -51,7 +51,8 @@ __all__ = ["pretrain"]
 RESUME_SETTINGS = {"vocab_size": "the dataset's vocabulary size", "text_dim": "--text_dim",
                    "trunk": "--image_encoder_trunk", "words_num": "--damsm_words_num",
                    "batch_size": "--damsm_batch_size", "lr": "--damsm_lr",
-                   "gammas": "--gamma1/2/3", "seed": "--seed"}
+                   "gammas": "--gamma1/2/3", "seed": "--seed",
+                   "vocab_sha256": "the vocabulary's SHA-256 (its words in order)"}
 # Written with a snapshot taken inside an epoch (a --damsm_max_steps stop): the optimizer's and
 # the dropout layers' state, which the rest of that epoch continues from.
 STATE_FILE = "pretrain_state.npz"
@@ -178,7 +179,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   settings = {"vocab_size": len(data.vocab), "text_dim": model_cfg.text_dim, "trunk": trunk,
               "words_num": words_num, "batch_size": batch_size, "lr": lr,
               "gammas": [float(g) for g in gammas], "seed": int(seed),
-              "train_images": data.num_images}
+              "train_images": data.num_images,
+              # The words themselves: a dataset rebuilt from edited captions can keep the size
+              # and renumber the words (train checks it against the dataset it trains on).
+              "vocab_sha256": data.vocab.sha256}
   batches_per_epoch = datasets.DataPipeline(data, batch_size, words_num, num_stages=1,
                                             seed=seed).batches_per_epoch
   log_path = os.path.join(damsm_dir, LOG_FILE)

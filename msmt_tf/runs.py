@@ -151,9 +151,11 @@ def damsm_snapshot_note(damsm_dir):
           "they are")
 
 
-def load_damsm(damsm_dir, vocab_size, text_dim=None):
+def load_damsm(damsm_dir, vocab_size, text_dim=None, vocab_sha256=None):
   """Loads the frozen DAMSM encoders; a clear error names the command that makes them.
-  `text_dim`: the GAN's --text_dim, which the encoders' width must equal."""
+  `text_dim`: the GAN's --text_dim, which the encoders' width must equal. `vocab_sha256`: the
+  dataset's `Vocabulary.sha256`, compared with the one pretrain_damsm recorded (encoders
+  pretrained since 2026-11-28; imported ones record none)."""
   if not damsm_dir:
     raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
                             "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
@@ -164,6 +166,12 @@ def load_damsm(damsm_dir, vocab_size, text_dim=None):
   if text.vocab_size != vocab_size:
     raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
                      f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
+  trained_on = ((read_pretrain_record(damsm_dir) or {}).get("settings") or {}).get("vocab_sha256")
+  if vocab_sha256 and trained_on and trained_on != vocab_sha256:
+    raise ValueError(f"{text_path} was trained on another {vocab_size}-word vocabulary than the "
+                     f"dataset's (other words or order: SHA-256 {trained_on[:12]}... vs "
+                     f"{vocab_sha256[:12]}...), so its word numbers mean other words; pretrain "
+                     "DAMSM on this dataset, or use the dataset it was pretrained on")
   if text_dim is not None and (text.hidden_dim, image.nef) != (text_dim, text_dim):
     raise ValueError(
         f"the DAMSM encoders in {damsm_dir} have width {text.hidden_dim} (text) / {image.nef} "
@@ -225,4 +233,11 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
   if len(vocab) != cfg.vocab_size:
     raise ValueError(f"{data_dir} has {len(vocab)} words, the run was trained on "
                      f"{cfg.vocab_size}")
+  trained_on = record["data"].get("vocab_sha256")  # runs since 2026-11-28
+  if trained_on and trained_on != vocab.sha256:
+    raise ValueError(f"the vocabulary of {data_dir} is not the one the run {run_dir} was "
+                     f"trained on: {len(vocab)} words both, but other words or order (SHA-256 "
+                     f"{vocab.sha256[:12]}... vs {trained_on[:12]}...: a dataset rebuilt from "
+                     "other captions); the run's word numbers would mean other words: use the "
+                     "dataset it was trained on (--data_dir)")
   return generator, text_encoder, vocab, record

@@ -61,6 +61,21 @@ class Run:
 
 
 _SPLIT_KEYS = ("train_images", "train_files_sha256")
+_IDENTITY_KEYS = _SPLIT_KEYS + ("vocab_sha256",)
+
+
+def _weights_digest(*models):
+  """SHA-256 of the models' weights (values and shapes, in order; not their names, which Keras
+  numbers per process, nor dropout's seed states): the frozen DAMSM encoders' identity. A file
+  rewritten with the same weights, or moved, keeps it; encoders pretrained further do not."""
+  import keras  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for model in models:
+    for w in model.weights:
+      value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+      digest.update(f"{value.dtype}{value.shape}".encode("utf-8"))
+      digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def _keys_digest(keys):
@@ -101,7 +116,10 @@ def prepare():
                "words_num": run.words_num, "batch_size": FLAGS.batch_size, "seed": FLAGS.seed,
                # The training split itself (a dataset rebuilt with another split or other
                # images must not resume a run; the folder may move).
-               "train_images": data.num_images, "train_files_sha256": _keys_digest(data.keys)},
+               "train_images": data.num_images, "train_files_sha256": _keys_digest(data.keys),
+               # The words in order: a rebuild from edited captions may keep the size and
+               # renumber them, and the token ids would mean other words.
+               "vocab_sha256": data.vocab.sha256},
       "damsm_dir": os.path.abspath(FLAGS.damsm_dir) if FLAGS.damsm_dir else None,
       # What the run continues with (not compared on --resume: a new rate is applied).
       "optimizer": {"lr_g": FLAGS.lr_g, "lr_d": FLAGS.lr_d, "beta1": FLAGS.beta1,
@@ -148,7 +166,7 @@ def prepare():
     # A model option added after the run started counts as its default (older config.json).
     added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
     # The split's identity is compared where the run recorded it (runs since 2026-11-27).
-    unrecorded = {k for k in _SPLIT_KEYS if k not in recorded.get("data", {})}
+    unrecorded = {k for k in _IDENTITY_KEYS if k not in recorded.get("data", {})}
     diff = [f"{sec}.{k}: {recorded.get(sec, {}).get(k)!r} -> {v!r}"
             for sec in ("model", "loss", "data") for k, v in run.record[sec].items()
             if sec != "data" or k not in {"data_dir"} | unrecorded
@@ -156,9 +174,14 @@ def prepare():
     if diff:
       split_changed = any(recorded["data"][k] != run.record["data"][k]
                           for k in set(_SPLIT_KEYS) - unrecorded)
+      vocab_changed = ("vocab_sha256" not in unrecorded
+                       and recorded["data"]["vocab_sha256"] != run.record["data"]["vocab_sha256"])
       why = ("; the training split differs (a dataset rebuilt or replaced since the run "
              "started): resume it with that data, or start a new --run_dir"
-             if split_changed else "")
+             if split_changed else
+             "; the vocabulary differs (other words or order: a dataset rebuilt from other "
+             "captions), so the run's word numbers would mean other words: resume it with that "
+             "data, or start a new --run_dir" if vocab_changed else "")
       raise ValueError(f"--resume with a different configuration than {config_path}: "
                        + "; ".join(diff) + why)
   # Data pipeline checks (batch larger than the dataset, ...) before building anything big.
@@ -170,7 +193,19 @@ def prepare():
     print(f"warning: every image of the train split of {data.data_dir} has class {classes[0]}: "
           "the DAMSM losses take other classes as negatives and are 0 for this run",
           file=sys.stderr, flush=True)
-  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab), model_cfg.text_dim)
+  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab), model_cfg.text_dim,
+                                       data.vocab.sha256)
+  # The frozen encoders are part of the objective: a resume with others (pretrained further or
+  # again since the run started) would not continue the same training.
+  run.record["damsm_weights_sha256"] = _weights_digest(text_enc, image_enc)
+  trained_with = (recorded or {}).get("damsm_weights_sha256") if FLAGS.resume else None
+  if trained_with and trained_with != run.record["damsm_weights_sha256"]:
+    raise ValueError(
+        f"--resume: the DAMSM encoders in {os.path.abspath(FLAGS.damsm_dir)} are not the ones "
+        f"{config_path} was trained with (their weights changed: pretrained again or further "
+        "since the run started); the frozen encoders are part of the objective, so the run "
+        "would not continue the same training: resume it with its own encoders (--damsm_dir), "
+        "or start a new --run_dir")
   snapshot = runs.damsm_snapshot_note(FLAGS.damsm_dir)
   if snapshot and run.is_writer:
     print(f"warning: {snapshot}", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from msmt_tf import checkpoint
+from msmt_tf.data import datasets
 from msmt_tf.data import shapes
 from tests import cli
 
@@ -351,6 +352,68 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   for m, p in procs.items():
     _, err = p.communicate(timeout=300)
     assert "Unknown command line flag" not in err, (m, err[-2000:])
+
+
+def _renumbered(data, out):
+  """A copy of the dataset `data` whose vocabulary swaps the numbers of two words (and the
+  captions' ids with them): the same captions, words and size, other word numbers (what a rebuild
+  from edited captions can give)."""
+  shutil.copytree(data, out)
+  with open(os.path.join(out, "captions.pickle"), "rb") as f:
+    train_caps, test_caps, ixtoword, wordtoix = pickle.load(f)
+  swap = {1: 2, 2: 1}
+  ixtoword = {swap.get(i, i): w for i, w in ixtoword.items()}
+  wordtoix = {w: swap.get(i, i) for w, i in wordtoix.items()}
+  train_caps, test_caps = ([[swap.get(t, t) for t in cap] for cap in caps]
+                           for caps in (train_caps, test_caps))
+  with open(os.path.join(out, "captions.pickle"), "wb") as f:
+    pickle.dump([train_caps, test_caps, ixtoword, wordtoix], f)
+  return str(out)
+
+
+def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_path):
+  """A dataset renumbered with the same vocabulary size is refused by train --resume, by the
+  DAMSM encoders pretrained on the original and by the commands that load a run (sample,
+  export, metric_main: runs.load_run); DAMSM encoders whose weights changed since the run
+  started are refused by train --resume."""
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  renumbered = _renumbered(smoke["data"], tmp_path / "renumbered")
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(reference_run, run_dir)
+  args = [a for a in _train_args(smoke, run_dir, "--max_steps=9", "--resume")
+          if not a.startswith("--data_dir")]
+  res = _main("msmt_tf.train", *args, f"--data_dir={renumbered}")
+  assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert "data.vocab_sha256: '" in res.stderr and "data.train_files_sha256" not in res.stderr
+  assert ("the vocabulary differs (other words or order: a dataset rebuilt from other "
+          "captions)") in res.stderr
+  res = _main("msmt_tf.train", *_train_args(smoke, str(tmp_path / "new"), "--max_steps=1"),
+              f"--data_dir={renumbered}")
+  assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert (f"{smoke['damsm']}/text_encoder.keras was trained on another "
+          f"{len(datasets.load_captions(renumbered, 'shapes')[2])}-word vocabulary than the "
+          "dataset's (other words or order") in res.stderr
+  with pytest.raises(ValueError, match=f"the vocabulary of {renumbered} is not the one the run "
+                     f"{run_dir} was trained on: .* words both, but other words or order"):
+    runs.load_run(run_dir, data_dir=renumbered)
+  # Encoders pretrained again since the run started (--overwrite, another seed).
+  damsm = str(tmp_path / "damsm")
+  res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
+             "--seed=5")
+  assert res.returncode == 0, res.stderr[-2000:]
+  args = [a for a in _train_args(smoke, run_dir, "--max_steps=9", "--resume")
+          if not a.startswith("--damsm_dir")]
+  res = _main("msmt_tf.train", *args, f"--damsm_dir={damsm}")
+  assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert (f"--resume: the DAMSM encoders in {damsm} are not the ones "
+          f"{run_dir}/config.json was trained with (their weights changed") in res.stderr
+  assert checkpoint.latest(run_dir)[0] == 8  # nothing trained, nothing written
+  # The run's own encoders, moved: the same weights, resumed.
+  moved = str(tmp_path / "moved_damsm")
+  shutil.copytree(smoke["damsm"], moved)
+  res = _run("msmt_tf.train", *args, f"--damsm_dir={moved}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert checkpoint.latest(run_dir)[0] == 9
 
 
 def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, reference_run, tmp_path, capsys):

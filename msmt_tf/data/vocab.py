@@ -7,6 +7,7 @@ is used only as padding. A rebuilt vocabulary lists words in order of first appe
 train captions, then the test captions (what AttnGAN's `build_dictionary` gives on Python 3.7+).
 """
 
+import hashlib
 import re
 
 from msmt_tf.data.errors import CaptionError
@@ -73,6 +74,13 @@ class Vocabulary:
 
   def __len__(self):
     return len(self._words)
+
+  @property
+  def sha256(self):
+    """SHA-256 of the words in index order: the table's identity. Two vocabularies of one size
+    but other words or order (a dataset rebuilt from edited captions) give token ids that mean
+    other words to a model trained on the first."""
+    return hashlib.sha256("\n".join(self._words).encode("utf-8")).hexdigest()
 
   def __contains__(self, word):
     return word in self._index
