@@ -83,6 +83,30 @@ def _keys_digest(keys):
   return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
+# Files that make a folder a dataset or a DAMSM folder: a run written into one would be deleted
+# by that folder's own `--overwrite` (data.build, shapes, pretrain_damsm).
+_FOREIGN_MARKERS = (("dataset", ("captions.pickle", "dataset_spec.json",
+                                 os.path.join("train", "filenames.pickle"))),
+                    ("DAMSM folder", ("text_encoder.keras", "image_encoder.keras",
+                                      runs.PRETRAIN_RECORD, runs.IMPORT_MANIFEST)))
+
+
+def _refuse_a_shared_run_dir(run_dir):
+  """A run gets a folder of its own: not the dataset's or the encoders' folder, nor one inside
+  them (--run_dir swapped with --damsm_dir, say)."""
+  roles = {"--data_dir": FLAGS.data_dir, "--damsm_dir": FLAGS.damsm_dir}
+  for flag, other in roles.items():
+    if other and (run_dir + os.sep).startswith(os.path.abspath(other) + os.sep):
+      raise ValueError(f"--run_dir {run_dir} is {flag} or inside it: a run needs a folder of its "
+                       "own; choose another --run_dir")
+  for kind, names in _FOREIGN_MARKERS:
+    found = [n for n in names if os.path.exists(os.path.join(run_dir, n))]
+    if found:
+      raise ValueError(f"--run_dir {run_dir} is a {kind}: it holds {found[0]}. A run needs a "
+                       "folder of its own (that folder's --overwrite would delete the run); "
+                       "choose another --run_dir")
+
+
 def prepare():
   """Validates flags, data and encoders and builds the models. Raises on any bad input."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -94,6 +118,7 @@ def prepare():
   run.run_dir = os.path.abspath(FLAGS.run_dir)
   if os.path.exists(run.run_dir) and not os.path.isdir(run.run_dir):
     raise ValueError(f"--run_dir {run.run_dir} is a file, not a folder")
+  _refuse_a_shared_run_dir(run.run_dir)
   run.words_num = config.words_num_from_flags()
   # Devices and processes first: a multi-host JAX run connects before any JAX computation, and
   # TensorFlow's logical devices and multi-worker runtime are set up before it initialises. Under

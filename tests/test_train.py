@@ -136,6 +136,25 @@ def test_bad_flags_stop_before_training(smoke, tmp_path, extra, message):
   assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
 
 
+def test_a_run_never_shares_the_data_or_encoder_folder(smoke, tmp_path):
+  """--run_dir inside --data_dir or --damsm_dir, or a folder that is another dataset or DAMSM
+  folder (--run_dir and --damsm_dir swapped, say), is refused before anything is written there:
+  that folder's own --overwrite would delete the run."""
+  other_data, other_damsm = tmp_path / "data2", tmp_path / "damsm2"
+  shutil.copytree(smoke["data"], other_data)
+  shutil.copytree(smoke["damsm"], other_damsm)
+  cases = [(os.path.join(smoke["data"], "run"), "is --data_dir or inside it"),
+           (smoke["damsm"], "is --damsm_dir or inside it"),
+           (str(other_data), "is a dataset: it holds captions.pickle"),
+           (str(other_damsm), "is a DAMSM folder: it holds text_encoder.keras")]
+  for run_dir, message in cases:
+    before = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else None
+    res = _main("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"--run_dir {run_dir} {message}" in res.stderr, res.stderr[-2000:]
+    assert (sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else None) == before
+
+
 def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   damsm = tmp_path / "damsm"
