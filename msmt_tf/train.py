@@ -387,7 +387,7 @@ def train(run):
 
   def record_losses(step, device_logs):
     """Reads one step's losses (waiting for that step only), stops on a non-finite one, logs."""
-    logs = {k: float(v) for k, v in device_logs.items()}
+    logs = {k: float(v) + 0.0 for k, v in device_logs.items()}  # + 0.0: -0.0 is logged as 0.0
     bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
     if bad:
       last = checkpoint.latest(run.run_dir)

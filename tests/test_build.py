@@ -670,3 +670,9 @@ def test_messages_name_what_they_mean(tmp_path):
       "metadata.csv: no column 'text'; pass --text_column (columns: (unnamed column), caption, "
       "label)")):
     _build(str(src), str(tmp_path / "r"), class_column=None, workers=1)
+  for bad in ("0", "-1"):  # not taken as "one per core" / one worker
+    res = subprocess.run([sys.executable, "-m", "msmt_tf.data.build", f"--source={src}",
+                          f"--out={tmp_path / 's'}", f"--workers={bad}"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and f"flag --workers={bad}: {bad} is not a positive" in res.stderr
+    assert not (tmp_path / "s").exists()

@@ -1248,7 +1248,8 @@ if __name__ == "__main__":
                        "vocabulary (AttnGAN: 1, every word).")
   flags.DEFINE_bool("skip_bad", False, "Leave bad rows and images out (listed in "
                     "<out>/skipped.txt) instead of stopping.")
-  flags.DEFINE_integer("workers", None, "Image decode processes (default: one per CPU core).")
+  flags.DEFINE_integer("workers", None, "Image decode processes (default: one per CPU core).",
+                       lower_bound=1)
   flags.DEFINE_bool("overwrite", False, "Replace an existing dataset made by this command.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
   app.run(main)
