@@ -943,7 +943,12 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   for rel, caps in kept.items():
     if not caps:
       row = images[rel][0]
-      problems.append(_problem(row.where, row.file_name, "image without a usable caption"))
+      # Every row of the image left out for a problem already reported (its class, a conflict):
+      # no second line blaming a caption that may be fine.
+      reported = all(id(r) in bad_rows or (class_column and r.klass is None)
+                     for r in images[rel])
+      if not reported:
+        problems.append(_problem(row.where, row.file_name, "image without a usable caption"))
       bad_images.add(rel)
   listed = set(images) | {r for r, _ in resolved.values() if r}
   for rel in scanned:
