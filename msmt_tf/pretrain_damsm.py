@@ -188,8 +188,13 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   log_path = os.path.join(damsm_dir, LOG_FILE)
   keras.utils.set_random_seed(seed)
   if resume:
+    finished = (runs.read_pretrain_record(damsm_dir) or {}).get("complete")
     done, start_batch, steps = resume_point(damsm_dir, settings, epochs, max_steps,
                                             batches_per_epoch)
+    if finished and verbose:
+      print(f"note: the encoders in {damsm_dir} were finished; training them further changes "
+            "them in place, and a GAN run trained with them will refuse to --resume with the "
+            "new ones (start new GAN runs after this, or copy the folder first)", flush=True)
     text_path, image_path = config.damsm_paths(damsm_dir)
     text_enc = runs.load_damsm_encoder(text_path, "RNNTextEncoder")
     image_enc = runs.load_damsm_encoder(image_path, "ImageEncoder")

@@ -557,7 +557,7 @@ def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
   assert hist[1]["lr"] == pytest.approx(0.002 * 0.98)
 
 
-def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypatch):
+def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypatch, capsys):
   """Two interruptions, each resumed with --resume, end where the uninterrupted run ends (the
   same data order, learning rate and dropout masks; Adam afresh every epoch, or as saved inside
   an epoch): Ctrl-C after the epoch-2 snapshot, and a --damsm_max_steps stop inside epoch 2
@@ -606,8 +606,10 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   assert progress == {"resumed": None, "snapshot": 2}
   assert "are a snapshot of epoch 2 of 3, not fully trained encoders; continue with the same " \
       "command and --resume" in pretrain_damsm.interrupted_message(str(damsm), progress)
-  got = run(damsm, resume=True)
+  capsys.readouterr()
+  got = run(damsm, resume=True, verbose=True)
   assert [e["epoch"] for e in got] == [3]
+  assert "were finished" not in capsys.readouterr().out  # a snapshot, continued
   same_epoch(got[0], ref[2])
   log = [json.loads(l) for l in (damsm / "damsm_log.jsonl").read_text().splitlines()]
   assert [e["epoch"] for e in log] == [1, 2, 3]
@@ -620,8 +622,12 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   record = runs.read_pretrain_record(str(budget))
   assert (record["complete"], record["epoch"], record["batch"]) == (True, 2, 1)
   assert (budget / pretrain_damsm.STATE_FILE).is_file()
-  got = run(budget, resume=True)
+  got = run(budget, resume=True, verbose=True)
   assert [(e["epoch"], e.get("from_batch")) for e in got] == [(2, 1), (3, None)]
+  # Finished encoders (as far as their budget went) trained further: said, with what it means.
+  assert (f"note: the encoders in {budget} were finished; training them further changes them in "
+          "place, and a GAN run trained with them will refuse to --resume") in \
+      capsys.readouterr().out
   same_epoch(got[1], ref[2])
   same_encoders(budget)
   assert not (budget / pretrain_damsm.STATE_FILE).exists()  # the end is a whole epoch
