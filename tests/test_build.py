@@ -304,7 +304,7 @@ def test_a_transparent_colour_key_is_composited_over_white():
     assert out[0, 0].tolist() == ([200, 10, 10] if mode != "L" else [200] * 3), mode
 
 
-def test_inspect_and_pipeline_read_it_like_any_dataset(built):
+def test_inspect_and_pipeline_read_it_like_any_dataset(built, tmp_path):
   lines = []
   assert inspect_lib.inspect_split(built["out"], "folder", "train", out=lines.append) == []
   text = "\n".join(lines)
@@ -317,6 +317,14 @@ def test_inspect_and_pipeline_read_it_like_any_dataset(built):
                         "--split=test", "--skip_images"], cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   assert f"OK: {built['out']} is a usable folder dataset" in res.stdout
+  # A source folder (images and metadata, not built yet) is told apart from a dataset.
+  (tmp_path / "metadata.csv").write_text("file_name,text\na.png,a picture\n")
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", f"--data_dir={tmp_path}"],
+                       cwd=REPO, capture_output=True, text=True)
+  assert res.returncode == 1 and (
+      f"error: {tmp_path} holds metadata.csv: it is a source folder of your own images, not a "
+      f"dataset yet; build the dataset from it first: python -m msmt_tf.data.build --source "
+      f"{tmp_path} --out data/NAME") in res.stderr, res.stderr[-2000:]
   # Every caption of a variable-count image is drawn by the pipeline over a few epochs.
   train = datasets.load_split(built["out"], "folder", "train")
   pipe = datasets.DataPipeline(train, batch_size=14, words_num=30, num_stages=1, seed=0,
