@@ -681,6 +681,13 @@ def test_messages_name_what_they_mean(tmp_path):
       "metadata.csv: no column 'text'; pass --text_column (columns: (unnamed column), caption, "
       "label)")):
     _build(str(src), str(tmp_path / "r"), class_column=None, workers=1)
+  two = tmp_path / "two"  # every metadata file without the column is named, not the first
+  _tiny_source(str(two), ["a/x.png", "a/y.png", "b/z.png"])
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(two), str(tmp_path / "t"), class_column="species", workers=1)
+  assert str(e.value).splitlines()[:2] == [
+      f"{name}/metadata.csv: no column 'species'; pass --class_column (columns: label, text)"
+      for name in ("a", "b")], str(e.value)
   for bad in ("0", "-1"):  # not taken as "one per core" / one worker
     res = subprocess.run([sys.executable, "-m", "msmt_tf.data.build", f"--source={src}",
                           f"--out={tmp_path / 's'}", f"--workers={bad}"], cwd=REPO,

@@ -675,11 +675,19 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   notes, problems, warnings_ = [], [], []
 
   # 1. Metadata rows.
-  rows = []
+  rows, missing_columns = [], []
   for meta in find_metadata(source):
-    got, bad = read_metadata(source, meta, text_column, class_column)
+    try:
+      got, bad = read_metadata(source, meta, text_column, class_column)
+    except BuildError as e:
+      if ": no column " not in str(e):
+        raise
+      missing_columns.append(str(e))  # every metadata file that lacks a column, not the first
+      continue
     rows.extend(got)
     problems.extend(bad)
+  if missing_columns:
+    raise BuildError("\n".join(missing_columns))
   if not rows:
     raise BuildError(problems or ["the metadata files list no rows"])
   scanned = _scan(source)
