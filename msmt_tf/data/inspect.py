@@ -148,14 +148,14 @@ def main(argv):
     sys.exit(f"error: dataset folder not found: {os.path.abspath(f.data_dir)}\n"
              f"{datasets.DATASETS[dataset or 'folder'].how_to_get}")
   if dataset is None:  # a folder built by msmt_tf.data.build says what it is
-    source = [n for n in ("metadata.jsonl", "metadata.csv")  # data.build's METADATA_NAMES
-              if os.path.isfile(os.path.join(f.data_dir, n))]
-    if source and not os.path.isfile(os.path.join(f.data_dir, datasets.SPEC_FILE)):
-      sys.exit(f"error: {os.path.abspath(f.data_dir)} holds {source[0]}: it is a source folder "
-               "of your own images, not a dataset yet; build the dataset from it first: python "
-               f"-m msmt_tf.data.build --source {f.data_dir} --out data/NAME, then inspect "
-               "data/NAME")
     if not os.path.isfile(os.path.join(f.data_dir, datasets.SPEC_FILE)):
+      from msmt_tf.data import build  # pylint: disable=g-import-not-at-top
+      source = [n for n in build.METADATA_NAMES if os.path.isfile(os.path.join(f.data_dir, n))]
+      if source:
+        sys.exit(f"error: {os.path.abspath(f.data_dir)} holds {source[0]}: it is a source "
+                 "folder of your own images, not a dataset yet; build the dataset from it first: "
+                 f"python -m msmt_tf.data.build --source {f.data_dir} --out data/NAME, then "
+                 "inspect data/NAME")
       sys.exit(f"error: --dataset is not set, and {os.path.abspath(f.data_dir)} has no "
                f"{datasets.SPEC_FILE} (which a folder built by msmt_tf.data.build has): pass "
                f"--dataset={'|'.join(k for k in sorted(datasets.DATASETS) if k != 'folder')}")
