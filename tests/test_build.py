@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -302,6 +304,36 @@ def test_a_transparent_colour_key_is_composited_over_white():
       out = np.asarray(image_utils.to_rgb(png))
     assert out.shape == (4, 4, 3) and (out[1:, :] == 255).all(), mode  # the key colour: white
     assert out[0, 0].tolist() == ([200, 10, 10] if mode != "L" else [200] * 3), mode
+  # Keys stored at another depth than Pillow decodes to: 2-bit and 16-bit grey (compared with
+  # the decoded value, they used to key nothing), 16-bit RGB (matched on its high bytes: the
+  # 0x00FF key used to whiten (0xFF00, 0, 0) and keep the keyed pixel).
+  def png(width, depth, colour_type, rows, trns):
+    def chunk(kind, data):
+      return (struct.pack(">I", len(data)) + kind + data
+              + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
+    header = struct.pack(">IIBBBBB", width, len(rows), depth, colour_type, 0, 0, 0)
+    raw = zlib.compress(b"".join(b"\0" + r for r in rows))
+    return io.BytesIO(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", trns)
+                      + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+  cases = [  # (file, expected first row)
+      (png(4, 2, 0, [bytes([0b00011011])] * 2, struct.pack(">H", 1)),  # greys 0, 1, 2, 3
+       [0, 255, 170, 255]),
+      (png(3, 16, 0, [np.array([0x7FFF, 0x8000, 0xFFFF], ">u2").tobytes()] * 2,
+           struct.pack(">H", 0x7FFF)), [255, 128, 255]),
+      (png(3, 16, 2, [np.array([0xFF00, 0, 0, 0x00FF, 0, 0, 0x1234, 0x1234, 0x1234],
+                               ">u2").tobytes()] * 2, struct.pack(">HHH", 0x00FF, 0, 0)),
+       [[255, 0, 0], 255, [18, 18, 18]]),
+  ]
+  for buf, want in cases:
+    with Image.open(buf) as im:
+      bits = image_utils.sample_bits(im)
+      out = np.asarray(image_utils.to_rgb(im)).astype(int)
+    want = [w if isinstance(w, list) else [w] * 3 for w in want]
+    assert out.shape[-1] == 3 and out[0].tolist() == want and out[1].tolist() == want, bits
+    with Image.open(buf) as im:  # loaded first (data.build's order): bits passed in
+      im.load()
+      assert np.array_equal(np.asarray(image_utils.to_rgb(im, bits)), out), bits
 
 
 def test_inspect_and_pipeline_read_it_like_any_dataset(built, tmp_path):
@@ -351,6 +383,16 @@ def test_interrupted_build_resumes_to_the_same_bytes(source, built, tmp_path):
   with pytest.raises(KeyboardInterrupt):
     _build(source["root"], out, skip_bad=True, workers=1, on_image=stop)
   assert not os.path.exists(out)
+  # Images staged by an older conversion rule are converted again, not reused.
+  state = tmp_path / ".mine.build" / "build_state.json"
+  saved = state.read_text()
+  older = json.loads(saved)
+  older["convert"] -= 1
+  state.write_text(json.dumps(older))
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    _build(source["root"], out, skip_bad=True, workers=1, on_image=stop)
+  assert json.loads(state.read_text()) == json.loads(saved)
   summary = _build(source["root"], out, skip_bad=True, workers=1)
   assert summary["reused"] == 5 and summary["images_processed"] == source["decoded"] - 5
 

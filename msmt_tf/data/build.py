@@ -352,6 +352,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
       im = Image.open(io.BytesIO(data))
       fmt = im.format
       rawmode = im.tile[0][3] if im.tile and isinstance(im.tile[0][3], str) else None
+      bits = image_utils.sample_bits(im)  # the decoder's raw mode is gone after load()
       frames = getattr(im, "n_frames", 1)
       im.load()  # the first frame; a truncated file raises here
       orientation = _orientation(im)
@@ -368,7 +369,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
       elif fmt == "PNG" and im.mode == "RGB" and rawmode == "RGB" and plain:
         payload, ext, action = data, ".png", "kept"
       else:
-        rgb = image_utils.to_rgb(upright)
+        rgb = image_utils.to_rgb(upright, bits)
         buf = io.BytesIO()
         if fmt in ("JPEG", "MPO"):
           rgb.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -782,7 +783,8 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
 
   # 4. Images: convert in parallel (resuming), check.
   os.makedirs(staging, exist_ok=True)
-  state = dict(version=BUILD_VERSION, source=source, min_side=MIN_SIDE, quality=JPEG_QUALITY)
+  state = dict(version=BUILD_VERSION, source=source, min_side=MIN_SIDE, quality=JPEG_QUALITY,
+               convert=image_utils.CONVERT_VERSION)  # older staged conversions are redone
   state_path = os.path.join(staging, _STATE)
   old_state = None
   if os.path.isfile(state_path):
