@@ -66,8 +66,23 @@ def _pytorch_fid_package_available():
   return True, "pytorch-fid package"
 
 
-def _pytorch_fid_package(images, reference, batch_size):
+def _package_skips(folder, extensions):
+  """The image files of `folder` that the other rows read (`features.list_images`: any letter
+  case) and the pytorch-fid package's case-sensitive glob `*.<ext>` does not."""
+  from evaluation import features  # pylint: disable=g-import-not-at-top
+  return [os.path.basename(f) for f in features.list_images(folder)
+          if os.path.splitext(f)[1][1:] not in extensions]
+
+
+def _pytorch_fid_package(images, reference, batch_size, notes):
   from pytorch_fid import fid_score  # pylint: disable=g-import-not-at-top
+  extensions = set(getattr(fid_score, "IMAGE_EXTENSIONS", ()))
+  for folder in (images, reference):
+    skipped = [] if not extensions or folder.endswith(".npz") else _package_skips(folder, extensions)
+    if skipped:
+      notes.append(f"the pytorch-fid package row reads {len(skipped)} fewer images of {folder} "
+                   f"than the other rows: its glob takes lower-case extensions only "
+                   f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
   from pytorch_fid.inception import InceptionV3  # pylint: disable=g-import-not-at-top
   model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
   mu1, s1 = fid_score.compute_statistics_of_path(images, model, batch_size, 2048, "cpu")
@@ -151,7 +166,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
         raise RuntimeError(why)
       notes.append(f"pytorch-fid package not used: {why}; its preprocessing is emulated")
   if use_package:
-    mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size)
+    mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size, notes)
     rows.append(("PyTorch FID (current pytorch-fid 0.3.0 package)", fid.frechet_distance(
         mu1, s1, mu2, s2, method), ""))
   if "pytorch_emulated" in stats:

@@ -369,8 +369,9 @@ def _left_out_text(others, below):
 
 
 def list_images(folder):
-  """Sorted image files of `folder` itself, as pytorch-fid and TTUR read a folder: files with an
-  extension of IMAGE_EXTENSIONS (any letter case); subfolders are not entered. A clear error
+  """Sorted image files of `folder` itself: files with an extension of IMAGE_EXTENSIONS, like
+  pytorch-fid (whose glob takes lower-case extensions only; TTUR reads .jpg and .png), but in any
+  letter case; subfolders are not entered, as in both. A clear error
   when there are none. Images the rule leaves out (files of other image types, images in
   subfolders) are named: in that error, or else in one note per folder on stderr, so a metric
   never reads fewer images than the folder shows without saying so. Other files (the
@@ -388,8 +389,8 @@ def list_images(folder):
       files.append(path)
     elif name.lower().endswith(_UNREAD_IMAGE_EXTENSIONS):
       others.append(name)
-  rule = (f"only {', '.join(IMAGE_EXTENSIONS)} files directly in the folder are read, as in "
-          "pytorch-fid")
+  rule = (f"only {', '.join(IMAGE_EXTENSIONS)} files (any letter case) directly in the folder "
+          "are read, like pytorch-fid")
   if not files:
     message = f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}"
     if others or below:

@@ -251,11 +251,16 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f"run folder not found: {run_dir} (--run_dir: a msmt_tf.train run, "
                             "or one imported with msmt_tf.import_torch)")
+  saved = None  # the checkpoint's record: the encoders its step was trained with
   if step is None:  # the newest checkpoint that reads (damaged newer ones are set aside, said)
     found = checkpoint.newest_readable(run_dir)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    step = found[0]
+    step, saved = found[0], found[2]
+  else:
+    path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
+    if os.path.isfile(path):  # (a missing one is named where it is restored)
+      saved = checkpoint.read_record(path)
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   record = runs.read_config(run_dir)
   data_dir = data_dir or record["data"]["data_dir"]
@@ -268,6 +273,10 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   splits = {split: datasets.load_split(data_dir, record["data"]["dataset"], split)
             for split in sorted({split for *_, split in parsed})}
   check_splits(parsed, splits, counts, _flag("is_splits"))
+  vocab = next(iter(splits.values())).vocab  # one vocabulary for every split
+  runs.check_run_vocabulary(record, vocab, run_dir, data_dir)
+  # The generator's text encoder: checked here, loaded again where the images are made.
+  runs.load_run_text_encoder(runs.with_checkpoint_encoders(record, saved), run_dir, damsm_dir)
   # Every network file is opened before any image is made: a missing one fails at once.
   metrics = {m for _, m, _, _ in parsed}
   extractors = {}
@@ -277,6 +286,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     extractors["is"] = eval_flags.is_extractor()
   if "rprec" in metrics:
     damsm_encoders = r_precision.load_encoders(damsm_dir)  # loaded once for every rprec metric
+    runs.check_damsm_vocabulary(damsm_dir, damsm_encoders[0], vocab, data_dir)
   # So are the real images' statistics (a corrupt real image fails before generation too).
   references = {}
   for split in sorted({split for _, m, _, split in parsed if m == "fid"}):

@@ -94,6 +94,7 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
   `encoders`: the (text, image) DAMSM encoders of `damsm_dir`, when already loaded."""
   import keras  # pylint: disable=g-import-not-at-top
   from evaluation import features  # pylint: disable=g-import-not-at-top
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   manifest = sample.read_manifest(images_dir)
@@ -101,6 +102,8 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
   text_encoder, image_encoder = encoders or load_encoders(damsm_dir)
   data = datasets.load_split(data_dir or manifest["data_dir"], manifest["dataset"],
                              manifest["split"])
+  # Encoders of another vocabulary would read the captions' word numbers as other words.
+  runs.check_damsm_vocabulary(damsm_dir, text_encoder, data.vocab, data.data_dir)
   entries = manifest["images"]
   files = [os.path.join(images_dir, sample.image_name(i)) for i in range(len(entries))]
   missing = [f for f in files if not os.path.isfile(f)]

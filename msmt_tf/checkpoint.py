@@ -184,6 +184,19 @@ def verify(path):
   return _load(path)[0]
 
 
+def read_record(path):
+  """The record of checkpoint `path`, reading nothing else (not a check of its arrays).
+
+  Raises:
+    DamagedCheckpointError: the record cannot be read.
+  """
+  try:
+    with np.load(path) as data:
+      return json.loads(bytes(data["__meta__"]).decode())
+  except Exception as e:  # zipfile / zlib / json / key errors of a damaged file
+    raise DamagedCheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
 def newest_readable(run_dir, report=None):
   """(step, path, record) of the newest checkpoint that reads, without a model (damaged newer
   ones are renamed aside and reported, as in `restore_newest`); None when there is none."""

@@ -219,6 +219,9 @@ flags.DEFINE_integer("max_epochs", None, "Stop after this many epochs (paper: 10
                      "COCO); used when --max_steps is not set.")
 flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --run_dir (train); "
                   "continue the unfinished pretraining in --damsm_dir (pretrain_damsm).")
+flags.DEFINE_bool("accept_new_damsm", False, "train --resume: continue the run with DAMSM "
+                  "encoders whose weights differ from those it was trained with (pretrained "
+                  "further or again); config.json keeps the change (damsm_changes).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the noise.")
 flags.DEFINE_integer("batch_size", 20, "Batch size (paper: 20).")
 flags.DEFINE_float("lr_g", 2e-4, "Generator Adam learning rate.")

@@ -18,6 +18,7 @@ through this module, which imports no entry point.
 """
 
 import copy
+import hashlib
 import json
 import os
 
@@ -27,7 +28,10 @@ from msmt_tf import fileio
 
 __all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_config",
            "write_run_files", "load_damsm_encoder", "load_damsm", "read_pretrain_record",
-           "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance", "recorded_flags"]
+           "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance", "recorded_flags",
+           "weights_sha256", "encoder_digests", "changed_encoders", "check_vocabulary",
+           "check_damsm_vocabulary", "check_run_vocabulary", "load_run_text_encoder",
+           "with_checkpoint_encoders"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
@@ -151,11 +155,73 @@ def damsm_snapshot_note(damsm_dir):
           "they are")
 
 
-def load_damsm(damsm_dir, vocab_size, text_dim=None, vocab_sha256=None):
-  """Loads the frozen DAMSM encoders; a clear error names the command that makes them.
-  `text_dim`: the GAN's --text_dim, which the encoders' width must equal. `vocab_sha256`: the
-  dataset's `Vocabulary.sha256`, compared with the one pretrain_damsm recorded (encoders
+def weights_sha256(*models):
+  """SHA-256 of the models' weights (values and shapes, in order; not their names, which Keras
+  numbers per process, nor dropout's seed states): a frozen encoder's identity. A file rewritten
+  with the same weights, or moved, keeps it; encoders pretrained further do not."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for model in models:
+    for w in model.weights:
+      value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+      digest.update(f"{value.dtype}{value.shape}".encode("utf-8"))
+      digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def encoder_digests(text_encoder, image_encoder):
+  """What a run records of its frozen DAMSM encoders (config.json "damsm_weights_sha256")."""
+  return {"text": weights_sha256(text_encoder), "image": weights_sha256(image_encoder)}
+
+
+def changed_encoders(recorded, text_encoder, image_encoder=None):
+  """The names ("text", "image") of the encoders whose weights are not the ones a run recorded
+  (`recorded`: its "damsm_weights_sha256"); [] when the same or nothing was recorded (runs
+  before 2026-11-28). Runs of 2026-11-28 recorded one digest of both, checked only with both."""
+  if not recorded:
+    return []
+  if isinstance(recorded, str):
+    if image_encoder is None:
+      return []
+    same = recorded == weights_sha256(text_encoder, image_encoder)
+    return [] if same else ["text", "image"]
+  now = {"text": text_encoder, "image": image_encoder}
+  return [k for k in ("text", "image")
+          if now[k] is not None and k in recorded and recorded[k] != weights_sha256(now[k])]
+
+
+def check_vocabulary(trained_on, vocab, what, data_dir, advice):
+  """Raises when `vocab` (the Vocabulary of `data_dir`) is not the one `what` was trained on:
+  `trained_on` is the `Vocabulary.sha256` it recorded (None: made before 2026-11-28, not
+  checked). The same size with other words or order is a dataset rebuilt from other captions,
+  and the word numbers would then mean other words."""
+  if trained_on and trained_on != vocab.sha256:
+    raise ValueError(
+        f"{what} was trained on another vocabulary than the one of {data_dir} ({len(vocab)} "
+        f"words, but other words or order: SHA-256 {trained_on[:12]}... trained on, "
+        f"{vocab.sha256[:12]}... in {data_dir}; a dataset rebuilt from other captions), so its "
+        f"word numbers would mean other words: {advice}")
+
+
+def check_damsm_vocabulary(damsm_dir, text_encoder, vocab, data_dir):
+  """Raises unless the DAMSM encoders of `damsm_dir` were trained on `vocab` (that of
+  `data_dir`): its size, and the words in order where pretrain_damsm recorded them (encoders
   pretrained since 2026-11-28; imported ones record none)."""
+  text_path = config.damsm_paths(damsm_dir)[0]
+  if text_encoder.vocab_size != len(vocab):
+    raise ValueError(f"{text_path} was trained on a {text_encoder.vocab_size}-word vocabulary, "
+                     f"the dataset {data_dir} has {len(vocab)} words; pretrain DAMSM on this "
+                     "dataset")
+  trained_on = ((read_pretrain_record(damsm_dir) or {}).get("settings") or {}).get("vocab_sha256")
+  check_vocabulary(trained_on, vocab, text_path, data_dir,
+                   "pretrain DAMSM on this dataset, or use the dataset it was pretrained on")
+
+
+def load_damsm(damsm_dir, vocab, data_dir, text_dim=None):
+  """Loads the frozen DAMSM encoders; a clear error names the command that makes them. They must
+  have been trained on `vocab` (the Vocabulary of `data_dir`). `text_dim`: the GAN's --text_dim,
+  which the encoders' width must equal."""
   if not damsm_dir:
     raise FileNotFoundError("--damsm_dir is not set: the GAN needs the DAMSM encoders; make them "
                             "with: python -m msmt_tf.pretrain_damsm --flagfile=<same config> "
@@ -163,15 +229,7 @@ def load_damsm(damsm_dir, vocab_size, text_dim=None, vocab_sha256=None):
   text_path, image_path = config.damsm_paths(damsm_dir)
   text = load_damsm_encoder(text_path, "RNNTextEncoder")
   image = load_damsm_encoder(image_path, "ImageEncoder")
-  if text.vocab_size != vocab_size:
-    raise ValueError(f"{text_path} was trained on a {text.vocab_size}-word vocabulary, the "
-                     f"dataset has {vocab_size} words; pretrain DAMSM on this dataset")
-  trained_on = ((read_pretrain_record(damsm_dir) or {}).get("settings") or {}).get("vocab_sha256")
-  if vocab_sha256 and trained_on and trained_on != vocab_sha256:
-    raise ValueError(f"{text_path} was trained on another {vocab_size}-word vocabulary than the "
-                     f"dataset's (other words or order: SHA-256 {trained_on[:12]}... vs "
-                     f"{vocab_sha256[:12]}...), so its word numbers mean other words; pretrain "
-                     "DAMSM on this dataset, or use the dataset it was pretrained on")
+  check_damsm_vocabulary(damsm_dir, text, vocab, data_dir)
   if text_dim is not None and (text.hidden_dim, image.nef) != (text_dim, text_dim):
     raise ValueError(
         f"the DAMSM encoders in {damsm_dir} have width {text.hidden_dim} (text) / {image.nef} "
@@ -197,6 +255,53 @@ def damsm_provenance(damsm_dir):
   return "msmt_tf.pretrain_damsm (this project's encoders, not AttnGAN's)"
 
 
+def check_run_vocabulary(record, vocab, run_dir, data_dir):
+  """Raises unless `vocab` (that of `data_dir`) is the vocabulary the run (`record`, its
+  config.json) was trained on: its size, and the words in order (runs since 2026-11-28)."""
+  if len(vocab) != record["model"]["vocab_size"]:
+    raise ValueError(f"{data_dir} has {len(vocab)} words, the run {run_dir} was trained on "
+                     f"{record['model']['vocab_size']}: use the dataset it was trained on "
+                     "(--data_dir)")
+  check_vocabulary(record["data"].get("vocab_sha256"), vocab, f"the run {run_dir}", data_dir,
+                   "use the dataset it was trained on (--data_dir)")
+
+
+def with_checkpoint_encoders(record, saved):
+  """`record` (config.json) with the DAMSM digests of the checkpoint record `saved` where it has
+  them: the encoders that step was trained with (a run continued with --accept_new_damsm
+  changed them at some step; config.json records the newest)."""
+  if saved and "damsm_weights_sha256" in saved:
+    record = dict(record, damsm_weights_sha256=saved["damsm_weights_sha256"])
+  return record
+
+
+def load_run_text_encoder(record, run_dir, damsm_dir=None):
+  """The DAMSM text encoder of the run `run_dir` (`record`: its config.json): that of `damsm_dir`
+  or of the folder the run recorded, refused unless it is the one the run was trained with (its
+  width, and its weights where the run recorded them: runs since 2026-11-28)."""
+  cfg_text_dim = record["model"]["text_dim"]
+  damsm_dir = damsm_dir or record.get("damsm_dir")
+  if not damsm_dir:
+    raise FileNotFoundError(f"{os.path.join(run_dir, CONFIG)} records no DAMSM folder; pass "
+                            "--damsm_dir")
+  text_path = config.damsm_paths(damsm_dir)[0]
+  text_encoder = load_damsm_encoder(text_path, "RNNTextEncoder")
+  if text_encoder.hidden_dim != cfg_text_dim:
+    raise ValueError(f"the DAMSM text encoder in {damsm_dir} has width "
+                     f"{text_encoder.hidden_dim}, the run {run_dir} was trained with "
+                     f"--text_dim={cfg_text_dim}: pass the run's own --damsm_dir")
+  # The generator was trained on this encoder's word features: another one of the same width
+  # (pretrained again or further since) gives other images, silently.
+  if changed_encoders(record.get("damsm_weights_sha256"), text_encoder):
+    raise ValueError(
+        f"the DAMSM text encoder {text_path} is not the one the run {run_dir} was trained with "
+        f"(other weights: SHA-256 {weights_sha256(text_encoder)[:12]}..., the run's "
+        f"{record['damsm_weights_sha256']['text'][:12]}...; pretrained again or further since): "
+        "its generator would read other word features; pass the encoders it was trained with "
+        "(--damsm_dir)")
+  return text_encoder
+
+
 def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
   """Returns (EMA generator, text encoder, Vocabulary, record) of a run; `record["step"]` is the
   restored checkpoint's step. Without `step`, the newest checkpoint that reads (damaged newer
@@ -211,33 +316,16 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
     found = checkpoint.restore_newest(run_dir, groups, report=report)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    step = found[0]
+    step, saved = found[0], found[2]
   else:
     path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
     if not os.path.isfile(path):
       steps = [s for s, _ in checkpoint.list_checkpoints(run_dir)]
       raise FileNotFoundError(f"no checkpoint for --step {step} in {run_dir} (have: {steps})")
-    checkpoint.restore(path, groups)
-  record = dict(record, step=int(step))
-  damsm_dir = damsm_dir or record.get("damsm_dir")
-  if not damsm_dir:
-    raise FileNotFoundError(f"{os.path.join(run_dir, CONFIG)} records no DAMSM folder; pass "
-                            "--damsm_dir")
-  text_encoder = load_damsm_encoder(config.damsm_paths(damsm_dir)[0], "RNNTextEncoder")
-  if text_encoder.hidden_dim != cfg.text_dim:
-    raise ValueError(f"the DAMSM text encoder in {damsm_dir} has width "
-                     f"{text_encoder.hidden_dim}, the run {run_dir} was trained with "
-                     f"--text_dim={cfg.text_dim}: pass the run's own --damsm_dir")
+    saved = checkpoint.restore(path, groups)
+  record = with_checkpoint_encoders(dict(record, step=int(step)), saved)
+  text_encoder = load_run_text_encoder(record, run_dir, damsm_dir)
   data_dir = data_dir or record["data"]["data_dir"]
   _, _, vocab = datasets.load_captions(data_dir, record["data"]["dataset"])
-  if len(vocab) != cfg.vocab_size:
-    raise ValueError(f"{data_dir} has {len(vocab)} words, the run was trained on "
-                     f"{cfg.vocab_size}")
-  trained_on = record["data"].get("vocab_sha256")  # runs since 2026-11-28
-  if trained_on and trained_on != vocab.sha256:
-    raise ValueError(f"the vocabulary of {data_dir} is not the one the run {run_dir} was "
-                     f"trained on: {len(vocab)} words both, but other words or order (SHA-256 "
-                     f"{vocab.sha256[:12]}... vs {trained_on[:12]}...: a dataset rebuilt from "
-                     "other captions); the run's word numbers would mean other words: use the "
-                     "dataset it was trained on (--data_dir)")
+  check_run_vocabulary(record, vocab, run_dir, data_dir)
   return generator, text_encoder, vocab, record

@@ -64,47 +64,54 @@ _SPLIT_KEYS = ("train_images", "train_files_sha256")
 _IDENTITY_KEYS = _SPLIT_KEYS + ("vocab_sha256",)
 
 
-def _weights_digest(*models):
-  """SHA-256 of the models' weights (values and shapes, in order; not their names, which Keras
-  numbers per process, nor dropout's seed states): the frozen DAMSM encoders' identity. A file
-  rewritten with the same weights, or moved, keeps it; encoders pretrained further do not."""
-  import keras  # pylint: disable=g-import-not-at-top
-  digest = hashlib.sha256()
-  for model in models:
-    for w in model.weights:
-      value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
-      digest.update(f"{value.dtype}{value.shape}".encode("utf-8"))
-      digest.update(value.tobytes())
-  return digest.hexdigest()
-
-
 def _keys_digest(keys):
   """SHA-256 of a split's image keys in order (its identity, whatever folder it is in)."""
   return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
-# Files that make a folder a dataset or a DAMSM folder: a run written into one would be deleted
-# by that folder's own `--overwrite` (data.build, shapes, pretrain_damsm).
+# Files that make a folder a dataset or a DAMSM folder. A run written into a dataset would be
+# deleted by its --overwrite (data.build, shapes); one written into a DAMSM folder would mix its
+# files with the encoders', which pretrain_damsm --overwrite or --resume change.
 _FOREIGN_MARKERS = (("dataset", ("captions.pickle", "dataset_spec.json",
-                                 os.path.join("train", "filenames.pickle"))),
+                                 os.path.join("train", "filenames.pickle")),
+                     "its --overwrite (data.build, shapes) would delete the run"),
                     ("DAMSM folder", ("text_encoder.keras", "image_encoder.keras",
-                                      runs.PRETRAIN_RECORD, runs.IMPORT_MANIFEST)))
+                                      runs.PRETRAIN_RECORD, runs.IMPORT_MANIFEST),
+                     "its files would mix with the encoders', which pretrain_damsm --overwrite "
+                     "or --resume change"))
+# What a run writes in its folder: what to move to rescue a run written in a place refused now.
+_RUN_FILES = ("config.json, flags.txt, checkpoints/, losses.jsonl, samples/, tb/, eval/ and "
+              "generator_ema.keras")
 
 
 def _refuse_a_shared_run_dir(run_dir):
-  """A run gets a folder of its own: not the dataset's or the encoders' folder, nor one inside
-  them (--run_dir swapped with --damsm_dir, say)."""
-  roles = {"--data_dir": FLAGS.data_dir, "--damsm_dir": FLAGS.damsm_dir}
-  for flag, other in roles.items():
-    if other and (run_dir + os.sep).startswith(os.path.abspath(other) + os.sep):
-      raise ValueError(f"--run_dir {run_dir} is {flag} or inside it: a run needs a folder of its "
-                       "own; choose another --run_dir")
-  for kind, names in _FOREIGN_MARKERS:
+  """A run gets a folder of its own: not a dataset (nor a folder inside one: data.build
+  --overwrite deletes the dataset's whole folder), not a DAMSM folder (--run_dir swapped with
+  --damsm_dir, say). Folders are compared as they are on disk (links resolved): a dataset
+  reached through a link is the same dataset."""
+  real = os.path.realpath(run_dir)
+  refused = None
+  if FLAGS.data_dir:
+    data = os.path.realpath(FLAGS.data_dir)
+    if (real + os.sep).startswith(data.rstrip(os.sep) + os.sep):
+      refused = (f"--run_dir {run_dir} is --data_dir or inside it: a run needs a folder of its "
+                 "own (data.build --overwrite of the dataset would delete the run)")
+  if refused is None and FLAGS.damsm_dir and real == os.path.realpath(FLAGS.damsm_dir):
+    refused = (f"--run_dir {run_dir} is --damsm_dir: a run needs a folder of its own (its files "
+               "would mix with the encoders', which pretrain_damsm --overwrite or --resume "
+               "change)")
+  for kind, names, why in _FOREIGN_MARKERS:
     found = [n for n in names if os.path.exists(os.path.join(run_dir, n))]
-    if found:
-      raise ValueError(f"--run_dir {run_dir} is a {kind}: it holds {found[0]}. A run needs a "
-                       "folder of its own (that folder's --overwrite would delete the run); "
-                       "choose another --run_dir")
+    if refused is None and found:
+      refused = (f"--run_dir {run_dir} is a {kind}: it holds {found[0]}. A run needs a folder "
+                 f"of its own ({why})")
+  if refused is None:
+    return
+  if checkpoint.latest(run_dir):  # a run written there before this check (2026-11-28)
+    raise ValueError(f"{refused}. To keep the run already there, move its files ({_RUN_FILES}) "
+                     "to a folder of their own and --resume there (a run's files name no "
+                     "folder of their own, so it resumes anywhere)")
+  raise ValueError(f"{refused}; choose another --run_dir")
 
 
 def prepare():
@@ -187,7 +194,8 @@ def prepare():
            f"has no checkpoint in {os.path.join(run.run_dir, 'checkpoints')}")
     print(f"warning: --resume: {run.run_dir} {why}; starting a new run at step 0",
           file=sys.stderr, flush=True)
-  if FLAGS.resume and recorded is not None:
+  if FLAGS.resume and existing and recorded is not None:
+    # (Without a checkpoint the run starts at step 0, as it would without --resume.)
     # A model option added after the run started counts as its default (older config.json).
     added = {f.name: f.default for f in dataclasses.fields(config.ModelConfig)}
     # The split's identity is compared where the run recorded it (runs since 2026-11-27).
@@ -218,19 +226,33 @@ def prepare():
     print(f"warning: every image of the train split of {data.data_dir} has class {classes[0]}: "
           "the DAMSM losses take other classes as negatives and are 0 for this run",
           file=sys.stderr, flush=True)
-  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, len(data.vocab), model_cfg.text_dim,
-                                       data.vocab.sha256)
+  text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, data.vocab, data.data_dir,
+                                       model_cfg.text_dim)
   # The frozen encoders are part of the objective: a resume with others (pretrained further or
-  # again since the run started) would not continue the same training.
-  run.record["damsm_weights_sha256"] = _weights_digest(text_enc, image_enc)
-  trained_with = (recorded or {}).get("damsm_weights_sha256") if FLAGS.resume else None
-  if trained_with and trained_with != run.record["damsm_weights_sha256"]:
+  # again since the run started) would not continue the same training. sample, export and
+  # metric_main check the text encoder against this too (runs.load_run).
+  run.record["damsm_weights_sha256"] = runs.encoder_digests(text_enc, image_enc)
+  run.damsm_change = None
+  trained_with = (recorded or {}).get("damsm_weights_sha256")
+  changed = (runs.changed_encoders(trained_with, text_enc, image_enc)
+             if FLAGS.resume and existing else [])
+  if changed and not FLAGS.accept_new_damsm:
+    digests = ("" if isinstance(trained_with, str) else "; " + ", ".join(
+        f"{k}: {trained_with[k][:12]}... trained with, {run.record['damsm_weights_sha256'][k][:12]}"
+        "... now" for k in changed))
     raise ValueError(
-        f"--resume: the DAMSM encoders in {os.path.abspath(FLAGS.damsm_dir)} are not the ones "
-        f"{config_path} was trained with (their weights changed: pretrained again or further "
-        "since the run started); the frozen encoders are part of the objective, so the run "
-        "would not continue the same training: resume it with its own encoders (--damsm_dir), "
-        "or start a new --run_dir")
+        f"--resume: the DAMSM {' and '.join(changed)} encoder{'s' if len(changed) > 1 else ''} in "
+        f"{os.path.abspath(FLAGS.damsm_dir)} {'are' if len(changed) > 1 else 'is'} not the one"
+        f"{'s' if len(changed) > 1 else ''} {config_path} was trained with (weights changed: "
+        f"pretrained again or further since the run started{digests}); the frozen encoders are "
+        "part of the objective, so the run would not continue the same training. Resume it "
+        "with the encoders it was trained with (--damsm_dir: a copy made before they changed), "
+        "continue it with these on purpose (--accept_new_damsm: config.json keeps the change "
+        "in damsm_changes), or start a new --run_dir")
+  if changed:
+    run.damsm_change = {"from": trained_with, "to": run.record["damsm_weights_sha256"],
+                        "damsm_dir": os.path.abspath(FLAGS.damsm_dir), "encoders": changed}
+  run.recorded_damsm_changes = (recorded or {}).get("damsm_changes", []) if existing else []
   snapshot = runs.damsm_snapshot_note(FLAGS.damsm_dir)
   if snapshot and run.is_writer:
     print(f"warning: {snapshot}", file=sys.stderr, flush=True)
@@ -283,6 +305,7 @@ def prepare():
     # What computed the restored state is the checkpoint's record (config.json is rewritten by
     # a resume that may not have reached a checkpoint); older checkpoints: config.json's.
     _note_compute_change(run, found[2] if "compute" in found[2] else recorded)
+    _note_damsm_change(run)
     if run.step >= run.max_steps and run.is_writer:
       print(f"note: the run is at step {run.step}, --max_steps is {run.max_steps}: nothing to "
             "train (raise --max_steps or --max_epochs to continue it)", flush=True)
@@ -320,6 +343,22 @@ def _note_compute_change(run, recorded):
               flush=True)
   if changes:
     run.record["compute_changes"] = changes
+
+
+def _note_damsm_change(run):
+  """Keeps in config.json's "damsm_changes" the steps at which the run went on with other DAMSM
+  encoders (--accept_new_damsm; those after the restored step are dropped: never trained)."""
+  changes = [c for c in run.recorded_damsm_changes if c.get("step", 0) <= run.step]
+  if run.damsm_change is not None:
+    changes.append(dict(step=run.step, **run.damsm_change))
+    if run.is_writer:
+      print(f"note: --accept_new_damsm: continuing from step {run.step} with the DAMSM "
+            f"{' and '.join(run.damsm_change['encoders'])} encoder"
+            f"{'s' if len(run.damsm_change['encoders']) > 1 else ''} of "
+            f"{run.damsm_change['damsm_dir']}, not the ones the run was trained with so far; "
+            "config.json keeps the change (damsm_changes)", flush=True)
+  if changes:
+    run.record["damsm_changes"] = changes
 
 
 def _trim_loss_log(path, step):

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -85,3 +86,20 @@ def write_coco(root, train_n=3, test_n=2):
   with open(os.path.join(root, "captions.pickle"), "wb") as f:
     pickle.dump([caps[0], caps[1], v.ixtoword, v.wordtoix], f, protocol=2)
   return root
+
+
+def renumbered_copy(data, out):
+  """A copy of the dataset `data` whose vocabulary swaps the numbers of two words (and the
+  captions' ids with them): the same captions, words and size, other word numbers (what a rebuild
+  from edited captions can give)."""
+  shutil.copytree(data, out)
+  with open(os.path.join(out, "captions.pickle"), "rb") as f:
+    train_caps, test_caps, ixtoword, wordtoix = pickle.load(f)
+  swap = {1: 2, 2: 1}
+  ixtoword = {swap.get(i, i): w for i, w in ixtoword.items()}
+  wordtoix = {w: swap.get(i, i) for w, i in wordtoix.items()}
+  train_caps, test_caps = ([[swap.get(t, t) for t in cap] for cap in caps]
+                           for caps in (train_caps, test_caps))
+  with open(os.path.join(out, "captions.pickle"), "wb") as f:
+    pickle.dump([train_caps, test_caps, ixtoword, wordtoix], f)
+  return str(out)

@@ -20,6 +20,7 @@ from evaluation import _tfgan, compare_fid, features, fid, inception, inception_
 from evaluation import r_precision, torchscript
 from msmt_tf import sample
 from tests import cli
+from tests import data_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEEL = os.environ.get("MSMT_FID_HELPER_WHEEL", os.path.join(
@@ -384,10 +385,13 @@ def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err == (f"note: {folder}: 2 images read; not read: 2 image files of other types (c.gif, "
                  "d.gif) and 2 images in 1 subfolder (sub/) (only .png, .jpg, .jpeg, .bmp, .webp, "
-                 ".tif, .tiff, .ppm, .pgm files directly in the folder are read, as in "
-                 "pytorch-fid)\n")
+                 ".tif, .tiff, .ppm, .pgm files (any letter case) directly in the folder are "
+                 "read, like pytorch-fid)\n")
   features.list_images(folder)
   assert capsys.readouterr().err == ""  # once per folder
+  # The pytorch-fid package's row (compare_fid) globs lower-case extensions: what it skips.
+  pytorch_fid_rule = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
+  assert compare_fid._package_skips(folder, pytorch_fid_rule) == ["a.JPG"]  # pylint: disable=protected-access
   nested = str(tmp_path / "f" / "sub")
   os.remove(os.path.join(nested, "2.png"))
   with pytest.raises(FileNotFoundError) as raised:
@@ -395,7 +399,8 @@ def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
   assert str(raised.value) == (
       f"no images (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff, .ppm, .pgm) in {nested}; it "
       "holds 1 image in 1 subfolder (x/), not read (only .png, .jpg, .jpeg, .bmp, .webp, .tif, "
-      ".tiff, .ppm, .pgm files directly in the folder are read, as in pytorch-fid)")
+      ".tiff, .ppm, .pgm files (any letter case) directly in the folder are read, like "
+      "pytorch-fid)")
   for name in ("b.png", "a.JPG"):
     os.remove(os.path.join(folder, name))
   shutil.rmtree(nested)
@@ -717,6 +722,27 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert f"cannot load the DAMSM encoder {bad_damsm / 'text_encoder.keras'}" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
+  # A dataset renumbered since (same size, other word numbers), and R-precision encoders
+  # pretrained on another vocabulary, are refused before the real images are read.
+  renumbered = data_fixtures.renumbered_copy(smoke_run["data"], tmp_path / "renumbered")
+  eval_dir = os.path.join(smoke_run["run"], "eval")
+  before = sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=fid20_test", f"--data_dir={renumbered}")
+  assert res.returncode != 0
+  assert (f"the run {smoke_run['run']} was trained on another vocabulary than the one of "
+          f"{renumbered}") in res.stderr
+  other_vocab = tmp_path / "other_vocab_damsm"
+  shutil.copytree(smoke_run["damsm"], other_vocab)
+  record = json.loads((other_vocab / "pretrain_record.json").read_text())
+  record["settings"]["vocab_sha256"] = "0" * 64
+  (other_vocab / "pretrain_record.json").write_text(json.dumps(record))
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=rprec40_test", f"--damsm_dir={other_vocab}")
+  assert res.returncode != 0
+  assert (f"{other_vocab / 'text_encoder.keras'} was trained on another vocabulary than the one "
+          f"of {smoke_run['data']}") in res.stderr
+  assert (sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []) == before
 
 
 @contextlib.contextmanager

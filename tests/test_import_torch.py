@@ -492,7 +492,7 @@ def test_import_writes_both_encoders_for_load_damsm(tmp_path, shapes_dir, monkey
   monkeypatch.setattr(attngan_image, "image_encoder_from_state_dict", fake)
   res = damsm.import_damsm(text, image, shapes_dir, str(tmp_path / "d"), align_corners=False)
   assert seen == {"keys": ["emb_cnn_code.bias"], "align_corners": False, "source": image}
-  text_enc, image_enc = load_damsm(str(tmp_path / "d"), len(vocab))
+  text_enc, image_enc = load_damsm(str(tmp_path / "d"), vocab, shapes_dir)
   assert res["image_encoder"] and type(image_enc).__name__ == "ImageEncoder"
   monkeypatch.undo()
   # The real importer refuses a file that is not a CNN_ENCODER, naming it.

@@ -17,6 +17,7 @@ from msmt_tf import checkpoint
 from msmt_tf.data import datasets
 from msmt_tf.data import shapes
 from tests import cli
+from tests import data_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,15 +137,18 @@ def test_bad_flags_stop_before_training(smoke, tmp_path, extra, message):
   assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
 
 
-def test_a_run_never_shares_the_data_or_encoder_folder(smoke, tmp_path):
-  """--run_dir inside --data_dir or --damsm_dir, or a folder that is another dataset or DAMSM
-  folder (--run_dir and --damsm_dir swapped, say), is refused before anything is written there:
-  that folder's own --overwrite would delete the run."""
+def test_a_run_never_shares_the_data_or_encoder_folder(smoke, tmp_path, monkeypatch):
+  """--run_dir inside --data_dir (data.build --overwrite deletes the dataset's folder), equal to
+  --damsm_dir, or a folder that is another dataset or DAMSM folder (--run_dir and --damsm_dir
+  swapped, say) is refused before anything is written there. Folders are compared as they are
+  on disk (links resolved), and what is not shared is accepted."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from msmt_tf import train  # pylint: disable=g-import-not-at-top
   other_data, other_damsm = tmp_path / "data2", tmp_path / "damsm2"
   shutil.copytree(smoke["data"], other_data)
   shutil.copytree(smoke["damsm"], other_damsm)
   cases = [(os.path.join(smoke["data"], "run"), "is --data_dir or inside it"),
-           (smoke["damsm"], "is --damsm_dir or inside it"),
+           (smoke["damsm"], "is --damsm_dir: a run needs a folder of its own"),
            (str(other_data), "is a dataset: it holds captions.pickle"),
            (str(other_damsm), "is a DAMSM folder: it holds text_encoder.keras")]
   for run_dir, message in cases:
@@ -152,7 +156,41 @@ def test_a_run_never_shares_the_data_or_encoder_folder(smoke, tmp_path):
     res = _main("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=1"))
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert f"--run_dir {run_dir} {message}" in res.stderr, res.stderr[-2000:]
+    assert "choose another --run_dir" in res.stderr
     assert (sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else None) == before
+
+  def refused(run_dir, data_dir, damsm_dir):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train", f"--data_dir={data_dir}", f"--damsm_dir={damsm_dir}"])
+    try:
+      train._refuse_a_shared_run_dir(run_dir)  # pylint: disable=protected-access
+      return None
+    except ValueError as e:
+      return str(e)
+    finally:
+      flags.FLAGS.unparse_flags()
+
+  data, damsm = str(other_data), str(other_damsm)
+  (tmp_path / "scratch").mkdir()
+  os.symlink(tmp_path / "scratch", other_data / "runs")  # data2/runs -> scratch
+  os.symlink(other_data, tmp_path / "datalink")
+  monkeypatch.chdir(tmp_path)
+  accepted = [(str(tmp_path / "runs" / "x"), data, str(tmp_path / "runs" / "damsm")),  # siblings
+              (str(other_damsm / "runs" / "a"), data, damsm),  # overwrite deletes nothing there
+              (data + "_run", data + "/", damsm),  # a name that starts like the dataset's
+              (str(other_data / "runs" / "a"), data, damsm),  # the link leads out of the dataset
+              ("runs/rel", data, ".")]  # --damsm_dir=. and a relative run below it
+  for run_dir, data_dir, damsm_dir in accepted:
+    assert refused(run_dir, data_dir, damsm_dir) is None, (run_dir, data_dir, damsm_dir)
+  alias = refused(str(other_data / "run"), str(tmp_path / "datalink"), damsm)
+  assert alias and "is --data_dir or inside it" in alias  # the same dataset through a link
+  # A run written inside the dataset before this check: how to keep it.
+  old_run = other_data / "old_run"
+  (old_run / "checkpoints").mkdir(parents=True)
+  (old_run / "checkpoints" / "ckpt-00000004.npz").write_bytes(b"")
+  said = refused(str(old_run), data, damsm)
+  assert "To keep the run already there, move its files (config.json, flags.txt, " in said
+  assert "and --resume there" in said and "choose another" not in said
 
 
 def test_corrupt_damsm_file_is_named(smoke, tmp_path):
@@ -373,30 +411,14 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
     assert "Unknown command line flag" not in err, (m, err[-2000:])
 
 
-def _renumbered(data, out):
-  """A copy of the dataset `data` whose vocabulary swaps the numbers of two words (and the
-  captions' ids with them): the same captions, words and size, other word numbers (what a rebuild
-  from edited captions can give)."""
-  shutil.copytree(data, out)
-  with open(os.path.join(out, "captions.pickle"), "rb") as f:
-    train_caps, test_caps, ixtoword, wordtoix = pickle.load(f)
-  swap = {1: 2, 2: 1}
-  ixtoword = {swap.get(i, i): w for i, w in ixtoword.items()}
-  wordtoix = {w: swap.get(i, i) for w, i in wordtoix.items()}
-  train_caps, test_caps = ([[swap.get(t, t) for t in cap] for cap in caps]
-                           for caps in (train_caps, test_caps))
-  with open(os.path.join(out, "captions.pickle"), "wb") as f:
-    pickle.dump([train_caps, test_caps, ixtoword, wordtoix], f)
-  return str(out)
-
-
 def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_path):
   """A dataset renumbered with the same vocabulary size is refused by train --resume, by the
   DAMSM encoders pretrained on the original and by the commands that load a run (sample,
   export, metric_main: runs.load_run); DAMSM encoders whose weights changed since the run
-  started are refused by train --resume."""
+  started are refused by train --resume (unless --accept_new_damsm) and by runs.load_run.
+  Runs and encoders recorded before these checks still resume and load."""
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
-  renumbered = _renumbered(smoke["data"], tmp_path / "renumbered")
+  renumbered = data_fixtures.renumbered_copy(smoke["data"], tmp_path / "renumbered")
   run_dir = str(tmp_path / "run")
   shutil.copytree(reference_run, run_dir)
   args = [a for a in _train_args(smoke, run_dir, "--max_steps=9", "--resume")
@@ -409,12 +431,19 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
   res = _main("msmt_tf.train", *_train_args(smoke, str(tmp_path / "new"), "--max_steps=1"),
               f"--data_dir={renumbered}")
   assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-  assert (f"{smoke['damsm']}/text_encoder.keras was trained on another "
-          f"{len(datasets.load_captions(renumbered, 'shapes')[2])}-word vocabulary than the "
-          "dataset's (other words or order") in res.stderr
-  with pytest.raises(ValueError, match=f"the vocabulary of {renumbered} is not the one the run "
-                     f"{run_dir} was trained on: .* words both, but other words or order"):
+  _, _, vocab = datasets.load_captions(renumbered, "shapes")
+  assert (f"{smoke['damsm']}/text_encoder.keras was trained on another vocabulary than the one "
+          f"of {renumbered} ({len(vocab)} words, but other words or order: SHA-256 ") in res.stderr
+  with pytest.raises(ValueError, match=f"the run {run_dir} was trained on another vocabulary "
+                     f"than the one of {renumbered} .* words, but other words or order"):
     runs.load_run(run_dir, data_dir=renumbered)
+  # Encoders pretrained before the record named the vocabulary are checked on its size only.
+  unrecorded = tmp_path / "unrecorded_damsm"
+  shutil.copytree(smoke["damsm"], unrecorded)
+  kept = json.loads((unrecorded / runs.PRETRAIN_RECORD).read_text())
+  del kept["settings"]["vocab_sha256"]
+  (unrecorded / runs.PRETRAIN_RECORD).write_text(json.dumps(kept))
+  runs.load_damsm(str(unrecorded), vocab, renumbered)
   # Encoders pretrained again since the run started (--overwrite, another seed).
   damsm = str(tmp_path / "damsm")
   res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
@@ -424,15 +453,52 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
           if not a.startswith("--damsm_dir")]
   res = _main("msmt_tf.train", *args, f"--damsm_dir={damsm}")
   assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-  assert (f"--resume: the DAMSM encoders in {damsm} are not the ones "
-          f"{run_dir}/config.json was trained with (their weights changed") in res.stderr
+  assert (f"--resume: the DAMSM text and image encoders in {damsm} are not the ones "
+          f"{run_dir}/config.json was trained with (weights changed") in res.stderr
+  assert "--accept_new_damsm" in res.stderr
   assert checkpoint.latest(run_dir)[0] == 8  # nothing trained, nothing written
-  # The run's own encoders, moved: the same weights, resumed.
+  with pytest.raises(ValueError, match=f"the DAMSM text encoder {damsm}/text_encoder.keras is "
+                     f"not the one the run {run_dir} was trained with"):
+    runs.load_run(run_dir, damsm_dir=damsm)
+  # The run's own encoders, moved: the same weights, resumed. Its config.json as written before
+  # the vocabulary was recorded and with the one digest of both encoders (2026-11-28) resumes,
+  # and records both.
+  config_path = os.path.join(run_dir, "config.json")
+  record = json.loads(open(config_path).read())
+  del record["data"]["vocab_sha256"]
+  text, image = runs.load_damsm(smoke["damsm"], datasets.load_captions(smoke["data"], "shapes")[2],
+                                smoke["data"])
+  record["damsm_weights_sha256"] = runs.weights_sha256(text, image)
+  with open(config_path, "w") as f:
+    json.dump(record, f)
   moved = str(tmp_path / "moved_damsm")
   shutil.copytree(smoke["damsm"], moved)
-  res = _run("msmt_tf.train", *args, f"--damsm_dir={moved}")
+  flags_args = [a for a in args if not a.startswith("--max_steps")]
+  res = _run("msmt_tf.train", *flags_args, "--max_steps=9", f"--damsm_dir={moved}")
   assert res.returncode == 0, res.stderr[-2000:]
   assert checkpoint.latest(run_dir)[0] == 9
+  record = json.loads(open(config_path).read())
+  assert record["data"]["vocab_sha256"] == vocab_sha(smoke["data"])
+  assert record["damsm_weights_sha256"] == runs.encoder_digests(text, image)
+  # Continued with the new encoders on purpose: said and recorded; each step's generator keeps
+  # the text encoder it was trained with.
+  res = _run("msmt_tf.train", *flags_args, "--max_steps=10", f"--damsm_dir={damsm}",
+              "--accept_new_damsm")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert (f"note: --accept_new_damsm: continuing from step 9 with the DAMSM text and image "
+          f"encoders of {damsm}") in res.stdout
+  record = json.loads(open(config_path).read())
+  [change] = record["damsm_changes"]
+  assert change["step"] == 9 and change["to"] == record["damsm_weights_sha256"]
+  assert change["from"] == runs.encoder_digests(text, image)
+  assert runs.load_run(run_dir, damsm_dir=damsm)[3]["step"] == 10
+  assert runs.load_run(run_dir, step=9, damsm_dir=moved)[3]["step"] == 9
+  with pytest.raises(ValueError, match="is not the one the run"):
+    runs.load_run(run_dir, step=9, damsm_dir=damsm)
+
+
+def vocab_sha(data_dir):
+  return datasets.load_captions(data_dir, "shapes")[2].sha256
 
 
 def test_nan_guard_and_damaged_checkpoints_keep_the_run(smoke, reference_run, tmp_path, capsys):
@@ -641,6 +707,14 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
     run(damsm, epochs=5, batch_size=4, resume=True)
   with pytest.raises(pretrain_damsm.ResumeRefused, match="--seed is 1 here"):
     run(damsm, epochs=5, seed=1, resume=True)
+  record = runs.read_pretrain_record(str(damsm))
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps(
+      {**record, "settings": {**record["settings"], "vocab_sha256": "0" * 64}}))
+  with pytest.raises(pretrain_damsm.ResumeRefused, match="the vocabulary of the dataset is not "
+                     "the one the snapshot .* was trained on \\(other words or order: SHA-256 "
+                     "000000000000... trained on"):
+    run(damsm, epochs=5, resume=True)
+  (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps(record))
   record = runs.read_pretrain_record(str(damsm))
   (damsm / runs.PRETRAIN_RECORD).write_text(json.dumps({**record, "complete": False,
                                                         "writing": True}))
