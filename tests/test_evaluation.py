@@ -409,6 +409,33 @@ def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
     features.list_images(folder)
 
 
+def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
+  """Without --torchvision_inception the DM-GAN row names the flag (the official network is
+  replaced by a stub here: this checks the table, not the features). Here, not with the torch
+  tests: the table most users see is checked on machines without torch too."""
+
+  class Stub:
+    description, verified = "stub network", True
+
+    def __init__(self, *args, **kwargs):
+      del args, kwargs
+
+  rng = np.random.default_rng(10)
+  monkeypatch.setattr(inception, "load", lambda *a, **k: None)
+  monkeypatch.setattr(features, "KerasExtractor", Stub)
+  monkeypatch.setattr(compare_fid, "_stats_of", lambda *a: (
+      rng.normal(size=4), np.eye(4) * rng.uniform(1, 2), 5))
+  monkeypatch.setattr(compare_fid, "_pytorch_fid_package_available", lambda: (False, "absent"))
+  result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur")
+  table = compare_fid.format_table(result)
+  dm = [r for r in result["rows"] if r[0] == compare_fid.DMGAN_ROW]
+  assert dm and dm[0][1] is None and "set --torchvision_inception" in dm[0][2]
+  assert "set --torchvision_inception=PATH" in table
+  assert sum(1 for r in result["rows"] if r[1] is not None) == 4  # official, pytorch, 2 parts
+  result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", decompose=False)
+  assert [r[0][:8] for r in result["rows"]] == ["official", "PyTorch ", "DM-GAN-s"]
+
+
 def test_fid_from_too_few_images_says_so_in_its_result_and_line(tmp_path):
   """An FID whose covariances are singular (no more images than feature dimensions, on either
   side) carries a warning, in the result and the printed line; one with enough images does not."""
