@@ -74,16 +74,35 @@ def _package_skips(folder, extensions):
           if os.path.splitext(f)[1][1:] not in extensions]
 
 
+def _package_extensions():
+  from pytorch_fid import fid_score  # pylint: disable=g-import-not-at-top
+  return set(getattr(fid_score, "IMAGE_EXTENSIONS", ()))
+
+
+def _package_cannot_read(images, reference):
+  """Why the pytorch-fid package row cannot be computed on these folders (its glob leaves fewer
+  than 2 images in one: a camera's *.JPG, say), or None."""
+  extensions = _package_extensions()
+  for folder in (images, reference):
+    if extensions and not folder.endswith(".npz"):
+      from evaluation import features  # pylint: disable=g-import-not-at-top
+      listed = len(features.list_images(folder))
+      left = listed - len(_package_skips(folder, extensions))
+      if left < 2:
+        return (f"its glob (lower-case extensions only) finds {left} of the {listed} images in "
+                f"{folder}")
+  return None
+
+
 def _pytorch_fid_package(images, reference, batch_size, notes):
   from pytorch_fid import fid_score  # pylint: disable=g-import-not-at-top
-  extensions = set(getattr(fid_score, "IMAGE_EXTENSIONS", ()))
+  extensions = _package_extensions()
   for folder in (images, reference):
     skipped = [] if not extensions or folder.endswith(".npz") else _package_skips(folder, extensions)
     if skipped:
       notes.append(f"the pytorch-fid package row reads {len(skipped)} fewer images of {folder} "
                    f"than the other rows: its glob takes lower-case extensions only "
                    f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
-  from pytorch_fid.inception import InceptionV3  # pylint: disable=g-import-not-at-top
   model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
   mu1, s1 = fid_score.compute_statistics_of_path(images, model, batch_size, 2048, "cpu")
   if reference.endswith(".npz"):
@@ -138,6 +157,18 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
       "pytorch_emulated": dict(resize="half_pixel", normalize="pytorch_fid"),
   }
   from evaluation import inception  # pylint: disable=g-import-not-at-top
+  notes = []
+  use_package = False
+  if pytorch_fid in ("auto", "package"):  # decided before any row is computed
+    use_package, why = _pytorch_fid_package_available()
+    if use_package:
+      why = ("it needs a reference folder, not statistics" if reference.endswith(".npz") else
+             _package_cannot_read(images, reference))
+      use_package = why is None
+    if not use_package:
+      if pytorch_fid == "package":
+        raise RuntimeError(f"--pytorch_fid=package: {why}")
+      notes.append(f"pytorch-fid package not used: {why}; its preprocessing is emulated")
   network = inception.load(fid_inception_dir)  # one copy of the weights for every variant
   stats, label, verified, saved = {}, None, None, {}
   for key, kw in variants.items():
@@ -157,14 +188,6 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     saved[key] = (gen, ref, ext.description)
   tag = "" if verified else "  [UNVERIFIED WEIGHTS]"
   rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0], tag)]
-  notes = []
-  use_package = False
-  if pytorch_fid in ("auto", "package"):
-    use_package, why = _pytorch_fid_package_available()
-    if not use_package:
-      if pytorch_fid == "package":
-        raise RuntimeError(why)
-      notes.append(f"pytorch-fid package not used: {why}; its preprocessing is emulated")
   if use_package:
     mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size, notes)
     rows.append(("PyTorch FID (current pytorch-fid 0.3.0 package)", fid.frechet_distance(

@@ -257,11 +257,9 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     step, saved = found[0], found[2]
-  else:
-    path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
-    if os.path.isfile(path):  # (a missing one is named where it is restored)
-      saved = checkpoint.read_record(path)
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  if saved is None:
+    saved = checkpoint.read_record(runs.step_checkpoint(run_dir, step))
   record = runs.read_config(run_dir)
   data_dir = data_dir or record["data"]["data_dir"]
   damsm_dir = damsm_dir or record.get("damsm_dir")

@@ -53,8 +53,10 @@ def _keyed(im, key, bits):
     return None
   if mode.startswith("I;16"):
     return np.asarray(im) == key
-  if mode in ("L", "1"):
-    depth = 1 if mode == "1" else (bits if bits in (1, 2, 4) else 8)
+  if mode == "1":  # Pillow keeps a 1-bit key as 0 or 255, as it decodes the pixels
+    return np.asarray(im.convert("L")) == (255 if key else 0)
+  if mode == "L":
+    depth = bits if bits in (1, 2, 4) else 8
     if key > (1 << depth) - 1:
       return None
     level = key * 255 // ((1 << depth) - 1)  # where Pillow puts that grey on 8 bits

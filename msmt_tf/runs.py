@@ -30,7 +30,7 @@ __all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_c
            "write_run_files", "load_damsm_encoder", "load_damsm", "read_pretrain_record",
            "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance", "recorded_flags",
            "weights_sha256", "encoder_digests", "changed_encoders", "check_vocabulary",
-           "check_damsm_vocabulary", "check_run_vocabulary", "load_run_text_encoder",
+           "check_damsm_vocabulary", "check_run_vocabulary", "load_run_text_encoder", "step_checkpoint",
            "with_checkpoint_encoders"]
 
 CONFIG = "config.json"
@@ -175,10 +175,11 @@ def encoder_digests(text_encoder, image_encoder):
   return {"text": weights_sha256(text_encoder), "image": weights_sha256(image_encoder)}
 
 
-def changed_encoders(recorded, text_encoder, image_encoder=None):
+def changed_encoders(recorded, text_encoder, image_encoder=None, digests=None):
   """The names ("text", "image") of the encoders whose weights are not the ones a run recorded
   (`recorded`: its "damsm_weights_sha256"); [] when the same or nothing was recorded (runs
-  before 2026-11-28). Runs of 2026-11-28 recorded one digest of both, checked only with both."""
+  before 2026-11-28). Runs of 2026-11-28 recorded one digest of both, checked only with both.
+  `digests`: `encoder_digests` of the two, when already computed."""
   if not recorded:
     return []
   if isinstance(recorded, str):
@@ -188,7 +189,8 @@ def changed_encoders(recorded, text_encoder, image_encoder=None):
     return [] if same else ["text", "image"]
   now = {"text": text_encoder, "image": image_encoder}
   return [k for k in ("text", "image")
-          if now[k] is not None and k in recorded and recorded[k] != weights_sha256(now[k])]
+          if now[k] is not None and k in recorded
+          and recorded[k] != (digests[k] if digests else weights_sha256(now[k]))]
 
 
 def check_vocabulary(trained_on, vocab, what, data_dir, advice):
@@ -208,12 +210,13 @@ def check_damsm_vocabulary(damsm_dir, text_encoder, vocab, data_dir):
   """Raises unless the DAMSM encoders of `damsm_dir` were trained on `vocab` (that of
   `data_dir`): its size, and the words in order where pretrain_damsm recorded them (encoders
   pretrained since 2026-11-28; imported ones record none)."""
-  text_path = config.damsm_paths(damsm_dir)[0]
+  text_path = config.damsm_paths(damsm_dir)[0] if damsm_dir else "the DAMSM text encoder"
   if text_encoder.vocab_size != len(vocab):
     raise ValueError(f"{text_path} was trained on a {text_encoder.vocab_size}-word vocabulary, "
                      f"the dataset {data_dir} has {len(vocab)} words; pretrain DAMSM on this "
                      "dataset")
-  trained_on = ((read_pretrain_record(damsm_dir) or {}).get("settings") or {}).get("vocab_sha256")
+  record = read_pretrain_record(damsm_dir) if damsm_dir else None
+  trained_on = ((record or {}).get("settings") or {}).get("vocab_sha256")
   check_vocabulary(trained_on, vocab, text_path, data_dir,
                    "pretrain DAMSM on this dataset, or use the dataset it was pretrained on")
 
@@ -267,11 +270,12 @@ def check_run_vocabulary(record, vocab, run_dir, data_dir):
 
 
 def with_checkpoint_encoders(record, saved):
-  """`record` (config.json) with the DAMSM digests of the checkpoint record `saved` where it has
-  them: the encoders that step was trained with (a run continued with --accept_new_damsm
-  changed them at some step; config.json records the newest)."""
-  if saved and "damsm_weights_sha256" in saved:
-    record = dict(record, damsm_weights_sha256=saved["damsm_weights_sha256"])
+  """`record` (config.json) with the DAMSM digests of the checkpoint record `saved`: the
+  encoders that step was trained with (a run continued with --accept_new_damsm changed them at
+  some step; config.json records the newest). `saved` None: not read, config.json's digests; a
+  checkpoint written before the digests (2026-11-28) records none: not checked."""
+  if saved is not None:
+    record = dict(record, damsm_weights_sha256=saved.get("damsm_weights_sha256"))
   return record
 
 
@@ -302,6 +306,15 @@ def load_run_text_encoder(record, run_dir, damsm_dir=None):
   return text_encoder
 
 
+def step_checkpoint(run_dir, step):
+  """The checkpoint file of `--step step` in `run_dir`; an error lists the steps there are."""
+  path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
+  if not os.path.isfile(path):
+    steps = [s for s, _ in checkpoint.list_checkpoints(run_dir)]
+    raise FileNotFoundError(f"no checkpoint for --step {step} in {run_dir} (have: {steps})")
+  return path
+
+
 def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
   """Returns (EMA generator, text encoder, Vocabulary, record) of a run; `record["step"]` is the
   restored checkpoint's step. Without `step`, the newest checkpoint that reads (damaged newer
@@ -318,11 +331,7 @@ def load_run(run_dir, step=None, damsm_dir=None, data_dir=None, report=None):
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     step, saved = found[0], found[2]
   else:
-    path = os.path.join(run_dir, "checkpoints", f"ckpt-{int(step):08d}.npz")
-    if not os.path.isfile(path):
-      steps = [s for s, _ in checkpoint.list_checkpoints(run_dir)]
-      raise FileNotFoundError(f"no checkpoint for --step {step} in {run_dir} (have: {steps})")
-    saved = checkpoint.restore(path, groups)
+    saved = checkpoint.restore(step_checkpoint(run_dir, step), groups)
   record = with_checkpoint_encoders(dict(record, step=int(step)), saved)
   text_encoder = load_run_text_encoder(record, run_dir, damsm_dir)
   data_dir = data_dir or record["data"]["data_dir"]

@@ -80,8 +80,8 @@ _FOREIGN_MARKERS = (("dataset", ("captions.pickle", "dataset_spec.json",
                      "its files would mix with the encoders', which pretrain_damsm --overwrite "
                      "or --resume change"))
 # What a run writes in its folder: what to move to rescue a run written in a place refused now.
-_RUN_FILES = ("config.json, flags.txt, checkpoints/, losses.jsonl, samples/, tb/, eval/ and "
-              "generator_ema.keras")
+_RUN_FILES = ("config.json, flags.txt, checkpoints/, losses.jsonl, samples/, tb/, eval/, "
+              "metrics.jsonl and generator_ema.keras")
 
 
 def _refuse_a_shared_run_dir(run_dir):
@@ -229,30 +229,19 @@ def prepare():
   text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, data.vocab, data.data_dir,
                                        model_cfg.text_dim)
   # The frozen encoders are part of the objective: a resume with others (pretrained further or
-  # again since the run started) would not continue the same training. sample, export and
-  # metric_main check the text encoder against this too (runs.load_run).
+  # again since the run started) would not continue the same training. Compared with the record
+  # of the checkpoint to be restored (config.json is rewritten by a resume that may not reach a
+  # checkpoint), and again with the one restored if that is an older one. sample, export and
+  # metric_main check the text encoder against the checkpoint's too (runs.load_run).
   run.record["damsm_weights_sha256"] = runs.encoder_digests(text_enc, image_enc)
-  run.damsm_change = None
-  trained_with = (recorded or {}).get("damsm_weights_sha256")
-  changed = (runs.changed_encoders(trained_with, text_enc, image_enc)
-             if FLAGS.resume and existing else [])
-  if changed and not FLAGS.accept_new_damsm:
-    digests = ("" if isinstance(trained_with, str) else "; " + ", ".join(
-        f"{k}: {trained_with[k][:12]}... trained with, {run.record['damsm_weights_sha256'][k][:12]}"
-        "... now" for k in changed))
-    raise ValueError(
-        f"--resume: the DAMSM {' and '.join(changed)} encoder{'s' if len(changed) > 1 else ''} in "
-        f"{os.path.abspath(FLAGS.damsm_dir)} {'are' if len(changed) > 1 else 'is'} not the one"
-        f"{'s' if len(changed) > 1 else ''} {config_path} was trained with (weights changed: "
-        f"pretrained again or further since the run started{digests}); the frozen encoders are "
-        "part of the objective, so the run would not continue the same training. Resume it "
-        "with the encoders it was trained with (--damsm_dir: a copy made before they changed), "
-        "continue it with these on purpose (--accept_new_damsm: config.json keeps the change "
-        "in damsm_changes), or start a new --run_dir")
-  if changed:
-    run.damsm_change = {"from": trained_with, "to": run.record["damsm_weights_sha256"],
-                        "damsm_dir": os.path.abspath(FLAGS.damsm_dir), "encoders": changed}
-  run.recorded_damsm_changes = (recorded or {}).get("damsm_changes", []) if existing else []
+  run.damsm_encoders = (text_enc, image_enc)
+  run.damsm_change, run.recorded = None, recorded
+  if FLAGS.resume and existing:
+    try:
+      newest = checkpoint.read_record(existing[1])
+    except checkpoint.DamagedCheckpointError:
+      newest = None  # set aside when restored, and the restored one checked
+    _check_damsm(run, newest)
   snapshot = runs.damsm_snapshot_note(FLAGS.damsm_dir)
   if snapshot and run.is_writer:
     print(f"warning: {snapshot}", file=sys.stderr, flush=True)
@@ -305,7 +294,9 @@ def prepare():
     # What computed the restored state is the checkpoint's record (config.json is rewritten by
     # a resume that may not have reached a checkpoint); older checkpoints: config.json's.
     _note_compute_change(run, found[2] if "compute" in found[2] else recorded)
-    _note_damsm_change(run)
+    if found[1] != existing[1]:  # the newest was damaged: what the restored one was trained with
+      _check_damsm(run, found[2])
+    _note_damsm_change(run, found[2])
     if run.step >= run.max_steps and run.is_writer:
       print(f"note: the run is at step {run.step}, --max_steps is {run.max_steps}: nothing to "
             "train (raise --max_steps or --max_epochs to continue it)", flush=True)
@@ -345,10 +336,39 @@ def _note_compute_change(run, recorded):
     run.record["compute_changes"] = changes
 
 
-def _note_damsm_change(run):
+def _check_damsm(run, saved):
+  """Refuses DAMSM encoders other than those checkpoint record `saved` was trained with (None:
+  config.json's), unless --accept_new_damsm: then `run.damsm_change` says what changed."""
+  trained_with = runs.with_checkpoint_encoders(run.recorded or {}, saved).get(
+      "damsm_weights_sha256")
+  now = run.record["damsm_weights_sha256"]
+  changed = runs.changed_encoders(trained_with, *run.damsm_encoders, digests=now)
+  run.damsm_change = None
+  if not changed:
+    return
+  if not FLAGS.accept_new_damsm:
+    digests = ("" if isinstance(trained_with, str) else "; " + ", ".join(
+        f"{k}: {trained_with[k][:12]}... trained with, {now[k][:12]}... now" for k in changed))
+    many = len(changed) > 1
+    raise ValueError(
+        f"--resume: the DAMSM {' and '.join(changed)} encoder{'s' * many} in "
+        f"{os.path.abspath(FLAGS.damsm_dir)} {'are' if many else 'is'} not the one{'s' * many} "
+        f"the checkpoints of {run.run_dir} were trained with (weights changed: pretrained again "
+        f"or further since the run started{digests}); the frozen encoders are part of the "
+        "objective, so the run would not continue the same training. Resume it with the "
+        "encoders it was trained with (--damsm_dir: a copy made before they changed), continue "
+        "it with these on purpose (--accept_new_damsm: config.json keeps the change in "
+        "damsm_changes), or start a new --run_dir")
+  run.damsm_change = {"from": trained_with, "to": now,
+                      "damsm_dir": os.path.abspath(FLAGS.damsm_dir), "encoders": changed}
+
+
+def _note_damsm_change(run, saved):
   """Keeps in config.json's "damsm_changes" the steps at which the run went on with other DAMSM
-  encoders (--accept_new_damsm; those after the restored step are dropped: never trained)."""
-  changes = [c for c in run.recorded_damsm_changes if c.get("step", 0) <= run.step]
+  encoders (--accept_new_damsm), as the restored checkpoint (record `saved`) has them (older
+  checkpoints: config.json's; those after the restored step are dropped: never trained)."""
+  source = saved if "damsm_weights_sha256" in saved else (run.recorded or {})
+  changes = [c for c in source.get("damsm_changes", []) if c.get("step", 0) <= run.step]
   if run.damsm_change is not None:
     changes.append(dict(step=run.step, **run.damsm_change))
     if run.is_writer:
@@ -410,7 +430,9 @@ def train(run):
   loss_log = os.path.join(run.run_dir, "losses.jsonl")
   writer = None
   if writes:
-    runs.write_run_files(run.run_dir, run.record, runs.recorded_flags(FLAGS))
+    # --accept_new_damsm is consent to one change: flags.txt (the run's flagfile) never gives it.
+    runs.write_run_files(run.run_dir, run.record,
+                         runs.recorded_flags(FLAGS, overrides={"accept_new_damsm": False}))
     _trim_loss_log(loss_log, run.step)
     writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
   run.samples = _fixed_samples(run, FLAGS.num_samples)

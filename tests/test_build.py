@@ -317,6 +317,7 @@ def test_a_transparent_colour_key_is_composited_over_white():
                       + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
   cases = [  # (file, expected first row)
+      (png(4, 1, 0, [bytes([0b01100000])] * 2, struct.pack(">H", 0)), [255, 255, 255, 255]),
       (png(4, 2, 0, [bytes([0b00011011])] * 2, struct.pack(">H", 1)),  # greys 0, 1, 2, 3
        [0, 255, 170, 255]),
       (png(3, 16, 0, [np.array([0x7FFF, 0x8000, 0xFFFF], ">u2").tobytes()] * 2,

@@ -366,7 +366,7 @@ def test_folder_activations_keep_every_image_and_name_corrupt_files(tmp_path):
     features.list_images(str(tmp_path / "empty"))
 
 
-def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
+def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys, monkeypatch):
   """FID reads the image files of a folder itself, as pytorch-fid does; images of other types
   and images in subfolders are named (a note, once per folder; or in the error when nothing is
   left), other files are not."""
@@ -392,6 +392,10 @@ def test_images_a_folder_rule_leaves_out_are_named(tmp_path, capsys):
   # The pytorch-fid package's row (compare_fid) globs lower-case extensions: what it skips.
   pytorch_fid_rule = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
   assert compare_fid._package_skips(folder, pytorch_fid_rule) == ["a.JPG"]  # pylint: disable=protected-access
+  # A folder it reads fewer than 2 images of: that row is left out (said), not failed late.
+  monkeypatch.setattr(compare_fid, "_package_extensions", lambda: pytorch_fid_rule)
+  assert compare_fid._package_cannot_read(folder, folder) == (  # pylint: disable=protected-access
+      f"its glob (lower-case extensions only) finds 1 of the 2 images in {folder}")
   nested = str(tmp_path / "f" / "sub")
   os.remove(os.path.join(nested, "2.png"))
   with pytest.raises(FileNotFoundError) as raised:
@@ -432,6 +436,16 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
   assert dm and dm[0][1] is None and "set --torchvision_inception" in dm[0][2]
   assert "set --torchvision_inception=PATH" in table
   assert sum(1 for r in result["rows"] if r[1] is not None) == 4  # official, pytorch, 2 parts
+  # The pytorch-fid package installed but unable to read a folder: decided before any row.
+  monkeypatch.setattr(compare_fid, "_pytorch_fid_package_available",
+                      lambda: (True, "pytorch-fid package"))
+  monkeypatch.setattr(compare_fid, "_package_cannot_read", lambda *a: "its glob finds 0")
+  result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur")
+  assert ("pytorch-fid package not used: its glob finds 0; its preprocessing is emulated"
+          in result["notes"])
+  assert not [r for r in result["rows"] if "0.3.0 package" in r[0]]
+  with pytest.raises(RuntimeError, match="--pytorch_fid=package: its glob finds 0"):
+    compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", pytorch_fid="package")
   result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", decompose=False)
   assert [r[0][:8] for r in result["rows"]] == ["official", "PyTorch ", "DM-GAN-s"]
 
@@ -699,7 +713,7 @@ def test_sample_cli_errors_name_the_problem(smoke_run, tmp_path):
   assert res.returncode != 0 and "config.json" in res.stderr
 
 
-def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
+def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkeypatch):
   graph = str(tmp_path / "classify_image_graph_def.pb")
   build_standin_graph(graph)
   metrics = ["is20_test", "rprec_test"] + (["fid20_test"] if HAVE_WEIGHTS else [])
@@ -749,16 +763,35 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert f"cannot load the DAMSM encoder {bad_damsm / 'text_encoder.keras'}" in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
-  # A dataset renumbered since (same size, other word numbers), and R-precision encoders
-  # pretrained on another vocabulary, are refused before the real images are read.
+  # A dataset renumbered since (same size, other word numbers), a text encoder other than the
+  # run's, and R-precision encoders pretrained on another vocabulary are refused before the
+  # real images are read or any image is made.
+  from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+
+  def too_late(*args, **kwargs):
+    raise AssertionError("reached the image work")
+
+  monkeypatch.setattr(metric_main, "real_reference", too_late)
+  monkeypatch.setattr(sample, "generate", too_late)
   renumbered = data_fixtures.renumbered_copy(smoke_run["data"], tmp_path / "renumbered")
-  eval_dir = os.path.join(smoke_run["run"], "eval")
-  before = sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []
   res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
                      "--metrics=fid20_test", f"--data_dir={renumbered}")
   assert res.returncode != 0
   assert (f"the run {smoke_run['run']} was trained on another vocabulary than the one of "
           f"{renumbered}") in res.stderr
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  other_text = tmp_path / "other_text_damsm"
+  shutil.copytree(smoke_run["damsm"], other_text)
+  encoder = runs.load_damsm_encoder(str(other_text / "text_encoder.keras"), "RNNTextEncoder")
+  w = encoder.weights[0]
+  w.assign(keras.ops.convert_to_numpy(w) + 0.01)  # pretrained further, say
+  runs.save_model(encoder, str(other_text / "text_encoder.keras"))
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=is40_test", f"--damsm_dir={other_text}")
+  assert res.returncode != 0
+  assert (f"the DAMSM text encoder {other_text / 'text_encoder.keras'} is not the one the run "
+          f"{smoke_run['run']} was trained with") in res.stderr
   other_vocab = tmp_path / "other_vocab_damsm"
   shutil.copytree(smoke_run["damsm"], other_vocab)
   record = json.loads((other_vocab / "pretrain_record.json").read_text())
@@ -769,7 +802,10 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path):
   assert res.returncode != 0
   assert (f"{other_vocab / 'text_encoder.keras'} was trained on another vocabulary than the one "
           f"of {smoke_run['data']}") in res.stderr
-  assert (sorted(os.listdir(eval_dir)) if os.path.isdir(eval_dir) else []) == before
+  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                     "--metrics=rprec40_test", "--step=99")
+  assert res.returncode != 0 and "no checkpoint for --step 99 in " in res.stderr
+  monkeypatch.undo()
 
 
 @contextlib.contextmanager

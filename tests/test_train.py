@@ -449,41 +449,49 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
   res = _run("msmt_tf.pretrain_damsm", f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}",
              "--seed=5")
   assert res.returncode == 0, res.stderr[-2000:]
-  args = [a for a in _train_args(smoke, run_dir, "--max_steps=9", "--resume")
+  args = [a for a in _train_args(smoke, run_dir, "--resume")
           if not a.startswith("--damsm_dir")]
-  res = _main("msmt_tf.train", *args, f"--damsm_dir={damsm}")
+  refusal = (f"--resume: the DAMSM text and image encoders in {damsm} are not the ones the "
+             f"checkpoints of {run_dir} were trained with (weights changed")
+  res = _main("msmt_tf.train", *args, "--max_steps=9", f"--damsm_dir={damsm}")
   assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-  assert (f"--resume: the DAMSM text and image encoders in {damsm} are not the ones "
-          f"{run_dir}/config.json was trained with (weights changed") in res.stderr
-  assert "--accept_new_damsm" in res.stderr
+  assert refusal in res.stderr and "--accept_new_damsm" in res.stderr
   assert checkpoint.latest(run_dir)[0] == 8  # nothing trained, nothing written
   with pytest.raises(ValueError, match=f"the DAMSM text encoder {damsm}/text_encoder.keras is "
                      f"not the one the run {run_dir} was trained with"):
     runs.load_run(run_dir, damsm_dir=damsm)
-  # The run's own encoders, moved: the same weights, resumed. Its config.json as written before
-  # the vocabulary was recorded and with the one digest of both encoders (2026-11-28) resumes,
-  # and records both.
-  config_path = os.path.join(run_dir, "config.json")
-  record = json.loads(open(config_path).read())
-  del record["data"]["vocab_sha256"]
+  # Older records. A run of 2026-11-28 (one digest of both encoders) is checked on both...
   text, image = runs.load_damsm(smoke["damsm"], datasets.load_captions(smoke["data"], "shapes")[2],
                                 smoke["data"])
-  record["damsm_weights_sha256"] = runs.weights_sha256(text, image)
-  with open(config_path, "w") as f:
-    json.dump(record, f)
+  config_path = os.path.join(run_dir, "config.json")
+  newest = checkpoint.latest(run_dir)[1]
+
+  def older(record):
+    record["damsm_weights_sha256"] = runs.weights_sha256(text, image)
+    record["data"].pop("vocab_sha256")
+
+  _edit_json(config_path, older)
+  _edit_checkpoint_record(newest, older)
+  res = _main("msmt_tf.train", *args, "--max_steps=9", f"--damsm_dir={damsm}")
+  assert res.returncode == 1 and refusal in res.stderr, res.stderr[-2000:]
+  # ... and one recorded before the digests is not checked: it resumes (here with its own
+  # encoders, moved: the same weights) and records both from then on.
+  for edit in (_edit_json, _edit_checkpoint_record):
+    edit(config_path if edit is _edit_json else newest,
+         lambda record: record.pop("damsm_weights_sha256"))
   moved = str(tmp_path / "moved_damsm")
   shutil.copytree(smoke["damsm"], moved)
-  flags_args = [a for a in args if not a.startswith("--max_steps")]
-  res = _run("msmt_tf.train", *flags_args, "--max_steps=9", f"--damsm_dir={moved}")
+  res = _run("msmt_tf.train", *args, "--max_steps=9", f"--damsm_dir={moved}")
   assert res.returncode == 0, res.stderr[-2000:]
   assert checkpoint.latest(run_dir)[0] == 9
   record = json.loads(open(config_path).read())
   assert record["data"]["vocab_sha256"] == vocab_sha(smoke["data"])
   assert record["damsm_weights_sha256"] == runs.encoder_digests(text, image)
-  # Continued with the new encoders on purpose: said and recorded; each step's generator keeps
-  # the text encoder it was trained with.
-  res = _run("msmt_tf.train", *flags_args, "--max_steps=10", f"--damsm_dir={damsm}",
-              "--accept_new_damsm")
+  # Continued with the new encoders on purpose: said and recorded, but not in flags.txt (the
+  # run's flagfile: the consent is for one change); each step's generator keeps the text
+  # encoder it was trained with.
+  res = _run("msmt_tf.train", *args, "--max_steps=10", f"--damsm_dir={damsm}",
+             "--accept_new_damsm")
   assert res.returncode == 0, res.stderr[-2000:]
   assert (f"note: --accept_new_damsm: continuing from step 9 with the DAMSM text and image "
           f"encoders of {damsm}") in res.stdout
@@ -491,10 +499,40 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
   [change] = record["damsm_changes"]
   assert change["step"] == 9 and change["to"] == record["damsm_weights_sha256"]
   assert change["from"] == runs.encoder_digests(text, image)
+  with open(os.path.join(run_dir, "flags.txt")) as f:
+    assert "--noaccept_new_damsm\n" in f.read()
   assert runs.load_run(run_dir, damsm_dir=damsm)[3]["step"] == 10
   assert runs.load_run(run_dir, step=9, damsm_dir=moved)[3]["step"] == 9
   with pytest.raises(ValueError, match="is not the one the run"):
     runs.load_run(run_dir, step=9, damsm_dir=damsm)
+  # A change accepted by a resume that wrote no checkpoint (nothing to train here; a crash or
+  # Ctrl-C alike) rewrote config.json, not what checkpoint 10 was trained with: going back to
+  # those encoders is no change.
+  res = _main("msmt_tf.train", *args, "--max_steps=10", f"--damsm_dir={moved}",
+              "--accept_new_damsm")
+  assert res.returncode == 0 and "continuing from step 10" in res.stdout, res.stderr[-2000:]
+  res = _main("msmt_tf.train", *args, "--max_steps=10", f"--damsm_dir={damsm}")
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert json.loads(open(config_path).read())["damsm_changes"] == [change]
+
+
+def _edit_json(path, edit):
+  with open(path) as f:
+    record = json.load(f)
+  edit(record)
+  with open(path, "w") as f:
+    json.dump(record, f)
+
+
+def _edit_checkpoint_record(path, edit):
+  """Rewrites the record of checkpoint `path` with `edit` (what an older version wrote)."""
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  record = json.loads(bytes(arrays["__meta__"]).decode())
+  edit(record)
+  arrays["__meta__"] = np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def vocab_sha(data_dir):
