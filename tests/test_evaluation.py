@@ -773,38 +773,34 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
 
   monkeypatch.setattr(metric_main, "real_reference", too_late)
   monkeypatch.setattr(sample, "generate", too_late)
+
+  def refused(*flags):
+    res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}", *flags)
+    assert res.returncode != 0, flags
+    return res.stderr
+
   renumbered = data_fixtures.renumbered_copy(smoke_run["data"], tmp_path / "renumbered")
-  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
-                     "--metrics=fid20_test", f"--data_dir={renumbered}")
-  assert res.returncode != 0
   assert (f"the run {smoke_run['run']} was trained on another vocabulary than the one of "
-          f"{renumbered}") in res.stderr
+          f"{renumbered}") in refused("--metrics=fid20_test", f"--data_dir={renumbered}")
   import keras  # pylint: disable=g-import-not-at-top
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
-  other_text = tmp_path / "other_text_damsm"
-  shutil.copytree(smoke_run["damsm"], other_text)
+  other_text, other_vocab = tmp_path / "other_text_damsm", tmp_path / "other_vocab_damsm"
+  for folder in (other_text, other_vocab):
+    shutil.copytree(smoke_run["damsm"], folder)
   encoder = runs.load_damsm_encoder(str(other_text / "text_encoder.keras"), "RNNTextEncoder")
   w = encoder.weights[0]
   w.assign(keras.ops.convert_to_numpy(w) + 0.01)  # pretrained further, say
   runs.save_model(encoder, str(other_text / "text_encoder.keras"))
-  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
-                     "--metrics=is40_test", f"--damsm_dir={other_text}")
-  assert res.returncode != 0
   assert (f"the DAMSM text encoder {other_text / 'text_encoder.keras'} is not the one the run "
-          f"{smoke_run['run']} was trained with") in res.stderr
-  other_vocab = tmp_path / "other_vocab_damsm"
-  shutil.copytree(smoke_run["damsm"], other_vocab)
+          f"{smoke_run['run']} was trained with") in refused("--metrics=is40_test",
+                                                             f"--damsm_dir={other_text}")
   record = json.loads((other_vocab / "pretrain_record.json").read_text())
   record["settings"]["vocab_sha256"] = "0" * 64
   (other_vocab / "pretrain_record.json").write_text(json.dumps(record))
-  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
-                     "--metrics=rprec40_test", f"--damsm_dir={other_vocab}")
-  assert res.returncode != 0
   assert (f"{other_vocab / 'text_encoder.keras'} was trained on another vocabulary than the one "
-          f"of {smoke_run['data']}") in res.stderr
-  res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
-                     "--metrics=rprec40_test", "--step=99")
-  assert res.returncode != 0 and "no checkpoint for --step 99 in " in res.stderr
+          f"of {smoke_run['data']}") in refused("--metrics=rprec40_test",
+                                                f"--damsm_dir={other_vocab}")
+  assert "no checkpoint for --step 99 in " in refused("--metrics=rprec40_test", "--step=99")
   monkeypatch.undo()
 
 
