@@ -79,30 +79,32 @@ def _package_extensions():
   return set(getattr(fid_score, "IMAGE_EXTENSIONS", ()))
 
 
-def _package_cannot_read(images, reference):
+def _package_cannot_read(images, reference, notes=None):
   """Why the pytorch-fid package row cannot be computed on these folders (its glob leaves fewer
-  than 2 images in one: a camera's *.JPG, say), or None."""
+  than 2 images in one: a camera's *.JPG, say), or None; then the images its glob skips are
+  said in `notes`."""
+  from evaluation import features  # pylint: disable=g-import-not-at-top
   extensions = _package_extensions()
+  said = []
   for folder in (images, reference):
     if extensions and not folder.endswith(".npz"):
-      from evaluation import features  # pylint: disable=g-import-not-at-top
       listed = len(features.list_images(folder))
-      left = listed - len(_package_skips(folder, extensions))
-      if left < 2:
-        return (f"its glob (lower-case extensions only) finds {left} of the {listed} images in "
-                f"{folder}")
+      skipped = _package_skips(folder, extensions)
+      if listed - len(skipped) < 2:
+        return (f"its glob (lower-case extensions only) finds {listed - len(skipped)} of the "
+                f"{listed} images in {folder}")
+      if skipped:
+        said.append(f"the pytorch-fid package row reads {len(skipped)} fewer images of {folder} "
+                    f"than the other rows: its glob takes lower-case extensions only "
+                    f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
+  if notes is not None:
+    notes.extend(said)
   return None
 
 
-def _pytorch_fid_package(images, reference, batch_size, notes):
+def _pytorch_fid_package(images, reference, batch_size):
   from pytorch_fid import fid_score  # pylint: disable=g-import-not-at-top
-  extensions = _package_extensions()
-  for folder in (images, reference):
-    skipped = [] if not extensions or folder.endswith(".npz") else _package_skips(folder, extensions)
-    if skipped:
-      notes.append(f"the pytorch-fid package row reads {len(skipped)} fewer images of {folder} "
-                   f"than the other rows: its glob takes lower-case extensions only "
-                   f"({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})")
+  from pytorch_fid.inception import InceptionV3  # pylint: disable=g-import-not-at-top
   model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
   mu1, s1 = fid_score.compute_statistics_of_path(images, model, batch_size, 2048, "cpu")
   if reference.endswith(".npz"):
@@ -163,7 +165,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     use_package, why = _pytorch_fid_package_available()
     if use_package:
       why = ("it needs a reference folder, not statistics" if reference.endswith(".npz") else
-             _package_cannot_read(images, reference))
+             _package_cannot_read(images, reference, notes))
       use_package = why is None
     if not use_package:
       if pytorch_fid == "package":
@@ -189,7 +191,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   tag = "" if verified else "  [UNVERIFIED WEIGHTS]"
   rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0], tag)]
   if use_package:
-    mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size, notes)
+    mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size)
     rows.append(("PyTorch FID (current pytorch-fid 0.3.0 package)", fid.frechet_distance(
         mu1, s1, mu2, s2, method), ""))
   if "pytorch_emulated" in stats:

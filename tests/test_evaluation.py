@@ -448,6 +448,52 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
     compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", pytorch_fid="package")
   result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", decompose=False)
   assert [r[0][:8] for r in result["rows"]] == ["official", "PyTorch ", "DM-GAN-s"]
+  # The package's row itself, with a stand-in pytorch_fid (the package is not a dependency):
+  # its network and folder statistics called as pytorch-fid 0.3.0 defines them, and the images
+  # its glob skips said.
+  import types  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  monkeypatch.undo()
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for name in ("a.png", "b.png", "c.PNG"):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name, format="PNG")
+  calls = []
+
+  class InceptionV3:
+    BLOCK_INDEX_BY_DIM = {2048: 3}
+
+    def __init__(self, blocks):
+      calls.append(("InceptionV3", blocks))
+
+    def eval(self):
+      return self
+
+  def compute_statistics_of_path(path, model, batch_size, dims, device):
+    calls.append((path, type(model).__name__, dims, device))
+    return rng.normal(size=4), np.eye(4)
+
+  package = types.ModuleType("pytorch_fid")
+  package.fid_score = types.SimpleNamespace(
+      IMAGE_EXTENSIONS={"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"},
+      compute_statistics_of_path=compute_statistics_of_path)
+  package.inception = types.SimpleNamespace(InceptionV3=InceptionV3)
+  for name, module in (("pytorch_fid", package), ("pytorch_fid.fid_score", package.fid_score),
+                       ("pytorch_fid.inception", package.inception)):
+    monkeypatch.setitem(sys.modules, name, module)
+  monkeypatch.setattr(inception, "load", lambda *a, **k: None)
+  monkeypatch.setattr(features, "KerasExtractor", Stub)
+  monkeypatch.setattr(compare_fid, "_stats_of", lambda *a: (
+      rng.normal(size=4), np.eye(4) * rng.uniform(1, 2), 5))
+  monkeypatch.setattr(compare_fid, "_pytorch_fid_package_available",
+                      lambda: (True, "pytorch-fid package"))
+  result = compare_fid.compare(str(folder), str(folder), method="ttur", decompose=False)
+  [row] = [r for r in result["rows"] if "0.3.0 package" in r[0]]
+  assert row[1] is not None and calls == [("InceptionV3", [3]),
+                                          (str(folder), "InceptionV3", 2048, "cpu"),
+                                          (str(folder), "InceptionV3", 2048, "cpu")]
+  assert (f"the pytorch-fid package row reads 1 fewer images of {folder} than the other rows: "
+          "its glob takes lower-case extensions only (c.PNG)") in result["notes"]
 
 
 def test_fid_from_too_few_images_says_so_in_its_result_and_line(tmp_path):
