@@ -103,16 +103,17 @@ def resume_point(damsm_dir, settings, epochs, max_steps, batches_per_epoch):
                         "start over with --overwrite") from e
   saved = record.get("settings") or {}
   for key, what in RESUME_SETTINGS.items():
-    if key in saved and saved[key] != settings[key] and key == "vocab_sha256":
+    if key not in saved or saved[key] == settings[key]:
+      continue
+    if key == "vocab_sha256":
       raise ResumeRefused(f"--resume: the vocabulary of the dataset is not the one the snapshot "
                           f"in {damsm_dir} was trained on (other words or order: SHA-256 "
                           f"{saved[key][:12]}... trained on, {settings[key][:12]}... here; a "
                           f"dataset rebuilt since, {path}): resume it with that dataset, or "
                           "start over with --overwrite")
-    if key in saved and saved[key] != settings[key]:
-      raise ResumeRefused(f"--resume: {what} is {settings[key]} here, the snapshot in "
-                          f"{damsm_dir} was trained with {saved[key]} ({path}): resume with its "
-                          "settings, or start over with --overwrite")
+    raise ResumeRefused(f"--resume: {what} is {settings[key]} here, the snapshot in "
+                        f"{damsm_dir} was trained with {saved[key]} ({path}): resume with its "
+                        "settings, or start over with --overwrite")
   # Stopped inside an epoch (--damsm_max_steps)? Counted in the batches of the snapshot's run.
   partial = 0 < batch < int(record.get("batches_per_epoch", batches_per_epoch))
   if partial and saved.get("train_images", settings["train_images"]) != settings["train_images"]:

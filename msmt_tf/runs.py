@@ -283,23 +283,24 @@ def load_run_text_encoder(record, run_dir, damsm_dir=None):
   """The DAMSM text encoder of the run `run_dir` (`record`: its config.json): that of `damsm_dir`
   or of the folder the run recorded, refused unless it is the one the run was trained with (its
   width, and its weights where the run recorded them: runs since 2026-11-28)."""
-  cfg_text_dim = record["model"]["text_dim"]
+  text_dim = record["model"]["text_dim"]
   damsm_dir = damsm_dir or record.get("damsm_dir")
   if not damsm_dir:
     raise FileNotFoundError(f"{os.path.join(run_dir, CONFIG)} records no DAMSM folder; pass "
                             "--damsm_dir")
   text_path = config.damsm_paths(damsm_dir)[0]
   text_encoder = load_damsm_encoder(text_path, "RNNTextEncoder")
-  if text_encoder.hidden_dim != cfg_text_dim:
+  if text_encoder.hidden_dim != text_dim:
     raise ValueError(f"the DAMSM text encoder in {damsm_dir} has width "
                      f"{text_encoder.hidden_dim}, the run {run_dir} was trained with "
-                     f"--text_dim={cfg_text_dim}: pass the run's own --damsm_dir")
+                     f"--text_dim={text_dim}: pass the run's own --damsm_dir")
   # The generator was trained on this encoder's word features: another one of the same width
   # (pretrained again or further since) gives other images, silently.
-  if changed_encoders(record.get("damsm_weights_sha256"), text_encoder):
+  digest = weights_sha256(text_encoder)
+  if changed_encoders(record.get("damsm_weights_sha256"), text_encoder, digests={"text": digest}):
     raise ValueError(
         f"the DAMSM text encoder {text_path} is not the one the run {run_dir} was trained with "
-        f"(other weights: SHA-256 {weights_sha256(text_encoder)[:12]}..., the run's "
+        f"(other weights: SHA-256 {digest[:12]}..., the run's "
         f"{record['damsm_weights_sha256']['text'][:12]}...; pretrained again or further since): "
         "its generator would read other word features; pass the encoders it was trained with "
         "(--damsm_dir)")
