@@ -104,6 +104,15 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
                              manifest["split"])
   # Encoders of another vocabulary would read the captions' word numbers as other words.
   runs.check_damsm_vocabulary(damsm_dir, text_encoder, data.vocab, data.data_dir)
+  # Each image is scored against captions of other classes drawn from `data`: images sampled
+  # from other captions (another dataset, one rebuilt since) would be scored against the wrong
+  # ones, and the number would look as valid as any.
+  diff = sample.caption_conflicts(manifest, data, manifest["words_num"], manifest.get("seed"))
+  if diff:
+    raise ValueError(
+        f"{images_dir} holds images generated from other captions than the {data.split} split "
+        f"of {data.data_dir} ({'; '.join(diff)}): pass the --data_dir they were sampled from, "
+        "or sample them again")
   entries = manifest["images"]
   files = [os.path.join(images_dir, sample.image_name(i)) for i in range(len(entries))]
   missing = [f for f in files if not os.path.isfile(f)]

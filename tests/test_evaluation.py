@@ -1035,6 +1035,15 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
     json.dump(old, f)
   with pytest.raises(ValueError, match="other captions \\(its images' captions differ"):
     sample.generate(smoke_run["run"], out2, 3, data_dir=other, batch_size=3, progress=False)
+  # R-precision scores each image against the dataset's captions: it refuses images sampled from
+  # other captions (named on the command line or in the manifest), and reads a moved copy.
+  third = copy_dataset(smoke_run["data"], tmp_path / "third", test_order=[5, 4, 3, 2, 1, 0])
+  for folder, data_dir, named in ((out, third, third), (out2, None, other)):
+    with pytest.raises(ValueError, match=f"{folder} holds images generated from other captions "
+                       f"than the test split of {named} \\("):
+      r_precision.r_precision(folder, data_dir=data_dir, num_candidates=3, folds=1)
+  got = r_precision.r_precision(out, data_dir=moved, num_candidates=3, folds=1)
+  assert got["num_images"] == 3 and 0 <= got["r_precision_mean"] <= 100
 
 
 def test_ctrl_c_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
