@@ -185,7 +185,7 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
 
   procs = start()
   target = os.path.join(run_dir, "checkpoints", "ckpt-00000002.npz")
-  deadline = time.time() + 400
+  deadline = time.time() + 600
   while not os.path.exists(target) and all(p.poll() is None for p in procs) and \
       time.time() < deadline:
     time.sleep(0.05)

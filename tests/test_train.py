@@ -82,7 +82,7 @@ def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
   proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8")),
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   target = os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz")
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while not os.path.exists(target) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
