@@ -64,6 +64,10 @@ def parse(name):
   metric, count, split = m.groups()
   if count is not None:
     count = int(count[:-1]) * 1000 if count.endswith("k") else int(count)
+    if count == 0:  # not the default count: a typo would make 30,000 images
+      raise ValueError(f"{name}: an image count of 0; give the number of images, e.g. "
+                       f"{metric}30k_{split}" + ("" if metric != "rprec" else
+                                                 f", or none ({metric}_{split})"))
   elif metric != "rprec":
     raise ValueError(f"{name}: {metric} needs an image count, e.g. {metric}30k_{split}")
   return metric, count, split
@@ -93,7 +97,7 @@ def check_splits(parsed, splits, counts, is_splits=10, folds=10):
   problems = []
   for name, metric, count, split in parsed:
     data = splits[split]
-    count = count or counts.get(split, 30000)
+    count = counts.get(split, 30000) if count is None else count
     where = f"the {split} split of {data.data_dir} (--dataset={data.dataset})"
     if metric == "fid":
       if data.num_images < 2:
@@ -304,7 +308,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
              for split, data in splits.items()}
   results = []
   for name, metric, count, split in parsed:
-    count = count or counts.get(split, 30000)
+    count = counts.get(split, 30000) if count is None else count
     folder = folders[split]
     sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
                     batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
@@ -394,6 +398,10 @@ def main(argv):
              FLAGS.data_dir, FLAGS.sample_batch_size)
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    print(flush=True)  # off the progress bar's line
+    sys.exit(f"interrupted: the images and statistics made so far are kept in "
+             f"{os.path.join(FLAGS.run_dir, 'eval')}; the same command continues from them")
   print(f"results appended to {os.path.join(FLAGS.run_dir, 'metrics.jsonl')}")
 
 
