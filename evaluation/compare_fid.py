@@ -152,6 +152,16 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   method = method or fid.default_method()
   if reference.endswith(".npz") and not os.path.isfile(reference):
     raise FileNotFoundError(f"--reference {reference} does not exist")
+  # Checked before any network runs (a pass over a large folder takes minutes).
+  for flag, folder in (("--images", images), ("--reference", reference)):
+    if os.path.isdir(folder):
+      found = sum(name.lower().endswith(features.IMAGE_EXTENSIONS)
+                  and os.path.isfile(os.path.join(folder, name)) for name in os.listdir(folder))
+      if found == 1:
+        raise ValueError(f"FID needs at least 2 images in each set, but {flag} {folder} has 1")
+  if save_stats and os.path.exists(save_stats) and not os.path.isdir(save_stats):
+    raise ValueError(f"--save_stats {save_stats} is a file: give a folder (it receives "
+                     "<row>-images.npz and <row>-reference.npz)")
   variants = {
       "official": dict(resize="legacy", normalize="graph"),
       "resize_only": dict(resize="half_pixel", normalize="graph"),
@@ -182,11 +192,13 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     label, verified = label or ext.description, ext.verified if verified is None else verified
     gen = _stats_of(ext, images, batch_size, progress)
     if reference.endswith(".npz"):
-      mu, sigma, _ = fid.load_statistics(reference)
-      ref = (mu, sigma, 0)
+      mu, sigma, meta = fid.load_statistics(reference)
+      ref = (mu, sigma, 0)  # 0: a statistics file is not written again (save_stats)
+      ref_count = int(meta.get("num_images", 0))  # 0: not recorded in the file
     else:
       ref = _stats_of(ext, reference, batch_size, progress)
-    stats[key] = fid.frechet_distance(gen[0], gen[1], ref[0], ref[1], method), gen[2], ref[2]
+      ref_count = ref[2]
+    stats[key] = fid.frechet_distance(gen[0], gen[1], ref[0], ref[1], method), gen[2], ref_count
     saved[key] = (gen, ref, ext.description)
   tag = "" if verified else "  [UNVERIFIED WEIGHTS]"
   rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0], tag)]

@@ -152,7 +152,9 @@ class FrozenGraphExtractor(Extractor):
       raise FileNotFoundError("--inception_graph is not set: point it at "
                               "classify_image_graph_def.pb from inception-2015-12-05.tgz")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"--inception_graph {path} does not exist (the frozen graph "
+      raise FileNotFoundError(f"--inception_graph {path} "
+                              + ("is a folder, not a file" if os.path.isdir(path) else
+                                 "does not exist") + " (the frozen graph "
                               "classify_image_graph_def.pb from inception-2015-12-05.tgz)")
     with open(path, "rb") as f:
       data = f.read()
@@ -287,7 +289,9 @@ class TorchvisionExtractor(Extractor):
           "--torchvision_inception is not set: point it at torchvision's "
           "inception_v3_google-*.pth or AttnGAN's image_encoder*.pth (not downloadable here)")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"--torchvision_inception {path} does not exist (torchvision's "
+      raise FileNotFoundError(f"--torchvision_inception {path} "
+                              + ("is a folder, not a file" if os.path.isdir(path) else
+                                 "does not exist") + " (torchvision's "
                               "inception_v3_google-*.pth or AttnGAN's image_encoder*.pth)")
     try:
       arrays = torch_io.load_state_dict(path)

@@ -192,9 +192,21 @@ def reference_statistics(extractor, reference, batch_size=50, progress=False,
   return mu, sigma, n, reference
 
 
+def check_stats_path(path, flag="--save_stats"):
+  """Raises a ValueError naming `path` (a statistics .npz to write) when it cannot be written
+  there: a folder, or in a folder that does not exist."""
+  if os.path.isdir(path):
+    raise ValueError(f"{flag} {path} is a folder: give the path of a .npz file to write")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise ValueError(f"{flag} {path}: its folder {parent} does not exist")
+
+
 def compute(extractor, images, reference, batch_size=50, method=None, save_stats=None,
             progress=False):
   """{'fid', 'num_images', 'num_reference', 'extractor', 'verified', ...} for two sources."""
+  if save_stats:  # before the images are read: minutes of Inception otherwise lost
+    check_stats_path(save_stats)
   mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress,
                                       role="generated images (--images)")
   mu2, sigma2, n2, ref = reference_statistics(extractor, reference, batch_size, progress)

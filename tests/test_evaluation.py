@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -448,6 +449,24 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
     compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", pytorch_fid="package")
   result = compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", decompose=False)
   assert [r[0][:8] for r in result["rows"]] == ["official", "PyTorch ", "DM-GAN-s"]
+  # Checked before any network runs: a one-image folder, --save_stats naming a file; a
+  # statistics-file reference's image count is the file's.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  one = tmp_path / "one"
+  one.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(one / "a.png")
+  with pytest.raises(ValueError, match=f"FID needs at least 2 images in each set, but --images "
+                     f"{one} has 1"):
+    compare_fid.compare(str(one), str(tmp_path), method="ttur")
+  with pytest.raises(ValueError, match=f"--save_stats {one / 'a.png'} is a file: give a folder"):
+    compare_fid.compare(str(tmp_path), str(tmp_path), method="ttur", save_stats=str(one / "a.png"))
+  stats = str(tmp_path / "ref.npz")
+  fid.save_statistics(stats, np.zeros(4), np.eye(4), num_images=9)
+  result = compare_fid.compare(str(tmp_path), stats, method="ttur")
+  assert any(n.startswith("FID from 5 and 9 images") for n in result["notes"]), result["notes"]
+  for make in (features.FrozenGraphExtractor, features.TorchvisionExtractor):
+    with pytest.raises(FileNotFoundError, match=f" {tmp_path} is a folder, not a file \\("):
+      make(str(tmp_path))
   # The package's row itself, with a stand-in pytorch_fid (the package is not a dependency):
   # its network and folder statistics called as pytorch-fid 0.3.0 defines them, and the images
   # its glob skips said.
@@ -590,6 +609,13 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
     gone = fid.folder_statistics(ext, str(tmp_path / "a_moved"), 8, stats)
   np.testing.assert_array_equal(gone[0], first[0])
   assert open(stats, "rb").read() == saved
+  # --save_stats that cannot be written is refused before the images are read.
+  for path, message in ((tmp_path / "a", f"--save_stats {tmp_path / 'a'} is a folder: give the "
+                         "path of a .npz file to write"),
+                        (tmp_path / "nope" / "x.npz", f"--save_stats {tmp_path / 'nope' / 'x.npz'}"
+                         f": its folder {tmp_path / 'nope'} does not exist")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      fid.compute(ext, str(tmp_path / "missing_images"), stats, save_stats=str(path))
   fid.save_statistics(str(tmp_path / "nan.npz"), np.full(8, np.nan), np.eye(8))
   with pytest.raises(ValueError, match="nan.npz: mu or sigma has non-finite values"):
     fid.load_statistics(str(tmp_path / "nan.npz"))
@@ -791,6 +817,19 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
                      "--metrics=fidx_test")
   assert res.returncode != 0 and "unknown metric 'fidx_test'" in res.stderr
   from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+  for name in ("fid0_test", "is0k_train", "rprec0_test"):  # not the default count (30,000)
+    with pytest.raises(ValueError, match=f"{name}: an image count of 0"):
+      metric_main.parse(name)
+  # Ctrl-C: what is kept and that the same command continues, not a traceback.
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(metric_main, "evaluate", interrupted)
+    res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                       "--metrics=fid20_test")
+  assert res.returncode == 1 and res.stderr == (
+      f"interrupted: the images and statistics made so far are kept in "
+      f"{os.path.join(smoke_run['run'], 'eval')}; the same command continues from them\n")
   with pytest.raises(FileNotFoundError, match=f"run folder not found: {tmp_path / 'no_run'}"):
     metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
   # A missing classifier file stops the command before any image is generated.
