@@ -12,8 +12,8 @@ newest checkpoint (truncated copy, full disk) is renamed aside to `ckpt-<step>.n
 on stderr, and the run continues from the newest one that reads. `--resume` where there is no
 checkpoint yet starts at step 0 and says so on stderr; a folder whose checkpoints were all found
 damaged (only `*.npz.damaged` left) is refused, with or without `--resume`, and so is a run
-imported by `import_torch` (generator weights only). Ctrl-C stops with the step reached and the
-newest checkpoint to `--resume` from.
+imported by `import_torch` (generator weights only). Ctrl-C or SIGTERM (a batch system's time
+limit) stops with the step reached and the newest checkpoint to `--resume` from.
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 
 Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
@@ -28,7 +28,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -520,16 +522,35 @@ def main(argv):
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit("interrupted before training started")
+  # SIGTERM (Slurm's time limit, `kill`, `docker stop`, Kubernetes) stops a run as Ctrl-C does:
+  # with the step reached and the checkpoint to continue from, instead of silently.
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   try:
     step = train(run)
   except (TrainingError, DatasetError) as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
+    print(flush=True)  # off the progress bar's line
     last = checkpoint.latest(run.run_dir)
-    sys.exit(f"interrupted at step {run.step}; the newest checkpoint is "
+    how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+    sys.exit(f"{how} at step {run.step}; the newest checkpoint is "
              + (f"{last[1]} (step {last[0]}): continue with the same command and --resume"
                 if last else "none yet: run the same command again to start over"))
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   print(f"trained to step {step}; run directory: {run.run_dir}")
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM during training: handled as Ctrl-C is."""
+
+
+def _stop_on_sigterm(signum, frame):
+  del signum, frame
+  raise Terminated()
 
 
 if __name__ == "__main__":

@@ -626,7 +626,7 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   assert capsys.readouterr().out == ""
 
 
-def test_ctrl_c_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   run = train.Run()
   run.run_dir, run.step = str(tmp_path), 7
@@ -643,6 +643,18 @@ def test_ctrl_c_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monke
                      f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\): continue with "
                      "the same command and --resume"):
     train.main([])
+  # SIGTERM (Slurm's time limit, `kill`, `docker stop`) stops a run as Ctrl-C does, with the
+  # step and the checkpoint, not silently; the process's own SIGTERM handler is back afterwards.
+  def killed(_):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # the handler raises first
+    raise AssertionError("SIGTERM did not stop the training")
+  monkeypatch.setattr(train, "train", killed)
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit, match="stopped by SIGTERM at step 7; the newest checkpoint is "
+                     f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\)"):
+    train.main([])
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
@@ -934,3 +946,4 @@ def test_jax_backend_trains_checkpoints_and_resumes_exactly(smoke):
   assert ref[2] == got[2]  # kept from before the resume
   for name, value in ref[3].items():
     assert got[3][name] == pytest.approx(value, rel=1e-6), name
+
