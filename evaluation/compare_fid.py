@@ -154,11 +154,8 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     raise FileNotFoundError(f"--reference {reference} does not exist")
   # Checked before any network runs (a pass over a large folder takes minutes).
   for flag, folder in (("--images", images), ("--reference", reference)):
-    if os.path.isdir(folder):
-      found = sum(name.lower().endswith(features.IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, name)) for name in os.listdir(folder))
-      if found == 1:
-        raise ValueError(f"FID needs at least 2 images in each set, but {flag} {folder} has 1")
+    if os.path.isdir(folder) and len(features.list_images(folder)) < 2:
+      raise ValueError(f"FID needs at least 2 images in each set, but {flag} {folder} has 1")
   if save_stats and os.path.exists(save_stats) and not os.path.isdir(save_stats):
     raise ValueError(f"--save_stats {save_stats} is a file: give a folder (it receives "
                      "<row>-images.npz and <row>-reference.npz)")

@@ -192,14 +192,14 @@ def reference_statistics(extractor, reference, batch_size=50, progress=False,
   return mu, sigma, n, reference
 
 
-def check_stats_path(path, flag="--save_stats"):
-  """Raises a ValueError naming `path` (a statistics .npz to write) when it cannot be written
-  there: a folder, or in a folder that does not exist."""
+def check_stats_path(path):
+  """Raises a ValueError naming `path` (--save_stats: a statistics .npz to write) when it cannot
+  be written there: a folder, or in a folder that does not exist."""
   if os.path.isdir(path):
-    raise ValueError(f"{flag} {path} is a folder: give the path of a .npz file to write")
+    raise ValueError(f"--save_stats {path} is a folder: give the path of a .npz file to write")
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
-    raise ValueError(f"{flag} {path}: its folder {parent} does not exist")
+    raise ValueError(f"--save_stats {path}: its folder {parent} does not exist")
 
 
 def compute(extractor, images, reference, batch_size=50, method=None, save_stats=None,

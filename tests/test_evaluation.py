@@ -425,7 +425,10 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
     def __init__(self, *args, **kwargs):
       del args, kwargs
 
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(10)
+  for name in ("x.png", "y.png"):  # the folders are checked before any network runs
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
   monkeypatch.setattr(inception, "load", lambda *a, **k: None)
   monkeypatch.setattr(features, "KerasExtractor", Stub)
   monkeypatch.setattr(compare_fid, "_stats_of", lambda *a: (
@@ -451,7 +454,6 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
   assert [r[0][:8] for r in result["rows"]] == ["official", "PyTorch ", "DM-GAN-s"]
   # Checked before any network runs: a one-image folder, --save_stats naming a file; a
   # statistics-file reference's image count is the file's.
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   one = tmp_path / "one"
   one.mkdir()
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(one / "a.png")
@@ -471,7 +473,6 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
   # its network and folder statistics called as pytorch-fid 0.3.0 defines them, and the images
   # its glob skips said.
   import types  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   monkeypatch.undo()
   folder = tmp_path / "images"
   folder.mkdir()

@@ -946,4 +946,3 @@ def test_jax_backend_trains_checkpoints_and_resumes_exactly(smoke):
   assert ref[2] == got[2]  # kept from before the resume
   for name, value in ref[3].items():
     assert got[3][name] == pytest.approx(value, rel=1e-6), name
-
