@@ -46,6 +46,7 @@ import numpy as np
 
 from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
 from msmt_tf import sample  # pylint: disable=g-import-not-at-top,unused-import (its flags)
+from msmt_tf import stopping
 
 # --run_dir, --data_dir, --damsm_dir: msmt_tf.config's; --step, --sample_seed,
 # --sample_batch_size: msmt_tf.sample's.
@@ -394,13 +395,14 @@ def main(argv):
     sys.exit("error: --sample_words_num is msmt_tf.sample's: metric_main always samples with the "
              "dataset's evaluation caption length (words_num_eval), the protocol's")
   try:
-    evaluate(FLAGS.run_dir, FLAGS.metrics, FLAGS.step, FLAGS.sample_seed, FLAGS.damsm_dir,
-             FLAGS.data_dir, FLAGS.sample_batch_size)
+    with stopping.sigterm_as_interrupt():
+      evaluate(FLAGS.run_dir, FLAGS.metrics, FLAGS.step, FLAGS.sample_seed, FLAGS.damsm_dir,
+               FLAGS.data_dir, FLAGS.sample_batch_size)
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     print(flush=True)  # off the progress bar's line
-    sys.exit(f"interrupted: the images and statistics made so far are kept in "
+    sys.exit(f"{stopping.how_stopped(e)}: the images and statistics made so far are kept in "
              f"{os.path.join(FLAGS.run_dir, 'eval')}; the same command continues from them")
   print(f"results appended to {os.path.join(FLAGS.run_dir, 'metrics.jsonl')}")
 

@@ -38,6 +38,7 @@ from absl import logging
 from msmt_tf import config  # pylint: disable=g-import-not-at-top
 from msmt_tf import fileio
 from msmt_tf import runs
+from msmt_tf import stopping
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
@@ -406,13 +407,15 @@ def check_classes(data):
         "build without --class_column (every image its own class)")
 
 
-def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False):
-  """What Ctrl-C leaves in `damsm_dir`, and the command that goes on from there. `progress`: what
-  the interrupted `pretrain` call filled in; `resume`, `overwrite`: its command's flags."""
+def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False,
+                        how="interrupted"):
+  """What Ctrl-C (or SIGTERM: `how`, `stopping.how_stopped`'s words) leaves in `damsm_dir`, and the
+  command that goes on from there. `progress`: what the interrupted `pretrain` call filled in;
+  `resume`, `overwrite`: its command's flags."""
   progress = progress or {}
   left = [p for p in config.damsm_paths(damsm_dir) if os.path.exists(p)]
   record = runs.read_pretrain_record(damsm_dir) or {}
-  head = "interrupted before the encoders were finished: "
+  head = f"{how} before the encoders were finished: "
   if not left:
     return head + "nothing was written; run the same command again"
   if record.get("writing"):
@@ -459,24 +462,26 @@ def main(argv):
   words_num = FLAGS.damsm_words_num or (15 if FLAGS.dataset == "coco" else 18)
   progress = {}
   try:
-    data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
-    test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
-    model_cfg = config.model_config_from_flags(vocab_size=len(data.vocab))
-    datasets.DataPipeline(data, FLAGS.damsm_batch_size, words_num,
-                          batch_flag="--damsm_batch_size")
-    check_classes(data)
-    pretrain(data, test, model_cfg, FLAGS.damsm_dir, words_num, FLAGS.image_encoder_trunk,
-             FLAGS.inception_weights, FLAGS.damsm_epochs, FLAGS.damsm_max_steps,
-             FLAGS.damsm_batch_size, FLAGS.damsm_lr, FLAGS.damsm_snapshot_every,
-             (FLAGS.gamma1, FLAGS.gamma2, FLAGS.gamma3), FLAGS.seed, resume=FLAGS.resume,
-             progress=progress)
+    with stopping.sigterm_as_interrupt():
+      data = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "train")
+      test = datasets.load_split(FLAGS.data_dir, FLAGS.dataset, "test")
+      model_cfg = config.model_config_from_flags(vocab_size=len(data.vocab))
+      datasets.DataPipeline(data, FLAGS.damsm_batch_size, words_num,
+                            batch_flag="--damsm_batch_size")
+      check_classes(data)
+      pretrain(data, test, model_cfg, FLAGS.damsm_dir, words_num, FLAGS.image_encoder_trunk,
+               FLAGS.inception_weights, FLAGS.damsm_epochs, FLAGS.damsm_max_steps,
+               FLAGS.damsm_batch_size, FLAGS.damsm_lr, FLAGS.damsm_snapshot_every,
+               (FLAGS.gamma1, FLAGS.gamma2, FLAGS.gamma3), FLAGS.seed, resume=FLAGS.resume,
+               progress=progress)
   except ResumeRefused as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
   except (DatasetError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
-    sys.exit(interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite))
+  except KeyboardInterrupt as e:
+    sys.exit(interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite,
+                                 stopping.how_stopped(e)))
   logging.info("DAMSM encoders written to %s", FLAGS.damsm_dir)
   print(f"DAMSM encoders written to {os.path.abspath(FLAGS.damsm_dir)}")
 

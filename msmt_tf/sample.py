@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import (--run_dir, ...)
+from msmt_tf import stopping
 
 __all__ = ["plan", "generate", "read_manifest", "caption_source", "caption_conflicts"]
 
@@ -269,16 +270,17 @@ def main(argv):
           "flagfile) is not used for sampling: captions keep the dataset's evaluation length, as "
           "in evaluation.metric_main; set --sample_words_num to choose another", flush=True)
   try:
-    m = generate(FLAGS.run_dir, FLAGS.out, FLAGS.num_images, FLAGS.split, FLAGS.step,
-                 FLAGS.sample_seed, FLAGS.sample_words_num, FLAGS.sample_batch_size,
-                 FLAGS.damsm_dir, FLAGS.data_dir)
+    with stopping.sigterm_as_interrupt():
+      m = generate(FLAGS.run_dir, FLAGS.out, FLAGS.num_images, FLAGS.split, FLAGS.step,
+                   FLAGS.sample_seed, FLAGS.sample_words_num, FLAGS.sample_batch_size,
+                   FLAGS.damsm_dir, FLAGS.data_dir)
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     done = sum(os.path.isfile(os.path.join(FLAGS.out, image_name(i)))
                for i in range(FLAGS.num_images))
-    sys.exit(f"interrupted: {done} of {FLAGS.num_images} images are in {FLAGS.out}; the same "
-             "command continues where it stopped")
+    sys.exit(f"{stopping.how_stopped(e)}: {done} of {FLAGS.num_images} images are in "
+             f"{FLAGS.out}; the same command continues where it stopped")
   print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "
         f"of at most {m['words_num']} words)")
 

@@ -28,9 +28,7 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,6 +44,7 @@ from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
 from msmt_tf import config
 from msmt_tf import distribute
 from msmt_tf import runs
+from msmt_tf import stopping
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
@@ -524,23 +523,17 @@ def main(argv):
     sys.exit("interrupted before training started")
   # SIGTERM (Slurm's time limit, `kill`, `docker stop`, Kubernetes) stops a run as Ctrl-C does:
   # with the step reached and the checkpoint to continue from, instead of silently.
-  previous = None
-  if threading.current_thread() is threading.main_thread():
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   try:
-    step = train(run)
+    with stopping.sigterm_as_interrupt():
+      step = train(run)
   except (TrainingError, DatasetError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
     print(flush=True)  # off the progress bar's line
     last = checkpoint.latest(run.run_dir)
-    how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
-    sys.exit(f"{how} at step {run.step}; the newest checkpoint is "
+    sys.exit(f"{stopping.how_stopped(e)} at step {run.step}; the newest checkpoint is "
              + (f"{last[1]} (step {last[0]}): continue with the same command and --resume"
                 if last else "none yet: run the same command again to start over"))
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
   print(f"trained to step {step}; run directory: {run.run_dir}")
 
 

@@ -60,3 +60,15 @@ def run_main(module, *argv):
   finally:
     flags.FLAGS.unparse_flags()
   return subprocess.CompletedProcess([module, *argv], code, out.getvalue(), err.getvalue())
+
+
+def sigterm_self(*args, **kwargs):
+  """A stand-in for a command's long call: this process gets SIGTERM (as from Slurm's time
+  limit, `kill` or `docker stop`) in the middle of it. The command's handler raises at once; if
+  none is installed the default action ends the test process, which fails the test too."""
+  del args, kwargs
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(60)  # the handler raises first
+  raise AssertionError("SIGTERM did not stop the command")

@@ -183,6 +183,38 @@ def built(source, tmp_path_factory):
   return dict(out=out, stdout=res.stdout, stderr=res.stderr)
 
 
+def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path):
+  # SIGTERM (Slurm's time limit, `kill`, `docker stop`) in the middle of the images: the message
+  # and the staged images of Ctrl-C, exit status 143 (128 + SIGTERM, as a shell reports it),
+  # and the same command finishes from them. The signal is sent from inside the third image's
+  # conversion (one worker: this process), so the moment is the same on every machine.
+  out = str(tmp_path / "mine")
+  script = (
+      "import os, runpy, signal, sys\n"
+      "from msmt_tf import image_utils\n"
+      "to_rgb, calls = image_utils.to_rgb, []\n"
+      "def stopped(*a, **k):\n"
+      "  calls.append(1)\n"
+      "  if len(calls) == 3:\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "  return to_rgb(*a, **k)\n"
+      "image_utils.to_rgb = stopped\n"
+      "sys.argv = ['build'] + sys.argv[1:]\n"
+      "runpy.run_module('msmt_tf.data.build', run_name='__main__', alter_sys=True)\n")
+  cmd = [f"--source={source['root']}", f"--out={out}", "--text_column=text",
+         "--class_column=species", "--test_fraction=0.2", "--skip_bad", "--workers=1"]
+  res = subprocess.run([sys.executable, "-c", script, *cmd], cwd=REPO, capture_output=True,
+                       text=True)
+  assert res.returncode == 143, res.stderr[-3000:]
+  assert res.stderr.strip().endswith("stopped by SIGTERM: nothing was written to --out; run the "
+                                     "same command again to resume")
+  assert "Traceback" not in res.stderr and not os.path.exists(out)
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.build", *cmd], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert re.search(r"\(1 workers\), [2-9] reused from an interrupted build", res.stdout), res.stdout
+
+
 def test_bad_rows_stop_the_build_naming_each(source, built, tmp_path):
   out = str(tmp_path / "strict")
   with pytest.raises(build_lib.BuildError) as e:

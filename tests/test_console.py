@@ -110,3 +110,29 @@ def test_a_terminal_stays_a_terminal_for_progress_bars():
     os.close(main)
   assert res.returncode == 0, out.decode(errors="replace")
   assert b"isatty True" in out
+
+
+def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_comes_back():
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  from tests import cli  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(stopping.Terminated) as stopped:
+    with stopping.sigterm_as_interrupt():
+      cli.sigterm_self()
+  assert isinstance(stopped.value, KeyboardInterrupt)  # each command's Ctrl-C path runs
+  assert stopping.how_stopped(stopped.value) == "stopped by SIGTERM"
+  assert stopping.how_stopped(KeyboardInterrupt()) == "interrupted"
+  assert signal.getsignal(signal.SIGTERM) is before
+  # Only the main thread may set handlers: elsewhere the block runs with the handler unchanged.
+  seen = []
+
+  def worker():
+    with stopping.sigterm_as_interrupt():
+      seen.append(signal.getsignal(signal.SIGTERM))
+  thread = threading.Thread(target=worker)
+  thread.start()
+  thread.join()
+  assert seen == [before]

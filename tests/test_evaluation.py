@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -831,6 +832,14 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
   assert res.returncode == 1 and res.stderr == (
       f"interrupted: the images and statistics made so far are kept in "
       f"{os.path.join(smoke_run['run'], 'eval')}; the same command continues from them\n")
+  with monkeypatch.context() as m:  # SIGTERM (a batch system's time limit): the same, worded so
+    m.setattr(metric_main, "evaluate", cli.sigterm_self)
+    handler = signal.getsignal(signal.SIGTERM)
+    res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                       "--metrics=fid20_test")
+  assert res.returncode == 1 and res.stderr.startswith("stopped by SIGTERM: the images and "
+                                                       "statistics made so far are kept in ")
+  assert signal.getsignal(signal.SIGTERM) is handler
   with pytest.raises(FileNotFoundError, match=f"run folder not found: {tmp_path / 'no_run'}"):
     metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
   # A missing classifier file stops the command before any image is generated.
@@ -1086,7 +1095,7 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
   assert got["num_images"] == 3 and 0 <= got["r_precision_mean"] <= 100
 
 
-def test_ctrl_c_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
   from absl import flags  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
   out.mkdir()
@@ -1101,6 +1110,10 @@ def test_ctrl_c_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
   try:
     with pytest.raises(SystemExit, match=f"interrupted: 3 of 10 images are in {out}; the same "
                        "command continues where it stopped"):
+      sample.main([])
+    monkeypatch.setattr(sample, "generate", cli.sigterm_self)  # a batch system's time limit
+    with pytest.raises(SystemExit, match=f"stopped by SIGTERM: 3 of 10 images are in {out}; the "
+                       "same command continues where it stopped"):
       sample.main([])
   finally:
     flags.FLAGS.unparse_flags()

@@ -205,7 +205,7 @@ def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   assert_quiet(res.stderr)  # a command that stops early is as quiet as one that trains
 
 
-def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import pretrain_damsm  # pylint: disable=g-import-not-at-top
   damsm = tmp_path / "damsm"
@@ -225,6 +225,10 @@ def test_ctrl_c_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
   try:
     monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
     with pytest.raises(SystemExit, match="interrupted before the encoders were finished: "
+                       "nothing was written"):
+      pretrain_damsm.main([])
+    monkeypatch.setattr(pretrain_damsm, "pretrain", cli.sigterm_self)  # Slurm's time limit
+    with pytest.raises(SystemExit, match="stopped by SIGTERM before the encoders were finished: "
                        "nothing was written"):
       pretrain_damsm.main([])
     monkeypatch.setattr(pretrain_damsm, "pretrain",

@@ -68,6 +68,7 @@ import warnings
 import numpy as np
 
 from msmt_tf import image_utils
+from msmt_tf import stopping
 from msmt_tf.data import datasets
 from msmt_tf.data import vocab as vocab_lib
 from msmt_tf.data.errors import DatasetError
@@ -1226,8 +1227,9 @@ def main(argv):
   f = flags.FLAGS
   try:
     test_fraction = f.test_fraction if f["test_fraction"].present else None  # None: the default
-    summary = build(f.source, f.out, f.text_column, f.class_column, test_fraction, f.seed,
-                    f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress)
+    with stopping.sigterm_as_interrupt():
+      summary = build(f.source, f.out, f.text_column, f.class_column, test_fraction, f.seed,
+                      f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress)
   except DatasetError as e:
     problems = e.problems
     shown = problems[:100]
@@ -1240,10 +1242,10 @@ def main(argv):
     if e.hint:
       print(e.hint, file=sys.stderr)
     sys.exit(1)
-  except KeyboardInterrupt:
-    print("\ninterrupted: nothing was written to --out; run the same command again to resume",
-          file=sys.stderr)
-    sys.exit(130)
+  except KeyboardInterrupt as e:
+    print(f"\n{stopping.how_stopped(e)}: nothing was written to --out; run the same command "
+          "again to resume", file=sys.stderr)
+    sys.exit(143 if isinstance(e, stopping.Terminated) else 130)  # 128 + the signal, as a shell
   print(format_summary(summary))
 
 
