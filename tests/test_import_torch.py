@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -310,6 +311,31 @@ def test_malicious_files_are_refused_without_running(tmp_path, fmt):
   # Sanity: the payload does run when unpickled without restriction.
   pickle.loads(payload)
   assert marker.exists()
+
+
+def test_this_projects_own_files_are_named_as_what_they_are(tmp_path):
+  # The files a user of this project has at hand, passed to an importer by mistake: each is
+  # named as what it is, with where it is used instead (before: "a zip without exactly one
+  # <name>/data.pkl" or "no legacy magic number").
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  model.save(str(tmp_path / "generator_ema.keras"))
+  model.save_weights(str(tmp_path / "w.weights.h5"))
+  ckpt = checkpoint.save(str(tmp_path / "run"), 5, {"generator": model.weights}, {"seed": 0})
+  np.savez(str(tmp_path / "arrays.npz"), a=np.zeros(3))
+  for path, what in [(tmp_path / "generator_ema.keras", r"a Keras model file \(\.keras\)"),
+                     (ckpt, r"an msmt_tf training checkpoint \(ckpt-\*\.npz\), not a torch\.save "
+                      r"checkpoint: continue it with msmt_tf\.train --resume"),
+                     (tmp_path / "arrays.npz", r"a numpy \.npz archive"),
+                     (tmp_path / "w.weights.h5", r"an HDF5 file \(Keras \.h5 weights\?\)")]:
+    with pytest.raises(torch_io.TorchFileError, match=re.escape(str(path)) + " is " + what):
+      torch_io.load_state_dict(str(path))
+  # A zip of none of these is still a zip without a torch.save pickle.
+  with zipfile.ZipFile(tmp_path / "other.pth", "w") as z:
+    z.writestr("readme.txt", "hello")
+  with pytest.raises(torch_io.TorchFileError, match="a zip without exactly one <name>/data.pkl"):
+    torch_io.load_state_dict(str(tmp_path / "other.pth"))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -478,15 +478,39 @@ def load(path):
     except (zipfile.BadZipFile, OSError) as e:
       raise TorchFileError(f"{path}: a damaged zip archive ({e}; incomplete download?)") from e
     with archive:
+      other = _other_format(archive.namelist())
+      if other:
+        raise TorchFileError(f"{path} is {other}")
       prefix = zip_prefix(archive, path)
       if any(n.startswith(prefix + "code/") for n in archive.namelist()):
         raise TorchFileError(f"{path} is a TorchScript archive (torch.jit.save), not a "
                              "torch.save checkpoint")
       return read_zip_pickle(archive, path, prefix)
+  if data[:8] == b"\x89HDF\r\n\x1a\n":
+    raise TorchFileError(f"{path} is an HDF5 file (Keras .h5 weights?), not a torch.save "
+                         "checkpoint: the importers read PyTorch's .pth files")
   if data[257:262] == b"ustar":
     raise TorchFileError(f"{path}: the tar format of PyTorch < 0.1.10 is not supported; "
                          "re-save it with torch.save")
   return _read_legacy(data, path)
+
+
+def _other_format(names):
+  """What a zip that is not a torch.save archive is, where it is one of the files a user of this
+  project has at hand (and could pass by mistake), else None."""
+  names = set(names)
+  if {"config.json", "model.weights.h5"} <= names:
+    return ("a Keras model file (.keras), not a torch.save checkpoint: msmt_tf's own models "
+            "are used as they are (a run's generator_ema.keras, the encoders in --damsm_dir); "
+            "the importers read PyTorch's .pth files")
+  if names and all(n.endswith(".npy") for n in names):
+    if "__meta__.npy" in names:
+      return ("an msmt_tf training checkpoint (ckpt-*.npz), not a torch.save checkpoint: "
+              "continue it with msmt_tf.train --resume, or sample and export its run with "
+              "--run_dir; the importers read PyTorch's .pth files")
+    return ("a numpy .npz archive, not a torch.save checkpoint: the importers read PyTorch's "
+            ".pth files")
+  return None
 
 
 _WRAPPERS = ("state_dict", "model")
