@@ -145,12 +145,20 @@ def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=Fal
   `meta`: more values to record in a new cache and to require of an existing one (e.g. which
   dataset the folder shows). `role` names the folder in errors ('generated images', ...)."""
   from evaluation import features  # pylint: disable=g-import-not-at-top
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
   meta = {k: str(v) for k, v in (meta or {}).items()}
   if cache and os.path.isfile(cache):
     mu, sigma, found = load_statistics(cache)
     if found.get("extractor") not in (None, extractor.description):
       raise ValueError(f"{cache} was computed with {found.get('extractor')!r}, not "
                        f"{extractor.description!r}; delete it or choose another path")
+    if found.get("convert") not in (None, str(image_utils.CONVERT_VERSION)):
+      # None: a cache written before this check (by rule 1 or 2: unknown), accepted as before
+      raise ValueError(f"{cache} was computed from images read by conversion rule "
+                       f"{found.get('convert')}, and this version reads them by rule "
+                       f"{image_utils.CONVERT_VERSION} (msmt_tf.image_utils.CONVERT_VERSION: "
+                       "16-bit, palette or transparent images may give other pixels); delete it "
+                       "or choose another path")
     for key, value in meta.items():
       if str(found.get(key)) != value:
         raise ValueError(f"{cache} was computed for {key} {found.get(key)!r}, not {value!r} "
@@ -172,7 +180,7 @@ def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=Fal
   mu, sigma = statistics(act)
   if cache:
     save_statistics(cache, mu, sigma, num_images=len(act), extractor=extractor.description,
-                    folder=os.path.abspath(folder),
+                    convert=str(image_utils.CONVERT_VERSION), folder=os.path.abspath(folder),
                     files_sha256=_files_digest(features.list_images(folder)), **meta)
   return mu, sigma, len(act)
 

@@ -594,6 +594,18 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
                      f".*{os.sep}a, not of the images now in the image folder .*{os.sep}b "
                      "\\(their names or contents differ\\)"):
     fid.folder_statistics(ext, str(tmp_path / "b"), 8, stats)
+  # Statistics of images read by another conversion rule (image_utils.CONVERT_VERSION: how
+  # 16-bit, palette and transparent images become RGB) are refused; the cache is left as it is.
+  from msmt_tf import image_utils  # pylint: disable=g-import-not-at-top
+  with np.load(stats) as f:
+    entries = {k: f[k] for k in f.files}
+  assert str(entries["convert"]) == str(image_utils.CONVERT_VERSION)
+  older = str(tmp_path / "older_rule.npz")
+  np.savez(older, **dict(entries, convert=np.asarray(str(image_utils.CONVERT_VERSION - 1))))
+  with pytest.raises(ValueError, match=f"{older} was computed from images read by conversion "
+                     f"rule {image_utils.CONVERT_VERSION - 1}, and this version reads them by "
+                     f"rule {image_utils.CONVERT_VERSION}"):
+    fid.folder_statistics(ext, str(tmp_path / "a"), 8, older)
   # An image replaced by another of the same size (regenerated into the same folder) ...
   replaced = tmp_path / "a_moved" / "3.bmp"
   Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(replaced)
