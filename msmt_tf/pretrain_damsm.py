@@ -43,6 +43,8 @@ from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
+# --help lists msmt_tf.config's flags (data, model, DAMSM, training), not only --helpfull.
+flags.adopt_module_key_flags(config)
 
 __all__ = ["pretrain"]
 

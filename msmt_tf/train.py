@@ -49,6 +49,10 @@ from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
 
 FLAGS = flags.FLAGS
+# --help lists msmt_tf.config's flags (data, model, DAMSM, training) and distribute's (devices),
+# not only --helpfull.
+flags.adopt_module_key_flags(config)
+flags.adopt_module_key_flags(distribute)
 
 __all__ = ["prepare", "train"]
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,22 @@ def test_a_run_never_shares_the_data_or_encoder_folder(smoke, tmp_path, monkeypa
   said = refused(str(old_run), data, damsm)
   assert "To keep the run already there, move its files (config.json, flags.txt, " in said
   assert "and --resume there" in said and "choose another" not in said
+
+
+def test_help_lists_the_flags_a_run_needs():
+  # --help shows msmt_tf.config's flags (before: only --helpfull, 369 lines mixed with absl's,
+  # TensorFlow's and pfor's flags, did).
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.train", "--help"], cwd=REPO,
+                       capture_output=True, text=True)
+  listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", res.stdout + res.stderr, re.M))
+  assert {"run_dir", "data_dir", "damsm_dir", "resume", "max_steps", "batch_size",
+          "mixed_precision", "distribute", "devices"} <= listed, sorted(listed)
+  assert "xla_gpu_cuda_data_dir" not in listed and "test_srcdir" not in listed  # not --helpfull
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.pretrain_damsm", "--help"], cwd=REPO,
+                       capture_output=True, text=True)
+  listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", res.stdout + res.stderr, re.M))
+  assert {"data_dir", "damsm_dir", "damsm_epochs", "damsm_batch_size", "inception_weights",
+          "image_encoder_trunk", "resume", "overwrite"} <= listed, sorted(listed)
 
 
 def test_corrupt_damsm_file_is_named(smoke, tmp_path):
