@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -188,7 +189,7 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
   # and the staged images of Ctrl-C, exit status 143 (128 + SIGTERM, as a shell reports it),
   # and the same command finishes from them. The signal is sent from inside the third image's
   # conversion (one worker: this process), so the moment is the same on every machine.
-  out = str(tmp_path / "mine")
+  out = str(tmp_path / "my birds" / "mine")  # a space: the printed next command is quoted
   script = (
       "import os, runpy, signal, sys\n"
       "from msmt_tf import image_utils\n"
@@ -213,6 +214,19 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   assert re.search(r"\(1 workers\), [2-9] reused from an interrupted build", res.stdout), res.stdout
+  # The next command pastes as it is, the space in the path quoted.
+  line = [l for l in res.stdout.splitlines() if l.startswith("next: ")][0]
+  assert shlex.split(line)[4] == f"--flagfile={out}{os.sep}mine.cfg", line
+
+
+def test_a_column_missing_from_several_metadata_files_is_one_problem_each(source, built, tmp_path):
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(source["root"], str(tmp_path / "x"), text_column="caption_text", workers=1)
+  assert sorted(e.value.problems) == [
+      "part_a/metadata.jsonl: no column 'caption_text'; pass --text_column (columns: species, "
+      "text)",
+      "part_b/metadata.csv: no column 'caption_text'; pass --text_column (columns: species, "
+      "text)"], e.value.problems
 
 
 def test_bad_rows_stop_the_build_naming_each(source, built, tmp_path):

@@ -59,6 +59,7 @@ import os
 import pickle
 import posixpath
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -689,7 +690,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
     rows.extend(got)
     problems.extend(bad)
   if missing_columns:
-    raise BuildError("\n".join(missing_columns))
+    raise BuildError(missing_columns)  # one problem per file
   if not rows:
     raise BuildError(problems or ["the metadata files list no rows"])
   scanned = _scan(source)
@@ -1199,7 +1200,8 @@ def format_summary(s):
     lines.append(f"  skipped: {s['skipped']} problem(s), listed in {s['skipped_file']}")
   lines.append(f"  flagfile: {s['flagfile']}")
   lines.extend(f"warning: {w}" for w in s["warnings"])
-  lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={s['flagfile']} "
+  # The command shell-quoted, to paste as it is (a path with spaces); the listing above is not.
+  lines.append(f"next: python -m msmt_tf.pretrain_damsm --flagfile={shlex.quote(s['flagfile'])} "
                "--inception_weights=PATH (ImageNet Inception-v3, BUILD.md 'DAMSM encoders'; or "
                "--image_encoder_trunk=small)")
   return "\n".join(lines)

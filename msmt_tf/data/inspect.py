@@ -17,6 +17,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 
 from concurrent import futures
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -154,7 +155,7 @@ def main(argv):
       if source:
         sys.exit(f"error: {os.path.abspath(f.data_dir)} holds {source[0]}: it is a source "
                  "folder of your own images, not a dataset yet; build the dataset from it first: "
-                 f"python -m msmt_tf.data.build --source {f.data_dir} --out data/NAME, then "
+                 f"python -m msmt_tf.data.build --source {shlex.quote(f.data_dir)} --out data/NAME, then "
                  "inspect data/NAME")
       sys.exit(f"error: --dataset is not set, and {os.path.abspath(f.data_dir)} has no "
                f"{datasets.SPEC_FILE} (which a folder built by msmt_tf.data.build has): pass "
