@@ -292,6 +292,19 @@ def test_skip_bad_writes_the_list_and_a_dataset_the_loader_reads(source, built):
   lengths = [len(c) for caps in train.captions for c in caps]
   assert spec["words_num_train"] == max(3, int(np.ceil(np.percentile(lengths, 75))))
   assert datasets.dataset_spec(out, "folder").words_num_eval == spec["words_num_eval"]
+  # Intervals count steps: on 14 train images (1 step of batch 14 an epoch) the floors hold, not
+  # a checkpoint every 5 steps and a sample grid every step; the comments say so.
+  assert spec["train_images"] == 14 and "--batch_size=14" in cfg
+  assert f"--checkpoint_every={build_lib.MIN_CHECKPOINT_STEPS}" in cfg
+  assert f"--sample_every={build_lib.MIN_SAMPLE_STEPS}" in cfg
+  assert ("# --checkpoint_every counts steps: 200, a floor for small datasets (5 epoch(s) = 5 "
+          "step(s))") in cfg
+  big = build_lib._flagfile("big", "/d", dict(  # pylint: disable=protected-access
+      batch_size=20, train_images=8855, test_images=2933, source="/s", vocab_size=5000,
+      captions_per_image=dict(min=10, max=10, mean=10), words_num_train=18,
+      words_num_eval=25)).splitlines()
+  assert "--checkpoint_every=2210" in big and "--sample_every=442" in big  # 5 epochs, 1 epoch
+  assert "# --sample_every counts steps: 1 epoch(s) of 442 steps (batch 20)" in big
 
 
 def test_images_are_rgb_upright_and_jpeg_kept_byte_for_byte(source, built):

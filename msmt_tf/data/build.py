@@ -588,8 +588,24 @@ def _max_epochs(num_train):
   return int(round(1000 + (210 - 1000) * t))
 
 
+# Floors on the intervals, in steps: on a small train split an epoch is a step or two, and the
+# paper-sized model's checkpoint (weights and Adam states of both networks) and sample grid are
+# too large to write every few steps.
+MIN_CHECKPOINT_STEPS = 200
+MIN_SAMPLE_STEPS = 100
+
+
 def _flagfile(name, out, summary):
-  steps = max(1, summary["train_images"] // summary["batch_size"])
+  batch = summary["batch_size"]
+  steps = max(1, summary["train_images"] // batch)  # per epoch (drop_remainder)
+  checkpoint_every = max(5 * steps, MIN_CHECKPOINT_STEPS)
+  sample_every = max(steps, MIN_SAMPLE_STEPS)
+
+  def every(flag, interval, epochs):
+    if interval == epochs * steps:
+      return f"# --{flag} counts steps: {epochs} epoch(s) of {steps} steps (batch {batch})"
+    return (f"# --{flag} counts steps: {interval}, a floor for small datasets ({epochs} "
+            f"epoch(s) = {epochs * steps} step(s))")
   per_image = summary["captions_per_image"]
   return "\n".join([
       f"# MSMT-GAN on '{name}', built by python -m msmt_tf.data.build from {summary['source']}",
@@ -606,18 +622,26 @@ def _flagfile(name, out, summary):
       "# T=6 SDM heads; N_r 48, N_m 96, h 8",
       "--initial_stage=mtwig", "--refinement=imhm", "--channels=48", "--memory_dim=96",
       "--grid=8", "--num_heads=6", "--num_res=2", "--kernel_size=3", "--ndf=32",
-      "# training (paper): batch 20, Adam 2e-4 (0.5, 0.999), lambda 1 / 0.5 / 5; epochs scaled",
-      "# between the paper's CUB (1000 for 8,855 images) and COCO (210 for 82,783) budgets",
+      "# training (paper): batch 20"
+      + ("" if batch == 20 else f" (here {batch}: the train split is smaller)")
+      + ", Adam 2e-4 (0.5, 0.999),",
+      "# lambda 1 / 0.5 / 5; epochs scaled between the paper's CUB (1000 for 8,855 images) and",
+      "# COCO (210 for 82,783) budgets",
       f"--max_epochs={_max_epochs(summary['train_images'])}",
       f"--batch_size={summary['batch_size']}",
       "--lambda1=1", "--lambda2=0.5", "--lambda3=5",
       f"--damsm_dir=runs/{name}/damsm",
       f"--run_dir=runs/{name}/gan",
-      f"--checkpoint_every={5 * steps}",
-      f"--sample_every={steps}",
+      every("checkpoint_every", checkpoint_every, 5),
+      every("sample_every", sample_every, 1),
+      f"--checkpoint_every={checkpoint_every}",
+      f"--sample_every={sample_every}",
       "--log_every=50",
       "# DAMSM pretraining (AttnGAN): Inception-v3 trunk (pass --inception_weights=PATH, or",
-      "# --image_encoder_trunk=small without ImageNet weights), batch 48",
+      "# --image_encoder_trunk=small without ImageNet weights), batch 48"
+      + ("" if summary["train_images"] >= 48 else
+         f" (here {max(2, min(48, summary['train_images']))}:"),
+      *([] if summary["train_images"] >= 48 else ["# the train split is smaller)"]),
       "--image_encoder_trunk=inception_v3",
       f"--damsm_words_num={summary['words_num_train']}",
       f"--damsm_batch_size={max(2, min(48, summary['train_images']))}",
