@@ -219,6 +219,29 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
   assert shlex.split(line)[4] == f"--flagfile={out}{os.sep}mine.cfg", line
 
 
+def test_linked_split_folders_are_read_and_a_link_loop_is_walked_once(tmp_path):
+  # train/ and test/ are links to folders elsewhere (a large image folder linked into the
+  # dataset's source): their metadata and images are found; a link back up is not a loop.
+  rng = np.random.default_rng(0)
+  for split, count in (("real_train", 4), ("real_test", 2)):
+    folder = tmp_path / "elsewhere" / split
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+      rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a small {split[5:]} bird {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "train").symlink_to(tmp_path / "elsewhere" / "real_train")
+  (src / "test").symlink_to(tmp_path / "elsewhere" / "real_test")
+  (tmp_path / "elsewhere" / "real_train" / "up").symlink_to(src)  # a loop through the link
+  summary = _build(str(src), str(tmp_path / "out"), class_column=None, test_fraction=None,
+                   workers=1)
+  assert (summary["train_images"], summary["test_images"]) == (4, 2)
+  assert summary["split"]["method"] == "folders"
+
+
 def test_a_column_missing_from_several_metadata_files_is_one_problem_each(source, built, tmp_path):
   with pytest.raises(build_lib.BuildError) as e:
     _build(source["root"], str(tmp_path / "x"), text_column="caption_text", workers=1)

@@ -140,11 +140,25 @@ def _bad_utf8(text):
 
 # --------------------------------------------------------------------------- metadata reading
 
+def _walk(source):
+  """`os.walk(source)`, top-down in sorted order, following links to folders (a linked image
+  folder is common) but entering each real folder once: a link loop, or a second link to the same
+  folder, is not walked again. Hidden and `_IGNORED_DIRS` folders are skipped."""
+  seen = set()
+  for folder, dirs, files in os.walk(source, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
+    yield folder, dirs, files
+
+
 def find_metadata(source):
   """The metadata files under `source` (relative paths, sorted), skipping hidden folders."""
   found, problems = [], []
-  for folder, dirs, files in os.walk(source):
-    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
+  for folder, _, files in _walk(source):
     present = [n for n in METADATA_NAMES if n in files]
     rel = os.path.relpath(folder, source)
     rel = "" if rel == "." else rel.replace(os.sep, "/")
@@ -491,8 +505,7 @@ def _write(path, data):
 def _scan(source):
   """Every image-like file under `source` (relative '/' paths), skipping hidden files/folders."""
   found = []
-  for folder, dirs, files in os.walk(source):
-    dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
+  for folder, _, files in _walk(source):
     rel = os.path.relpath(folder, source)
     rel = "" if rel == "." else rel.replace(os.sep, "/")
     for name in sorted(files):
