@@ -270,6 +270,9 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   test_pipe = datasets.DataPipeline(test, min(batch_size, test.num_images), words_num,
                                     base_size=size, num_stages=1, seed=seed, augment=False,
                                     num_epochs=1)
+  no_test = test_losses_unavailable(test)
+  if no_test and verbose:
+    print(f"note: no DAMSM test losses: {no_test}", flush=True)
   history, it = [], train_pipe.iterate(as_numpy=False)
   lr0 = lr
   step_fn = tf.function(step, reduce_retracing=True, autograph=False)
@@ -293,12 +296,12 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
         break
     tw = ts = 0.0
     tn = 0
-    for batch in test_pipe.iterate(as_numpy=False):
+    for batch in ([] if no_test else test_pipe.iterate(as_numpy=False)):
       w, s = eval_step({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
       tw, ts, tn = tw + float(w), ts + float(s), tn + 1
     entry = dict(epoch=epoch + 1, steps=steps, lr=lr, train_word=w_sum / max(n, 1),
-                 train_sent=s_sum / max(n, 1), test_word=tw / max(tn, 1),
-                 test_sent=ts / max(tn, 1))
+                 train_sent=s_sum / max(n, 1), test_word=None if no_test else tw / max(tn, 1),
+                 test_sent=None if no_test else ts / max(tn, 1))  # None: null in the log
     if first_batch:
       entry["from_batch"] = first_batch  # the means are of this part of the epoch
     history.append(entry)
@@ -306,9 +309,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     if log_owned:
       fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
     if verbose:
+      tested = ("test n/a" if no_test else f"test word {entry['test_word']:.3f} sent "
+                f"{entry['test_sent']:.3f}")
       print(f"DAMSM epoch {epoch + 1}: train word {entry['train_word']:.3f} sent "
-            f"{entry['train_sent']:.3f} | test word {entry['test_word']:.3f} sent "
-            f"{entry['test_sent']:.3f} | lr {lr:.5f}", flush=True)
+            f"{entry['train_sent']:.3f} | {tested} | lr {lr:.5f}", flush=True)
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:
       batches = batch_index + 1
@@ -407,6 +411,20 @@ def check_classes(data):
         f"has class {classes[0]}: DAMSM's losses take the other classes of a batch as negatives "
         "and would be 0; give the images several classes (msmt_tf.data.build --class_column), or "
         "build without --class_column (every image its own class)")
+
+
+def test_losses_unavailable(test):
+  """Why the test split gives no DAMSM losses, or None. The losses score each image against the
+  captions of the other classes in its batch (AttnGAN masks same-class pairs): one image, or one
+  class, leaves none, and the losses would print as a perfect 0."""
+  if test.num_images < 2:
+    return (f"the test split of {test.data_dir} has {test.num_images} image; the losses score "
+            "an image against the other images of its batch")
+  classes = test.classes
+  if len(classes) < 2:
+    return (f"every image of the test split of {test.data_dir} has class {int(classes[0])}; the "
+            "losses score an image against the other classes of its batch")
+  return None
 
 
 def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False,

@@ -678,7 +678,7 @@ def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_
   assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
+def test_damsm_pretraining_loss_goes_down(smoke, tmp_path, capsys):
   from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   from msmt_tf.pretrain_damsm import pretrain  # pylint: disable=g-import-not-at-top
@@ -692,6 +692,21 @@ def test_damsm_pretraining_loss_goes_down(smoke, tmp_path):
   assert last < 0.7 * first, (first, last)
   assert os.path.isfile(str(tmp_path / "damsm" / "text_encoder.keras"))
   assert hist[1]["lr"] == pytest.approx(0.002 * 0.98)
+  assert all(h["test_word"] > 0 and h["test_sent"] > 0 for h in hist)
+  # A test split of one image, or of one class, has no negatives: its losses are "n/a" (null in
+  # the log), not a perfect-looking 0.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  one = dataclasses.replace(test, keys=test.keys[:1], image_paths=test.image_paths[:1],
+                            captions=test.captions[:1], class_ids=test.class_ids[:1])
+  same = dataclasses.replace(test, class_ids=np.full_like(test.class_ids, 3))
+  for split, why in ((one, "has 1 image"), (same, "has class 3")):
+    hist = pretrain(data, split, cfg, str(tmp_path / "damsm_n"), 8, trunk="small", epochs=1,
+                    batch_size=8, snapshot_every=100)
+    out = capsys.readouterr().out
+    assert hist[0]["test_word"] is None and hist[0]["test_sent"] is None
+    assert "note: no DAMSM test losses: " in out and why in out, out
+    assert re.search(r"DAMSM epoch 1: train word [\d.]+ sent [\d.]+ \| test n/a \| lr", out), out
+    shutil.rmtree(tmp_path / "damsm_n")
 
 
 def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypatch, capsys):
