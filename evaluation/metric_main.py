@@ -307,6 +307,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     references[split] = real, mu2, s2, n2
   folders = {split: images_folder(run_dir, step, split, seed, data)
              for split, data in splits.items()}
+  announce_plan(parsed, counts, folders, splits, references, step)
   results = []
   for name, metric, count, split in parsed:
     count = counts.get(split, 30000) if count is None else count
@@ -349,6 +350,33 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
       f.write(json.dumps(result) + "\n")
     print(line, flush=True)
   return results
+
+
+def announce_plan(parsed, counts, folders, splits, references, step):
+  """Says, before the long part, how many images each split's metrics make (and how many are
+  there already), and each number the split's size makes not comparable with published ones
+  whatever the image count (the same warnings as the result lines, ahead of the work)."""
+  from evaluation import r_precision  # pylint: disable=g-import-not-at-top
+  from msmt_tf import sample  # pylint: disable=g-import-not-at-top
+  for split, folder in folders.items():
+    names = [n for n, _, _, s in parsed if s == split]
+    wanted = max(counts.get(split, 30000) if c is None else c for _, _, c, s in parsed
+                 if s == split)
+    have = sum(os.path.isfile(os.path.join(folder, sample.image_name(i))) for i in range(wanted))
+    print(f"plan: {', '.join(names)}: {wanted} images of step {step} from the {split} split's "
+          f"captions in {folder}" + (f" ({have} there already)" if have else ""), flush=True)
+  for name, metric, _, split in parsed:
+    if metric == "fid":
+      n2, dim = references[split][3], references[split][1].size
+      if n2 <= dim:
+        print(f"note: {name}: the {split} split has {n2} real images, fewer than FID's {dim} "
+              "features: the covariances are singular and the FID is not comparable with "
+              f"published ones whatever the number generated (a smaller count such as "
+              f"fid2k_{split} takes less time)", flush=True)
+    elif metric == "rprec":
+      warning = r_precision.few_candidates_warning(splits[split])
+      if warning:
+        print(f"note: {name}: {warning}", flush=True)
 
 
 def _flag(name):

@@ -151,17 +151,26 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
             "notes": "images read from PNG; folds of N//10; one word-drop draw per caption"}
   # Mismatched captions are drawn with replacement (AttnGAN); from a split with fewer captions
   # of other classes than candidates, they repeat and the choice is easier than 1 in 100.
+  warning = few_candidates_warning(data, num_candidates, [e["class_id"] for e in entries])
+  if warning:
+    result["warning"] = warning
+  return result
+
+
+def few_candidates_warning(data, num_candidates=100, class_ids=None):
+  """The warning for a split with fewer captions of other classes than the mismatched
+  candidates, for images of `class_ids` (default: any class of the split), or None."""
+  counts = np.asarray([len(c) for c in data.captions])
   classes, index = np.unique(np.asarray(data.class_ids), return_inverse=True)
   per_class = np.bincount(index, weights=counts)  # captions per class of the split
-  used = np.searchsorted(classes, [e["class_id"] for e in entries])
+  used = np.arange(len(classes)) if class_ids is None else np.searchsorted(classes, class_ids)
   available = int(counts.sum() - per_class[used].max())
-  if available < num_candidates - 1:
-    result["warning"] = (
-        f"the {manifest['split']} split has only {available} caption(s) of other classes for "
-        f"some images, fewer than the {num_candidates - 1} mismatched candidates: they repeat, "
-        "so this R-precision is easier than the protocol's and not comparable with published "
-        "numbers")
-  return result
+  if available >= num_candidates - 1:
+    return None
+  return (f"the {data.split} split has only {available} caption(s) of other classes for some "
+          f"images, fewer than the {num_candidates - 1} mismatched candidates: they repeat, so "
+          "this R-precision is easier than the protocol's and not comparable with published "
+          "numbers")
 
 
 def _provenance(damsm_dir):

@@ -822,6 +822,14 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
   # 6 test images: fewer captions of other classes than the 99 mismatched candidates, said so.
   assert got["rprec_test"]["warning"].startswith("the test split has only ")
   assert "; WARNING: the test split has only " in res.stdout
+  # Before the work: what is made where, and the warnings the split's size makes certain.
+  pre = res.stdout[:res.stdout.index("is20_test: ")]
+  assert re.search(f"plan: {', '.join(metrics)}: 20 images of step \\d+ from the test split's "
+                   "captions in .*test-seed100", pre), pre
+  assert "note: rprec_test: the test split has only " in pre
+  if HAVE_WEIGHTS:
+    assert ("note: fid20_test: the test split has 6 real images, fewer than FID's 2048 "
+            "features") in pre
   if HAVE_WEIGHTS:
     assert got["fid20_test"]["fid"] > 0 and got["fid20_test"]["verified"]
     # 20 generated against 6 real test images: singular covariances, said in the line and JSON.
