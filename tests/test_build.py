@@ -432,6 +432,15 @@ def test_inspect_and_pipeline_read_it_like_any_dataset(built, tmp_path):
                         "--split=test", "--skip_images"], cwd=REPO, capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   assert f"OK: {built['out']} is a usable folder dataset" in res.stdout
+  # The flagfile the build wrote (training flags too: --vocab_size, --batch_size) reads as its
+  # dataset; a flag typed after it still counts.
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect",
+                        f"--flagfile={os.path.join(built['out'], 'mine.cfg')}", "--split=test",
+                        "--skip_images", "--batch_size=2"], cwd=REPO, capture_output=True,
+                       text=True)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert f"OK: {built['out']} is a usable folder dataset" in res.stdout
+  assert "batch image_256: float32 [2, 256, 256, 3]" in res.stdout, res.stdout
   # A source folder (images and metadata, not built yet) is told apart from a dataset.
   (tmp_path / "metadata.csv").write_text("file_name,text\na.png,a picture\n")
   res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect", f"--data_dir={tmp_path}"],

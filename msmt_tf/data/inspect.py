@@ -176,6 +176,29 @@ def main(argv):
   print(f"OK: {os.path.abspath(f.data_dir)} is a usable {dataset} dataset")
 
 
+# What inspect reads of a training flagfile (data/mine/mine.cfg, configs/*.cfg): its dataset.
+FLAGFILE_FLAGS = ("data_dir", "dataset")
+
+
+def dataset_flags_of_flagfiles(argv, flag_values):
+  """`argv` with each `--flagfile=F` replaced by the dataset flags F sets (`FLAGFILE_FLAGS`):
+  the flagfile a build writes, or a training config, also sets training flags inspect does not
+  have (--vocab_size), or has with another meaning (--batch_size, --words_num). Flags typed on
+  the command line are kept as they are, in order."""
+  out = argv[:1]
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == "--":
+      return out + argv[i:]
+    if not arg.startswith(("--flagfile=", "-flagfile=")):
+      out.append(arg)
+      continue
+    for line in flag_values.read_flags_from_files([arg], force_gnu=False):
+      name = line.lstrip("-").split("=", 1)[0]
+      if name in FLAGFILE_FLAGS:
+        out.append(line)
+  return out
+
+
 if __name__ == "__main__":
   from absl import app
   from absl import flags
@@ -186,4 +209,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("words_num", None, "Caption length (default: the dataset's).")
   flags.DEFINE_integer("batch_size", 4, "Images in the sample batch.")
   flags.DEFINE_bool("skip_images", False, "Do not decode every image (faster, less thorough).")
-  app.run(main)
+  try:
+    args = dataset_flags_of_flagfiles(sys.argv, flags.FLAGS)
+  except flags.Error as e:  # a flagfile that cannot be read: said as absl says it
+    sys.exit(f"FATAL Flags parsing error: {e}")
+  app.run(main, argv=args)
