@@ -449,8 +449,8 @@ def activations(extractor, images_or_folder, batch_size=50, want_logits=False, p
                      "needs --inception_source=graph or hub)")
   bar = None
   if progress:
-    import keras  # pylint: disable=g-import-not-at-top
-    bar = keras.utils.Progbar(total, unit_name="image")
+    from msmt_tf import progress as progress_lib  # pylint: disable=g-import-not-at-top
+    bar = progress_lib.bar(total, unit_name="image")
   pools, logits, done, full = [], [], 0, set()
   for batch in batches:
     n = len(batch)

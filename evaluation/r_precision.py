@@ -94,6 +94,7 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
   `encoders`: the (text, image) DAMSM encoders of `damsm_dir`, when already loaded."""
   import keras  # pylint: disable=g-import-not-at-top
   from evaluation import features  # pylint: disable=g-import-not-at-top
+  from msmt_tf import progress as progress_lib  # pylint: disable=g-import-not-at-top
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
@@ -123,7 +124,7 @@ def r_precision(images_dir, damsm_dir=None, data_dir=None, num_candidates=100, f
   bank, offsets = _encode_captions(text_encoder, data.captions, words_num, seed)
   counts = np.asarray([len(c) for c in data.captions])
   rng = np.random.default_rng([seed, 5])
-  bar = keras.utils.Progbar(len(files), unit_name="image") if progress else None
+  bar = progress_lib.bar(len(files), unit_name="image") if progress else None
   hits = []
   for s in range(0, len(files), batch_size):
     chunk = entries[s:s + batch_size]

@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 
 from msmt_tf import config  # pylint: disable=g-import-not-at-top,unused-import (--run_dir, ...)
+from msmt_tf import progress as progress_lib
 from msmt_tf import stopping
 
 __all__ = ["plan", "generate", "read_manifest", "caption_source", "caption_conflicts"]
@@ -216,7 +217,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
   todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
   run = _compiled(generator, text_encoder)
-  bar = keras.utils.Progbar(num_images, unit_name="image") if progress else None
+  bar = progress_lib.bar(num_images, unit_name="image") if progress else None
   done = num_images - len(todo)
   if bar:
     bar.update(done)

@@ -44,6 +44,7 @@ from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
 from msmt_tf import config
 from msmt_tf import distribute
 from msmt_tf import runs
+from msmt_tf import progress as progress_lib
 from msmt_tf import stopping
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError
@@ -484,7 +485,7 @@ def train(run):
       if run.step >= run.max_steps:
         break
       if progbar is None and writes:
-        progbar = keras.utils.Progbar(run.max_steps, stateful_metrics=None)
+        progbar = progress_lib.bar(run.max_steps, stateful_metrics=None)
         progbar.update(run.step)
       inputs = {k: v for k, v in data.items() if k not in ("index", "epoch")}
       device_logs = step_fn(inputs)

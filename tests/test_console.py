@@ -136,3 +136,29 @@ def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_comes_back():
   thread.start()
   thread.join()
   assert seen == [before]
+
+
+def test_progress_in_a_log_file_is_a_plain_line_a_minute():
+  """Into a file or pipe (a Slurm log), Keras' bar printed a line per update with escape codes;
+  `progress.bar` gives plain lines, at most one a minute and one at the end."""
+  import io  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import progress  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  now = [100.0]
+  bar = progress.LogProgress(1000, "step", stream=out, clock=lambda: now[0])
+  bar.update(400)  # a resumed run: its first update is past 0, and says nothing yet
+  for step in range(401, 1001):
+    now[0] += 0.5  # 2 steps a second: 300 s for the 600 steps
+    bar.update(step, [("d_loss_64", 1.25), ("g_total", step / 100)])
+  lines = out.getvalue().splitlines()
+  assert len(lines) == 5, lines  # at 60, 120, 180 and 240 s, and the end (300 s)
+  assert lines[0] == "520/1000 steps (52%), 1:00 elapsed, 4:00 left - d_loss_64: 1.25 - g_total: 5.2"
+  assert lines[-1] == "1000/1000 steps (100%), 5:00 elapsed - d_loss_64: 1.25 - g_total: 10"
+  assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
+
+  class Terminal(io.StringIO):
+    def isatty(self):
+      return True
+  assert isinstance(progress.bar(10, stream=Terminal()), keras.utils.Progbar)
+  assert isinstance(progress.bar(10, stream=io.StringIO()), progress.LogProgress)

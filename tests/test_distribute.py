@@ -208,4 +208,6 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
   assert sorted(got) == list(range(1, steps + 1))  # each step logged once: process 0 writes
   for step in range(1, steps + 1):
     assert got[step] == ref[step], step  # bit for bit: the same SPMD program
-  assert f"trained to step {steps}" in outs[1][0] and "━" not in outs[1][0]  # no progress bar on 1
+  # Piped stdout: progress as plain lines (msmt_tf.progress), on process 0 only.
+  assert f"{steps}/{steps} steps (100%)" in outs[0][0], outs[0][0][-2000:]
+  assert f"trained to step {steps}" in outs[1][0] and " steps (" not in outs[1][0]
