@@ -185,10 +185,13 @@ def dataset_flags_of_flagfiles(argv, flag_values):
   the flagfile a build writes, or a training config, also sets training flags inspect does not
   have (--vocab_size), or has with another meaning (--batch_size, --words_num). Flags typed on
   the command line are kept as they are, in order."""
-  out = argv[:1]
-  for i, arg in enumerate(argv[1:], 1):
+  out, args = argv[:1], list(argv[1:])
+  while args:
+    arg = args.pop(0)
     if arg == "--":
-      return out + argv[i:]
+      return out + [arg] + args
+    if arg in ("--flagfile", "-flagfile") and args:  # the value as the next argument
+      arg = f"--flagfile={args.pop(0)}"
     if not arg.startswith(("--flagfile=", "-flagfile=")):
       out.append(arg)
       continue
