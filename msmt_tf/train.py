@@ -542,14 +542,5 @@ def main(argv):
   print(f"trained to step {step}; run directory: {run.run_dir}")
 
 
-class Terminated(KeyboardInterrupt):
-  """SIGTERM during training: handled as Ctrl-C is."""
-
-
-def _stop_on_sigterm(signum, frame):
-  del signum, frame
-  raise Terminated()
-
-
 if __name__ == "__main__":
   app.run(main)

@@ -210,10 +210,30 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
   assert res.stderr.strip().endswith("stopped by SIGTERM: nothing was written to --out; run the "
                                      "same command again to resume")
   assert "Traceback" not in res.stderr and not os.path.exists(out)
+  # With worker processes (forked, so they inherit the handler): the parent stops them and says
+  # so, and no worker prints a traceback of its own. The signal comes after the third result.
+  pooled = (
+      "import concurrent.futures as cf, os, runpy, signal, sys\n"
+      "real_map = cf.ProcessPoolExecutor.map\n"
+      "def stopped_map(self, *a, **k):\n"
+      "  for i, result in enumerate(real_map(self, *a, **k)):\n"
+      "    if i == 2:\n"
+      "      os.kill(os.getpid(), signal.SIGTERM)\n"
+      "    yield result\n"
+      "cf.ProcessPoolExecutor.map = stopped_map\n"
+      "sys.argv = ['build'] + sys.argv[1:]\n"
+      "runpy.run_module('msmt_tf.data.build', run_name='__main__', alter_sys=True)\n")
+  res = subprocess.run([sys.executable, "-c", pooled, *cmd[:-1], "--workers=2"], cwd=REPO,
+                       capture_output=True, text=True)
+  assert res.returncode == 143, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr, res.stderr[-3000:]
+  assert res.stderr.strip().endswith("stopped by SIGTERM: nothing was written to --out; run the "
+                                     "same command again to resume")
   res = subprocess.run([sys.executable, "-m", "msmt_tf.data.build", *cmd], cwd=REPO,
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert re.search(r"\(1 workers\), [2-9] reused from an interrupted build", res.stdout), res.stdout
+  reused = re.search(r"\(1 workers\), (\d+) reused from an interrupted build", res.stdout)
+  assert reused and int(reused.group(1)) >= 2, res.stdout  # the images of the stopped runs
   # The next command pastes as it is, the space in the path quoted.
   line = [l for l in res.stdout.splitlines() if l.startswith("next: ")][0]
   assert shlex.split(line)[4] == f"--flagfile={out}{os.sep}mine.cfg", line

@@ -430,9 +430,12 @@ def _convert_task(task):
 
 def _ignore_sigint():
   """Workers leave Ctrl-C to the parent, which stops them (a pool interrupted in every process
-  at once can hang)."""
+  at once can hang), and die on SIGTERM: a forked worker inherits the parent's handler
+  (`stopping.sigterm_as_interrupt`), which would turn the parent's `terminate()` into a
+  traceback in the worker, or a worker that goes on with its queue."""
   import signal  # pylint: disable=g-import-not-at-top
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _terminate(pool):
