@@ -27,6 +27,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -293,7 +294,8 @@ def load(weights_dir=None, resize="legacy", normalize="graph"):
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"FID Inception weights not found: {path}. Make them once with: python -m "
-        f"evaluation.inception convert --fetch --fid_inception_dir={weights_dir} (or set "
+        "evaluation.inception convert --fetch "
+        f"--fid_inception_dir={shlex.quote(weights_dir)} (or set "
         "--fid_inception_dir / MSMT_FID_INCEPTION_DIR to where they are; in a checkout of this "
         "repository `bash .ci/fid_weights` makes them in .cache/fid_inception: then pass "
         "--fid_inception_dir .cache/fid_inception)")

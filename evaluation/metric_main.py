@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,7 +86,7 @@ def _split_hint(name, split, data):
     tips.append(f"evaluate on the train split ({name.rsplit('_', 1)[0]}_train)")
     if data.dataset == "folder":
       tips.append("rebuild the dataset with a larger --test_fraction (python -m "
-                  f"msmt_tf.data.build --source <your images> --out {data.data_dir} "
+                  f"msmt_tf.data.build --source <your images> --out {shlex.quote(data.data_dir)} "
                   "--test_fraction 0.2 --overwrite)")
   elif data.dataset == "folder":
     tips.append(f"rebuild {data.data_dir} from more images with python -m msmt_tf.data.build")
@@ -290,6 +291,9 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   if "rprec" in metrics:
     damsm_encoders = r_precision.load_encoders(damsm_dir)  # loaded once for every rprec metric
     runs.check_damsm_vocabulary(damsm_dir, damsm_encoders[0], vocab, data_dir)
+  folders = {split: images_folder(run_dir, step, split, seed, data)
+             for split, data in splits.items()}
+  announce_plan(parsed, counts, folders, splits, step)
   # So are the real images' statistics (a corrupt real image fails before generation too).
   references = {}
   for split in sorted({split for _, m, _, split in parsed if m == "fid"}):
@@ -305,9 +309,6 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
                        f"{splits[split].data_dir} has {splits[split].num_images}; move it away "
                        "to compute them again")
     references[split] = real, mu2, s2, n2
-  folders = {split: images_folder(run_dir, step, split, seed, data)
-             for split, data in splits.items()}
-  announce_plan(parsed, counts, folders, splits, references, step)
   results = []
   for name, metric, count, split in parsed:
     count = counts.get(split, 30000) if count is None else count
@@ -352,10 +353,15 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   return results
 
 
-def announce_plan(parsed, counts, folders, splits, references, step):
-  """Says, before the long part, how many images each split's metrics make (and how many are
-  there already), and each number the split's size makes not comparable with published ones
-  whatever the image count (the same warnings as the result lines, ahead of the work)."""
+# Inception's pool_3 width: the features of every FID network in evaluation.features.
+FID_FEATURES = 2048
+
+
+def announce_plan(parsed, counts, folders, splits, step):
+  """Says, before the long parts (the real images' statistics, the generation), how many images
+  each split's metrics make (and how many are there already), and each number the split's size
+  makes not comparable with published ones whatever the image count (the result lines' warnings,
+  ahead of the work)."""
   from evaluation import r_precision  # pylint: disable=g-import-not-at-top
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   for split, folder in folders.items():
@@ -367,12 +373,12 @@ def announce_plan(parsed, counts, folders, splits, references, step):
           f"captions in {folder}" + (f" ({have} there already)" if have else ""), flush=True)
   for name, metric, _, split in parsed:
     if metric == "fid":
-      n2, dim = references[split][3], references[split][1].size
-      if n2 <= dim:
-        print(f"note: {name}: the {split} split has {n2} real images, fewer than FID's {dim} "
-              "features: the covariances are singular and the FID is not comparable with "
-              f"published ones whatever the number generated (a smaller count such as "
-              f"fid2k_{split} takes less time)", flush=True)
+      n2 = splits[split].num_images
+      if n2 <= FID_FEATURES:
+        print(f"note: {name}: the {split} split has {n2} real images for FID's {FID_FEATURES} "
+              f"features (a covariance that is not singular needs {FID_FEATURES + 1}): the FID "
+              "is not comparable with published ones whatever the number generated (a smaller "
+              f"count such as fid2k_{split} takes less time)", flush=True)
     elif metric == "rprec":
       warning = r_precision.few_candidates_warning(splits[split])
       if warning:

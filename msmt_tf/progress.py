@@ -4,9 +4,12 @@ On a terminal: Keras' progress bar (one line redrawn in place). Into a file or a
 nohup log, `| tee`), Keras' bar prints a new line at every update it draws (up to 20 a second:
 a line per training step), each with the terminal's bold escape codes. There `bar()` gives a
 plain line at most once a minute and at the end instead: count, percent, elapsed time, time
-left, and the values passed (the training losses).
+left, and the values passed (the training losses) averaged over the updates since the line
+before. Notebooks (Jupyter, PyCharm), whose output is not a terminal but redraws Keras' bar,
+keep Keras' bar, as Keras decides.
 """
 
+import os
 import sys
 import time
 
@@ -20,7 +23,8 @@ def bar(target, unit_name="step", stream=None, **kwargs):
   own where `stream` (default stdout) is a terminal, else `LogProgress`."""
   stream = sys.stdout if stream is None else stream
   isatty = getattr(stream, "isatty", None)
-  if isatty is not None and isatty():
+  notebook = "ipykernel" in sys.modules or "PYCHARM_HOSTED" in os.environ
+  if notebook or (isatty is not None and isatty()):
     import keras  # pylint: disable=g-import-not-at-top
     return keras.utils.Progbar(target, unit_name=unit_name, **kwargs)
   return LogProgress(target, unit_name, stream=stream)
@@ -42,14 +46,16 @@ class LogProgress:
     self._stream, self._clock = stream, clock
     self._start = self._last = None
     self._first = None  # the count at the first update (a resumed run starts past 0)
-    self._values = {}
+    self._sums = {}  # name -> [sum, count] since the line before
 
   def update(self, current, values=None, finalize=None):
     now = self._clock()
     if self._start is None:
       self._start, self._last, self._first = now, now, current
     for name, value in values or ():
-      self._values[name] = float(value)
+      total = self._sums.setdefault(name, [0.0, 0])
+      total[0] += float(value)
+      total[1] += 1
     if finalize is None:
       finalize = self.target is not None and current >= self.target
     if not finalize and now - self._last < self.interval:
@@ -63,7 +69,8 @@ class LogProgress:
     done = current - self._first
     if self.target and not finalize and done > 0:
       line += f", {_duration(elapsed / done * (self.target - current))} left"
-    if self._values:
-      line += " - " + " - ".join(f"{k}: {v:.4g}" for k, v in self._values.items())
+    if self._sums:
+      line += " - " + " - ".join(f"{k}: {t / n:.4g}" for k, (t, n) in self._sums.items() if n)
+      self._sums = {k: [0.0, 0] for k in self._sums}
     stream = sys.stdout if self._stream is None else self._stream
     print(line, file=stream, flush=True)

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import shlex
 
 from msmt_tf import checkpoint
 from msmt_tf import config
@@ -112,7 +113,7 @@ def load_damsm_encoder(path, kind):
           "--text_encoder ... --image_encoder ... --overwrite")
     raise FileNotFoundError(
         f"DAMSM encoder not found: {path}; make the encoders with: python -m "
-        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={folder}")
+        f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={shlex.quote(folder)}")
   from msmt_tf.models import initialization  # pylint: disable=g-import-not-at-top
   try:
     with initialization.one_program_initialization():  # weights from the file: none computed

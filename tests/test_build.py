@@ -260,6 +260,15 @@ def test_linked_split_folders_are_read_and_a_link_loop_is_walked_once(tmp_path):
                    workers=1)
   assert (summary["train_images"], summary["test_images"]) == (4, 2)
   assert summary["split"]["method"] == "folders"
+  assert summary["warnings"] == []  # the link back up is not a folder read twice
+  # A second name for a folder already read is read once, and said.
+  (src / "train_again").symlink_to(tmp_path / "elsewhere" / "real_train")
+  summary = _build(str(src), str(tmp_path / "out2"), class_column=None, test_fraction=None,
+                   workers=1)
+  assert (summary["train_images"], summary["test_images"]) == (4, 2)
+  assert summary["warnings"] == ["train_again/ leads to the folder already read as train/: its "
+                                 "files are read once, as train/ (a split folder must be a "
+                                 "folder of its own)"], summary["warnings"]
 
 
 def test_a_column_missing_from_several_metadata_files_is_one_problem_each(source, built, tmp_path):
@@ -455,7 +464,7 @@ def test_inspect_and_pipeline_read_it_like_any_dataset(built, tmp_path):
   # The flagfile the build wrote (training flags too: --vocab_size, --batch_size) reads as its
   # dataset; a flag typed after it still counts.
   res = subprocess.run([sys.executable, "-m", "msmt_tf.data.inspect",
-                        f"--flagfile={os.path.join(built['out'], 'mine.cfg')}", "--split=test",
+                        "--flagfile", os.path.join(built["out"], "mine.cfg"), "--split=test",
                         "--skip_images", "--batch_size=2"], cwd=REPO, capture_output=True,
                        text=True)
   assert res.returncode == 0, res.stderr[-2000:]

@@ -153,8 +153,10 @@ def test_progress_in_a_log_file_is_a_plain_line_a_minute():
     bar.update(step, [("d_loss_64", 1.25), ("g_total", step / 100)])
   lines = out.getvalue().splitlines()
   assert len(lines) == 5, lines  # at 60, 120, 180 and 240 s, and the end (300 s)
-  assert lines[0] == "520/1000 steps (52%), 1:00 elapsed, 4:00 left - d_loss_64: 1.25 - g_total: 5.2"
-  assert lines[-1] == "1000/1000 steps (100%), 5:00 elapsed - d_loss_64: 1.25 - g_total: 10"
+  # The values: means over the steps since the line before (401..520: g_total 4.01..5.2).
+  assert lines[0] == ("520/1000 steps (52%), 1:00 elapsed, 4:00 left - d_loss_64: 1.25 - "
+                      "g_total: 4.605")
+  assert lines[-1] == "1000/1000 steps (100%), 5:00 elapsed - d_loss_64: 1.25 - g_total: 9.405"
   assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
 
   class Terminal(io.StringIO):

@@ -140,19 +140,41 @@ def _bad_utf8(text):
 
 # --------------------------------------------------------------------------- metadata reading
 
-def _walk(source):
+def _walk(source, skipped=None):
   """`os.walk(source)`, top-down in sorted order, following links to folders (a linked image
   folder is common) but entering each real folder once: a link loop, or a second link to the same
-  folder, is not walked again. Hidden and `_IGNORED_DIRS` folders are skipped."""
-  seen = set()
+  folder, is not walked again. Hidden and `_IGNORED_DIRS` folders are skipped. `skipped`, when a
+  list, receives `(folder, read_as)` (relative '/' paths) for each folder left out because the
+  folder it leads to was read under another name (a link back up, a loop, is not listed)."""
+  seen = {}
   for folder, dirs, files in os.walk(source, followlinks=True):
     real = os.path.realpath(folder)
     if real in seen:
       dirs[:] = []
+      if skipped is not None and not _leads_up(source, folder, real):
+        skipped.append((_rel(source, folder), _rel(source, seen[real])))
       continue
-    seen.add(real)
+    seen[real] = folder
     dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _IGNORED_DIRS)
     yield folder, dirs, files
+
+
+def _leads_up(source, folder, real):
+  """Whether `folder` (a path under `source` as walked) leads to one of the folders it is in."""
+  source = os.path.normpath(source)
+  parent = os.path.dirname(os.path.normpath(folder))
+  while len(parent) >= len(source):
+    if os.path.realpath(parent) == real:
+      return True
+    if parent == source:
+      break
+    parent = os.path.dirname(parent)
+  return False
+
+
+def _rel(source, folder):
+  rel = os.path.relpath(folder, source)
+  return "" if rel == "." else rel.replace(os.sep, "/")
 
 
 def find_metadata(source):
@@ -505,10 +527,11 @@ def _write(path, data):
     f.write(data)
 
 
-def _scan(source):
-  """Every image-like file under `source` (relative '/' paths), skipping hidden files/folders."""
+def _scan(source, skipped=None):
+  """Every image-like file under `source` (relative '/' paths), skipping hidden files/folders;
+  `skipped`: see `_walk`."""
   found = []
-  for folder, _, files in _walk(source):
+  for folder, _, files in _walk(source, skipped):
     rel = os.path.relpath(folder, source)
     rel = "" if rel == "." else rel.replace(os.sep, "/")
     for name in sorted(files):
@@ -733,7 +756,11 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
     raise BuildError(missing_columns)  # one problem per file
   if not rows:
     raise BuildError(problems or ["the metadata files list no rows"])
-  scanned = _scan(source)
+  linked_twice = []
+  scanned = _scan(source, linked_twice)
+  warnings_.extend(f"{folder}/ leads to the folder already read as {read_as}/: its files are "
+                   f"read once, as {read_as}/ (a split folder must be a folder of its own)"
+                   for folder, read_as in linked_twice)
   folders, split_warning = _split_folders(source, scanned)
   if split_warning:
     warnings_.append(split_warning)

@@ -452,7 +452,8 @@ def load_split(data_dir, dataset, split, check_files=True):
     problems.extend(f"image listed in {split}/filenames.pickle but missing: {p}"
                     for p in image_paths if not os.path.isfile(p))
   if problems:
-    raise DatasetError(problems, hint=f"Run: python -m msmt_tf.data.inspect --data_dir {shlex.quote(data_dir)} "
+    raise DatasetError(problems, hint="Run: python -m msmt_tf.data.inspect --data_dir "
+                       f"{shlex.quote(data_dir)} "
                        f"--dataset {dataset} for a full report.")
   return SplitData(dataset, data_dir, split, keys, image_paths, captions, class_ids, bboxes, vocab,
                    spec, bbox_sources)

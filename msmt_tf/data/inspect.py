@@ -155,7 +155,8 @@ def main(argv):
       if source:
         sys.exit(f"error: {os.path.abspath(f.data_dir)} holds {source[0]}: it is a source "
                  "folder of your own images, not a dataset yet; build the dataset from it first: "
-                 f"python -m msmt_tf.data.build --source {shlex.quote(f.data_dir)} --out data/NAME, then "
+                 "python -m msmt_tf.data.build --source "
+                 f"{shlex.quote(f.data_dir)} --out data/NAME, then "
                  "inspect data/NAME")
       sys.exit(f"error: --dataset is not set, and {os.path.abspath(f.data_dir)} has no "
                f"{datasets.SPEC_FILE} (which a folder built by msmt_tf.data.build has): pass "
@@ -176,15 +177,17 @@ def main(argv):
   print(f"OK: {os.path.abspath(f.data_dir)} is a usable {dataset} dataset")
 
 
-# What inspect reads of a training flagfile (data/mine/mine.cfg, configs/*.cfg): its dataset.
-FLAGFILE_FLAGS = ("data_dir", "dataset")
+# What inspect reads of a flagfile: its dataset, and inspect's own flags of the same meaning.
+# Not --batch_size or --words_num, which a training flagfile (data/mine/mine.cfg, configs/*.cfg)
+# sets for training, nor the training flags inspect does not have (--vocab_size).
+FLAGFILE_FLAGS = ("data_dir", "dataset", "split", "skip_images", "noskip_images")
 
 
 def dataset_flags_of_flagfiles(argv, flag_values):
-  """`argv` with each `--flagfile=F` replaced by the dataset flags F sets (`FLAGFILE_FLAGS`):
-  the flagfile a build writes, or a training config, also sets training flags inspect does not
-  have (--vocab_size), or has with another meaning (--batch_size, --words_num). Flags typed on
-  the command line are kept as they are, in order."""
+  """`argv` with each `--flagfile=F` (or `--flagfile F`) replaced by the flags of F in
+  `FLAGFILE_FLAGS`: the flagfile a build writes, or a training config, also sets training flags
+  inspect does not have (--vocab_size), or has with another meaning (--batch_size, --words_num).
+  Flags typed on the command line are kept as they are, in order."""
   out, args = argv[:1], list(argv[1:])
   while args:
     arg = args.pop(0)

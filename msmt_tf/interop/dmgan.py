@@ -395,7 +395,8 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
   text_path = config.damsm_paths(damsm_dir)[0]
   if not os.path.isfile(text_path):
     raise FileNotFoundError(f"{text_path} not found: import AttnGAN's DAMSM encoders first "
-                            f"(python -m msmt_tf.import_torch damsm ... --out {shlex.quote(damsm_dir)})")
+                            "(python -m msmt_tf.import_torch damsm ... --out "
+                            f"{shlex.quote(damsm_dir)})")
   text_encoder = load_damsm_encoder(text_path, "RNNTextEncoder")
   if text_encoder.vocab_size != model_cfg.vocab_size:
     raise ValueError(f"{text_path} has a {text_encoder.vocab_size}-word vocabulary, the config "
