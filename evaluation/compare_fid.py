@@ -232,7 +232,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   elif reference.endswith(".npz"):
     notes.append("reference is a statistics file: only the official row can be computed")
   n_gen, n_ref = stats["official"][1], stats["official"][2]
-  warning = fid.small_sample_warning(n_gen, n_ref, 2048)  # every row: 2048-d pool_3 features
+  warning = fid.small_sample_warning(n_gen, n_ref, features.POOL3_DIM)  # every row: pool_3
   if warning:
     notes.append(warning)
   if not verified:

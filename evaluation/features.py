@@ -52,6 +52,9 @@ TORCHVISION_RELEASES = {
                                         "pytorch-fid)",
     "inception_v3_google-0cc3c7bd.pth": "torchvision's later re-release",
 }
+
+# The width of `pool_3`, the FID features of every extractor here (Inception-v3's last pool).
+POOL3_DIM = 2048
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 

@@ -93,13 +93,19 @@ def _split_hint(name, split, data):
   return f" ({'; or '.join(tips)})" if tips else ""
 
 
+def metric_count(count, counts, split):
+  """A metric's image count: its own (`fid2k_test`: 2,000), else the largest count of the other
+  metrics of its split (`counts`), else the paper's 30,000."""
+  return counts.get(split, 30000) if count is None else count
+
+
 def check_splits(parsed, splits, counts, is_splits=10, folds=10):
   """Raises a ValueError naming every metric of `parsed` ((name, metric, count, split) tuples)
   that its split (`splits[split]`, a SplitData) or its image count cannot serve."""
   problems = []
   for name, metric, count, split in parsed:
     data = splits[split]
-    count = counts.get(split, 30000) if count is None else count
+    count = metric_count(count, counts, split)
     where = f"the {split} split of {data.data_dir} (--dataset={data.dataset})"
     if metric == "fid":
       if data.num_images < 2:
@@ -311,7 +317,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     references[split] = real, mu2, s2, n2
   results = []
   for name, metric, count, split in parsed:
-    count = counts.get(split, 30000) if count is None else count
+    count = metric_count(count, counts, split)
     folder = folders[split]
     sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
                     batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
@@ -353,30 +359,26 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   return results
 
 
-# Inception's pool_3 width: the features of every FID network in evaluation.features.
-FID_FEATURES = 2048
-
-
 def announce_plan(parsed, counts, folders, splits, step):
   """Says, before the long parts (the real images' statistics, the generation), how many images
   each split's metrics make (and how many are there already), and each number the split's size
   makes not comparable with published ones whatever the image count (the result lines' warnings,
   ahead of the work)."""
+  from evaluation import features  # pylint: disable=g-import-not-at-top
   from evaluation import r_precision  # pylint: disable=g-import-not-at-top
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
   for split, folder in folders.items():
     names = [n for n, _, _, s in parsed if s == split]
-    wanted = max(counts.get(split, 30000) if c is None else c for _, _, c, s in parsed
-                 if s == split)
-    have = sum(os.path.isfile(os.path.join(folder, sample.image_name(i))) for i in range(wanted))
+    wanted = max(metric_count(c, counts, split) for _, _, c, s in parsed if s == split)
+    have = sample.images_in(folder, wanted)
     print(f"plan: {', '.join(names)}: {wanted} images of step {step} from the {split} split's "
           f"captions in {folder}" + (f" ({have} there already)" if have else ""), flush=True)
   for name, metric, _, split in parsed:
     if metric == "fid":
-      n2 = splits[split].num_images
-      if n2 <= FID_FEATURES:
-        print(f"note: {name}: the {split} split has {n2} real images for FID's {FID_FEATURES} "
-              f"features (a covariance that is not singular needs {FID_FEATURES + 1}): the FID "
+      n2, dim = splits[split].num_images, features.POOL3_DIM
+      if n2 <= dim:
+        print(f"note: {name}: the {split} split has {n2} real images for FID's {dim} "
+              f"features (a covariance that is not singular needs {dim + 1}): the FID "
               "is not comparable with published ones whatever the number generated (a smaller "
               f"count such as fid2k_{split} takes less time)", flush=True)
     elif metric == "rprec":

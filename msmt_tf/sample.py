@@ -83,6 +83,11 @@ def image_name(i):
   return f"{i:06d}.png"
 
 
+def images_in(out, num_images):
+  """How many of the images 0 .. num_images - 1 are in `out`."""
+  return sum(os.path.isfile(os.path.join(out, image_name(i))) for i in range(num_images))
+
+
 def read_manifest(folder):
   path = os.path.join(folder, MANIFEST)
   if not os.path.isfile(path):
@@ -278,8 +283,7 @@ def main(argv):
   except (FileNotFoundError, ValueError, DatasetError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
-    done = sum(os.path.isfile(os.path.join(FLAGS.out, image_name(i)))
-               for i in range(FLAGS.num_images))
+    done = images_in(FLAGS.out, FLAGS.num_images)
     sys.exit(f"{stopping.how_stopped(e)}: {done} of {FLAGS.num_images} images are in "
              f"{FLAGS.out}; the same command continues where it stopped")
   print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "

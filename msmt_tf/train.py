@@ -43,8 +43,8 @@ import numpy as np
 from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
 from msmt_tf import config
 from msmt_tf import distribute
-from msmt_tf import runs
 from msmt_tf import progress as progress_lib
+from msmt_tf import runs
 from msmt_tf import stopping
 from msmt_tf.data import datasets
 from msmt_tf.data.errors import DatasetError

@@ -173,6 +173,7 @@ def _leads_up(source, folder, real):
 
 
 def _rel(source, folder):
+  """`folder` relative to `source` with '/' separators; '' for `source` itself."""
   rel = os.path.relpath(folder, source)
   return "" if rel == "." else rel.replace(os.sep, "/")
 
@@ -182,8 +183,7 @@ def find_metadata(source):
   found, problems = [], []
   for folder, _, files in _walk(source):
     present = [n for n in METADATA_NAMES if n in files]
-    rel = os.path.relpath(folder, source)
-    rel = "" if rel == "." else rel.replace(os.sep, "/")
+    rel = _rel(source, folder)
     if len(present) > 1:
       problems.append(f"{rel or '.'}/ holds both metadata.jsonl and metadata.csv; keep one")
     found.extend(posixpath.join(rel, n) for n in present)
@@ -532,8 +532,7 @@ def _scan(source, skipped=None):
   `skipped`: see `_walk`."""
   found = []
   for folder, _, files in _walk(source, skipped):
-    rel = os.path.relpath(folder, source)
-    rel = "" if rel == "." else rel.replace(os.sep, "/")
+    rel = _rel(source, folder)
     for name in sorted(files):
       if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
         found.append(posixpath.join(rel, name))
@@ -639,6 +638,7 @@ def _flagfile(name, out, summary):
   steps = max(1, summary["train_images"] // batch)  # per epoch (drop_remainder)
   checkpoint_every = max(5 * steps, MIN_CHECKPOINT_STEPS)
   sample_every = max(steps, MIN_SAMPLE_STEPS)
+  damsm_batch = max(2, min(48, summary["train_images"]))  # AttnGAN's 48, or the whole split
 
   def every(flag, interval, epochs):
     if interval == epochs * steps:
@@ -667,7 +667,7 @@ def _flagfile(name, out, summary):
       "# lambda 1 / 0.5 / 5; epochs scaled between the paper's CUB (1000 for 8,855 images) and",
       "# COCO (210 for 82,783) budgets",
       f"--max_epochs={_max_epochs(summary['train_images'])}",
-      f"--batch_size={summary['batch_size']}",
+      f"--batch_size={batch}",
       "--lambda1=1", "--lambda2=0.5", "--lambda3=5",
       f"--damsm_dir=runs/{name}/damsm",
       f"--run_dir=runs/{name}/gan",
@@ -678,12 +678,11 @@ def _flagfile(name, out, summary):
       "--log_every=50",
       "# DAMSM pretraining (AttnGAN): Inception-v3 trunk (pass --inception_weights=PATH, or",
       "# --image_encoder_trunk=small without ImageNet weights), batch 48"
-      + ("" if summary["train_images"] >= 48 else
-         f" (here {max(2, min(48, summary['train_images']))}:"),
-      *([] if summary["train_images"] >= 48 else ["# the train split is smaller)"]),
+      + ("" if damsm_batch == 48 else f" (here {damsm_batch}:"),
+      *([] if damsm_batch == 48 else ["# the train split is smaller)"]),
       "--image_encoder_trunk=inception_v3",
       f"--damsm_words_num={summary['words_num_train']}",
-      f"--damsm_batch_size={max(2, min(48, summary['train_images']))}",
+      f"--damsm_batch_size={damsm_batch}",
       ""])
 
 
