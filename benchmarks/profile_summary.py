@@ -81,10 +81,15 @@ def library_role(name):
               "other")
 
 
+# Short kernels: how many kernels of at most this many microseconds, and their time. A kernel of
+# a few microseconds is mostly its fixed cost (launch, ramp-up, tail), whatever it computes.
+SHORT_US = (2, 5, 10)
+
+
 def summarize(events):
   """{stream name: {span_us, busy_us, kinds: {kind: us}, fusions: {kind: us}, library: {role:
-  us}}} from Chrome trace events (`traceEvents`: 'M' thread_name metadata and 'X' complete
-  events)."""
+  us}, short: {at most us: (kernels, us)}}} from Chrome trace events (`traceEvents`: 'M'
+  thread_name metadata and 'X' complete events)."""
   out = {}
   for name, kernels in device_streams(events).items():
     kinds, fusions, library = collections.Counter(), collections.Counter(), collections.Counter()
@@ -97,8 +102,15 @@ def summarize(events):
         library[library_role(k["name"])] += k.get("dur", 0)
     start = min(k["ts"] for k in kernels)
     end = max(k["ts"] + k.get("dur", 0) for k in kernels)
+    short = {limit: [0, 0] for limit in SHORT_US}  # {at most us: [kernels, us]}
+    for k in kernels:
+      for limit in SHORT_US:
+        if k.get("dur", 0) <= limit:
+          short[limit][0] += 1
+          short[limit][1] += k.get("dur", 0)
     out[name] = {"kernels": len(kernels), "span_us": end - start, "busy_us": sum(kinds.values()),
-                 "kinds": dict(kinds), "fusions": dict(fusions), "library": dict(library)}
+                 "kinds": dict(kinds), "fusions": dict(fusions), "library": dict(library),
+                 "short": {limit: tuple(v) for limit, v in short.items()}}
   return out
 
 
@@ -141,6 +153,8 @@ def report(summary):
     lines.append("  fusions: " + ", ".join(f"{k} {us / 1000:.2f} ms" for k, us in top))
     roles = sorted(s["library"].items(), key=lambda kv: -kv[1])
     lines.append("  library: " + ", ".join(f"{k} {us / 1000:.2f} ms" for k, us in roles))
+    lines.append("  short kernels: " + ", ".join(
+        f"<= {limit} us {n} ({us / 1000:.2f} ms)" for limit, (n, us) in s["short"].items()))
   return "\n".join(lines)
 
 

@@ -531,6 +531,8 @@ def test_profile_summary_counts_device_time_by_kind(tmp_path):
       "weight gradient", "input gradient", "forward", "gemm", "other"]
   assert "53.7%  conv/gemm library" in ps.report({name: s})
   assert "library: forward 0.04 ms, gemm 0.00 ms" in ps.report({name: s})
+  assert s["short"] == {2: (2, 3), 5: (4, 12), 10: (5, 22)}  # kernels of at most 2, 5, 10 us
+  assert "short kernels: <= 2 us 2 (0.00 ms), <= 5 us 4 (0.01 ms)," in ps.report({name: s})
   table = {"cols": [{"id": "hlo_op_name"}, {"id": "tf_op_name"}, {"id": "total_self_time"}],
            "rows": [{"c": [{"v": "a"}, None, {"v": 5.0}]},
                     {"c": [{"v": "cudnn-conv.9"}, {"v": "jit(step)/refine2/up/conv"},
