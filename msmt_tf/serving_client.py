@@ -1,7 +1,10 @@
-r"""Writes PNGs from a TF Serving REST endpoint serving an msmt_tf export.
+r"""Writes PNGs from a TF Serving REST endpoint serving an msmt_tf export, or from the export
+itself, run in this process.
 
     python -m msmt_tf.serving_client --url http://HOST:8501 --model NAME [--seed 0]
         [--out samples/] "a red circle on the left" "a small blue square" ...
+    python -m msmt_tf.serving_client --saved_model saved_models/NAME/VERSION [--seed 0]
+        [--out samples/] "a red circle on the left" ...
 
 Sends `POST {url}/v1/models/{model}[/versions/V]:predict` with the `generate_png` signature
 (columnar `inputs`: captions, seed) and writes `<out>/0000.png`, `0001.png`, ...,
@@ -10,6 +13,10 @@ Sends `POST {url}/v1/models/{model}[/versions/V]:predict` with the `generate_png
 refused unless `--overwrite` (which replaces that whole set); numbered PNGs no recorded request
 made are never touched (refused). Needs absl-py and the standard library only (no TensorFlow
 on the client).
+
+`--saved_model DIR` calls the same signature of an export in this process instead (needs
+TensorFlow; no server): the same captions and seed give the same bytes as TF Serving serving
+DIR, so it checks an export before it is deployed, or makes images from one without a server.
 """
 
 import base64
@@ -18,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import socket
 import sys
 import urllib.error
@@ -26,7 +34,7 @@ import urllib.request
 from absl import app
 from absl import flags
 
-__all__ = ["predict_png", "check_out", "write_pngs"]
+__all__ = ["predict_png", "predict_png_here", "check_out", "write_pngs"]
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +43,10 @@ def define_flags():
   """The command's flags (defined when it runs, so the module's functions can be imported
   beside the project's own `--seed`)."""
   flags.DEFINE_string("url", "http://localhost:8501", "TF Serving REST address.")
-  flags.DEFINE_string("model", None, "Model name in TF Serving.", required=True)
+  flags.DEFINE_string("model", None, "Model name in TF Serving (or give --saved_model).")
+  flags.DEFINE_string("saved_model", None, "A SavedModel folder of msmt_tf.export "
+                      "(saved_models/NAME/VERSION), run in this process instead of a server "
+                      "(needs TensorFlow).")
   flags.DEFINE_integer("version", None, "Model version (default: the newest served).")
   flags.DEFINE_integer("seed", 0, "Noise seed: the same captions and seed give the same images.")
   flags.DEFINE_string("out", "samples", "Folder for the PNGs.")
@@ -91,6 +102,61 @@ def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
   except (KeyError, TypeError, binascii.Error) as e:
     raise RuntimeError(f"{endpoint}: unexpected reply (images_bytes not base64 PNGs: "
                        f"{type(e).__name__})") from e
+
+
+def predict_png_here(saved_model, captions, seed=0):
+  """Returns the PNG bytes of the export in folder `saved_model` for `captions`, its
+  `generate_png` signature called in this process; raises RuntimeError naming the folder and
+  what went wrong (no such folder, a model's folder of version folders, not a SavedModel, not an
+  msmt_tf export, the model's INVALID_ARGUMENT message)."""
+  if not os.path.isdir(saved_model):
+    raise RuntimeError(f"--saved_model {saved_model}: no such folder")
+  if not os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
+    versions = sorted((n for n in os.listdir(saved_model)
+                       if n.isdigit() and os.path.isfile(os.path.join(saved_model, n,
+                                                                      "saved_model.pb"))),
+                      key=int)
+    if versions:
+      raise RuntimeError(
+          f"--saved_model {saved_model} holds version{'s' * (len(versions) > 1)} "
+          f"{', '.join(versions)} of a model (TF Serving's layout): give one, e.g. "
+          f"--saved_model {shlex.quote(os.path.join(saved_model, versions[-1]))}")
+    run = (shlex.quote(saved_model) if os.path.isdir(os.path.join(saved_model, "checkpoints"))
+           else "RUN")  # a training run's folder: the export command for it
+    raise RuntimeError(f"--saved_model {saved_model}: not a SavedModel (no saved_model.pb); "
+                       f"make one with python -m msmt_tf.export --run_dir {run} --output "
+                       "saved_models/NAME/1")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    model = tf.saved_model.load(saved_model)
+  except (OSError, ValueError, tf.errors.OpError) as e:
+    raise RuntimeError(f"--saved_model {saved_model}: cannot load it ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})") from e
+  if "generate_png" not in model.signatures:
+    raise RuntimeError(f"--saved_model {saved_model}: not an msmt_tf export (no generate_png "
+                       f"signature; it has {', '.join(sorted(model.signatures)) or 'none'})")
+  try:
+    out = model.signatures["generate_png"](captions=tf.constant(list(captions), tf.string),
+                                           seed=tf.constant(int(seed), tf.int64))
+  except tf.errors.InvalidArgumentError as e:
+    raise RuntimeError(f"{saved_model}: INVALID_ARGUMENT: {_assertion(e.message, captions)}"
+                       ) from e
+  return list(out["images_bytes"].numpy())
+
+
+def _assertion(message, captions):
+  """The model's own sentence from a failed in-graph assertion (TensorFlow wraps it in lines
+  about graph nodes and the compared values), with the captions named where the sentence ends
+  in caption indices; other messages whole."""
+  found = re.search(r"assertion failed: \[([^\]]*)\](?: \[([\d ]+)\])?", message)
+  if not found:
+    return message
+  text, values = found.group(1), found.group(2)
+  if values is None:
+    return text
+  named = [f"{i} ({captions[i]!r})" if 0 <= i < len(captions) else str(i)
+           for i in map(int, values.split())]
+  return f"{text} {', '.join(named)}"
 
 
 def _png_names(count):
@@ -156,12 +222,26 @@ def main(argv):
   captions = argv[1:]
   if not captions:
     sys.exit("error: give at least one caption")
-  request = {"url": FLAGS.url, "model": FLAGS.model, "version": FLAGS.version,
-             "seed": FLAGS.seed, "captions": list(captions)}
+  here = FLAGS.saved_model
+  if here and (FLAGS.model or FLAGS.version is not None):
+    sys.exit("error: --saved_model runs an export here; --model and --version name a model a "
+             "server serves: give one or the other")
+  if not here and not FLAGS.model:
+    sys.exit("error: give --model (the name TF Serving serves the export under), or "
+             "--saved_model DIR to run an export here without a server")
+  if here:
+    request = {"saved_model": os.path.abspath(here), "seed": FLAGS.seed,
+               "captions": list(captions)}
+  else:
+    request = {"url": FLAGS.url, "model": FLAGS.model, "version": FLAGS.version,
+               "seed": FLAGS.seed, "captions": list(captions)}
   try:
     stale = check_out(FLAGS.out, request, FLAGS.overwrite)  # before the (slow) request
-    pngs = predict_png(FLAGS.url, FLAGS.model, captions, FLAGS.seed, FLAGS.version,
-                       FLAGS.timeout)
+    if here:
+      pngs = predict_png_here(here, captions, FLAGS.seed)
+    else:
+      pngs = predict_png(FLAGS.url, FLAGS.model, captions, FLAGS.seed, FLAGS.version,
+                         FLAGS.timeout)
   except RuntimeError as e:
     sys.exit(f"error: {e}")
   for path, caption in zip(write_pngs(pngs, captions, FLAGS.out, request, stale), captions):
@@ -169,5 +249,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from msmt_tf import console  # pylint: disable=g-import-not-at-top
+  console.quiet_native_logs()  # before --saved_model's TensorFlow: its harmless lines off
   define_flags()
   app.run(main)

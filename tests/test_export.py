@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 
@@ -269,6 +270,43 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
     assert sorted(os.listdir(out)) == ["0000.png", "captions.txt", "request.json"]
     assert (out / "captions.txt").read_text() == "a yellow square\n"
     assert json.loads((out / "request.json").read_text())["captions"] == ["a yellow\nsquare"]
+
+
+def test_serving_client_runs_an_export_here(exported, tmp_path):
+  """`serving_client --saved_model DIR`: the export's generate_png called in the client's
+  process gives TF Serving's bytes for the same captions and seed; a model's folder of versions,
+  a training run's folder, a caption without a known word and a missing --model each named."""
+  import json  # pylint: disable=g-import-not-at-top
+  from msmt_tf import serving_client  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "pngs"
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client",
+                        f"--saved_model={exported['out']}", f"--out={out}", "--seed=5",
+                        "a red circle", "a small blue square"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stderr == "", res.stderr[-2000:]  # no TensorFlow lines on a CPU machine either
+  direct = exported["model"].signatures["generate"](
+      captions=tf.constant(["a red circle", "a small blue square"]),
+      seed=tf.constant(5, tf.int64))["images_bytes"].numpy()
+  assert [(out / n).read_bytes() for n in ("0000.png", "0001.png")] == list(direct)
+  assert json.loads((out / "request.json").read_text()) == {
+      "saved_model": os.path.abspath(exported["out"]), "seed": 5,
+      "captions": ["a red circle", "a small blue square"]}
+  with pytest.raises(RuntimeError, match=r"holds version 1 of a model .*--saved_model .*/1$"):
+    serving_client.predict_png_here(os.path.dirname(exported["out"]), ["a red circle"])
+  with pytest.raises(RuntimeError, match=r"not a SavedModel .*export --run_dir " +
+                     re.escape(exported["run"])):
+    serving_client.predict_png_here(exported["run"], ["a red circle"])
+  with pytest.raises(RuntimeError, match=r"no such folder"):
+    serving_client.predict_png_here(str(tmp_path / "nothing"), ["a red circle"])
+  with pytest.raises(RuntimeError) as bad:
+    serving_client.predict_png_here(exported["out"], ["a red circle", "zebra unicorn", "!!"])
+  assert str(bad.value).endswith("INVALID_ARGUMENT: caption(s) without any vocabulary word "
+                                 "(empty, punctuation only or only unknown words) at index: "
+                                 "1 ('zebra unicorn'), 2 ('!!')")
+  res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client", f"--out={out}", "a"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 1 and "give --model" in res.stderr and "--saved_model" in res.stderr
 
 
 def test_serving_client_names_network_and_reply_failures():
