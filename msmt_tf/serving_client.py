@@ -60,7 +60,9 @@ _TIMEOUTS = (TimeoutError, socket.timeout)  # the same class since Python 3.10
 
 def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
   """Returns the PNG bytes for `captions`; raises RuntimeError naming the endpoint and what went
-  wrong (the server's message, no connection, a timeout, a reply that is not the signature's)."""
+  wrong (the server's message, no connection, a timeout, a reply that is not the signature's).
+  A failed in-graph check of the model comes as its own sentence, the captions it names by index
+  quoted, without TensorFlow's lines about graph nodes (`_assertion`)."""
   path = (f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
           + ":predict")
   endpoint = url.rstrip("/") + path
@@ -77,6 +79,8 @@ def predict_png(url, model, captions, seed=0, version=None, timeout=120.0):
       detail = json.loads(detail).get("error", detail)
     except (ValueError, AttributeError):
       pass
+    if isinstance(detail, str):  # the model's sentence, as --saved_model prints it
+      detail = _assertion(detail, captions)
     raise RuntimeError(f"{endpoint}: HTTP {e.code}: {detail}") from e
   except urllib.error.URLError as e:
     if isinstance(e.reason, _TIMEOUTS):  # no connection within the timeout

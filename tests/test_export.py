@@ -220,7 +220,7 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
   import base64  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   model = exported["model"]
-  seen = []
+  seen, errors = [], []
 
   def predict(path, raw):
     body = json.loads(raw)
@@ -233,6 +233,7 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
           {"b64": base64.b64encode(b).decode()} for b in out["images_bytes"].numpy()]}}, 200
     except tf.errors.InvalidArgumentError as e:
       reply, code = {"error": e.message}, 400
+      errors.append(e.message)
     return code, json.dumps(reply).encode()
 
   with rest_stub(predict) as url:
@@ -250,10 +251,16 @@ def test_serving_client_against_a_local_rest_stub(exported, tmp_path):
     assert (out / "0000.png").read_bytes() == direct[0]
     assert (out / "0001.png").read_bytes() == direct[1]
     res = subprocess.run([sys.executable, "-m", "msmt_tf.serving_client", f"--url={url}",
-                          "--model=shapes", f"--out={tmp_path / 'bad'}", "zebra unicorn"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+                          "--model=shapes", f"--out={tmp_path / 'bad'}", "a circle",
+                          "zebra unicorn"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "HTTP 400" in res.stderr
-    assert "without any vocabulary word" in res.stderr
+    # The server's message as the model's sentence, the caption named (as --saved_model does);
+    # TensorFlow's node lines (in what the stub, like TF Serving, sends) left out.
+    assert "assertion failed" in errors[-1] and "node" in errors[-1], errors
+    assert res.stderr.rstrip().endswith(
+        "HTTP 400: caption(s) without any vocabulary word (empty, punctuation only or only "
+        "unknown words) at index: 1 ('zebra unicorn')"), res.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
     # Another request into the same --out: refused, the first set kept; --overwrite replaces
     # the whole set (no PNG of the first request left beside the new one); version 0 is asked
     # for; a caption's line break stays inside its line of captions.txt.
