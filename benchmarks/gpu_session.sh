@@ -56,8 +56,10 @@
 #   waited for) and the host's part of a call (`ms_per_call_median`). 21: the float32 default
 #   step alone, so its compile is timed alone (the 2-minute target; never timed alone); run
 #   it without JAX_COMPILATION_CACHE_DIR or with an empty one. 22: bf16 default,
-#   cub_dmgan.cfg default, and float32 --batch_norm=fused (one pair so far, -2.7%), compiled
-#   together (about 42 GB at their peaks).
+#   cub_dmgan.cfg default, and float32 and bf16 --fuse_gate=matvec (twentieth session: the fuse
+#   gates' kernel gradients as matrix-vector products, the largest single group of the sixth
+#   sitting's profiles as a column reduction), compiled together (about 50 GB at their peaks;
+#   float32 --batch_norm=fused, one pair so far at -2.7%, left to groups 5 and 6).
 # --devices 1 is the default placement on a one-GPU machine (no mesh), named to show it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -129,7 +131,7 @@ for g in ${RUN_GROUPS:-21 22}; do
     10) group 10 "$CUB --parts --mixed_precision" ;;
     21) group 21 "$CUB --noparts" ;;
     22) group 22 "$CUB --noparts --mixed_precision" "$DMGAN --noparts" \
-          "$CUB --noparts --batch_norm=fused" ;;
+          "$CUB --noparts --fuse_gate=matvec" "$CUB --noparts --mixed_precision --fuse_gate=matvec" ;;
     *) echo "gpu_session.sh: no group $g (groups: 1 2 5 6 10 21 22)" >&2; exit 2 ;;
   esac
 done

@@ -73,8 +73,10 @@ flags.DEFINE_enum("sdm_convs", blocks.SDM_CONVS_MODES[0], list(blocks.SDM_CONVS_
                   "variables and function; rounding differs.")
 flags.DEFINE_enum("fuse_gate", blocks.FUSE_GATE_MODES[0], list(blocks.FUSE_GATE_MODES),
                   "How the scalar fuse gates' logits are computed: 'reduce' (per-pixel weighted "
-                  "sums over the channels of each map, in float32, no concatenation) or 'conv' "
-                  "(a 1x1 convolution of the concatenated maps, as written). Same variables and "
+                  "sums over the channels of each map, in float32, no concatenation), 'conv' "
+                  "(a 1x1 convolution of the concatenated maps, as written) or 'matvec' (reduce's "
+                  "forward; the kernel's gradient as a matrix-vector product, not a column "
+                  "reduction: a lead for the GPU, untimed). Same variables and "
                   "function; rounding differs.")
 flags.DEFINE_bool("fuse_per_channel", False, "Per-channel instead of scalar fuse gates.")
 flags.DEFINE_enum("tail_padding", "valid", ["valid", "same"], "MTWIG tails: L-ks+1 or L.")

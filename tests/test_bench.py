@@ -384,20 +384,21 @@ def test_h100_script_commands_parse(tmp_path):
 def test_gpu_session_script_commands_parse(tmp_path):
   """benchmarks/gpu_session.sh, every group, checked by --dry_run (nothing compiled): each
   command's flags parse and build a valid model; each precision has the default step (since the
-  sixth sitting --sdm_convs=factored) beside --batch_norm=fused (groups 5, 6; float32 also in
-  22); the next sitting's groups time the float32 default alone (21: its compile alone) and
-  cub_dmgan.cfg (22)."""
+  sixth sitting --sdm_convs=factored) beside --batch_norm=fused (groups 5, 6) and
+  --fuse_gate=matvec (22); the next sitting's groups time the float32 default alone (21: its
+  compile alone) and cub_dmgan.cfg (22)."""
   env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, RUN_GROUPS="1 2 5 6 10 21 22")
   res = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "out")], cwd=REPO,
                        env=env, capture_output=True, text=True)
   assert res.returncode == 0 and "DRY RUN FAILED" not in res.stderr, res.stderr[-3000:]
   lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
-  assert len(lines) == 17 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
+  assert len(lines) == 18 and all(l["dry_run"] and l["keras_backend"] == "jax" for l in lines)
   for precision in ("float32", "mixed_bfloat16"):
     plain = [l for l in lines if l["precision"] == precision and "cub.cfg" in l["command"]
              and l["upsample_conv"] == "reference" and not l["xla_flags"] and not l["parts"]]
     assert {(l["batch_norm"], l["sdm_convs"], l["fuse_gate"]) for l in plain} == {
-        ("keras", "factored", "reduce"), ("fused", "factored", "reduce")}, plain
+        ("keras", "factored", "reduce"), ("fused", "factored", "reduce"),
+        ("keras", "factored", "matvec")}, plain
   assert [l["command"] for l in lines if "cub_dmgan.cfg --noparts --steps" in l["command"]]
   assert not [l for l in lines if l["mode"] == "parts"]
   assert sum(l["xla_flags"] == "--xla_gpu_force_conv_nhwc" for l in lines) == 1
@@ -683,3 +684,34 @@ def test_table_of_a_bad_file_names_it(tmp_path, capsys):
       f"error: {empty} has no step or pipeline timings of bench (1 JSON lines; --flops_only and "
       "--only_parts lines are not tabled)")
   assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_fuse_gate_hlo_shows_each_modes_kernel_gradient():
+  """benchmarks/fuse_gate_hlo.py (BUILD.md's reading of --fuse_gate=matvec): under JAX, with
+  TensorFlow absent, the fuse gate's gradient has its two kernel gradients (one per map) as
+  matrix-vector products `[1, B*H*W] x [B*H*W, C]` in the maps' dtype under 'matvec', as
+  reductions under 'reduce' (no product), as convolutions under 'conv'; XLA's CPU pipeline keeps
+  the products and adds none to 'reduce'."""
+  env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  runner = ("import runpy, sys\nfrom tests.backend_outputs import _NoTensorFlow\n"
+            "sys.meta_path.insert(0, _NoTensorFlow())\nsys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+  for policy, dtype in (("float32", "f32"), ("mixed_bfloat16", "bf16")):
+    res = subprocess.run([sys.executable, "-c", runner, "benchmarks/fuse_gate_hlo.py",
+                          "--policy", policy, "--shape", "2,8,8,6"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
+    found = {l["mode"]: l for l in lines}
+    assert sorted(found) == ["conv", "matvec", "reduce"]
+    matvec, reduce, conv = found["matvec"], found["reduce"], found["conv"]
+    assert matvec["dots"] == [f"(tensor<1x128x{dtype}>, tensor<128x6x{dtype}>) -> "
+                              f"tensor<1x6x{dtype}>"] * 2, matvec
+    assert matvec["compiled"]["dot"] == 2 and matvec["compiled"]["convolution"] == 0
+    assert reduce["dots"] == [] and reduce["compiled"]["dot"] == 0
+    assert reduce["lowered"]["reduce"] == matvec["lowered"]["reduce"] + 2
+    assert conv["lowered"]["convolution"] == 2 and conv["lowered"]["dot_general"] == 0
+  res = subprocess.run([sys.executable, "benchmarks/fuse_gate_hlo.py"], cwd=REPO,
+                       env=dict(env, KERAS_BACKEND="tensorflow"), capture_output=True, text=True)
+  assert res.returncode == 1 and "run it with KERAS_BACKEND=jax" in res.stderr

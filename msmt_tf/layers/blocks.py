@@ -217,9 +217,14 @@ _MODES["sdm_convs"] = SDM_CONVS_MODES
 #     XLA fuses with the gating that follows: no concatenation, no cuDNN call for one output
 #     channel. The fuse layers: 6.8 -> 5.9 ms of the float32 CUB step on the H100 (faster
 #     forward, slower backward; BUILD.md).
+#   "matvec": the forward of "reduce"; the kernel's gradient (a sum over every pixel of the
+#     batch) as one matrix-vector product per map instead of a column reduction. In the H100
+#     profiles of the CUB step the 256-px stage's gate gradients are the largest single group
+#     (2.8 ms bf16, 3.8 ms float32) at 3.6-5.3x their bandwidth bound (BUILD.md, "The sixth
+#     sitting's profiles read again on the CPU"); untimed on a GPU so far.
 #   "conv": the concatenation, then the 1x1 convolution, as the layer is written.
 #   A per-channel gate (--fuse_per_channel) is always the convolution.
-FUSE_GATE_MODES = ("reduce", "conv")
+FUSE_GATE_MODES = ("reduce", "conv", "matvec")
 _MODES["fuse_gate"] = FUSE_GATE_MODES
 
 

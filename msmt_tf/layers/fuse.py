@@ -8,17 +8,30 @@ from msmt_tf.layers import blocks
 __all__ = ["GatedFusion", "scalar_gate_logits"]
 
 
-def scalar_gate_logits(a, b, kernel, bias):
+def scalar_gate_logits(a, b, kernel, bias, kernel_grad="reduce"):
   """`conv1x1(concat(a, b), kernel) + bias` for a one-channel gate (`kernel` `[1, 1, 2C, 1]`) as
   the per-pixel sums of a * P_a and b * P_b over the channels, accumulated in float32 from the
-  values given (blocks.FUSE_GATE_MODES 'reduce'): `[B, H, W, 1]` float32.
+  values given (blocks.FUSE_GATE_MODES 'reduce' and 'matvec'): `[B, H, W, 1]` float32.
 
   Its gradient is written out (the one autodiff gives): the backward keeps a and b as given
   (bf16 under mixed precision) and recasts them, where autodiff would keep their float32 copies,
-  twice the bytes, for the kernel's gradient."""
+  twice the bytes, for the kernel's gradient. `kernel_grad` says how the kernel's gradient, a sum
+  over every pixel of the batch, is computed: 'reduce', `sum(a * g)` over the batch and pixel
+  axes in float32 (a column reduction); 'matvec', one matrix-vector product `g^T [N] x a
+  [N, C]` (N = B * H * W) in a's dtype, the upstream gradient g rounded to it (bf16 under mixed
+  precision, as a convolution's kernel gradient is), accumulated as the backend's matrix
+  products accumulate."""
+  if kernel_grad not in ("reduce", "matvec"):
+    raise ValueError(f"kernel_grad must be 'reduce' or 'matvec', not {kernel_grad!r}")
   channels = a.shape[-1]
   kernel = ops.cast(kernel[0, 0, :, 0], "float32")
   axes = tuple(range(len(a.shape) - 1))
+
+  def channel_sums(x, g):  # sum over every pixel of the batch of x * g: [C] float32
+    if kernel_grad == "matvec":
+      rows = ops.reshape(ops.cast(g, x.dtype), (1, -1))
+      return ops.cast(ops.matmul(rows, ops.reshape(x, (-1, channels)))[0], "float32")
+    return ops.sum(ops.cast(x, "float32") * g, axis=axes)
 
   @ops.custom_gradient
   def logits(a, b, p_a, p_b, bias):
@@ -27,8 +40,7 @@ def scalar_gate_logits(a, b, kernel, bias):
         (upstream,) = args
       g = ops.cast(upstream, "float32")                    # [B, H, W, 1]
       return (ops.cast(g * p_a, a.dtype), ops.cast(g * p_b, b.dtype),
-              ops.sum(ops.cast(a, "float32") * g, axis=axes),
-              ops.sum(ops.cast(b, "float32") * g, axis=axes), ops.sum(g))
+              channel_sums(a, g), channel_sums(b, g), ops.sum(g))
     return (ops.sum(ops.cast(a, "float32") * p_a, axis=-1, keepdims=True)
             + ops.sum(ops.cast(b, "float32") * p_b, axis=-1, keepdims=True) + bias), grad
 
@@ -62,9 +74,10 @@ class GatedFusion(keras.layers.Layer):
     self.gate.build(tuple(a_shape[:-1]) + (2 * channels,))
 
   def call(self, a, b):
-    if blocks.implementation("fuse_gate") == "reduce" and not self.per_channel:
-      g = ops.cast(ops.sigmoid(scalar_gate_logits(a, b, self.gate.kernel, self.gate.bias)),
-                   a.dtype)
+    mode = blocks.implementation("fuse_gate")
+    if mode in ("reduce", "matvec") and not self.per_channel:
+      logits = scalar_gate_logits(a, b, self.gate.kernel, self.gate.bias, mode)
+      g = ops.cast(ops.sigmoid(logits), a.dtype)
     else:
       g = ops.sigmoid(self.gate(ops.concatenate([a, b], axis=-1)))
     return a * g + b * (1.0 - g)
