@@ -117,20 +117,31 @@ def _value_and_grads(layer, x):
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_up_block_fused_and_reference_agree(policy):
   """UpBlock's two implementations of one kernel variable: same output and gradients (input and
-  kernel) in training mode. Measured relative RMS difference, 20 seeds, TensorFlow and JAX:
-  float32 <= 2.3e-7 (output) / 3.7e-7 (gradients); mixed_bfloat16 <= 4.8e-3 / 6.0e-3, the bf16
-  rounding of different intermediate sums (bf16 has 8 significant bits: 2^-8 = 3.9e-3)."""
+  kernel) in training mode. Every weight is drawn from the seed: the batch norm's gamma too
+  (its initializer, N(1, 0.02), is unseeded, and with it left as made the bf16 differences
+  moved with whatever earlier tests had drawn: 0.017-0.0195 for the kernel gradient at one
+  seed, against a bound then of 0.02). Relative RMS difference, largest over 60 seeds (AMD
+  EPYC, 2026-11-29, TensorFlow / JAX): float32 2.2e-7 / 2.2e-7 (output), 2.5e-7 / 2.8e-7
+  (d/dx), 3.6e-7 / 3.5e-7 (d/dkernel), bound 1e-5; mixed_bfloat16 0.0050 / 0.0048, 0.013 /
+  0.0058, 0.021 / 0.0050, bound 0.05. TensorFlow's bf16 kernel gradient is the loosest in both
+  paths: against the layer in float32 (an ad-hoc run, 60 seeds) the reference path's is up to
+  0.018 off, the fused path's 0.015 (JAX: 0.0062 / 0.0060), so their difference is bf16
+  rounding, not a term of the formula (the output phases swapped: 87% off). The measurement:
+  MSMT_LAYER_SEEDS=60 MSMT_LAYER_REPORT=FILE KERAS_BACKEND=... pytest -k up_block_fused."""
   from msmt_tf.layers import blocks  # pylint: disable=g-import-not-at-top
-  bound = 1e-5 if policy == "float32" else 2e-2
+  bound = 1e-5 if policy == "float32" else 5e-2
   before = blocks.upsample_conv()
   keras.mixed_precision.set_global_policy(policy)
+  largest = {}
   try:
-    for seed in range(3):
+    for seed in range(int(os.environ.get("MSMT_LAYER_SEEDS", "3"))):
       rng = np.random.default_rng(seed)
       x = rng.standard_normal((3, 5, 6, 8)).astype("float32")
       layer = L.UpBlock(6)
       layer.build(x.shape)
       layer.conv.kernel.assign(rng.standard_normal(layer.conv.kernel.shape) * 0.2)
+      layer.bn.gamma.assign(1.0 + 0.02 * rng.standard_normal(layer.bn.gamma.shape))
+      layer.bn.beta.assign(0.02 * rng.standard_normal(layer.bn.beta.shape))
       results, calls = {}, []
       fused_fn = blocks.upsample_conv3x3
       blocks.upsample_conv3x3 = lambda *a: calls.append(1) or fused_fn(*a)
@@ -145,7 +156,13 @@ def test_up_block_fused_and_reference_agree(policy):
       for name, a, b in zip(("output", "d/dx", "d/dkernel"), results["fused"],
                             results["reference"]):
         rel = _rel_rms(a, b)
-        assert rel < bound, (policy, seed, name, rel)
+        largest[name] = max(largest.get(name, 0.0), rel)
+        if not os.environ.get("MSMT_LAYER_REPORT"):  # (the measurement takes every seed)
+          assert rel < bound, (policy, seed, name, rel)
+    if os.environ.get("MSMT_LAYER_REPORT"):
+      with open(os.environ["MSMT_LAYER_REPORT"], "a") as f:
+        f.write(json.dumps(dict(test="up_block", backend=keras.backend.backend(), policy=policy,
+                                largest=largest)) + "\n")
   finally:
     blocks.set_upsample_conv(before)
     keras.mixed_precision.set_global_policy("float32")
