@@ -488,7 +488,7 @@ def test_gated_fusion_formula(tmp_path, gate_mode, monkeypatch):
     g = 1 / (1 + np.exp(-(np.concatenate([a, b], -1) @ kernel + bias)))
     np.testing.assert_allclose(out, a * g + b * (1 - g), rtol=1e-5, atol=1e-6)
     assert kernel.shape == ((8, 4) if per_channel else (8, 1))
-  # the channel sums for the scalar gate only, in the reduce mode only
+  # the channel sums for the scalar gate only, in the reduce and matvec modes only
   assert bool(calls) == (gate_mode != "conv") and not any(calls)
 
 

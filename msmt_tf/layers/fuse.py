@@ -7,6 +7,9 @@ from msmt_tf.layers import blocks
 
 __all__ = ["GatedFusion", "scalar_gate_logits"]
 
+# The blocks.FUSE_GATE_MODES whose scalar gate is `scalar_gate_logits` (its `kernel_grad`).
+_CHANNEL_SUM_MODES = ("reduce", "matvec")
+
 
 def scalar_gate_logits(a, b, kernel, bias, kernel_grad="reduce"):
   """`conv1x1(concat(a, b), kernel) + bias` for a one-channel gate (`kernel` `[1, 1, 2C, 1]`) as
@@ -21,8 +24,8 @@ def scalar_gate_logits(a, b, kernel, bias, kernel_grad="reduce"):
   [N, C]` (N = B * H * W) in a's dtype, the upstream gradient g rounded to it (bf16 under mixed
   precision, as a convolution's kernel gradient is), accumulated as the backend's matrix
   products accumulate."""
-  if kernel_grad not in ("reduce", "matvec"):
-    raise ValueError(f"kernel_grad must be 'reduce' or 'matvec', not {kernel_grad!r}")
+  if kernel_grad not in _CHANNEL_SUM_MODES:
+    raise ValueError(f"kernel_grad must be one of {_CHANNEL_SUM_MODES}, not {kernel_grad!r}")
   channels = a.shape[-1]
   kernel = ops.cast(kernel[0, 0, :, 0], "float32")
   axes = tuple(range(len(a.shape) - 1))
@@ -75,7 +78,7 @@ class GatedFusion(keras.layers.Layer):
 
   def call(self, a, b):
     mode = blocks.implementation("fuse_gate")
-    if mode in ("reduce", "matvec") and not self.per_channel:
+    if mode in _CHANNEL_SUM_MODES and not self.per_channel:
       logits = scalar_gate_logits(a, b, self.gate.kernel, self.gate.bias, mode)
       g = ops.cast(ops.sigmoid(logits), a.dtype)
     else:
