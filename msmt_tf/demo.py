@@ -10,9 +10,13 @@ Runs, in order, the same commands a user runs for CUB or COCO:
   4. `python -m msmt_tf.export` to `saved_models/shapes_demo/<step>` (if not there yet),
 with `--flagfile=configs/shapes.cfg`, a reduced-size MSMT-GAN (two stages, 64 and 128) sized
 to finish in about a quarter of an hour on two CPU cores. Prints where the sample grids are.
+
+Ctrl-C or SIGTERM stops the step that is running as it stops that command alone (its message
+says what it kept), then the demo (exit status 130 / 143); the same command continues.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +27,8 @@ if __name__ == "__main__":  # its known-harmless native lines off (this and ever
 
 from absl import app
 from absl import flags
+
+from msmt_tf import stopping
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/shapes.cfg", "Flagfile of the demo.")
@@ -45,16 +51,42 @@ def _flag_value(path, name):
   return value
 
 
+# A step that got the demo's signal too (a terminal's Ctrl-C reaches the whole foreground process
+# group; Slurm signals every process of the job) stops by itself, and a second signal could cut
+# its message short: it gets this long before the demo passes the signal on (`kill PID` and
+# `docker stop` signal the demo alone).
+PASS_ON_AFTER_S = 10.0
+
+
+def stop_step(proc, error, pass_on_after_s=None):
+  """Waits for the step `proc` after the demo's Ctrl-C or SIGTERM (`error`), passing the same
+  signal on if it is still running after `pass_on_after_s` (default `PASS_ON_AFTER_S`); returns
+  its exit status."""
+  try:
+    return proc.wait(timeout=PASS_ON_AFTER_S if pass_on_after_s is None else pass_on_after_s)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM if isinstance(error, stopping.Terminated) else signal.SIGINT)
+  return proc.wait()
+
+
 def _run(args, may_refuse=False):
   """Runs one step; stops the demo when it fails. `may_refuse`: returns None instead when the
-  step exits with status 3 (pretrain_damsm --resume has nothing it can continue)."""
+  step exits with status 3 (pretrain_damsm --resume has nothing it can continue). Ctrl-C or
+  SIGTERM: the step stops as it does alone (`stop_step`), and the interrupt goes on with the
+  step's name (`step`)."""
   print("\n$ python -m " + " ".join(args), flush=True)
   start = time.time()
-  res = subprocess.run([sys.executable, "-m", *args])
-  if may_refuse and res.returncode == 3:
+  proc = subprocess.Popen([sys.executable, "-m", *args])
+  try:
+    code = proc.wait()
+  except KeyboardInterrupt as e:
+    e.step = args[0]
+    stop_step(proc, e)
+    raise
+  if may_refuse and code == 3:
     return None
-  if res.returncode:
-    sys.exit(f"error: step failed (exit {res.returncode}): {' '.join(args)}")
+  if code:
+    sys.exit(f"error: step failed (exit {code}): {' '.join(args)}")
   return time.time() - start
 
 
@@ -75,6 +107,18 @@ def pretrain_command(cfg, damsm_dir):
 
 def main(argv):
   del argv
+  try:
+    with stopping.sigterm_as_interrupt():
+      demo()
+  except KeyboardInterrupt as e:
+    step = getattr(e, "step", None)
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: the demo stopped"
+                          + (f" in `python -m {step}` (what it kept is said above)" if step
+                             else "") + "; the same command continues where it stopped")
+
+
+def demo():
+  """The demo's steps, in order (the module doc)."""
   cfg = FLAGS.config
   if not os.path.isfile(cfg):
     sys.exit(f"error: config not found: {cfg}")

@@ -500,7 +500,7 @@ def main(argv):
   except (DatasetError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
-    sys.exit(interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite,
+    stopping.exit_stopped(e, interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite,
                                  stopping.how_stopped(e)))
   logging.info("DAMSM encoders written to %s", FLAGS.damsm_dir)
   print(f"DAMSM encoders written to {os.path.abspath(FLAGS.damsm_dir)}")

@@ -4,14 +4,18 @@ SIGTERM is what a batch system's time limit (Slurm, Kubernetes), `kill` and `doc
 Python's default is to die at once, without the message each command prints on Ctrl-C (the step
 reached, what was kept, the command that continues). Inside `sigterm_as_interrupt()` a SIGTERM
 raises `Terminated`, a `KeyboardInterrupt`, so the command's Ctrl-C path runs: the same `finally`
-blocks and the same message, which `how_stopped` words for either signal.
+blocks and the same message, which `how_stopped` words for either signal. `exit_stopped` prints
+that message and ends the process with the status a shell gives a command the signal killed
+(130 for Ctrl-C, 143 for SIGTERM), so a job script can tell a stopped run (resume it) from a
+failed one (exit 1).
 """
 
 import contextlib
 import signal
+import sys
 import threading
 
-__all__ = ["Terminated", "how_stopped", "sigterm_as_interrupt"]
+__all__ = ["Terminated", "exit_status", "exit_stopped", "how_stopped", "sigterm_as_interrupt"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,3 +46,16 @@ def sigterm_as_interrupt():
 def how_stopped(error):
   """'stopped by SIGTERM' for `Terminated`, 'interrupted' for Ctrl-C."""
   return "stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted"
+
+
+def exit_status(error):
+  """128 + the signal, as a shell reports a command the signal stopped: 143 for `Terminated`
+  (SIGTERM), 130 for Ctrl-C (SIGINT)."""
+  return 128 + int(signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
+
+
+def exit_stopped(error, message):
+  """Prints `message` (what was kept, the command that continues) to stderr and exits with
+  `exit_status(error)`."""
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(exit_status(error))

@@ -524,8 +524,8 @@ def main(argv):
     run = prepare()
   except (DatasetError, ValueError, FileNotFoundError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
-    sys.exit("interrupted before training started")
+  except KeyboardInterrupt as e:
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)} before training started")
   # SIGTERM (Slurm's time limit, `kill`, `docker stop`, Kubernetes) stops a run as Ctrl-C does:
   # with the step reached and the checkpoint to continue from, instead of silently.
   try:
@@ -536,7 +536,7 @@ def main(argv):
   except KeyboardInterrupt as e:
     print(flush=True)  # off the progress bar's line
     last = checkpoint.latest(run.run_dir)
-    sys.exit(f"{stopping.how_stopped(e)} at step {run.step}; the newest checkpoint is "
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)} at step {run.step}; the newest checkpoint is "
              + (f"{last[1]} (step {last[0]}): continue with the same command and --resume"
                 if last else "none yet: run the same command again to start over"))
   print(f"trained to step {step}; run directory: {run.run_dir}")

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,21 @@ def define_main_only_flags(module):
   for name, help_text in _MAIN_ONLY_FLAGS.get(module, ()):
     if name not in flags.FLAGS:
       flags.DEFINE_bool(name, False, help_text)
+
+
+def stops(capsys, status, pattern, fn, *args):
+  """Calls `fn(*args)` (a command's `main`) and asserts that it exits with `status` (130 for
+  Ctrl-C, 143 for SIGTERM: `stopping.exit_stopped`) after printing to stderr a message
+  `pattern` (a regular expression) finds."""
+  capsys.readouterr()
+  try:
+    fn(*args)
+  except SystemExit as e:
+    err = capsys.readouterr().err
+    assert e.code == status, (e.code, err)
+    assert re.search(pattern, err), err
+    return err
+  raise AssertionError(f"{fn} did not exit")
 
 
 def run_main(module, *argv):

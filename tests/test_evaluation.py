@@ -849,7 +849,7 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
     m.setattr(metric_main, "evaluate", interrupted)
     res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
                        "--metrics=fid20_test")
-  assert res.returncode == 1 and res.stderr == (
+  assert res.returncode == 130 and res.stderr == (  # 128 + SIGINT, as a shell says it
       f"interrupted: the images and statistics made so far are kept in "
       f"{os.path.join(smoke_run['run'], 'eval')}; the same command continues from them\n")
   with monkeypatch.context() as m:  # SIGTERM (a batch system's time limit): the same, worded so
@@ -857,8 +857,8 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
     handler = signal.getsignal(signal.SIGTERM)
     res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
                        "--metrics=fid20_test")
-  assert res.returncode == 1 and res.stderr.startswith("stopped by SIGTERM: the images and "
-                                                       "statistics made so far are kept in ")
+  assert res.returncode == 143 and res.stderr.startswith("stopped by SIGTERM: the images and "
+                                                         "statistics made so far are kept in ")
   assert signal.getsignal(signal.SIGTERM) is handler
   with pytest.raises(FileNotFoundError, match=f"run folder not found: {tmp_path / 'no_run'}"):
     metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
@@ -1115,7 +1115,7 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
   assert got["num_images"] == 3 and 0 <= got["r_precision_mean"] <= 100
 
 
-def test_ctrl_c_or_sigterm_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
   out.mkdir()
@@ -1128,13 +1128,11 @@ def test_ctrl_c_or_sigterm_in_sample_says_how_many_images_are_there(tmp_path, mo
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["sample", f"--run_dir={tmp_path}", f"--out={out}", "--num_images=10"])
   try:
-    with pytest.raises(SystemExit, match=f"interrupted: 3 of 10 images are in {out}; the same "
-                       "command continues where it stopped"):
-      sample.main([])
+    cli.stops(capsys, 130, f"interrupted: 3 of 10 images are in {out}; the same command "
+              "continues where it stopped", sample.main, [])
     monkeypatch.setattr(sample, "generate", cli.sigterm_self)  # a batch system's time limit
-    with pytest.raises(SystemExit, match=f"stopped by SIGTERM: 3 of 10 images are in {out}; the "
-                       "same command continues where it stopped"):
-      sample.main([])
+    cli.stops(capsys, 143, f"stopped by SIGTERM: 3 of 10 images are in {out}; the same command "
+              "continues where it stopped", sample.main, [])
   finally:
     flags.FLAGS.unparse_flags()
 

@@ -1,5 +1,6 @@
 """Training tests: exact resume after SIGKILL, bad flags, NaN guard, DAMSM pretraining."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -222,7 +223,8 @@ def test_corrupt_damsm_file_is_named(smoke, tmp_path):
   assert_quiet(res.stderr)  # a command that stops early is as quiet as one that trains
 
 
-def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, monkeypatch,
+                                                               capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from msmt_tf import pretrain_damsm  # pylint: disable=g-import-not-at-top
   damsm = tmp_path / "damsm"
@@ -241,34 +243,29 @@ def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, mon
                f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}"])
   try:
     monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
-    with pytest.raises(SystemExit, match="interrupted before the encoders were finished: "
-                       "nothing was written"):
-      pretrain_damsm.main([])
+    cli.stops(capsys, 130, "interrupted before the encoders were finished: nothing was written",
+              pretrain_damsm.main, [])
     monkeypatch.setattr(pretrain_damsm, "pretrain", cli.sigterm_self)  # Slurm's time limit
-    with pytest.raises(SystemExit, match="stopped by SIGTERM before the encoders were finished: "
-                       "nothing was written"):
-      pretrain_damsm.main([])
+    cli.stops(capsys, 143, "stopped by SIGTERM before the encoders were finished: nothing was "
+              "written", pretrain_damsm.main, [])
     monkeypatch.setattr(pretrain_damsm, "pretrain",
                         lambda *a, **k: interrupted(*a, snapshot=True, **k))
-    with pytest.raises(SystemExit, match="text_encoder.keras, .*image_encoder.keras are a "
-                       "snapshot of epoch 1 of 3, not fully trained encoders; continue with the "
-                       "same command and --resume"):
-      pretrain_damsm.main([])
+    cli.stops(capsys, 130, "text_encoder.keras, .*image_encoder.keras are a snapshot of epoch 1 "
+              "of 3, not fully trained encoders; continue with the same command and --resume",
+              pretrain_damsm.main, [])
     # --overwrite stopped before its first snapshot: the encoders there before are untouched
     # (here a snapshot of an earlier pretraining: its record is still there).
     flags.FLAGS.overwrite = True
     monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
-    with pytest.raises(SystemExit, match="no snapshot of this run was written yet; .* are the "
-                       "encoders that were there before it, unchanged \\(a snapshot of epoch 1 "
-                       "of 3 of an earlier pretraining\\); run the same command again"):
-      pretrain_damsm.main([])
+    cli.stops(capsys, 130, "no snapshot of this run was written yet; .* are the encoders that "
+              "were there before it, unchanged \\(a snapshot of epoch 1 of 3 of an earlier "
+              "pretraining\\); run the same command again", pretrain_damsm.main, [])
     # ... and after its first one: --resume instead of --overwrite.
     monkeypatch.setattr(pretrain_damsm, "pretrain",
                         lambda *a, **k: interrupted(*a, snapshot=True, **k))
     shutil.rmtree(damsm)
-    with pytest.raises(SystemExit, match="continue with the same command with --resume instead "
-                       "of --overwrite"):
-      pretrain_damsm.main([])
+    cli.stops(capsys, 130, "continue with the same command with --resume instead of --overwrite",
+              pretrain_damsm.main, [])
     flags.FLAGS.resume = True
     with pytest.raises(SystemExit, match="--resume continues the snapshot in --damsm_dir, "
                        "--overwrite starts over from scratch: pass one of them"):
@@ -647,7 +644,8 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   assert capsys.readouterr().out == ""
 
 
-def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch,
+                                                                             capsys):
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   run = train.Run()
   run.run_dir, run.step = str(tmp_path), 7
@@ -656,14 +654,12 @@ def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_
   def interrupted(_):
     raise KeyboardInterrupt
   monkeypatch.setattr(train, "train", interrupted)
-  with pytest.raises(SystemExit, match="interrupted at step 7; the newest checkpoint is none yet"):
-    train.main([])
+  cli.stops(capsys, 130, "interrupted at step 7; the newest checkpoint is none yet", train.main, [])
   os.makedirs(tmp_path / "checkpoints")
   (tmp_path / "checkpoints" / "ckpt-00000005.npz").write_bytes(b"")
-  with pytest.raises(SystemExit, match="interrupted at step 7; the newest checkpoint is "
-                     f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\): continue with "
-                     "the same command and --resume"):
-    train.main([])
+  cli.stops(capsys, 130, "interrupted at step 7; the newest checkpoint is "
+            f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\): continue with the same "
+            "command and --resume", train.main, [])
   # SIGTERM (Slurm's time limit, `kill`, `docker stop`) stops a run as Ctrl-C does, with the
   # step and the checkpoint, not silently; the process's own SIGTERM handler is back afterwards.
   def killed(_):
@@ -672,9 +668,8 @@ def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_
     raise AssertionError("SIGTERM did not stop the training")
   monkeypatch.setattr(train, "train", killed)
   before = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(SystemExit, match="stopped by SIGTERM at step 7; the newest checkpoint is "
-                     f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\)"):
-    train.main([])
+  cli.stops(capsys, 143, "stopped by SIGTERM at step 7; the newest checkpoint is "
+            f"{tmp_path}/checkpoints/ckpt-00000005.npz \\(step 5\\)", train.main, [])
   assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -925,13 +920,101 @@ def test_demo_pretrains_again_when_its_snapshot_cannot_be_resumed(tmp_path, monk
   assert calls[2][0] == "msmt_tf.train"
   # A refusal is exit status 3 and nothing else (a crash, exit 1, stops the demo).
   monkeypatch.undo()
-  monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 3}))
+
+  def exits(code):
+    return lambda *a, **k: type("P", (), {"wait": lambda self: code})()
+  monkeypatch.setattr(demo.subprocess, "Popen", exits(3))
   assert demo._run(["msmt_tf.pretrain_damsm", "--resume"], may_refuse=True) is None
   with pytest.raises(SystemExit, match="step failed \\(exit 3\\)"):
     demo._run(["msmt_tf.pretrain_damsm", "--resume"])
-  monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 1}))
+  monkeypatch.setattr(demo.subprocess, "Popen", exits(1))
   with pytest.raises(SystemExit, match="step failed \\(exit 1\\)"):
     demo._run(["msmt_tf.pretrain_damsm", "--resume"], may_refuse=True)
+
+
+# A demo step as the commands stop: the signal is noted, the step's own shutdown (its message,
+# the interpreter's exit) takes argv[1] seconds, then it prints the signals it got and exits with
+# 128 + the first.
+_STEP = r"""
+import signal, sys, time
+got = []
+for s in (signal.SIGINT, signal.SIGTERM):
+  signal.signal(s, lambda s, f: got.append(s))
+print("ready", flush=True)
+while not got:
+  time.sleep(0.01)
+time.sleep(float(sys.argv[1]))
+print(" ".join(signal.Signals(s).name for s in got), flush=True)
+sys.exit(128 + got[0])
+"""
+
+
+@pytest.mark.parametrize("signalled_too", [False, True])
+@pytest.mark.parametrize("error", ["ctrl_c", "sigterm"])
+def test_a_stopped_demo_stops_its_step_with_one_signal(error, signalled_too):
+  """Ctrl-C or SIGTERM while a demo step runs: the step stops as it does alone, from exactly one
+  signal. A step the signal reached too (a terminal's Ctrl-C signals the foreground process
+  group, Slurm every process of the job) is left to stop by itself: a second signal during its
+  shutdown would cut its message short. One the demo alone got (`kill PID`, `docker stop`) gets
+  the same signal from the demo."""
+  from msmt_tf import demo  # pylint: disable=g-import-not-at-top
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  sig = signal.SIGTERM if error == "sigterm" else signal.SIGINT
+  e = stopping.Terminated() if error == "sigterm" else KeyboardInterrupt()
+  proc = subprocess.Popen([sys.executable, "-c", _STEP, "1.0"], stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline() == "ready\n"
+    if signalled_too:
+      proc.send_signal(sig)
+    # Passed on after 0.3 s when not signalled (the step's shutdown takes 1 s: a step signalled
+    # too would get a second signal if the wait were the only guard); waited for when signalled.
+    code = demo.stop_step(proc, e, pass_on_after_s=0.3 if not signalled_too else 60)
+    assert code == 128 + sig
+    assert proc.stdout.read().split() == [sig.name]
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+def test_sigterm_stops_the_demo_with_its_steps_message(tmp_path, monkeypatch, capfd):
+  """SIGTERM to the demo alone (`kill PID`) while its dataset step runs: the step gets it from
+  the demo, says what it left and that the same command finishes it; the demo names the step and
+  exits 143."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from msmt_tf import demo  # pylint: disable=g-import-not-at-top
+  cfg = tmp_path / "demo.cfg"
+  data = tmp_path / "data"
+  cfg.write_text(f"--data_dir={data}\n--damsm_dir={tmp_path / 'damsm'}\n"
+                 f"--run_dir={tmp_path / 'run'}\n")
+  monkeypatch.setattr(demo, "PASS_ON_AFTER_S", 0.5)
+
+  def kill_when_writing():  # once the step writes (its handler installed), SIGTERM to the demo
+    deadline = time.time() + 120
+    while not (data / "images").is_dir() and time.time() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["demo", f"--config={cfg}", "--shapes_train=100000", "--shapes_image_size=64"])
+  killer = threading.Thread(target=kill_when_writing, daemon=True)
+  before = signal.getsignal(signal.SIGTERM)
+  try:
+    killer.start()
+    with contextlib.chdir(REPO), pytest.raises(SystemExit) as stopped:
+      demo.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+    killer.join()
+  err = capfd.readouterr().err
+  assert stopped.value.code == 143, err
+  assert f"stopped by SIGTERM: the dataset in {data} is unfinished; the same command finishes " \
+         "it" in err
+  assert err.rstrip().endswith("stopped by SIGTERM: the demo stopped in `python -m "
+                               "msmt_tf.data.shapes` (what it kept is said above); the same "
+                               "command continues where it stopped")
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert (data / "shapes_unfinished.json").is_file()  # what the same command finishes
 
 
 def test_mixed_precision_step_matches_float32(smoke, reference_run, tmp_path):

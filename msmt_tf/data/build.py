@@ -1311,9 +1311,8 @@ def main(argv):
       print(e.hint, file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt as e:
-    print(f"\n{stopping.how_stopped(e)}: nothing was written to --out; run the same command "
-          "again to resume", file=sys.stderr)
-    sys.exit(143 if isinstance(e, stopping.Terminated) else 130)  # 128 + the signal, as a shell
+    stopping.exit_stopped(e, f"\n{stopping.how_stopped(e)}: nothing was written to --out; run "
+                          "the same command again to resume")
   print(format_summary(summary))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from msmt_tf import stopping
 from msmt_tf.fileio import atomic_write_bytes
 
 __all__ = ["KINDS", "COLOURS", "BACKGROUNDS", "make_scene", "render_scene", "scene_captions",
@@ -303,9 +304,13 @@ def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   try:
-    summary = write_dataset(f.out, f.num_train, f.num_test, f.seed, f.image_size, f.overwrite)
+    with stopping.sigterm_as_interrupt():
+      summary = write_dataset(f.out, f.num_train, f.num_test, f.seed, f.image_size, f.overwrite)
   except (FileExistsError, ValueError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt as e:
+    stopping.exit_stopped(e, f"\n{stopping.how_stopped(e)}: the dataset in {f.out} is "
+                          "unfinished; the same command finishes it")
   print(format_summary(summary))
 
 
