@@ -263,15 +263,13 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   if not os.path.isdir(run_dir):
     raise FileNotFoundError(f"run folder not found: {run_dir} (--run_dir: a msmt_tf.train run, "
                             "or one imported with msmt_tf.import_torch)")
-  saved = None  # the checkpoint's record: the encoders its step was trained with
   if step is None:  # the newest checkpoint that reads (damaged newer ones are set aside, said)
     found = checkpoint.newest_readable(run_dir)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    step, saved = found[0], found[2]
+    step = found[0]
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
-  if saved is None:
-    saved = checkpoint.read_record(runs.step_checkpoint(run_dir, step))
+  runs.step_checkpoint(run_dir, step)  # a --step that is not there: named, with the steps there
   record = runs.read_config(run_dir)
   data_dir = data_dir or record["data"]["data_dir"]
   damsm_dir = damsm_dir or record.get("damsm_dir")
@@ -285,8 +283,8 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   check_splits(parsed, splits, counts, _flag("is_splits"))
   vocab = next(iter(splits.values())).vocab  # one vocabulary for every split
   runs.check_run_vocabulary(record, vocab, run_dir, data_dir)
-  # The generator's text encoder: checked here, loaded again where the images are made.
-  runs.load_run_text_encoder(runs.with_checkpoint_encoders(record, saved), run_dir, damsm_dir)
+  # The generator and its text encoder, checked and loaded once for every metric's images.
+  loaded = runs.load_run(run_dir, step, damsm_dir, data_dir)
   # Every network file is opened before any image is made: a missing one fails at once.
   metrics = {m for _, m, _, _ in parsed}
   extractors = {}
@@ -321,7 +319,7 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     folder = folders[split]
     sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
                     batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
-                    progress=progress)
+                    progress=progress, loaded=loaded)
     files = [os.path.join(folder, sample.image_name(i)) for i in range(count)]
     result = {"metric": name, "run_dir": os.path.abspath(run_dir), "step": int(step),
               "images": folder, "num_generated": count, "seed": seed,

@@ -170,8 +170,10 @@ def _inside(path, folder):
 
 
 def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_num=None,
-             batch_size=50, damsm_dir=None, data_dir=None, progress=True):
-  """Writes the images (skipping existing ones) and the manifest; returns the manifest."""
+             batch_size=50, damsm_dir=None, data_dir=None, progress=True, loaded=None):
+  """Writes the images (skipping existing ones) and the manifest; returns the manifest.
+  `loaded`: what `runs.load_run(run_dir, step, damsm_dir, data_dir)` returned, used instead of
+  loading the run again (evaluation.metric_main, one load for all its metrics)."""
   import keras  # pylint: disable=g-import-not-at-top
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
@@ -189,7 +191,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
         f"{out} is not empty ({len(foreign)} entries, e.g. {', '.join(foreign[:3])}) but has no "
         f"{MANIFEST} of a msmt_tf.sample run: its files would be taken for generated images; "
         f"choose an empty or new --out (nothing in {out} was changed)")
-  generator, text_encoder, _, record = runs.load_run(run_dir, step, damsm_dir, data_dir)
+  generator, text_encoder, _, record = loaded or runs.load_run(run_dir, step, damsm_dir, data_dir)
   step = record["step"]  # without --step: the newest checkpoint that reads
   dataset = record["data"]["dataset"]
   data = datasets.load_split(data_dir or record["data"]["data_dir"], dataset, split)

@@ -970,7 +970,7 @@ def private_run(smoke_run, tmp_path):
                          ignore=shutil.ignore_patterns("eval", "metrics.jsonl"))
 
 
-def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path):
+def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path, monkeypatch):
   """Another --data_dir (or a rebuilt dataset) gets its own real-image reference and its own
   generated images; the first dataset's are kept, and a half-made reference is continued."""
   from evaluation import metric_main
@@ -1011,6 +1011,14 @@ def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path):
                                    progress=False)
     assert (fourth["reference"], fourth["images"]) == (real, first["images"])
     assert fourth["fid"] == pytest.approx(first["fid"])
+    # Several metrics: the run (generator, text encoder) is loaded once for all of them.
+    from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+    loads, load_run = [], runs.load_run
+    monkeypatch.setattr(runs, "load_run", lambda *a, **k: loads.append(a) or load_run(*a, **k))
+    both = metric_main.evaluate(run, ["fid10_test", "fid5_test"], sample_batch_size=10,
+                                progress=False)
+    assert [r["num_generated"] for r in both] == [10, 5] and len(loads) == 1
+    assert both[0]["fid"] == pytest.approx(first["fid"])
   with open(os.path.join(real, "dataset.json")) as f:
     record = json.load(f)
   assert record["data_dir"] == os.path.realpath(smoke_run["data"]) and record["split"] == "test"
