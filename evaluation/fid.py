@@ -244,7 +244,10 @@ def main(argv):
   f = eval_flags.FLAGS
   eval_flags.run_cli(("images", "reference"), lambda: format_result("FID", compute(
       eval_flags.extractor(), f.images, f.reference, f.eval_batch_size, f.fid_method,
-      f.save_stats, progress=True)))
+      f.save_stats, progress=True)),
+      stopped="a --save_stats file is written once the --images statistics are complete (one "
+      "written is read by the same command instead of the images)" if f.save_stats else
+      "nothing was written")
 
 
 if __name__ == "__main__":

@@ -46,14 +46,21 @@ def is_extractor():
   return extractor(source)
 
 
-def run_cli(required, compute, errors=(FileNotFoundError, ValueError)):
+def run_cli(required, compute, errors=(FileNotFoundError, ValueError),
+            stopped="nothing was written"):
   """A command's main: checks the `required` flags, prints `compute()` (a string) or exits with
-  `error: <message>` naming the bad input."""
+  `error: <message>` naming the bad input. Ctrl-C or SIGTERM: exit status 130 / 143 and
+  `<how>: no result; <stopped>` (what is left)."""
   missing = [f"--{n}" for n in required if not getattr(FLAGS, n)]
   if missing:
     sys.exit(f"error: set {' and '.join(missing)}")
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
   try:
-    text = compute()
+    with stopping.sigterm_as_interrupt():
+      text = compute()
   except errors as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (a batch system's time limit)
+    print(flush=True)  # off the progress bar's line
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: no result; {stopped}")
   print(text)

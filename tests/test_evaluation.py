@@ -1123,6 +1123,22 @@ def test_sample_refuses_foreign_files_and_images_of_other_captions(smoke_run, tm
   assert got["num_images"] == 3 and 0 <= got["r_precision_mean"] <= 100
 
 
+def test_ctrl_c_or_sigterm_in_a_metric_command_says_what_is_left(capsys):
+  """evaluation.fid / inception_score / r_precision / compare_fid (`run_cli`): a stop is said
+  with what is left and exit status 130 / 143, not a traceback."""
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
+
+  def interrupted():
+    raise KeyboardInterrupt
+  cli.stops(capsys, 130, "^interrupted: no result; nothing was written\n$",
+            eval_flags.run_cli, (), interrupted)
+  handler = signal.getsignal(signal.SIGTERM)
+  cli.stops(capsys, 143, "^stopped by SIGTERM: no result; a --save_stats file is written once",
+            eval_flags.run_cli, (), cli.sigterm_self, (ValueError,),
+            "a --save_stats file is written once the statistics are complete")
+  assert signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_ctrl_c_or_sigterm_in_sample_says_how_many_images_are_there(tmp_path, monkeypatch, capsys):
   from absl import flags  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
