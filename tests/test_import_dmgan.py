@@ -429,6 +429,17 @@ def test_run_directory_samples_like_g_net(small, shapes_dir, tmp_path):
   other = config_for(**DIMS, r_num=2, word_mask="official_repeat", vocab=vocab + 1)
   with pytest.raises(ValueError, match=f"{vocab}-word vocabulary"):
     dmgan.write_run(files["zip"], str(tmp_path / "r3"), other, data, str(damsm))
+  # Encoders of another width (the run could never be sampled): refused, nothing written.
+  narrow = tmp_path / "damsm_narrow"
+  narrow.mkdir()
+  from msmt_tf.models import RNNTextEncoder  # pylint: disable=g-import-not-at-top
+  enc = RNNTextEncoder(vocab, 12, 8, name="text_encoder")
+  enc.build((None, 25))
+  enc.save(str(narrow / "text_encoder.keras"))
+  with pytest.raises(ValueError, match=f"damsm_narrow/text_encoder.keras has width 8, the "
+                     f"generator reads {DIMS['nef']}-wide word features .*nothing was written"):
+    dmgan.write_run(files["zip"], str(tmp_path / "r4"), cfg, data, str(narrow))
+  assert not (tmp_path / "r4").exists()
 
   generator, text_encoder, _, _ = runs.load_run(str(run))
   assert generator.refine_stages[0].word_mask == "official_repeat"

@@ -401,6 +401,11 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
   if text_encoder.vocab_size != model_cfg.vocab_size:
     raise ValueError(f"{text_path} has a {text_encoder.vocab_size}-word vocabulary, the config "
                      f"{model_cfg.vocab_size} (--vocab_size / the dataset's captions.pickle)")
+  if text_encoder.hidden_dim != model_cfg.text_dim:  # the run could never be sampled
+    raise ValueError(f"{text_path} has width {text_encoder.hidden_dim}, the generator reads "
+                     f"{model_cfg.text_dim}-wide word features (--text_dim, DM-GAN's "
+                     "TEXT.EMBEDDING_DIM: 256 for the released models): pass the DAMSM "
+                     "encoders it was trained with (--damsm_dir); nothing was written")
   generator, report = load_generator(netg_path, model_cfg, data["words_num"], seed)
   record = {
       "model": {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(model_cfg)},
