@@ -150,8 +150,12 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   from evaluation import features  # pylint: disable=g-import-not-at-top
   from evaluation import fid  # pylint: disable=g-import-not-at-top
   method = method or fid.default_method()
-  if reference.endswith(".npz") and not os.path.isfile(reference):
-    raise FileNotFoundError(f"--reference {reference} does not exist")
+  ref_stats = None  # (mu, sigma, meta) of a statistics file given as --reference
+  if fid.is_statistics_file(reference):  # read and checked before any network runs
+    if not os.path.isfile(reference):
+      raise FileNotFoundError(f"--reference {reference} does not exist")
+    ref_stats = fid.load_statistics(reference)
+    fid.check_same_width(features.POOL3_DIM, ref_stats[0], reference)
   # Checked before any network runs (a pass over a large folder takes minutes).
   for flag, folder in (("--images", images), ("--reference", reference)):
     if os.path.isdir(folder) and len(features.list_images(folder)) < 2:
@@ -171,7 +175,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   if pytorch_fid in ("auto", "package"):  # decided before any row is computed
     use_package, why = _pytorch_fid_package_available()
     if use_package:
-      why = ("it needs a reference folder, not statistics" if reference.endswith(".npz") else
+      why = ("it needs a reference folder, not statistics" if ref_stats else
              _package_cannot_read(images, reference, notes))
       use_package = why is None
     if not use_package:
@@ -181,15 +185,15 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   network = inception.load(fid_inception_dir)  # one copy of the weights for every variant
   stats, label, verified, saved = {}, None, None, {}
   for key, kw in variants.items():
-    if reference.endswith(".npz") and key != "official":
+    if ref_stats and key != "official":
       continue  # statistics files hold one preprocessing only
     if not decompose and key in ("resize_only", "normalize_only"):
       continue
     ext = features.KerasExtractor(fid_inception_dir, **kw, model=network)
     label, verified = label or ext.description, ext.verified if verified is None else verified
     gen = _stats_of(ext, images, batch_size, progress)
-    if reference.endswith(".npz"):
-      mu, sigma, meta = fid.load_statistics(reference)
+    if ref_stats:
+      mu, sigma, meta = ref_stats
       ref = (mu, sigma, 0)  # 0: a statistics file is not written again (save_stats)
       ref_count = int(meta.get("num_images", 0))  # 0: not recorded in the file
     else:
@@ -215,7 +219,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     notes.append("DM-GAN-style PyTorch FID not computed: set --torchvision_inception=PATH "
                  "(torchvision's inception_v3_google-1a9a5a14.pth, or AttnGAN's "
                  "image_encoder200.pth; neither can be downloaded here)")
-  elif reference.endswith(".npz"):
+  elif ref_stats:
     rows.append((DMGAN_ROW, None, "n/a: needs a reference folder"))
   else:
     value, ext, (g, r, gen_dropped, ref_dropped) = _dmgan_fid(
@@ -229,7 +233,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   if "resize_only" in stats:
     rows.append(("  resize rule only (half-pixel bilinear)", stats["resize_only"][0], tag))
     rows.append(("  normalisation only (x/127.5-1)", stats["normalize_only"][0], tag))
-  elif reference.endswith(".npz"):
+  elif ref_stats:
     notes.append("reference is a statistics file: only the official row can be computed")
   n_gen, n_ref = stats["official"][1], stats["official"][2]
   warning = fid.small_sample_warning(n_gen, n_ref, features.POOL3_DIM)  # every row: pool_3
@@ -262,7 +266,8 @@ def format_table(result):
     delta = value - official
     rel = delta / official if official else float("nan")
     lines.append(f"{name:<{width}}  {value:10.4f}  {delta:+9.4f}  {rel:+8.2%}{comment}")
-  lines.append(f"images: {result['num_images']} generated, {result['num_reference']} reference; "
+  lines.append(f"images: {result['num_images']} generated, "
+               f"{result['num_reference'] or 'an unknown number of'} reference; "
                f"official network: {result['extractor']}; distance: {result['method']}")
   lines.append("networks: official and current pytorch-fid rows: the 2015-12-05 TF Inception; "
                "DM-GAN-style row: torchvision's ImageNet Inception-v3. Causes of the deltas: "

@@ -65,6 +65,7 @@ class Extractor:
   has_logits = False
   description = ""
   verified = False
+  feature_dim = None  # the width of 'pool_3' where known before a run (else None)
 
   def label(self):
     return self.description if self.verified else f"UNVERIFIED WEIGHTS: {self.description}"
@@ -83,6 +84,7 @@ class KerasExtractor(Extractor):
   """
 
   name = "keras"
+  feature_dim = POOL3_DIM
 
   def __init__(self, weights_dir=None, resize="legacy", normalize="graph", model=None):
     import json  # pylint: disable=g-import-not-at-top
@@ -185,6 +187,7 @@ class FrozenGraphExtractor(Extractor):
 
     self._fn = tf.compat.v1.wrap_function(
         imported, [tf.TensorSpec([None, None, None, 3], tf.float32)])
+    self.feature_dim = self._fn.structured_outputs["pool_3"].shape[-1]  # None if not static
 
   def __call__(self, images):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -282,6 +285,7 @@ class TorchvisionExtractor(Extractor):
   the "PyTorch FID" of DM-GAN's and AttnGAN's published numbers, not the official TF FID."""
 
   name = "torchvision"
+  feature_dim = POOL3_DIM
 
   def __init__(self, path):
     from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
@@ -449,7 +453,7 @@ def activations(extractor, images_or_folder, batch_size=50, want_logits=False, p
     total = len(arr)
   if want_logits and not extractor.has_logits:
     raise ValueError(f"{extractor.description} has no 1008-way classifier (the Inception Score "
-                     "needs --inception_source=graph or hub)")
+                     "needs one: --is_source=graph or hub)")
   bar = None
   if progress:
     from msmt_tf import progress as progress_lib  # pylint: disable=g-import-not-at-top

@@ -23,6 +23,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 import hashlib
 import os
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -56,7 +57,9 @@ def load_statistics(path):
   except FileNotFoundError:
     raise FileNotFoundError(f"FID statistics not found: {path}") from None
   except Exception as e:
-    what = ("not a .npz file" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}")
+    what = (("it holds Python objects (object arrays), not numeric statistics"
+             if zipfile.is_zipfile(path) else "not a .npz file") if "allow_pickle" in str(e)
+            else f"{type(e).__name__}: {e}")
     raise ValueError(f"cannot read FID statistics {path} ({what})") from e
   if "mu" not in data or "sigma" not in data:
     raise ValueError(f"{path} has no 'mu'/'sigma' arrays (keys: {sorted(data)})")
@@ -185,10 +188,27 @@ def folder_statistics(extractor, folder, batch_size=50, cache=None, progress=Fal
   return mu, sigma, len(act)
 
 
+def is_statistics_file(reference):
+  """Whether `--reference` names a statistics file (`.npz` in any letter case, or any file that
+  exists) rather than a folder of images."""
+  return reference.lower().endswith(".npz") or os.path.isfile(reference)
+
+
+def check_same_width(width, mu_reference, reference):
+  """Raises a ValueError naming the statistics file `reference` when its features are not
+  `width` wide, the images' (statistics of another network or layer, e.g. pytorch-fid's
+  --dims 768)."""
+  if np.shape(mu_reference) != (width,):
+    raise ValueError(f"{reference} holds statistics of {np.size(mu_reference)}-d features, the "
+                     f"images' are {width}-d (FID's Inception pool_3: 2048): statistics of "
+                     "another network or layer")
+
+
 def reference_statistics(extractor, reference, batch_size=50, progress=False,
                          role="reference images (--reference)"):
-  """(mu, sigma, n, label) of `reference`: a `.npz` of statistics or an image folder."""
-  if reference.endswith(".npz"):
+  """(mu, sigma, n, label) of `reference`: a `.npz` of statistics or an image folder; n is 0
+  for a statistics file that does not record its image count (TTUR's, pytorch-fid's)."""
+  if is_statistics_file(reference):
     mu, sigma, meta = load_statistics(reference)
     made_by = meta.get("extractor")
     if made_by is not None and made_by != extractor.description:
@@ -215,9 +235,16 @@ def compute(extractor, images, reference, batch_size=50, method=None, save_stats
   """{'fid', 'num_images', 'num_reference', 'extractor', 'verified', ...} for two sources."""
   if save_stats:  # before the images are read: minutes of Inception otherwise lost
     check_stats_path(save_stats)
+  ref_stats = None
+  if is_statistics_file(reference):  # so is a statistics file, read and checked first
+    ref_stats = reference_statistics(extractor, reference, batch_size, progress)
+    if getattr(extractor, "feature_dim", None):
+      check_same_width(extractor.feature_dim, ref_stats[0], reference)
   mu1, sigma1, n1 = folder_statistics(extractor, images, batch_size, save_stats, progress,
                                       role="generated images (--images)")
-  mu2, sigma2, n2, ref = reference_statistics(extractor, reference, batch_size, progress)
+  mu2, sigma2, n2, ref = ref_stats or reference_statistics(extractor, reference, batch_size,
+                                                           progress)
+  check_same_width(mu1.size, mu2, reference)
   method = method or default_method()
   result = {"fid": frechet_distance(mu1, sigma1, mu2, sigma2, method), "num_images": n1,
             "num_reference": n2, "reference": ref, "method": method,
@@ -233,7 +260,8 @@ def format_result(name, result):
   fid = result["fid"]
   fid = 0.0 if -5e-5 < fid < 0 else fid  # rounding of identical statistics: not "-0.0000"
   return (f"{name}: {fid:.4f} ({result['num_images']} images vs "
-          f"{result['num_reference']} reference; {result['extractor']})"
+          f"{result['num_reference'] or 'an unknown number of'} reference; "
+          f"{result['extractor']})"
           f"{unverified_tag(result['verified'])}"
           + (f"; WARNING: {result['warning']}" if result.get("warning") else ""))
 

@@ -24,14 +24,14 @@ flags.DEFINE_string("torchvision_inception", None,
 flags.DEFINE_string("inception_hub", None,
                     "TF-Hub Inception module: a local SavedModel directory, or the handle "
                     "(resolved offline from $TFHUB_CACHE_DIR).")
-flags.DEFINE_string("is_source", None,
-                    "Inception Score classifier (default: --inception_source when it has the "
-                    "1008-way classifier, else graph): graph or hub.")
+flags.DEFINE_enum("is_source", None, ["graph", "hub"],
+                  "Inception Score classifier (default: --inception_source when it has the "
+                  "1008-way classifier, else graph): graph or hub.")
 flags.DEFINE_integer("eval_batch_size", 50, "Images per Inception batch.")
 flags.DEFINE_enum("fid_method", None, ["tfgan", "ttur"],
                   "Trace term: tfgan (TF-GAN's float64 SVD route; default with TensorFlow) or "
                   "ttur (scipy sqrtm with TTUR's fallbacks; default without TensorFlow).")
-flags.DEFINE_integer("is_splits", 10, "Inception Score splits.")
+flags.DEFINE_integer("is_splits", 10, "Inception Score splits.", lower_bound=1)
 
 
 def extractor(source=None):

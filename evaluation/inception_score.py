@@ -21,7 +21,7 @@ if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless 
 
 import numpy as np
 
-__all__ = ["inception_score", "split_scores"]
+__all__ = ["inception_score", "small_sample_warning", "split_scores"]
 
 
 def _log_softmax(logits):
@@ -49,6 +49,8 @@ def split_scores(logits, splits=10, use_tfgan=False):
   """
   logits = np.asarray(logits, np.float64)
   n = len(logits)
+  if splits < 1:
+    raise ValueError(f"--is_splits must be >= 1, got {splits}")
   if n < splits:
     raise ValueError(f"{n} images cannot make {splits} splits")
   if use_tfgan:
@@ -65,20 +67,38 @@ def inception_score(logits, splits=10, use_tfgan=False):
   return float(np.mean(scores)), float(np.std(scores))
 
 
+def small_sample_warning(num_images, splits, classes):
+  """The warning for an Inception Score whose splits hold fewer images than the classifier has
+  classes (1008 for the official network), or None. A split of k images scores at most k
+  (exp of a mutual information between y and k equally likely images) and estimates its
+  marginal p(y) from fewer images than classes: the score is biased low."""
+  per_split = num_images // max(splits, 1)
+  if per_split >= classes:
+    return None
+  return (f"IS from {num_images} images in {splits} splits ({per_split} per split, fewer than "
+          f"the classifier's {classes} classes; a split of k images scores at most k): not "
+          "comparable with published scores (the protocol: 30,000 images in 10 splits)")
+
+
 def compute(extractor, images, batch_size=50, splits=10, progress=False):
   from evaluation import features  # pylint: disable=g-import-not-at-top
   _, logits = features.activations(extractor, images, batch_size, want_logits=True,
                                    progress=progress)
   mean, std = inception_score(logits, splits)
-  return {"is_mean": mean, "is_std": std, "num_images": len(logits), "splits": splits,
-          "extractor": extractor.description, "verified": extractor.verified}
+  result = {"is_mean": mean, "is_std": std, "num_images": len(logits), "splits": splits,
+            "extractor": extractor.description, "verified": extractor.verified}
+  warning = small_sample_warning(len(logits), splits, logits.shape[1])
+  if warning:
+    result["warning"] = warning
+  return result
 
 
 def format_result(name, result):
   from evaluation.features import unverified_tag  # pylint: disable=g-import-not-at-top
   return (f"{name}: {result['is_mean']:.4f} ± {result['is_std']:.4f} ({result['num_images']} "
           f"images, {result['splits']} splits; {result['extractor']})"
-          f"{unverified_tag(result['verified'])}")
+          f"{unverified_tag(result['verified'])}"
+          + (f"; WARNING: {result['warning']}" if result.get("warning") else ""))
 
 
 def main(argv):

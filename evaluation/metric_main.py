@@ -344,6 +344,9 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
       mean, std = inception_score.inception_score(logits, FLAGS.is_splits)
       result.update(is_mean=mean, is_std=std, splits=FLAGS.is_splits, extractor=ext.description,
                     verified=ext.verified)
+      warning = inception_score.small_sample_warning(count, FLAGS.is_splits, logits.shape[1])
+      if warning:
+        result["warning"] = warning
       line = inception_score.format_result(name, {**result, "num_images": count})
     else:
       sub = folder if count == _num_in(folder) else _subset(folder, count)

@@ -167,6 +167,39 @@ def test_inception_score_matches_improved_gan_loop():
     np.testing.assert_allclose(got, expected, rtol=1e-9)
   with pytest.raises(ValueError, match="5 images cannot make 10 splits"):
     inception_score.inception_score(logits[:5], 10)
+  with pytest.raises(ValueError, match="--is_splits must be >= 1, got 0"):
+    inception_score.inception_score(logits, 0)
+
+
+def test_inception_score_of_few_images_per_split_is_capped_and_warned():
+  """A split of k images scores at most k, whatever the logits (the warning's claim); a split of
+  fewer images than classes is warned about, in the result and its line."""
+  rng = np.random.default_rng(17)
+  for k in (1, 2, 3, 7):
+    for _ in range(20):
+      logits = rng.standard_normal((k, 1008)) * rng.uniform(0.1, 50)
+      assert inception_score.inception_score(logits, 1)[0] <= k * (1 + 1e-12)
+  one_hot = np.full((3, 1008), -60.0)  # 3 images, 3 certain and different classes: exactly 3
+  one_hot[np.arange(3), np.arange(3)] = 60.0
+  assert inception_score.inception_score(one_hot, 1)[0] == pytest.approx(3, rel=1e-9)
+  assert inception_score.small_sample_warning(30000, 10, 1008) is None
+  assert inception_score.small_sample_warning(2000, 10, 200) is None  # CUB's 200 classes
+  warning = inception_score.small_sample_warning(11, 10, 1008)
+  assert warning.startswith("IS from 11 images in 10 splits (1 per split, fewer than the "
+                            "classifier's 1008 classes; a split of k images scores at most k)")
+  line = inception_score.format_result("IS", {"is_mean": 1.0, "is_std": 0.0, "num_images": 11,
+                                              "splits": 10, "extractor": "x", "verified": True,
+                                              "warning": warning})
+  assert line.endswith("; WARNING: " + warning)
+  # --is_splits 0 and a classifier the flag cannot name are refused when the flags are read.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from evaluation import flags as eval_flags  # pylint: disable=g-import-not-at-top
+  for bad in ("--is_splits=0", "--is_source=keras"):
+    fv = flags.FlagValues()
+    for name in ("is_splits", "is_source"):
+      fv[name] = eval_flags.FLAGS[name]
+    with pytest.raises(flags.IllegalFlagValueError):
+      fv(["x", bad])
 
 
 # ------------------------------------------------------------------------------ R-precision
@@ -641,6 +674,41 @@ def test_saved_statistics_are_of_their_folder_and_finite(tmp_path):
   line = fid.format_result("FID", {"fid": -1e-9, "num_images": 2, "num_reference": 2,
                                    "extractor": "x", "verified": True})
   assert line.startswith("FID: 0.0000 (")
+
+
+def test_a_statistics_reference_is_checked_before_the_images(tmp_path, monkeypatch):
+  """A --reference statistics file (.npz in any letter case) is read and checked before the
+  images' Inception pass; one of another width (pytorch-fid's --dims 768, say) is named; a
+  file that does not record its image count is said to, not counted as 0 images."""
+  ext = _standin_folders(tmp_path, 16, {"a": 4})
+  assert ext.feature_dim == 8  # the stand-in graph's pool_3, read from the graph
+  rng = np.random.default_rng(16)
+  wide = str(tmp_path / "wide.npz")
+  np.savez(wide, mu=np.zeros(768), sigma=np.eye(768))  # no num_images, as TTUR's files
+  calls = []
+  monkeypatch.setattr(type(ext), "__call__", lambda self, images: calls.append(1) or {})
+  with pytest.raises(ValueError, match=re.escape(
+      f"{wide} holds statistics of 768-d features, the images' are 8-d (FID's Inception pool_3: "
+      "2048): statistics of another network or layer")):
+    fid.compute(ext, str(tmp_path / "a"), wide)
+  assert not calls  # before any image went through the network
+  monkeypatch.undo()
+  # Upper-case extension: a statistics file, not an image folder; no image count recorded.
+  upper = str(tmp_path / "REF.NPZ")
+  act = rng.standard_normal((20, 8))
+  with open(upper, "wb") as f:
+    np.savez(f, mu=act.mean(0), sigma=np.cov(act, rowvar=False))
+  result = fid.compute(ext, str(tmp_path / "a"), upper)
+  assert result["num_reference"] == 0 and result["reference"] == upper
+  line = fid.format_result("FID", result)
+  assert "(4 images vs an unknown number of reference; " in line, line
+  assert "WARNING: FID from 4 and an unknown number of images" in line
+  # A .npz of Python objects is one, not "not a .npz file".
+  objects = str(tmp_path / "objects.npz")
+  np.savez(objects, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(2))
+  with pytest.raises(ValueError, match="objects.npz \\(it holds Python objects \\(object "
+                     "arrays\\), not numeric statistics\\)"):
+    fid.load_statistics(objects)
 
 
 def test_weights_are_found_where_ci_makes_them(tmp_path, monkeypatch):
