@@ -5,6 +5,7 @@ quirk of the released models on and off, the run directory sample / export read,
 import collections
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -369,6 +370,15 @@ def test_errors_name_the_file_and_keys(small, tmp_path):
                      match=r"wide\.pth: \d+ tensor\(s\) do not fit.*h_net1\.fc\.0\.weight"
                            r".*GF_DIM \(--channels\) = 8 in the file, 4 in the flags"):
     dmgan.assign_state_dict(g, wide, "wide.pth")
+  # A kernel of another size: the shape the config expects, in the file's (PyTorch's) layout.
+  big = collections.OrderedDict(state)
+  key = [k for k in state if k.startswith("img_net") and k.endswith(".weight")][-1]
+  o, i, kh, kw = state[key].shape
+  big[key] = np.zeros((o, i, kh + 2, kw + 2), np.float32)
+  with pytest.raises(dmgan.DMGANImportError, match=re.escape(
+      f"{key} {[o, i, kh + 2, kw + 2]} does not fit ") + r"\S+: " + re.escape(
+          f"{[o, i, kh, kw]} expected")):
+    dmgan.assign_state_dict(g, big, "big.pth")
   ints = collections.OrderedDict(state)
   ints["ca_net.fc.bias"] = ints["ca_net.fc.bias"].astype(np.int64)
   with pytest.raises(dmgan.DMGANImportError, match=r"ca_net\.fc\.bias has dtype int64"):
@@ -555,7 +565,8 @@ def test_damsm_encoders_given_as_net_g_are_named(small):
   with pytest.raises(dmgan.DMGANImportError,
                      match=r"image_encoder200\.pth is not a DM-GAN G_NET state dict: it looks "
                            r"like AttnGAN's DAMSM image encoder \(CNN_ENCODER\) \(keys such as "
-                           r"emb_features\.weight, .*damsm --image_encoder"):
+                           r"emb_features\.weight, emb_cnn_code\.weight, \.\.\. \(of its 6 "
+                           r"keys\)\): .*damsm --image_encoder"):
     dmgan.assign_state_dict(g, image, "image_encoder200.pth")
 
 

@@ -88,15 +88,16 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=30
   from msmt_tf.models import RNNTextEncoder  # pylint: disable=g-import-not-at-top
   if "encoder.weight" not in arrays or np.ndim(arrays["encoder.weight"]) != 2:
     if any(k.startswith(("emb_features.", "emb_cnn_code.", "Mixed_")) for k in arrays):
+      image_keys = [k for k in arrays if k.startswith(("emb_", "Mixed_"))]
       raise WeightsMismatchError(
           f"{source} is an image encoder (AttnGAN's CNN_ENCODER / Inception-v3 keys such as "
-          f"{torch_io.key_list([k for k in arrays if k.startswith(('emb_', 'Mixed_'))], 2)}), not "
+          f"{torch_io.key_examples(image_keys, arrays)}), not "
           f"{_TEXT}: pass it as --image_encoder and text_encoder*.pth as --text_encoder")
     if any(k.startswith(_GNET_PREFIXES) for k in arrays):
+      gnet_keys = [k for k in arrays if k.startswith(_GNET_PREFIXES)]
       raise WeightsMismatchError(
           f"{source} looks like a generator G_NET (AttnGAN's or DM-GAN's; keys such as "
-          f"{torch_io.key_list([k for k in arrays if k.startswith(_GNET_PREFIXES)], 2)}), not "
-          f"{_TEXT}: DM-GAN's imports with python -m msmt_tf.import_torch dmgan_generator "
+          f"{torch_io.key_examples(gnet_keys, arrays)}), not {_TEXT}: DM-GAN's imports with python -m msmt_tf.import_torch dmgan_generator "
           "--netG")
     check_keys(arrays, text_encoder_keys("ntoken", embedding_dim, hidden_dim), source, _TEXT)
   vocab_size = int(arrays["encoder.weight"].shape[0])

@@ -224,7 +224,8 @@ def _other_file_hint(state_dict):
   for prefixes, what, advice in _OTHER_FILES:
     found = [k for k in state_dict if k.startswith(prefixes)]
     if found:
-      return f"looks like {what} (keys such as {torch_io.key_list(found, 2)}): {advice}"
+      return (f"looks like {what} (keys such as {torch_io.key_examples(found, state_dict)}): "
+              f"{advice}")
   return None
 
 
@@ -285,8 +286,10 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
       continue
     value = transform(raw.astype(np.float32, copy=False))
     if tuple(value.shape) != tuple(variable.shape):
-      bad.append(f"{key} {list(raw.shape)} does not fit {variable.path} "
-                 f"{list(variable.shape)}")
+      want = _torch_shape(transform, tuple(variable.shape))
+      bad.append(f"{key} {list(raw.shape)} does not fit {variable.path}: "
+                 + (f"{list(want)} expected" if want else
+                    f"{list(variable.shape)} expected in Keras' layout"))
       continue
     values.append((variable, value))
   if bad:
@@ -431,6 +434,21 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
                                   "generator_ema": generator.variables},
                          dict(record, epoch=0, batch_in_epoch=0), keep=1)
   return path, report
+
+
+def _torch_shape(transform, keras_shape):
+  """The shape, in the file's (PyTorch's) layout, that `transform` maps to `keras_shape` (a
+  permutation of its dimensions: a transposed kernel), or None when none does."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  if int(np.prod(keras_shape)) > 1 << 24:  # an error message is not worth 64 MB
+    return None
+  for shape in dict.fromkeys(itertools.permutations(keras_shape)):
+    try:
+      if tuple(transform(np.zeros(shape, np.float32)).shape) == keras_shape:
+        return shape
+    except Exception:  # pylint: disable=broad-except  (a reshape that cannot take it)
+      continue
+  return None
 
 
 # ----------------------------------------------------------------------------- CLI

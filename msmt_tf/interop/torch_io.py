@@ -41,6 +41,14 @@ __all__ = ["TorchFileError", "STORAGE_DTYPES", "RestrictedUnpickler", "load", "l
            "check_finite"]
 
 
+def key_examples(found, arrays):
+  """'a, b, ... (of its N keys)': two of the keys `found` in the state dict `arrays`, and how
+  many keys it holds, for an error that says what the file looks like."""
+  found = list(found)
+  more = ", ..." if len(found) > 2 else ""
+  return ", ".join(found[:2]) + more + f" (of its {len(arrays)} keys)"
+
+
 def key_list(keys, limit=12):
   """The first `limit` of `keys` (state-dict keys, for an error message), and how many there are
   in all when that is more."""
