@@ -84,8 +84,8 @@ flags.DEFINE_bool("skip_padding_tails", True, "Leave tails that cover padding ou
 flags.DEFINE_enum("dmgan_word_mask", "per_sample", ["per_sample", "official_repeat"],
                   "--refinement=dmgan: word mask of the memory read: each pixel its own "
                   "caption's (per_sample) or DM-GAN's released code's mask.repeat quirk "
-                  "(official_repeat, needed to reproduce the released models; interop.md §3; "
-                  "the default of import_torch dmgan_generator).")
+                  "(official_repeat, needed to reproduce the released models, and import_torch "
+                  "dmgan_generator's default; interop.md §3).")
 
 for _name in ("channels", "memory_dim", "num_heads", "kernel_size", "condition_dim", "z_dim",
               "text_dim", "embedding_dim", "num_stages", "ndf", "sdm_kernel_size", "grid"):
