@@ -613,6 +613,63 @@ def test_file_name_spellings_people_write(tmp_path):
   assert sorted(len(d.keys) for d in data) == [2, 3] and len(classes) == 5
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_files_of_one_stored_name_never_swap_pixels(tmp_path, workers):
+  """photo.webp is stored as photo.webp.png, the name photo.webp.png has itself: a clash, reported
+  (the first listed keeps the name). Converted into one path, the second file's pixels overwrote
+  the first's: --skip_bad after the failed build (or in any run, by the order the converters
+  finished) gave the kept row's caption the skipped file's image."""
+  src = tmp_path / "src"
+  red, blue = (220, 20, 20), (20, 20, 220)
+  _save(str(src / "photo.webp"), Image.new("RGB", (80, 80), red), "WEBP", lossless=True)
+  _save(str(src / "photo.webp.png"), Image.new("RGB", (80, 80), blue), "PNG")
+  for i in range(3):
+    _save(str(src / f"other{i}.png"), _img((90, 90 + 40 * i, 30)), "PNG")
+
+  def rows(first_red):
+    pair = [{"file_name": "photo.webp", "text": "a red photo"},
+            {"file_name": "photo.webp.png", "text": "a blue photo"}]
+    pair = pair if first_red else pair[::-1]
+    return pair + [{"file_name": f"other{i}.png", "text": f"a green square {i}"} for i in range(3)]
+
+  def check(out, first_red):
+    colour, caption = (red, "a red photo") if first_red else (blue, "a blue photo")
+    with Image.open(os.path.join(out, "images", "photo.webp.png")) as im:
+      assert im.convert("RGB").getpixel((40, 40)) == colour
+    text = open(os.path.join(out, "text", "photo.webp.png.txt"), encoding="utf8").read()
+    assert text == caption + "\n"
+    assert not os.path.exists(os.path.join(out, "contested"))  # the aside folder is gone
+
+  for first_red in (True, False):
+    (src / "metadata.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows(first_red)), encoding="utf8")
+    fresh = str(tmp_path / f"fresh{int(first_red)}")
+    _build(str(src), fresh, class_column=None, test_fraction=0.4, workers=workers, skip_bad=True)
+    check(fresh, first_red)
+    out = str(tmp_path / f"d{int(first_red)}")
+    with pytest.raises(build_lib.BuildError) as e:
+      _build(str(src), out, class_column=None, test_fraction=0.4, workers=workers)
+    second = "photo.webp.png" if first_red else "photo.webp"
+    assert [p for p in e.value.problems if "duplicate file name" in p] == [
+        f"metadata.jsonl:2: {second}: duplicate file name: stored as 'photo.webp.png', which "
+        f"clashes with {'photo.webp' if first_red else 'photo.webp.png'!r} (listed at "
+        "metadata.jsonl:1); rename one of them"], e.value.problems
+    summary = _build(str(src), out, class_column=None, test_fraction=0.4, workers=workers,
+                     skip_bad=True)  # resumes the failed build's conversions
+    assert summary["skipped"] == 1
+    check(out, first_red)
+  # The clash resolved by renaming: both stored, each with its own caption and pixels.
+  os.rename(src / "photo.webp.png", src / "photo_blue.png")
+  (src / "metadata.jsonl").write_text("".join(
+      json.dumps(dict(r, file_name="photo_blue.png") if r["file_name"] == "photo.webp.png"
+                 else r) + "\n" for r in rows(True)), encoding="utf8")
+  out = str(tmp_path / "d1")
+  _build(str(src), out, class_column=None, test_fraction=0.4, workers=workers, overwrite=True)
+  check(out, True)
+  with Image.open(os.path.join(out, "images", "photo_blue.png")) as im:
+    assert im.convert("RGB").getpixel((40, 40)) == blue
+
+
 def test_min_word_count_leaves_rare_words_out(source, built, tmp_path):
   out = str(tmp_path / "common")
   summary = _build(source["root"], out, skip_bad=True, workers=1, min_word_count=2)

@@ -93,6 +93,10 @@ _SPLIT_KEYWORDS = (("train", ("train", "training")),
 _NON_WORD_CHARS = "-._ 0123456789"
 _STATE = "build_state.json"
 _PROGRESS = "progress.jsonl"
+# Where an image whose stored name another source file could also take is converted (one folder
+# per source file), until the clash check says which file keeps the name: converted straight to
+# images/, the second file would overwrite the first one's pixels under the first one's caption.
+_CONTESTED = "contested"
 # Words per caption: the proposal is the 75th / 95th percentile of the training captions'
 # lengths (the paper uses 18 / 25 for CUB, 12 / 20 for COCO), at least the MTWIG kernel (3) and
 # at most these caps (longer captions keep a random subset of their words, as in AttnGAN).
@@ -367,11 +371,20 @@ def _orientation(im):
   return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
-  """Checks one source image and writes it (atomically) as `images_dir/<key>`.
+def _name_candidates(rel):
+  """The stored names `rel` can get (lower case): itself, or with .jpg / .png appended."""
+  lower = rel.lower()
+  return (lower, lower + ".jpg", lower + ".png")
+
+
+def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=()):
+  """Checks one source image and writes it (atomically) as `images_dir/<key>`, or, when its key
+  (lower case) is in `contested` (another source file may take the same name), as
+  `<images_dir>/../contested/<hash of rel>/<key's file name>` (`staged` in the result).
 
   Returns a dict: key (the stored name, None when the image is not usable), problem (None or
-  why), width, height, action ('kept', 'converted', 'rotated'), src_size, src_mtime_ns, size.
+  why), width, height, action ('kept', 'converted', 'rotated'), src_size, src_mtime_ns, size,
+  staged (the path relative to the build folder where it is not images/<key>, else None).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
@@ -432,7 +445,13 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
   lower = rel.lower()
   matches = lower.endswith(_JPEG_EXTS) if ext == ".jpg" else lower.endswith(".png")
   key = rel if matches else rel + ext
-  dst = os.path.join(images_dir, *key.split("/"))
+  staged = None
+  if key.lower() in contested:
+    digest = hashlib.sha256(rel.encode("utf8")).hexdigest()[:20]
+    staged = f"{_CONTESTED}/{digest}/{posixpath.basename(key)}"
+    dst = os.path.join(os.path.dirname(images_dir), *staged.split("/"))
+  else:
+    dst = os.path.join(images_dir, *key.split("/"))
   try:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     tmp = f"{dst}.{os.getpid()}.tmp"
@@ -442,7 +461,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE):
   except OSError as e:  # disk full, permissions: stop the build, never skip the image
     out["fatal"] = f"cannot write {dst} ({e.strerror or e})"
     return out
-  out.update(key=key, action=action, size=len(payload))
+  out.update(key=key, action=action, size=len(payload), staged=staged)
   return out
 
 
@@ -877,27 +896,36 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
           previous[rec["rel"]] = rec
         except (ValueError, KeyError, TypeError):
           continue  # a line cut by an interruption
+  # Names two source files may both be stored under ('photo.webp' -> 'photo.webp.png' and
+  # 'photo.webp.png'): such images are converted aside until the clash check below.
+  claims = collections.Counter(c for rel in images for c in _name_candidates(rel))
   results, todo = {}, []
   for rel in images:
     src = os.path.join(source, *rel.split("/"))
+    contested = frozenset(c for c in _name_candidates(rel) if claims[c] > 1)
     rec = previous.get(rel)
     if rec is not None:
       try:
         st = os.stat(src)
         same = (rec.get("src_size"), rec.get("src_mtime_ns")) == (st.st_size, st.st_mtime_ns)
         if same and rec["key"] is not None:
-          dst = os.path.join(images_dir, *rec["key"].split("/"))
-          same = os.path.isfile(dst) and os.path.getsize(dst) == rec["size"]
+          # Converted where this run would convert it (aside when its name is contested now),
+          # and still there.
+          same = bool(rec.get("staged")) == (rec["key"].lower() in contested)
+          dst = (os.path.join(staging, *rec["staged"].split("/")) if rec.get("staged") else
+                 os.path.join(images_dir, *rec["key"].split("/")))
+          same = same and os.path.isfile(dst) and os.path.getsize(dst) == rec["size"]
         if same:
           results[rel] = rec
           continue
       except OSError:
         pass
-    todo.append((src, rel, images_dir, MIN_SIDE))
-  reused = len(results)
+    todo.append((src, rel, images_dir, MIN_SIDE, contested))
+  reused = sum(rec["key"] is not None for rec in results.values())  # converted, not failed
+  already = len(results)
   workers = max(1, int(workers or os.cpu_count() or 1))
   bar = _Progress(len(images), f"[build] images ({workers} workers)", enabled=progress,
-                  already=reused)
+                  already=already)
   t_images = time.time()
   pool = None
   with open(progress_path, "ab") as plog:
@@ -959,6 +987,19 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       continue
     key_owner[key] = rel
     lower_owner[key.lower()] = rel
+  # The file that keeps a contested name goes to images/ now (the others stay aside, unused).
+  moved = []
+  for key, rel in key_owner.items():
+    staged = results[rel].get("staged")
+    if staged:
+      dst = os.path.join(images_dir, *key.split("/"))
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      os.replace(os.path.join(staging, *staged.split("/")), dst)
+      results[rel] = dict(results[rel], staged=None)
+      moved.append(results[rel])
+  if moved:  # where they are now, for a run that resumes this one
+    with open(progress_path, "ab") as plog:
+      plog.write(b"".join(json.dumps(rec).encode() + b"\n" for rec in moved))
 
   # Classes: one per image.
   image_class = {}
@@ -1199,6 +1240,8 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
         os.remove(os.path.join(folder, f))
     if folder != images_dir and not os.listdir(folder):
       os.rmdir(folder)
+
+  shutil.rmtree(os.path.join(staging, _CONTESTED), ignore_errors=True)
 
   # 8. Check through the loader, then move into place.
   for split in ("train", "test"):
