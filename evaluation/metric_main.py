@@ -84,7 +84,11 @@ def _split_hint(name, split, data):
   tips = []
   if split == "test":
     tips.append(f"evaluate on the train split ({name.rsplit('_', 1)[0]}_train)")
-    if data.dataset == "folder":
+    if data.split_source() == "folders":  # --test_fraction is not used with split folders
+      tips.append("put more images in the source's test folder and rebuild the dataset "
+                  "(python -m msmt_tf.data.build --source <your images> --out "
+                  f"{shlex.quote(data.data_dir)} --overwrite)")
+    elif data.dataset == "folder":
       tips.append("rebuild the dataset with a larger --test_fraction (python -m "
                   f"msmt_tf.data.build --source <your images> --out {shlex.quote(data.data_dir)} "
                   "--test_fraction 0.2 --overwrite)")
@@ -123,7 +127,8 @@ def check_splits(parsed, splits, counts, is_splits=10, folds=10):
         problems.append(
             f"{name}: R-precision compares each image's caption with captions of images of "
             f"other classes, but all {data.num_images} image(s) of {where} have class "
-            f"{int(classes[0])}: no mismatched captions{_split_hint(name, split, data)}")
+            f"{data.class_name(classes[0])}: no mismatched captions"
+            f"{_split_hint(name, split, data)}")
       if count < folds:
         problems.append(f"{name}: R-precision needs at least {folds} images (its {folds} "
                         f"folds), got {count}")

@@ -408,7 +408,7 @@ def check_classes(data):
   if len(classes) < 2:
     raise ValueError(
         f"every image of the {data.split} split of {data.data_dir} ({data.num_images} images) "
-        f"has class {classes[0]}: DAMSM's losses take the other classes of a batch as negatives "
+        f"has class {data.class_name(classes[0])}: DAMSM's losses take the other classes of a batch as negatives "
         "and would be 0; give the images several classes (msmt_tf.data.build --class_column), or "
         "build without --class_column (every image its own class)")
 
@@ -422,7 +422,8 @@ def test_losses_unavailable(test):
             "an image against the other images of its batch")
   classes = test.classes
   if len(classes) < 2:
-    return (f"every image of the test split of {test.data_dir} has class {int(classes[0])}; the "
+    return (f"every image of the test split of {test.data_dir} has class "
+            f"{test.class_name(classes[0])}; the "
             "losses score an image against the other classes of its batch")
   return None
 

@@ -229,8 +229,8 @@ def prepare():
   run.data = data
   classes = data.classes
   if len(classes) < 2 and run.is_writer:
-    print(f"warning: every image of the train split of {data.data_dir} has class {classes[0]}: "
-          "the DAMSM losses take other classes as negatives and are 0 for this run",
+    print(f"warning: every image of the train split of {data.data_dir} has class "
+          f"{data.class_name(classes[0])}: the DAMSM losses take other classes as negatives and are 0 for this run",
           file=sys.stderr, flush=True)
   text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, data.vocab, data.data_dir,
                                        model_cfg.text_dim)

@@ -881,6 +881,21 @@ def test_too_small_splits_are_refused_or_warned(tmp_path):
       "--class_column 'label': every test image has class 'c1': R-precision on the test split "
       "draws its mismatched captions from other classes and cannot run; give the test images at "
       "least 2 classes"]
+  # metric_main refuses R-precision there, naming the class as the column gave it and what helps
+  # a dataset of split folders (not a --test_fraction, which their split does not use).
+  from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+  test = datasets.load_split(str(tmp_path / "t"), "folder", "test")
+  c1 = datasets.read_spec_json(str(tmp_path / "t"))["class_names"].index("c1") + 1
+  assert test.split_source() == "folders" and test.class_name(test.classes[0]) == f"{c1} ('c1')"
+  with pytest.raises(ValueError) as e:
+    metric_main.check_splits([("rprec_test", "rprec", None, "test")], {"test": test}, {})
+  assert f"have class {c1} ('c1'): no mismatched captions (evaluate on the train split " \
+         "(rprec_train); or put more images in the source's test folder and rebuild the " \
+         "dataset (python -m msmt_tf.data.build --source <your images> --out " in str(e.value)
+  assert "--test_fraction" not in str(e.value)
+  hashed = datasets.load_split(out, "folder", "test")  # split by --test_fraction: that hint
+  assert hashed.split_source() == "hash"
+  assert "--test_fraction 0.2 --overwrite" in metric_main._split_hint("rprec_test", "test", hashed)
 
 
 def test_messages_name_what_they_mean(tmp_path):
