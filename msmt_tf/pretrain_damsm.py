@@ -311,7 +311,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     if verbose:
       tested = ("test n/a" if no_test else f"test word {entry['test_word']:.3f} sent "
                 f"{entry['test_sent']:.3f}")
-      print(f"DAMSM epoch {epoch + 1}: train word {entry['train_word']:.3f} sent "
+      # A mean of part of the epoch (resumed inside it, or stopped by --damsm_max_steps) says so.
+      part = (f" (batches {first_batch + 1}-{first_batch + n} of {batches_per_epoch})"
+              if first_batch or n < batches_per_epoch else "")
+      print(f"DAMSM epoch {epoch + 1}: train{part} word {entry['train_word']:.3f} sent "
             f"{entry['train_sent']:.3f} | {tested} | lr {lr:.5f}", flush=True)
     last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
     if (epoch + 1) % snapshot_every == 0 or last:

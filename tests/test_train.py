@@ -772,9 +772,12 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   got = run(budget, resume=True, verbose=True)
   assert [(e["epoch"], e.get("from_batch")) for e in got] == [(2, 1), (3, None)]
   # Finished encoders (as far as their budget went) trained further: said, with what it means.
+  out = capsys.readouterr().out
   assert (f"note: the encoders in {budget} were finished; training them further changes them in "
-          "place, and a GAN run trained with them will refuse to --resume") in \
-      capsys.readouterr().out
+          "place, and a GAN run trained with them will refuse to --resume") in out
+  # The resumed epoch's train losses are the mean of its batches after the stop, and say so.
+  assert re.search(r"DAMSM epoch 2: train \(batches 2-2 of 2\) word [\d.]+ sent", out), out
+  assert re.search(r"DAMSM epoch 3: train word [\d.]+ sent", out), out
   same_epoch(got[1], ref[2])
   same_encoders(budget)
   assert not (budget / pretrain_damsm.STATE_FILE).exists()  # the end is a whole epoch
