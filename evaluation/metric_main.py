@@ -379,14 +379,16 @@ def announce_plan(parsed, counts, folders, splits, step):
     have = sample.images_in(folder, wanted)
     print(f"plan: {', '.join(names)}: {wanted} images of step {step} from the {split} split's "
           f"captions in {folder}" + (f" ({have} there already)" if have else ""), flush=True)
-  for name, metric, _, split in parsed:
+  for name, metric, count, split in parsed:
     if metric == "fid":
       n2, dim = splits[split].num_images, features.POOL3_DIM
       if n2 <= dim:
+        smaller = (f" (a smaller count such as fid2k_{split} takes less time)"
+                   if metric_count(count, counts, split) > 2000 else "")
         print(f"note: {name}: the {split} split has {n2} real images for FID's {dim} "
               f"features (a covariance that is not singular needs {dim + 1}): the FID "
-              "is not comparable with published ones whatever the number generated (a smaller "
-              f"count such as fid2k_{split} takes less time)", flush=True)
+              f"is not comparable with published ones whatever the number generated{smaller}",
+              flush=True)
     elif metric == "rprec":
       warning = r_precision.few_candidates_warning(splits[split])
       if warning:

@@ -1038,6 +1038,21 @@ def private_run(smoke_run, tmp_path):
                          ignore=shutil.ignore_patterns("eval", "metrics.jsonl"))
 
 
+def test_the_plan_suggests_a_smaller_fid_count_only_for_a_larger_one(tmp_path, capsys):
+  """A test split of fewer real images than FID's features is said before any work; fid2k is
+  offered only where the metric asks for more than 2,000 images."""
+  import types  # pylint: disable=g-import-not-at-top
+  from evaluation import metric_main  # pylint: disable=g-import-not-at-top
+  for name, suggested in (("fid30k_test", True), ("fid2k_test", False), ("fid50_test", False)):
+    parsed = [(name, *metric_main.parse(name))]
+    metric_main.announce_plan(parsed, {"test": parsed[0][2]}, {"test": str(tmp_path / "none")},
+                              {"test": types.SimpleNamespace(num_images=6)}, 5)
+    out = capsys.readouterr().out
+    assert (f"note: {name}: the test split has 6 real images for FID's 2048 features (a "
+            "covariance that is not singular needs 2049): the FID is not comparable") in out, out
+    assert ("a smaller count such as fid2k_test takes less time" in out) == suggested, out
+
+
 def test_metric_main_keys_the_real_image_cache_by_dataset(smoke_run, tmp_path, monkeypatch):
   """Another --data_dir (or a rebuilt dataset) gets its own real-image reference and its own
   generated images; the first dataset's are kept, and a half-made reference is continued."""
