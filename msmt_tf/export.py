@@ -26,7 +26,9 @@ Memory: every signature generates in chunks of `--serving_chunk` captions (defau
 request's working memory is that of one chunk whatever its size, and refuses (INVALID_ARGUMENT,
 naming the limit) a request of more than `--max_batch` captions (default 64), the bound on
 its outputs. The noise of the whole request is drawn first, so the images do not depend on the
-chunk size (except with the DM-GAN word-mask quirk, where an image depends on its batch-mates).
+chunk size (except with the DM-GAN word-mask quirk, where an image depends on its batch-mates)
+up to float rounding: another batch size sums in another order, so an exported PNG may differ
+in a pixel by 1 of 255. One export gives the same bytes for the same captions and seed.
 """
 
 import json
@@ -118,7 +120,7 @@ class ServingModule:
     with tf.control_dependencies([limit]):
       tokens = self.tokenize(captions)
     n = tf.shape(tokens)[0]
-    # The whole request's noise first: the images do not depend on the chunking.
+    # The whole request's noise first: the images do not depend on the chunking (to rounding).
     z, eps = noise(n, seed, self.generator.z_dim, self.generator.condition_dim)
     sizes = [64 * 2 ** k for k in range(self.generator.num_stages)]
     chunk = self.chunk
