@@ -222,11 +222,11 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
             flush=True)
   else:
     check_trunk(trunk, inception_weights)
-    os.makedirs(damsm_dir, exist_ok=True)
     done, start_batch, steps = 0, 0, 0
     text_enc = model_cfg.build_text_encoder(words_num)
     image_enc = ImageEncoder(model_cfg.text_dim, trunk, inception_weights, name="image_encoder")
     image_enc.build((None, image_enc.input_size, image_enc.input_size, 3))
+    os.makedirs(damsm_dir, exist_ok=True)  # once the weights read: a wrong file leaves no folder
     log_lines = []
   # The log on disk follows the encoders on disk: encoders of an earlier pretraining (replaced
   # with --overwrite) keep their log until this run writes its first snapshot.

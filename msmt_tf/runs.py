@@ -203,7 +203,8 @@ def check_vocabulary(trained_on, vocab, what, data_dir, advice):
     raise ValueError(
         f"{what} was trained on another vocabulary than the one of {data_dir} ({len(vocab)} "
         f"words, but other words or order: SHA-256 {trained_on[:12]}... trained on, "
-        f"{vocab.sha256[:12]}... in {data_dir}; a dataset rebuilt from other captions), so its "
+        f"{vocab.sha256[:12]}... in {data_dir}; a dataset rebuilt from other captions, or with "
+        "another split or --min_word_count: the order follows the captions), so its "
         f"word numbers would mean other words: {advice}")
 
 

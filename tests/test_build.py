@@ -923,6 +923,30 @@ def test_messages_name_what_they_mean(tmp_path):
   assert str(e.value).splitlines()[:2] == [
       f"{name}/metadata.csv: no column 'species'; pass --class_column (columns: label, text)"
       for name in ("a", "b")], str(e.value)
+  # A metadata file given as --source: a file, not a missing folder.
+  with pytest.raises(build_lib.BuildError, match=re.escape(
+      f"--source {src / 'metadata.csv'} is a file, not a folder: give the folder that holds")):
+    _build(str(src / "metadata.csv"), str(tmp_path / "r"), class_column=None, workers=1)
+  # A CSV cell meant as a list of captions but cut short is named, not kept as one caption; a
+  # caption that only starts with a bracket is one.
+  _tiny_source(str(tmp_path / "lists"), ["a.png", "b.png", "c.png", "d.png"])
+  with open(tmp_path / "lists" / "metadata.csv", "a") as f:
+    f.write('a.png,"[""a blue dog"", ""a blue hound""",c0\n'
+            'b.png,"[""a red cat""]",c1\n'
+            'c.png,[photo] a green bird,c0\n')
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(tmp_path / "lists"), str(tmp_path / "r"), class_column=None, workers=1)
+  assert e.value.problems == [
+      "metadata.csv:6: a.png: the cell '[\"a blue dog\", \"a blue hound\"' starts like a JSON "
+      "list of captions but is not one (a list is [\"caption 1\", \"caption 2\"], with the "
+      "closing bracket)"], e.value.problems
+  summary = _build(str(tmp_path / "lists"), str(tmp_path / "r"), class_column=None, workers=1,
+                   skip_bad=True, test_fraction=0.25)
+  texts = {k: open(tmp_path / "r" / "text" / f"{k}.txt").read().splitlines()
+           for k in ("a.png", "b.png", "c.png")}
+  assert texts == {"a.png": ["picture number 0"], "b.png": ["picture number 1", "a red cat"],
+                   "c.png": ["picture number 2", "[photo] a green bird"]}, texts
+  assert summary["skipped"] == 1
   for bad in ("0", "-1"):  # not taken as "one per core" / one worker
     res = subprocess.run([sys.executable, "-m", "msmt_tf.data.build", f"--source={src}",
                           f"--out={tmp_path / 's'}", f"--workers={bad}"], cwd=REPO,

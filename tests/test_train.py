@@ -274,8 +274,10 @@ def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, mon
     flags.FLAGS.unparse_flags()
 
 
-def test_a_wrong_inception_weights_file_is_named_in_one_line(tmp_path):
+def test_a_wrong_inception_weights_file_is_named_in_one_line(smoke, tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
+  from msmt_tf import pretrain_damsm  # pylint: disable=g-import-not-at-top
+  from msmt_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
   from msmt_tf.models.text_encoder import ImageEncoder  # pylint: disable=g-import-not-at-top
   garbage = tmp_path / "garbage.h5"
   garbage.write_bytes(b"not hdf5 at all")
@@ -287,6 +289,13 @@ def test_a_wrong_inception_weights_file_is_named_in_one_line(tmp_path):
                        "the top") as e:
       ImageEncoder(16, "inception_v3", path)
     assert "\n" not in str(e.value) and len(str(e.value)) < 600, str(e.value)
+  # pretrain_damsm stops there, before it makes --damsm_dir (no empty folder left behind).
+  data = datasets.load_split(smoke["data"], "shapes", "train")
+  cfg = ModelConfig(vocab_size=len(data.vocab), text_dim=16, embedding_dim=12)
+  with pytest.raises(ValueError, match="garbage.h5 is not a Keras InceptionV3 weights file"):
+    pretrain_damsm.pretrain(data, data, cfg, str(tmp_path / "damsm"), 8, trunk="inception_v3",
+                            inception_weights=str(garbage), epochs=1, batch_size=8)
+  assert not (tmp_path / "damsm").exists()
 
 
 def test_a_missing_encoder_names_the_command_that_makes_it(tmp_path):

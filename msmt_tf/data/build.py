@@ -211,6 +211,9 @@ def _split_captions(value, from_csv):
         items = None
       if isinstance(items, list) and all(isinstance(i, str) for i in items):
         return items
+    if from_csv and re.match(r'\[\s*"', stripped):  # meant as a list; one caption is not this
+      return (f"the cell {stripped[:60]!r} starts like a JSON list of captions but is not one "
+              "(a list is [\"caption 1\", \"caption 2\"], with the closing bracket)")
     return [value]
   if isinstance(value, list):
     if not all(isinstance(i, str) for i in value):
@@ -734,7 +737,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   out = os.path.abspath(os.fspath(out))
   name = os.path.basename(out)
   if not os.path.isdir(source):
-    raise BuildError(f"source folder not found: {source}")
+    raise BuildError(f"--source {source} is a file, not a folder: give the folder that holds the "
+                     "images and their metadata.jsonl or metadata.csv" if os.path.isfile(source)
+                     else f"source folder not found: {source}")
   fraction_given = test_fraction is not None
   test_fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
   if not 0.0 < test_fraction < 1.0:
