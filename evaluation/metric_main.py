@@ -446,8 +446,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
     print(flush=True)  # off the progress bar's line
-    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: the images and statistics made so far are kept in "
-             f"{os.path.join(FLAGS.run_dir, 'eval')}; the same command continues from them")
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: the images and statistics made so "
+                          f"far are kept in {os.path.join(FLAGS.run_dir, 'eval')}; the same "
+                          "command continues from them")
   print(f"results appended to {os.path.join(FLAGS.run_dir, 'metrics.jsonl')}")
 
 

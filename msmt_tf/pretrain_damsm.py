@@ -411,9 +411,9 @@ def check_classes(data):
   if len(classes) < 2:
     raise ValueError(
         f"every image of the {data.split} split of {data.data_dir} ({data.num_images} images) "
-        f"has class {data.class_name(classes[0])}: DAMSM's losses take the other classes of a batch as negatives "
-        "and would be 0; give the images several classes (msmt_tf.data.build --class_column), or "
-        "build without --class_column (every image its own class)")
+        f"has class {data.class_name(classes[0])}: DAMSM's losses take the other classes of a "
+        "batch as negatives and would be 0; give the images several classes (msmt_tf.data.build "
+        "--class_column), or build without --class_column (every image its own class)")
 
 
 def test_losses_unavailable(test):
@@ -504,8 +504,8 @@ def main(argv):
   except (DatasetError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
-    stopping.exit_stopped(e, interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume, FLAGS.overwrite,
-                                 stopping.how_stopped(e)))
+    stopping.exit_stopped(e, interrupted_message(FLAGS.damsm_dir, progress, FLAGS.resume,
+                                                 FLAGS.overwrite, stopping.how_stopped(e)))
   logging.info("DAMSM encoders written to %s", FLAGS.damsm_dir)
   print(f"DAMSM encoders written to {os.path.abspath(FLAGS.damsm_dir)}")
 

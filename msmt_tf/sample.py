@@ -286,8 +286,8 @@ def main(argv):
     sys.exit(f"error: {e}")
   except KeyboardInterrupt as e:
     done = images_in(FLAGS.out, FLAGS.num_images)
-    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: {done} of {FLAGS.num_images} images are in "
-             f"{FLAGS.out}; the same command continues where it stopped")
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)}: {done} of {FLAGS.num_images} images "
+                          f"are in {FLAGS.out}; the same command continues where it stopped")
   print(f"{m['num_images']} images of {m['run_dir']} step {m['step']} in {FLAGS.out} (captions "
         f"of at most {m['words_num']} words)")
 

@@ -230,7 +230,8 @@ def prepare():
   classes = data.classes
   if len(classes) < 2 and run.is_writer:
     print(f"warning: every image of the train split of {data.data_dir} has class "
-          f"{data.class_name(classes[0])}: the DAMSM losses take other classes as negatives and are 0 for this run",
+          f"{data.class_name(classes[0])}: the DAMSM losses take other classes as negatives and "
+          "are 0 for this run",
           file=sys.stderr, flush=True)
   text_enc, image_enc = runs.load_damsm(FLAGS.damsm_dir, data.vocab, data.data_dir,
                                        model_cfg.text_dim)
@@ -536,9 +537,11 @@ def main(argv):
   except KeyboardInterrupt as e:
     print(flush=True)  # off the progress bar's line
     last = checkpoint.latest(run.run_dir)
-    stopping.exit_stopped(e, f"{stopping.how_stopped(e)} at step {run.step}; the newest checkpoint is "
-             + (f"{last[1]} (step {last[0]}): continue with the same command and --resume"
-                if last else "none yet: run the same command again to start over"))
+    stopping.exit_stopped(e, f"{stopping.how_stopped(e)} at step {run.step}; the newest "
+                          "checkpoint is " + (
+                              f"{last[1]} (step {last[0]}): continue with the same command and "
+                              "--resume" if last else
+                              "none yet: run the same command again to start over"))
   print(f"trained to step {step}; run directory: {run.run_dir}")
 
 

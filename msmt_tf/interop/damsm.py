@@ -97,8 +97,8 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=30
       gnet_keys = [k for k in arrays if k.startswith(_GNET_PREFIXES)]
       raise WeightsMismatchError(
           f"{source} looks like a generator G_NET (AttnGAN's or DM-GAN's; keys such as "
-          f"{torch_io.key_examples(gnet_keys, arrays)}), not {_TEXT}: DM-GAN's imports with python -m msmt_tf.import_torch dmgan_generator "
-          "--netG")
+          f"{torch_io.key_examples(gnet_keys, arrays)}), not {_TEXT}: DM-GAN's imports with "
+          "python -m msmt_tf.import_torch dmgan_generator --netG")
     check_keys(arrays, text_encoder_keys("ntoken", embedding_dim, hidden_dim), source, _TEXT)
   vocab_size = int(arrays["encoder.weight"].shape[0])
   expected = text_encoder_keys(vocab_size, embedding_dim, hidden_dim)
