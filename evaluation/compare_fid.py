@@ -155,7 +155,9 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     if not os.path.isfile(reference):
       raise FileNotFoundError(f"--reference {reference} does not exist")
     ref_stats = fid.load_statistics(reference)
-    fid.check_same_width(features.POOL3_DIM, ref_stats[0], reference)
+    width = getattr(features.KerasExtractor, "feature_dim", None)  # the network's pool_3
+    if width:
+      fid.check_same_width(width, ref_stats[0], reference)
   # Checked before any network runs (a pass over a large folder takes minutes).
   for flag, folder in (("--images", images), ("--reference", reference)):
     if os.path.isdir(folder) and len(features.list_images(folder)) < 2:
@@ -194,6 +196,7 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
     gen = _stats_of(ext, images, batch_size, progress)
     if ref_stats:
       mu, sigma, meta = ref_stats
+      fid.check_same_width(gen[0].size, mu, reference)
       ref = (mu, sigma, 0)  # 0: a statistics file is not written again (save_stats)
       ref_count = int(meta.get("num_images", 0))  # 0: not recorded in the file
     else:

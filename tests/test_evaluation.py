@@ -500,6 +500,17 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
   fid.save_statistics(stats, np.zeros(4), np.eye(4), num_images=9)
   result = compare_fid.compare(str(tmp_path), stats, method="ttur")
   assert any(n.startswith("FID from 5 and 9 images") for n in result["notes"]), result["notes"]
+  # A statistics file of another width is named: after the images' pass where the network's
+  # width is unknown (this stub's), before any network runs where it is known.
+  wide = str(tmp_path / "wide.NPZ")  # any letter case: a statistics file, not a folder
+  fid.save_statistics(wide, np.zeros(8), np.eye(8))
+  message = re.escape(f"{wide} holds statistics of 8-d features, the images' are 4-d")
+  with pytest.raises(ValueError, match=message):
+    compare_fid.compare(str(tmp_path), wide, method="ttur")
+  monkeypatch.setattr(Stub, "feature_dim", 4, raising=False)
+  monkeypatch.setattr(compare_fid, "_stats_of", lambda *a: pytest.fail("a network ran"))
+  with pytest.raises(ValueError, match=message):
+    compare_fid.compare(str(tmp_path), wide, method="ttur")
   for make in (features.FrozenGraphExtractor, features.TorchvisionExtractor):
     with pytest.raises(FileNotFoundError, match=f" {tmp_path} is a folder, not a file \\("):
       make(str(tmp_path))
