@@ -344,14 +344,10 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
         result["warning"] = warning
       line = fid_lib.format_result(name, {**result, "num_images": count})
     elif metric == "is":
-      ext = extractors["is"]
-      _, logits = _activations(ext, files, progress, want_logits=True)
-      mean, std = inception_score.inception_score(logits, FLAGS.is_splits)
-      result.update(is_mean=mean, is_std=std, splits=FLAGS.is_splits, extractor=ext.description,
-                    verified=ext.verified)
-      warning = inception_score.small_sample_warning(count, FLAGS.is_splits, logits.shape[1])
-      if warning:
-        result["warning"] = warning
+      scored = inception_score.compute(extractors["is"], files, FLAGS.eval_batch_size,
+                                       FLAGS.is_splits, progress)
+      del scored["num_images"]  # the line's num_generated
+      result.update(scored)
       line = inception_score.format_result(name, {**result, "num_images": count})
     else:
       sub = folder if count == _num_in(folder) else _subset(folder, count)
@@ -400,9 +396,9 @@ def _flag(name):
   return getattr(FLAGS, name) if FLAGS.is_parsed() else FLAGS[name].default
 
 
-def _activations(extractor, files, progress, want_logits=False):
+def _activations(extractor, files, progress):
   from evaluation import features  # pylint: disable=g-import-not-at-top
-  return features.activations(extractor, files, FLAGS.eval_batch_size, want_logits, progress)
+  return features.activations(extractor, files, FLAGS.eval_batch_size, progress=progress)
 
 
 def _num_in(folder):

@@ -167,16 +167,20 @@ class SplitData:
     """The distinct class ids, sorted."""
     return np.unique(self.class_ids)
 
+  def _built_spec(self):
+    """A built folder dataset's dataset_spec.json (for the messages), else {}."""
+    if self.dataset != "folder":
+      return {}
+    try:
+      return read_spec_json(self.data_dir)
+    except DatasetError:
+      return {}
+
   def class_name(self, class_id):
     """Class `class_id` as the messages name it: with the value it stands for in a built folder
     dataset ("1 ('cat')", its --class_column value, from dataset_spec.json), else the id."""
     class_id = int(class_id)
-    names = None
-    if self.dataset == "folder":
-      try:
-        names = read_spec_json(self.data_dir).get("class_names")
-      except DatasetError:
-        names = None
+    names = self._built_spec().get("class_names")
     if isinstance(names, list) and 1 <= class_id <= len(names):
       return f"{class_id} ({names[class_id - 1]!r})"
     return str(class_id)
@@ -184,12 +188,7 @@ class SplitData:
   def split_source(self):
     """How a built folder dataset's split was made: 'folders' (the source's split folders, e.g.
     train/ and test/), 'hash' (--test_fraction), or None (another dataset, or not recorded)."""
-    if self.dataset != "folder":
-      return None
-    try:
-      split = read_spec_json(self.data_dir).get("split")
-    except DatasetError:
-      return None
+    split = self._built_spec().get("split")
     return split.get("method") if isinstance(split, dict) else None
 
   @property
