@@ -301,7 +301,7 @@ class TorchvisionExtractor(Extractor):
                                  "does not exist") + " (torchvision's "
                               "inception_v3_google-*.pth or AttnGAN's image_encoder*.pth)")
     try:
-      arrays = torch_io.load_state_dict(path)
+      arrays = torch_io.load_state_dict(path, anchor="Conv2d_1a_3x3.conv.weight")
     except ValueError as e:  # TorchFileError
       raise ValueError(f"--torchvision_inception: {e}") from e
     kind, trunk, _ = tvi.split_state_dict(arrays, f"--torchvision_inception {path}")

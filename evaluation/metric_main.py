@@ -322,13 +322,13 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   for name, metric, count, split in parsed:
     count = metric_count(count, counts, split)
     folder = folders[split]
-    sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
-                    batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
-                    progress=progress, loaded=loaded)
+    made = sample.generate(run_dir, folder, max(count, counts.get(split, 0)), split, step, seed,
+                           batch_size=sample_batch_size, damsm_dir=damsm_dir, data_dir=data_dir,
+                           progress=progress, loaded=loaded)
     files = [os.path.join(folder, sample.image_name(i)) for i in range(count)]
     result = {"metric": name, "run_dir": os.path.abspath(run_dir), "step": int(step),
               "images": folder, "num_generated": count, "seed": seed,
-              "data_dir": splits[split].data_dir,
+              "data_dir": splits[split].data_dir, "weights_sha256": made["weights_sha256"],
               "time": datetime.datetime.now().isoformat(timespec="seconds")}
     if metric == "fid":
       ext = extractors["fid"]

@@ -182,8 +182,10 @@ def resolve_vocab_size(data_dir, dataset, vocab_size):
   if path and os.path.isfile(path):
     _, _, vocab = datasets.load_captions(data_dir, dataset)
     if vocab_size is not None and vocab_size != len(vocab):
-      raise ValueError(f"--vocab_size={vocab_size} disagrees with {path} ({len(vocab)} words); "
-                       "drop --vocab_size or point --data_dir elsewhere")
+      raise ValueError(f"--vocab_size={vocab_size} (given, or set by a flagfile: the paper "
+                       f"configs name their dataset's) disagrees with {path} ({len(vocab)} "
+                       f"words): pass --vocab_size={len(vocab)} after the flagfile, or point "
+                       "--data_dir at the dataset the config is for")
     return len(vocab)
   if vocab_size is None:
     if path:

@@ -221,10 +221,16 @@ def main(argv):
   try:
     if not FLAGS.run_dir:
       raise ValueError("--run_dir is not set")
-    export(FLAGS.run_dir, FLAGS.output, FLAGS.step, FLAGS.damsm_dir, FLAGS.data_dir,
-           FLAGS.serving_words_num, FLAGS.overwrite, FLAGS.max_batch, FLAGS.serving_chunk)
+    module = export(FLAGS.run_dir, FLAGS.output, FLAGS.step, FLAGS.damsm_dir, FLAGS.data_dir,
+                    FLAGS.serving_words_num, FLAGS.overwrite, FLAGS.max_batch,
+                    FLAGS.serving_chunk)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"error: {e}")
+  if module.generator.batch_coupled:
+    print(f"note: this generator uses DM-GAN's official_repeat word mask (--dmgan_word_mask, as "
+          "the released models were trained): an image depends on the other captions of its "
+          f"chunk of {module.chunk} (--serving_chunk) in a request; the same captions, order and "
+          "seed give the same bytes only from an export of the same --serving_chunk", flush=True)
   print(f"exported SavedModel to {os.path.abspath(FLAGS.output)} (signatures: serving_default, "
         "generate, generate_png, generate_stages)")
 
@@ -240,5 +246,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("max_batch", MAX_BATCH, "Most captions one request may hold; a larger "
                        "request fails with INVALID_ARGUMENT naming this limit.")
   flags.DEFINE_integer("serving_chunk", CHUNK, "Captions generated at once inside a request "
-                       "(bounds its working memory; same images whatever the value).")
+                       "(bounds its working memory; the same images whatever the value, to "
+                       "float rounding, except for a generator with DM-GAN's official_repeat "
+                       "word mask, whose images depend on the other captions of their chunk).")
   app.run(main)

@@ -32,12 +32,32 @@ __all__ = ["CONFIG", "FLAGS_FILE", "PRETRAIN_RECORD", "IMPORT_MANIFEST", "read_c
            "damsm_snapshot_note", "save_model", "load_run", "damsm_provenance", "recorded_flags",
            "weights_sha256", "encoder_digests", "changed_encoders", "check_vocabulary",
            "check_damsm_vocabulary", "check_run_vocabulary", "load_run_text_encoder", "step_checkpoint",
-           "with_checkpoint_encoders"]
+           "with_checkpoint_encoders", "FOLDER_MARKERS", "folder_kind"]
 
 CONFIG = "config.json"
 FLAGS_FILE = "flags.txt"
 PRETRAIN_RECORD = "pretrain_record.json"
 IMPORT_MANIFEST = "import_manifest.json"  # import_torch damsm's (interop.damsm.MANIFEST_FILE)
+
+# The files that make a folder a dataset, a DAMSM folder or a run: each gets a folder of its own
+# (a dataset's --overwrite deletes the folder; pretrain_damsm and import --overwrite replace the
+# encoders a run was trained with).
+FOLDER_MARKERS = {
+    "dataset": ("captions.pickle", "dataset_spec.json", os.path.join("train", "filenames.pickle")),
+    "DAMSM folder": ("text_encoder.keras", "image_encoder.keras", PRETRAIN_RECORD,
+                     IMPORT_MANIFEST),
+    "run": (CONFIG, "checkpoints"),
+}
+
+
+def folder_kind(folder, kinds):
+  """`(kind, file)`: the first of `kinds` (FOLDER_MARKERS' keys) that `folder` holds a marker
+  file of, and that file; None when none."""
+  for kind in kinds:
+    for name in FOLDER_MARKERS[kind]:
+      if os.path.exists(os.path.join(folder, name)):
+        return kind, name
+  return None
 
 
 # Packages whose flags a run's flags.txt records; absl (--nohelp, --verbosity, --test_tmpdir,
@@ -300,12 +320,13 @@ def load_run_text_encoder(record, run_dir, damsm_dir=None):
   # (pretrained again or further since) gives other images, silently.
   digest = weights_sha256(text_encoder)
   if changed_encoders(record.get("damsm_weights_sha256"), text_encoder, digests={"text": digest}):
+    how = (("imported with", "imported again since") if "imported" in record else
+           ("trained with", "pretrained again or further since"))
     raise ValueError(
-        f"the DAMSM text encoder {text_path} is not the one the run {run_dir} was trained with "
+        f"the DAMSM text encoder {text_path} is not the one the run {run_dir} was {how[0]} "
         f"(other weights: SHA-256 {digest[:12]}..., the run's "
-        f"{record['damsm_weights_sha256']['text'][:12]}...; pretrained again or further since): "
-        "its generator would read other word features; pass the encoders it was trained with "
-        "(--damsm_dir)")
+        f"{record['damsm_weights_sha256']['text'][:12]}...; {how[1]}): its generator would "
+        f"read other word features; pass the encoders it was {how[0]} (--damsm_dir)")
   return text_encoder
 
 

@@ -11,11 +11,18 @@ a folder dataset's `words_num_eval`; `--sample_words_num` sets another; the trai
 draws one z and one CA noise vector, and the EMA generator (inference mode) makes the last
 stage's image, saved as `DIR/<index>.png` (uint8 from [-1, 1] as DM-GAN does: x * 127.5 + 127.5,
 clipped and truncated). Image i depends only on (seed, i), so the command is resumable: images
-already in DIR are skipped and a resumed folder is byte-identical to an uninterrupted one.
+already in DIR are skipped and a resumed folder is byte-identical to an uninterrupted one. A
+generator with DM-GAN's `official_repeat` word mask (an imported DM-GAN model) makes an image
+depend on the other captions of its batch: image i is then made with images B * (i // B) ..
+B * (i // B) + B - 1 (B = --sample_batch_size; those past --num_images made and dropped), so it
+depends on (seed, i, B) whatever --num_images or a resume, and the manifest records B (a resume
+with another is refused, naming it).
 `DIR/manifest.json` records the run, checkpoint step, seed, the caption source (dataset folder,
 kind, split and a SHA-256 of the split's keys, captions and class ids) and, per image, the
-dataset index, caption index, token ids and class id (R-precision reads it). A DIR whose
-manifest names another setting or caption source is refused (choose another --out), and so is
+dataset index, caption index, token ids and class id (R-precision reads it), and a SHA-256 of
+the generator's and text encoder's weights. A DIR whose manifest names another setting, caption
+source or weights (a run imported again with --overwrite) is refused (choose another --out), and
+so is
 a non-empty DIR without a manifest: its files are never counted as generated nor touched. A DIR
 inside the run's folder (evaluation.metric_main's `RUN/eval/...`) follows the run when it is
 moved: its images count as the run's.
@@ -198,54 +205,93 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   # The evaluation length, not the training flag --words_num (see the module doc).
   words_num = words_num or data.spec.words_num_eval
   source = caption_source(data)
+  coupled = getattr(generator, "batch_coupled", False)
   manifest = {"run_dir": os.path.abspath(run_dir), "step": int(step), "split": split,
               "seed": seed, "words_num": words_num, "num_images": num_images,
               "dataset": dataset, "data_dir": data.data_dir,
               "captions_sha256": source["captions_sha256"],
-              "damsm_dir": damsm_dir or record.get("damsm_dir")}
+              "damsm_dir": damsm_dir or record.get("damsm_dir"),
+              # The weights that made the images: a run re-imported with --overwrite, or DAMSM
+              # encoders replaced, keep the run's folder and step but not its images.
+              "weights_sha256": runs.weights_sha256(text_encoder, generator)}
+  if coupled:  # an image depends on its batch: batches of fixed indices, their size recorded
+    manifest["batch_size"] = int(batch_size)
   if os.path.isfile(path):
-    old = read_manifest(out)
-    diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
-    if diff and diff[0] == "run_dir" and _inside(out, run_dir):
-      # A folder inside the run (metric_main's RUN/eval/...) moved with it: the same run.
-      diff = diff[1:]
-    if diff:
-      hint = (f"; to continue it, pass --sample_words_num={old['words_num']}"
-              if diff == ["words_num"] and old.get("words_num") else "")
-      raise ValueError(f"{out} holds images of another setting ("
-                       + ", ".join(f"{k} {old.get(k)!r} vs now {manifest[k]!r}" for k in diff)
-                       + f"); choose another --out (nothing in {out} was changed){hint}")
-    diff = caption_conflicts(old, data, words_num, seed, source)
-    if diff:
-      raise ValueError(f"{out} holds images generated from other captions ({'; '.join(diff)}); "
-                       f"choose another --out (nothing in {out} was changed)")
+    _check_folder(out, read_manifest(out), manifest, run_dir, data, source)
   os.makedirs(out, exist_ok=True)
-  manifest["images"] = plan(data, num_images, words_num, seed)
+  # With `coupled`, image i is made in the batch of images B * (i // B) ... B * (i // B) + B - 1
+  # (B = batch_size; those past num_images made and dropped), whatever num_images and whichever
+  # images a resume still needs; else any batch of the missing images (the last padded).
+  entries = plan(data, -(-num_images // batch_size) * batch_size if coupled else num_images,
+                 words_num, seed)
+  manifest["images"] = entries[:num_images]
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
   todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
+  if coupled:
+    batches = [(list(range(k * batch_size, (k + 1) * batch_size)),
+                [i for i in todo if i // batch_size == k])
+               for k in sorted({i // batch_size for i in todo})]
+  else:  # one compiled batch shape: the last batch is padded with repeats, dropped after
+    batches = [(chunk + [chunk[-1]] * (batch_size - len(chunk)), chunk)
+               for chunk in (todo[s:s + batch_size] for s in range(0, len(todo), batch_size))]
   run = _compiled(generator, text_encoder)
   bar = progress_lib.bar(num_images, unit_name="image") if progress else None
   done = num_images - len(todo)
   if bar:
     bar.update(done)
-  for start in range(0, len(todo), batch_size):
-    chunk = todo[start:start + batch_size]
-    # One compiled batch shape: the last chunk is padded with repeats, dropped after.
-    rows = chunk + [chunk[-1]] * (batch_size - len(chunk))
+  for rows, wanted in batches:
     tokens = np.zeros((batch_size, words_num), np.int32)
     z = np.zeros((batch_size, generator.z_dim), np.float32)
     eps = np.zeros((batch_size, generator.condition_dim), np.float32)
     for r, i in enumerate(rows):
-      ids = manifest["images"][i]["tokens"]
+      ids = entries[i]["tokens"]
       tokens[r, :len(ids)] = ids
       z[r], eps[r] = noise_for(i, seed, generator.z_dim, generator.condition_dim)
     images = image_utils.to_uint8(keras.ops.convert_to_numpy(run(tokens, z, eps)))
-    for r, i in enumerate(chunk):
-      image_utils.save_png(Image.fromarray(images[r]), os.path.join(out, image_name(i)))
-    done += len(chunk)
+    for i in wanted:
+      image_utils.save_png(Image.fromarray(images[rows.index(i)]),
+                           os.path.join(out, image_name(i)))
+    done += len(wanted)
     if bar:
       bar.update(done)
   return manifest
+
+
+def _check_folder(out, old, manifest, run_dir, data, source):
+  """Raises unless the images in `out` (its manifest `old`) are those `manifest` would make:
+  the same settings, captions, weights and (for a batch-coupled generator) batch size. Nothing
+  in `out` is changed."""
+  keep = f"(nothing in {out} was changed)"
+  diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
+  if diff and diff[0] == "run_dir" and _inside(out, run_dir):
+    # A folder inside the run (metric_main's RUN/eval/...) moved with it: the same run.
+    diff = diff[1:]
+  if diff:
+    hint = (f"; to continue it, pass --sample_words_num={old['words_num']}"
+            if diff == ["words_num"] and old.get("words_num") else "")
+    raise ValueError(f"{out} holds images of another setting ("
+                     + ", ".join(f"{k} {old.get(k)!r} vs now {manifest[k]!r}" for k in diff)
+                     + f"); choose another --out {keep}{hint}")
+  diff = caption_conflicts(old, data, manifest["words_num"], manifest["seed"], source)
+  if diff:
+    raise ValueError(f"{out} holds images generated from other captions ({'; '.join(diff)}); "
+                     f"choose another --out {keep}")
+  if old.get("weights_sha256", manifest["weights_sha256"]) != manifest["weights_sha256"]:
+    # Folders written before 2026-11-29 record no weights: not checked.
+    raise ValueError(
+        f"{out} holds images of other weights than step {manifest['step']} of {run_dir} has now "
+        f"(SHA-256 of the generator and text encoder {old['weights_sha256'][:12]}... then, "
+        f"{manifest['weights_sha256'][:12]}... now: the run was trained or imported again "
+        "(import_torch --overwrite) since, or its DAMSM text encoder replaced): its images are "
+        f"not this model's; choose another --out, or remove {out} to make them again {keep}")
+  if "batch_size" in manifest and old.get("batch_size") != manifest["batch_size"]:
+    why = (f"they were made in batches of {old['batch_size']}; to continue, pass "
+           f"--sample_batch_size={old['batch_size']}" if old.get("batch_size") else
+           "they were made before such images were batched by index (2026-11-29), so some may "
+           "depend on which images were missing; remove the folder to make them again")
+    raise ValueError(
+        f"{out}: this run's generator uses DM-GAN's official_repeat word mask, where an image "
+        f"depends on the other captions of its batch, and {why}; or choose another --out {keep}")
 
 
 # --run_dir, --data_dir, --damsm_dir (default: the ones the run recorded) are msmt_tf.config's

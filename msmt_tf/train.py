@@ -78,11 +78,9 @@ def _keys_digest(keys):
 # Files that make a folder a dataset or a DAMSM folder. A run written into a dataset would be
 # deleted by its --overwrite (data.build, shapes); one written into a DAMSM folder would mix its
 # files with the encoders', which pretrain_damsm --overwrite or --resume change.
-_FOREIGN_MARKERS = (("dataset", ("captions.pickle", "dataset_spec.json",
-                                 os.path.join("train", "filenames.pickle")),
+_FOREIGN_MARKERS = (("dataset", runs.FOLDER_MARKERS["dataset"],
                      "its --overwrite (data.build, shapes) would delete the run"),
-                    ("DAMSM folder", ("text_encoder.keras", "image_encoder.keras",
-                                      runs.PRETRAIN_RECORD, runs.IMPORT_MANIFEST),
+                    ("DAMSM folder", runs.FOLDER_MARKERS["DAMSM folder"],
                      "its files would mix with the encoders', which pretrain_damsm --overwrite "
                      "or --resume change"))
 # What a run writes in its folder: what to move to rescue a run written in a place refused now.

@@ -419,7 +419,14 @@ def test_run_directory_samples_like_g_net(small, shapes_dir, tmp_path):
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
   from msmt_tf import runs  # pylint: disable=g-import-not-at-top
   from msmt_tf import sample  # pylint: disable=g-import-not-at-top
-  net, _ = small
+  import copy  # pylint: disable=g-import-not-at-top
+  net = copy.deepcopy(small[0])
+  with torch.no_grad():  # a memory read that matters: sharper word scores, its output let in
+    for stage in (net.h_net2, net.h_net3):
+      stage.key[0].weight.mul_(8.0)
+      stage.M_w[0].weight.mul_(8.0)
+      stage.value[0].weight.mul_(3.0)
+      stage.response_gate[0].bias.fill_(4.0)
   vocab, damsm = _damsm_folder(shapes_dir, tmp_path)
   files = save_formats(net, str(tmp_path), data_parallel=True)
   cfg = config_for(**DIMS, r_num=2, word_mask="official_repeat", vocab=vocab)
@@ -452,24 +459,78 @@ def test_run_directory_samples_like_g_net(small, shapes_dir, tmp_path):
   assert not (tmp_path / "r4").exists()
 
   generator, text_encoder, _, _ = runs.load_run(str(run))
-  assert generator.refine_stages[0].word_mask == "official_repeat"
+  assert generator.refine_stages[0].word_mask == "official_repeat" and generator.batch_coupled
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  net.set_per_sample_mask(False)
+
+  def g_net_pngs(manifest, rows):
+    """G_NET's last images of the sample plan's `rows`, in one batch, as 0..255 floats."""
+    entries = sample.plan(datasets.load_split(shapes_dir, "shapes", "test"), max(rows) + 1,
+                          manifest["words_num"], manifest["seed"])
+    tokens = np.zeros((len(rows), manifest["words_num"]), np.int32)
+    z = np.zeros((len(rows), DIMS["z_dim"]), np.float32)
+    eps = np.zeros((len(rows), DIMS["ncf"]), np.float32)
+    for r, i in enumerate(rows):
+      tokens[r, :len(entries[i]["tokens"])] = entries[i]["tokens"]
+      z[r], eps[r] = sample.noise_for(i, manifest["seed"], DIMS["z_dim"], DIMS["ncf"])
+    words, sent = (np.asarray(x) for x in text_encoder(tokens, training=False))
+    return np.clip(torch_images(net, words, sent, tokens != 0, z, eps)[-1] * 127.5 + 127.5,
+                   0, 255)
+
+  def png(folder, i):
+    return np.asarray(Image.open(folder / sample.image_name(i)), dtype=np.float64)
+
+  from msmt_tf.data import datasets  # pylint: disable=g-import-not-at-top
   out = tmp_path / "images"
   manifest = sample.generate(str(run), str(out), 3, batch_size=3, progress=False)
-  tokens = np.zeros((3, manifest["words_num"]), np.int32)
-  z = np.zeros((3, DIMS["z_dim"]), np.float32)
-  eps = np.zeros((3, DIMS["ncf"]), np.float32)
-  for i, entry in enumerate(manifest["images"]):
-    tokens[i, :len(entry["tokens"])] = entry["tokens"]
-    z[i], eps[i] = sample.noise_for(i, manifest["seed"], DIMS["z_dim"], DIMS["ncf"])
   assert len({len(e["tokens"]) for e in manifest["images"]}) > 1  # different lengths: quirk on
-  words, sent = (np.asarray(x) for x in text_encoder(tokens, training=False))
-  net.set_per_sample_mask(False)
-  expected = torch_images(net, words, sent, tokens != 0, z, eps)[-1]
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert manifest["batch_size"] == 3
+  expected = g_net_pngs(manifest, [0, 1, 2])
   for i in range(3):
-    png = np.asarray(Image.open(out / sample.image_name(i)), dtype=np.float64)
-    ref = np.clip(expected[i] * 127.5 + 127.5, 0, 255)
-    assert np.max(np.abs(png - ref)) <= 1.0 + 1e-3, i
+    assert np.max(np.abs(png(out, i) - expected[i])) <= 1.0 + 1e-3, i
+  # With the quirk an image depends on its batch-mates (G_NET's images of 3 and 4 batched with 4
+  # again, as a padded last batch was before 2026-11-29, differ by up to 1.9 of 255): images are
+  # made in batches of fixed indices (3 and 4 with 5, made and dropped), never with a padded or
+  # resumed batch's rows, whatever --num_images and whichever images a resume needs.
+  five, four = tmp_path / "five", tmp_path / "four"
+  sample.generate(str(run), str(five), 5, batch_size=3, progress=False)
+  sample.generate(str(run), str(four), 4, batch_size=3, progress=False)
+  expected = g_net_pngs(manifest, [3, 4, 5])
+  assert np.max(np.abs(g_net_pngs(manifest, [3, 4, 4])[:2] - expected[:2])) > 0.5
+  for i in (3, 4):
+    assert np.max(np.abs(png(five, i) - expected[i - 3])) <= 1.0 + 1e-3, i
+  made = {i: (five / sample.image_name(i)).read_bytes() for i in range(5)}
+  assert all(made[i] == (out / sample.image_name(i)).read_bytes() for i in range(3))
+  assert made[3] == (four / sample.image_name(3)).read_bytes()
+  for i in (1, 4):
+    os.remove(five / sample.image_name(i))
+  sample.generate(str(run), str(five), 5, batch_size=3, progress=False)
+  assert made == {i: (five / sample.image_name(i)).read_bytes() for i in range(5)}
+  with pytest.raises(ValueError, match=r"official_repeat word mask.*made in batches of 3; to "
+                                       r"continue, pass --sample_batch_size=3"):
+    sample.generate(str(run), str(five), 6, batch_size=2, progress=False)
+  # Imported again with --overwrite (other weights, same run and step): its images are refused.
+  # (This file is a training checkpoint of several objects: the generator's entry is found.)
+  state = numpy_state_dict(net)
+  state["img_net3.img.0.weight"] *= 0.5
+  other_file = str(tmp_path / "netG_other.pth")
+  torch.save({"netG": collections.OrderedDict((k, torch.from_numpy(v)) for k, v in state.items()),
+              "optimizerG": torch.optim.Adam(net.parameters()).state_dict(), "epoch": 600},
+             other_file)
+  dmgan.write_run(other_file, str(run), cfg, data, str(damsm), overwrite=True)
+  before = folder_state(five)
+  with pytest.raises(ValueError, match=r"five holds images of other weights than step 0 .*"
+                                       r"trained or imported again \(import_torch --overwrite\)"):
+    sample.generate(str(run), str(five), 5, batch_size=3, progress=False)
+  assert folder_state(five) == before
+  # The DAMSM text encoder replaced in its folder (same vocabulary and width): refused.
+  from msmt_tf.models import RNNTextEncoder  # pylint: disable=g-import-not-at-top
+  enc = RNNTextEncoder(vocab, 12, DIMS["nef"], name="text_encoder")
+  enc.build((None, 25))
+  enc.save(str(damsm / "text_encoder.keras"))
+  with pytest.raises(ValueError, match=r"text_encoder.keras is not the one the run .* was "
+                                       r"imported with .*imported again since"):
+    runs.load_run(str(run))
 
 
 def test_cli_writes_the_same_run(small, shapes_dir, tmp_path):
@@ -568,6 +629,17 @@ def test_damsm_encoders_given_as_net_g_are_named(small):
                            r"emb_features\.weight, emb_cnn_code\.weight, \.\.\. \(of its 6 "
                            r"keys\)\): .*damsm --image_encoder"):
     dmgan.assign_state_dict(g, image, "image_encoder200.pth")
+  # AttnGAN's generator: G_NET's names, but word attention where DM-GAN has its memory.
+  net = make_gnet(**DIMS, r_num=2)
+  attn = collections.OrderedDict(
+      (k, v) for k, v in numpy_state_dict(net).items()
+      if not re.search(r"h_net[23]\.(A|B|M_r|M_w|key|value|response_gate)\.", k))
+  for stage in ("h_net2", "h_net3"):
+    attn[f"{stage}.att.conv_context.weight"] = np.zeros((4, 16, 1, 1), np.float32)
+  with pytest.raises(dmgan.DMGANImportError,
+                     match=r"bird_AttnGAN2\.pth looks like AttnGAN's generator .*keys such as "
+                           r"h_net2\.att\.conv_context\.weight.*not DM-GAN's G_NET"):
+    dmgan.assign_state_dict(g, attn, "bird_AttnGAN2.pth")
 
 
 def _training_run(folder):
@@ -616,6 +688,14 @@ def test_overwrite_replaces_only_an_earlier_import(small, shapes_dir, tmp_path):
   ckpt, _ = dmgan.write_run(path, str(run), cfg, data, str(damsm), overwrite=True)
   assert os.listdir(run / "checkpoints") == [os.path.basename(ckpt)]
   assert "imported" in json.loads((run / "config.json").read_text())
+  # A DAMSM folder (--out swapped with --damsm_dir) or a dataset: refused, nothing written.
+  for folder, kind, marker in ((damsm, "DAMSM folder", "text_encoder.keras"),
+                               (shapes_dir, "dataset", "captions.pickle")):
+    before = folder_state(folder)
+    with pytest.raises(FileExistsError, match=rf"--out {folder} is a {kind} \(it holds "
+                                              rf"{marker}\).*nothing was changed"):
+      dmgan.write_run(path, str(folder), cfg, data, str(damsm), overwrite=True)
+    assert folder_state(folder) == before
 
 
 def test_cli_records_the_run_and_names_wrong_paths(small, shapes_dir, tmp_path):

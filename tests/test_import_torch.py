@@ -61,9 +61,9 @@ class RNNEncoderRef(nn.Module):
     return words_emb, sent_emb
 
 
-def random_rnn_encoder(vocab_size, seed=0):
+def random_rnn_encoder(vocab_size, seed=0, **widths):
   torch.manual_seed(seed)
-  model = RNNEncoderRef(vocab_size).eval()
+  model = RNNEncoderRef(vocab_size, **widths).eval()
   with torch.no_grad():  # LSTM init is U(-1/sqrt(128), ..): widen so the gates saturate too
     for p in model.rnn.parameters():
       p.uniform_(-0.3, 0.3)
@@ -88,7 +88,8 @@ def compare_text_encoder(ref, ours, tokens, lens):
   words, sent = ours(tokens, training=False)
   words, sent = np.asarray(words), np.asarray(sent)
   t = int(lens.max())
-  assert words.shape == tokens.shape + (256,) and sent.shape == (len(tokens), 256)
+  width = 2 * ref.nhidden
+  assert words.shape == tokens.shape + (width,) and sent.shape == (len(tokens), width)
   for i, n in enumerate(lens):
     assert not words[i, n:].any(), f"caption {i}: padded steps are not zero"
   return (float(np.abs(words[:, :t].transpose(0, 2, 1) - w_ref.numpy()).max()),
@@ -232,6 +233,25 @@ def test_reader_unwraps_checkpoints_and_dataparallel(tmp_path, fmt):
     out = torch_io.load_state_dict(save(wrapped, tmp_path / "c.pth", fmt))
     assert list(out) == ["fc.weight"]
     np.testing.assert_array_equal(out["fc.weight"], w.numpy())
+  # A training checkpoint of several objects: the model's entry is the one holding the anchor
+  # key (the importers pass one their model always has); an optimizer's lists are read too.
+  opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3, 2)}},
+         "param_groups": [{"lr": 2e-4, "betas": (0.5, 0.999), "params": [0]}]}
+  for key in ("netG", "text_encoder"):
+    for inner in ({"fc.weight": w, "fc.bias": w[0]},
+                  {"module.fc.weight": w, "module.fc.bias": w[0]}):
+      path = save({key: inner, "optimizerG": opt, "epoch": 7}, tmp_path / "c.pth", fmt)
+      out = torch_io.load_state_dict(path, anchor="fc.weight")
+      assert list(out) == ["fc.weight", "fc.bias"], (key, list(out))
+      np.testing.assert_array_equal(out["fc.weight"], w.numpy())
+      everything = torch_io.load_state_dict(path)  # no anchor: every tensor, named by its path
+      assert "optimizerG.state.0.exp_avg" in everything and f"{key}.fc.bias" in {
+          k.replace("module.", "") for k in everything}
+  # Two entries holding it (a generator and its average): left as they are, the importer's
+  # missing keys then name both.
+  path = save({"netG": {"fc.weight": w}, "netG_ema": {"fc.weight": w}}, tmp_path / "c.pth", fmt)
+  assert list(torch_io.load_state_dict(path, anchor="fc.weight")) == ["netG.fc.weight",
+                                                                      "netG_ema.fc.weight"]
 
 
 def test_reader_reads_a_python2_legacy_file(tmp_path):
@@ -350,6 +370,13 @@ def test_damaged_files_name_the_file(tmp_path, fmt):
     torch_io.load_state_dict(str(tmp_path / "text.pth"))
   with pytest.raises(FileNotFoundError, match=r"none\.pth"):
     torch_io.load_state_dict(str(tmp_path / "none.pth"))
+  (tmp_path / "empty.pth").write_bytes(b"")
+  with pytest.raises(torch_io.TorchFileError, match=r"empty\.pth is empty \(0 bytes\)"):
+    torch_io.load_state_dict(str(tmp_path / "empty.pth"))
+  np.save(tmp_path / "array.npy", np.ones(3))
+  os.replace(tmp_path / "array.npy", tmp_path / "array.pth")
+  with pytest.raises(torch_io.TorchFileError, match=r"array\.pth is a numpy \.npy array file"):
+    torch_io.load_state_dict(str(tmp_path / "array.pth"))
   with pytest.raises(torch_io.TorchFileError, match=r"list\.pth holds a list"):
     torch_io.load_state_dict(save([torch.ones(1)], tmp_path / "list.pth", fmt))
 
@@ -419,6 +446,17 @@ def test_text_encoder_matches_attngan_rnn_encoder(tmp_path, fmt):
   w_wide, s_wide = ours(wide, training=False)
   np.testing.assert_allclose(np.asarray(w_wide)[:, :18], np.asarray(ours(tokens)[0]), atol=1e-6)
   np.testing.assert_allclose(np.asarray(s_wide), np.asarray(ours(tokens)[1]), atol=1e-6)
+
+
+def test_text_encoder_of_other_widths_is_read_at_its_widths(tmp_path):
+  """AttnGAN's TEXT.EMBEDDING_DIM (nhidden) and ninput are config values: an encoder trained
+  with others imports at its own widths (the GAN's --text_dim must then be its nhidden)."""
+  ref = random_rnn_encoder(31, seed=2, ninput=40, nhidden=96)
+  arrays = torch_io.load_state_dict(save(ref.state_dict(), tmp_path / "text.pth", "zip"))
+  ours = damsm.text_encoder_from_state_dict(arrays, "text.pth")
+  assert (ours.embedding_dim, ours.hidden_dim) == (40, 96)
+  w_err, s_err = compare_text_encoder(ref, ours, *captions_batch(31, 18, seed=1))
+  assert w_err <= 1e-5 and s_err <= 1e-5, (w_err, s_err)
 
 
 def test_text_encoder_checks_keys_and_shapes(tmp_path):
@@ -631,6 +669,18 @@ def test_paths_of_the_wrong_kind_are_named(tmp_path, shapes_dir):
   with pytest.raises(FileExistsError, match="is a file, not a folder"):
     damsm.import_damsm(text, None, shapes_dir, str(taken))
   assert taken.read_text() == "keep me"
+  # --out is a run (a training run or an imported DM-GAN one) or a dataset: refused, unchanged.
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  (run / "config.json").write_text("{}")
+  for folder, kind, marker in ((run, "training or imported run", "config.json"),
+                               (shapes_dir, "dataset", "captions.pickle")):
+    before = sorted(os.listdir(folder))
+    with pytest.raises(FileExistsError, match=rf"--out {folder} is a {kind} \(it holds "
+                                              rf"{marker}\).*nothing was changed"):
+      damsm.run_from_flags(damsm_flags([f"--text_encoder={text}", f"--data_dir={shapes_dir}",
+                                        f"--out={folder}", "--overwrite"]))
+    assert sorted(os.listdir(folder)) == before
 
 
 def test_a_generator_given_as_an_encoder_is_named(tmp_path):

@@ -98,5 +98,5 @@ def load_image_encoder(path, align_corners=True, name="image_encoder"):
   """`image_encoder_from_state_dict` of a `torch.save` file (either format), read without
   PyTorch by `msmt_tf.interop.torch_io`."""
   from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
-  return image_encoder_from_state_dict(torch_io.load_state_dict(path), align_corners,
-                                       source=str(path), name=name)
+  arrays = torch_io.load_state_dict(path, anchor="emb_features.weight")
+  return image_encoder_from_state_dict(arrays, align_corners, source=str(path), name=name)

@@ -73,19 +73,37 @@ def check_keys(arrays, expected, source, what="the architecture"):
                        + " | ".join(problems))
 
 
-def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=300,
-                                 hidden_dim=256):
+def _lstm_widths(arrays):
+  """(embedding_dim, hidden_dim) of a consistent one-layer bidirectional LSTM `RNN_ENCODER`
+  state dict (AttnGAN's `ninput` and `TEXT.EMBEDDING_DIM`: 300 and 256 in the released
+  encoders, others where a user trained with another config), else AttnGAN's defaults (the key
+  check then names what does not fit)."""
+  emb = np.shape(arrays.get("encoder.weight", ()))
+  ih = np.shape(arrays.get("rnn.weight_ih_l0", ()))
+  hh = np.shape(arrays.get("rnn.weight_hh_l0", ()))
+  if (len(emb) == 2 and len(ih) == 2 and len(hh) == 2 and ih[1] == emb[1] and ih[0] == hh[0]
+      and hh[0] == 4 * hh[1] and hh[1] > 0):
+    return int(emb[1]), 2 * int(hh[1])
+  return 300, 256
+
+
+def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=None,
+                                 hidden_dim=None):
   """A built `RNNTextEncoder` holding the weights of AttnGAN's `RNN_ENCODER` state dict.
 
   Args:
     arrays: {key: numpy array} (`torch_io.load_state_dict`).
     source: the file's name, for errors.
-    embedding_dim, hidden_dim: AttnGAN's 300 and 256 (both directions together).
+    embedding_dim, hidden_dim: the word embedding's and the LSTM's width (both directions
+      together); by default read from the file's shapes (AttnGAN's 300 and 256 in the released
+      encoders).
 
   Raises:
     WeightsMismatchError: missing or unexpected keys, or any tensor of the wrong shape (all listed).
   """
   from msmt_tf.models import RNNTextEncoder  # pylint: disable=g-import-not-at-top
+  widths = _lstm_widths(arrays)
+  embedding_dim, hidden_dim = embedding_dim or widths[0], hidden_dim or widths[1]
   if "encoder.weight" not in arrays or np.ndim(arrays["encoder.weight"]) != 2:
     if any(k.startswith(("emb_features.", "emb_cnn_code.", "Mixed_")) for k in arrays):
       image_keys = [k for k in arrays if k.startswith(("emb_", "Mixed_"))]
@@ -105,9 +123,9 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=30
   try:
     check_keys(arrays, expected, source, _TEXT)
   except WeightsMismatchError as e:
-    gru = arrays.get("rnn.weight_ih_l0")
+    hh = np.shape(arrays.get("rnn.weight_hh_l0", ()))
     hint = (" (a GRU encoder? only AttnGAN's default RNN_TYPE 'LSTM' is supported)"
-            if gru is not None and gru.shape[0] == 3 * (hidden_dim // 2) else "")
+            if len(hh) == 2 and hh[0] == 3 * hh[1] else "")
     raise WeightsMismatchError(f"{e}{hint}") from None
   model = RNNTextEncoder(vocab_size, embedding_dim=embedding_dim, hidden_dim=hidden_dim,
                          name="rnn_text_encoder")
@@ -191,7 +209,7 @@ def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=T
   from msmt_tf import config, fileio, runs  # pylint: disable=g-import-not-at-top
   paths.check_out_folder(out_dir)
   vocab_size, vocab_path = read_vocab_size(data_dir)
-  text_arrays = torch_io.load_state_dict(text_encoder)
+  text_arrays = torch_io.load_state_dict(text_encoder, anchor="encoder.weight")
   rows = text_arrays.get("encoder.weight")
   if rows is not None and rows.ndim == 2:
     check_vocab(vocab_size, vocab_path, rows.shape[0], text_encoder)
@@ -199,7 +217,7 @@ def import_damsm(text_encoder, image_encoder, data_dir, out_dir, align_corners=T
   torch_io.check_finite(text_arrays, text_encoder, WeightsMismatchError)
   image_model = None
   if image_encoder is not None:
-    image_arrays = torch_io.load_state_dict(image_encoder)
+    image_arrays = torch_io.load_state_dict(image_encoder, anchor="emb_features.weight")
     check_width(text_model.hidden_dim, text_encoder, image_arrays, image_encoder)
     # Before the (slow) Inception build; the trunk loader would name only the first bad key.
     torch_io.check_finite(image_arrays, image_encoder, WeightsMismatchError)
@@ -261,6 +279,8 @@ def define_flags(flag_values=None):
   for kind, name, default, help_text in specs:
     if name not in fv:
       getattr(flags, f"DEFINE_{kind}")(name, default, help_text, flag_values=fv)
+    else:  # config's --data_dir: what it means to this command in its --help
+      fv[name].help = help_text
   flags.declare_key_flag("data_dir", flag_values=fv)
 
 
@@ -278,6 +298,14 @@ def run_from_flags(flag_values=None):
     if fv[name].value:
       paths.check_file(fv[name].value, f"--{name}")
   paths.check_out_folder(fv.out)
+  from msmt_tf import runs  # pylint: disable=g-import-not-at-top
+  other = runs.folder_kind(fv.out, ("run", "dataset"))
+  if other:
+    raise FileExistsError(
+        f"--out {fv.out} is a {'training or imported run' if other[0] == 'run' else other[0]} "
+        f"(it holds {other[1]}): the DAMSM encoders need a folder of their own (a run's "
+        "generator is tied to the encoders it was made with); choose another --out (nothing "
+        "was changed)")
   existing = [p for p in config.damsm_paths(fv.out) if os.path.exists(p)]
   if existing and not fv.overwrite:
     raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")

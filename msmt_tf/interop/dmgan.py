@@ -271,6 +271,13 @@ def assign_state_dict(generator, state_dict, source="<state dict>"):
     other = _other_file_hint(state_dict)
     if other and not any(k in mapping for k in state_dict):
       raise DMGANImportError(f"{source} is not a DM-GAN G_NET state dict: it {other}")
+    attention = [k for k in unexpected if ".att.conv_context." in k]
+    if attention and not any(".memory_operation." in k or ".key." in k for k in state_dict):
+      raise DMGANImportError(
+          f"{source} looks like AttnGAN's generator (its refinement stages hold AttnGAN's word "
+          f"attention, keys such as {torch_io.key_examples(attention, state_dict)}, and no "
+          "dynamic memory), not DM-GAN's G_NET: only DM-GAN's generators import (AttnGAN's "
+          "DAMSM encoders import with python -m msmt_tf.import_torch damsm)")
     parts = []
     if missing:
       parts.append(f"missing keys: {torch_io.key_list(missing)}")
@@ -320,7 +327,7 @@ def load_generator(netg_path, model_cfg, words_num, seed=0):
         f"{netg_path}: DM-GAN's G_NET needs --initial_stage=ig --refinement=dmgan "
         f"(--flagfile=configs/cub_dmgan.cfg or coco_dmgan.cfg); got "
         f"--initial_stage={model_cfg.initial_stage} --refinement={model_cfg.refinement}")
-  state_dict = torch_io.load_state_dict(netg_path)
+  state_dict = torch_io.load_state_dict(netg_path, anchor="ca_net.fc.weight")
   generator = model_cfg.build_generator(words_num, seed=seed)
   report = assign_state_dict(generator, state_dict, netg_path)
   return generator, report
@@ -339,6 +346,12 @@ def _check_out(out, overwrite):
   paths.check_out_folder(out)
   if not os.path.isdir(out):
     return
+  other = runs.folder_kind(out, ("dataset", "DAMSM folder"))
+  if other:
+    raise FileExistsError(
+        f"--out {out} is a {other[0]} (it holds {other[1]}): an imported run needs a folder of "
+        "its own (a DAMSM folder's encoders are replaced by its own --overwrite; a dataset's "
+        "--overwrite deletes its folder); choose another --out (nothing was changed)")
   config_path = os.path.join(out, runs.CONFIG)
   has_config = os.path.isfile(config_path)
   if not (has_config or checkpoint.latest(out)):
@@ -417,6 +430,9 @@ def write_run(netg_path, out, model_cfg, data, damsm_dir, loss=None, flags_text=
                "words_num": int(data["words_num"]),
                "batch_size": int(data.get("batch_size", 0)) or None, "seed": int(seed)},
       "damsm_dir": os.path.abspath(damsm_dir),
+      # The text encoder the generator is imported with: sample / metric_main / export refuse
+      # another one of the same width (an import into --damsm_dir with --overwrite since).
+      "damsm_weights_sha256": {"text": runs.weights_sha256(text_encoder)},
       "imported": {"from": "DM-GAN G_NET (MinfengZhu/DM-GAN code/model.py)",
                    "netG": os.path.abspath(netg_path), "sha256": fileio.file_digest(netg_path),
                    "keys": report.assigned_keys, "values": report.assigned_values,

@@ -494,6 +494,11 @@ def load(path):
         raise TorchFileError(f"{path} is a TorchScript archive (torch.jit.save), not a "
                              "torch.save checkpoint")
       return read_zip_pickle(archive, path, prefix)
+  if not data:
+    raise TorchFileError(f"{path} is empty (0 bytes): an interrupted download or copy?")
+  if data[:6] == b"\x93NUMPY":
+    raise TorchFileError(f"{path} is a numpy .npy array file, not a torch.save checkpoint: the "
+                         "importers read PyTorch's .pth files")
   if data[:8] == b"\x89HDF\r\n\x1a\n":
     raise TorchFileError(f"{path} is an HDF5 file (Keras .h5 weights?), not a torch.save "
                          "checkpoint: the importers read PyTorch's .pth files")
@@ -525,12 +530,15 @@ _WRAPPERS = ("state_dict", "model")
 _METADATA = (str, bytes, int, float, bool, type(None))
 
 
-def load_state_dict(path):
+def load_state_dict(path, anchor=None):
   """The state dict in the `torch.save` file `path`, as `OrderedDict[str, numpy.ndarray]`.
 
-  Unwraps `{'state_dict': ...}` / `{'model': ...}` checkpoints, flattens nested dicts with
-  dotted keys, drops plain metadata values (epoch numbers, strings), and strips the `module.`
-  prefix `nn.DataParallel` puts on every key.
+  Unwraps `{'state_dict': ...}` / `{'model': ...}` checkpoints, flattens nested dicts (and
+  lists) with dotted keys, drops plain metadata values (epoch numbers, strings), and strips the
+  `module.` prefix `nn.DataParallel` puts on every key. `anchor`: a key the wanted model always
+  has (`encoder.weight` for AttnGAN's text encoder, ...); in a checkpoint of several objects
+  (`{'netG': state_dict, 'optimizerG': ...}`) where it is not at the top but under exactly one
+  key, the state dict under that key (its own `module.` prefix stripped).
 
   Raises:
     FileNotFoundError: no such file.
@@ -553,11 +561,25 @@ def load_state_dict(path):
         out[name] = value
       elif isinstance(value, dict):
         flatten(value, name + ".")
+      elif isinstance(value, (list, tuple)):  # an optimizer's param_groups, ...
+        flatten(dict(enumerate(value)), name + ".")
       elif not isinstance(value, _METADATA):
         raise TorchFileError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
   flatten(obj, "")
   if not out:
     raise TorchFileError(f"{path} holds no tensors (keys: {list(obj)[:10]})")
-  if all(k.startswith("module.") for k in out):
-    out = collections.OrderedDict((k[len("module."):], v) for k, v in out.items())
+  out = _strip_prefix(out, "module.")
+  if anchor and anchor not in out:
+    owners = sorted({k[:-len(anchor)] for k in out if k.endswith("." + anchor)
+                     and k[:-len(anchor)].count(".") - k[:-len(anchor)].endswith(".module.") == 1})
+    if len(owners) == 1:  # {'netG': state_dict, 'optimizerG': ...}: the model's entry
+      out = _strip_prefix(collections.OrderedDict(
+          (k[len(owners[0]):], v) for k, v in out.items() if k.startswith(owners[0])), "module.")
   return out
+
+
+def _strip_prefix(arrays, prefix):
+  """`arrays` without `prefix` on its keys, if every key has it."""
+  if all(k.startswith(prefix) for k in arrays):
+    return collections.OrderedDict((k[len(prefix):], v) for k, v in arrays.items())
+  return arrays

@@ -107,6 +107,14 @@ class MSMTGenerator(keras.Model):
       self.refine_stages.append(stage)
     self.to_images = [ToImage(name=f"to_image{k}") for k in range(num_stages)]
 
+  @property
+  def batch_coupled(self):
+    """Whether an image depends on the other captions of its batch: DM-GAN's memory read with
+    the released models' word mask ('official_repeat'), where pixel q of sample b is masked with
+    the padding of sample (b * P + q) mod B."""
+    return bool(self.refine_stages) and self.refinement == "dmgan" and (
+        self.dmgan_word_mask == "official_repeat")
+
   @one_program_initialization()
   def build(self, words_shape, sentence_shape=None, word_mask_shape=None, z_shape=None,
             ca_noise_shape=None):

@@ -226,7 +226,7 @@ def load_weights_file(model, path):
   or AttnGAN's `image_encoder*.pth`) into `model`, without PyTorch; returns the file's kind
   (see `split_state_dict`)."""
   from msmt_tf.interop import torch_io  # pylint: disable=g-import-not-at-top
-  arrays = torch_io.load_state_dict(path)
+  arrays = torch_io.load_state_dict(path, anchor="Conv2d_1a_3x3.conv.weight")
   kind, trunk, _ = split_state_dict(arrays, path)
   load_torchvision_weights(model, trunk, source=path)
   return kind
