@@ -11,12 +11,12 @@ a folder dataset's `words_num_eval`; `--sample_words_num` sets another; the trai
 draws one z and one CA noise vector, and the EMA generator (inference mode) makes the last
 stage's image, saved as `DIR/<index>.png` (uint8 from [-1, 1] as DM-GAN does: x * 127.5 + 127.5,
 clipped and truncated). Image i depends only on (seed, i), so the command is resumable: images
-already in DIR are skipped and a resumed folder is byte-identical to an uninterrupted one. A
-generator with DM-GAN's `official_repeat` word mask (an imported DM-GAN model) makes an image
-depend on the other captions of its batch: image i is then made with images B * (i // B) ..
-B * (i // B) + B - 1 (B = --sample_batch_size; those past --num_images made and dropped), so it
-depends on (seed, i, B) whatever --num_images or a resume, and the manifest records B (a resume
-with another is refused, naming it).
+already in DIR are skipped. Image i is made with images B * (i // B) .. B * (i // B) + B - 1
+(B = --sample_batch_size, recorded in the manifest; those past --num_images made and dropped),
+whatever --num_images or a resume, so a resumed folder is byte-identical to an uninterrupted
+one (with another B the rest may differ by float rounding: said). A generator with DM-GAN's
+`official_repeat` word mask (an imported DM-GAN model) makes an image depend on the other
+captions of its batch: a resume with another B is then refused, naming the folder's.
 `DIR/manifest.json` records the run, checkpoint step, seed, the caption source (dataset folder,
 kind, split and a SHA-256 of the split's keys, captions and class ids) and, per image, the
 dataset index, caption index, token ids and class id (R-precision reads it), and a SHA-256 of
@@ -214,26 +214,21 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
               # The weights that made the images: a run re-imported with --overwrite, or DAMSM
               # encoders replaced, keep the run's folder and step but not its images.
               "weights_sha256": runs.weights_sha256(text_encoder, generator)}
-  if coupled:  # an image depends on its batch: batches of fixed indices, their size recorded
-    manifest["batch_size"] = int(batch_size)
+  manifest["batch_size"] = int(batch_size)
   if os.path.isfile(path):
-    _check_folder(out, read_manifest(out), manifest, run_dir, data, source)
+    _check_folder(out, read_manifest(out), manifest, run_dir, data, source, coupled)
   os.makedirs(out, exist_ok=True)
-  # With `coupled`, image i is made in the batch of images B * (i // B) ... B * (i // B) + B - 1
-  # (B = batch_size; those past num_images made and dropped), whatever num_images and whichever
-  # images a resume still needs; else any batch of the missing images (the last padded).
-  entries = plan(data, -(-num_images // batch_size) * batch_size if coupled else num_images,
-                 words_num, seed)
+  # Image i is made in the batch of images B * (i // B) ... B * (i // B) + B - 1 (B = batch_size;
+  # those past num_images made and dropped), whatever num_images and whichever images a resume
+  # still needs: the same batch, the same kernels' rounding, the same bytes (and, with
+  # `coupled`, the same batch-mates).
+  entries = plan(data, -(-num_images // batch_size) * batch_size, words_num, seed)
   manifest["images"] = entries[:num_images]
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
   todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
-  if coupled:
-    batches = [(list(range(k * batch_size, (k + 1) * batch_size)),
-                [i for i in todo if i // batch_size == k])
-               for k in sorted({i // batch_size for i in todo})]
-  else:  # one compiled batch shape: the last batch is padded with repeats, dropped after
-    batches = [(chunk + [chunk[-1]] * (batch_size - len(chunk)), chunk)
-               for chunk in (todo[s:s + batch_size] for s in range(0, len(todo), batch_size))]
+  batches = [(list(range(k * batch_size, (k + 1) * batch_size)),
+              [i for i in todo if i // batch_size == k])
+             for k in sorted({i // batch_size for i in todo})]
   run = _compiled(generator, text_encoder)
   bar = progress_lib.bar(num_images, unit_name="image") if progress else None
   done = num_images - len(todo)
@@ -257,10 +252,11 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   return manifest
 
 
-def _check_folder(out, old, manifest, run_dir, data, source):
+def _check_folder(out, old, manifest, run_dir, data, source, coupled):
   """Raises unless the images in `out` (its manifest `old`) are those `manifest` would make:
-  the same settings, captions, weights and (for a batch-coupled generator) batch size. Nothing
-  in `out` is changed."""
+  the same settings, captions, weights and, for a batch-coupled generator (`coupled`), batch
+  size; another batch size is only said for other generators (the images then differ from an
+  uninterrupted run's by float rounding at most). Nothing in `out` is changed."""
   keep = f"(nothing in {out} was changed)"
   diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
   if diff and diff[0] == "run_dir" and _inside(out, run_dir):
@@ -284,7 +280,12 @@ def _check_folder(out, old, manifest, run_dir, data, source):
         f"{manifest['weights_sha256'][:12]}... now: the run was trained or imported again "
         "(import_torch --overwrite) since, or its DAMSM text encoder replaced): its images are "
         f"not this model's; choose another --out, or remove {out} to make them again {keep}")
-  if "batch_size" in manifest and old.get("batch_size") != manifest["batch_size"]:
+  if not coupled and old.get("batch_size", manifest["batch_size"]) != manifest["batch_size"]:
+    print(f"note: the images in {out} were made in batches of {old['batch_size']}, now "
+          f"{manifest['batch_size']} (--sample_batch_size): the rest may differ from an "
+          "uninterrupted run's by float rounding (a pixel by 1 of 255); pass "
+          f"--sample_batch_size={old['batch_size']} for the same bytes", flush=True)
+  elif coupled and old.get("batch_size") != manifest["batch_size"]:
     why = (f"they were made in batches of {old['batch_size']}; to continue, pass "
            f"--sample_batch_size={old['batch_size']}" if old.get("batch_size") else
            "they were made before such images were batched by index (2026-11-29), so some may "

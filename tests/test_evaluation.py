@@ -855,7 +855,7 @@ def smoke_run(tmp_path_factory):
   return dict(data=data, damsm=damsm, run=run, root=root)
 
 
-def test_sampling_is_resumable_and_follows_the_protocol(smoke_run):
+def test_sampling_is_resumable_and_follows_the_protocol(smoke_run, monkeypatch, capsys):
   out = str(smoke_run["root"] / "samples")
   m = sample.generate(smoke_run["run"], out, 9, batch_size=4, progress=False)
   files = sorted(f for f in os.listdir(out) if f.endswith(".png"))
@@ -864,10 +864,25 @@ def test_sampling_is_resumable_and_follows_the_protocol(smoke_run):
   # 6 test images: the first pass visits each once, the second starts a new permutation.
   assert sorted(e["index"] for e in m["images"][:6]) == list(range(6))
   assert all(0 < len(e["tokens"]) <= 25 for e in m["images"])
+  assert m["batch_size"] == 4 and len(m["images"]) == 9
+  # A resume makes each missing image in its batch of fixed indices (0-3 for image 3, 8 with
+  # 9-11, made and dropped), as the uninterrupted run did: the same kernels' rounding, the same
+  # bytes (batches of the missing images, 3-6 and 7-8 padded, could differ by a rounding).
+  rows = []
+  real_noise = sample.noise_for
+  monkeypatch.setattr(sample, "noise_for", lambda i, *a: rows.append(i) or real_noise(i, *a))
   for f in files[3:]:
     os.remove(os.path.join(out, f))
   sample.generate(smoke_run["run"], out, 9, batch_size=4, progress=False)
+  assert rows == list(range(12)), rows
   assert {f: open(os.path.join(out, f), "rb").read() for f in files} == first
+  # Another batch size continues, and says the rest may differ by float rounding.
+  os.remove(os.path.join(out, files[8]))
+  capsys.readouterr()
+  sample.generate(smoke_run["run"], out, 9, batch_size=3, progress=False)
+  assert re.search(r"made in batches of 4, now 3 .*--sample_batch_size=4 for the same bytes",
+                   capsys.readouterr().out)
+  assert sample.read_manifest(out)["batch_size"] == 3
   with pytest.raises(ValueError, match="another setting.*seed"):
     sample.generate(smoke_run["run"], out, 9, seed=5, progress=False)
 
