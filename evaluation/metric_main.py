@@ -54,6 +54,11 @@ from msmt_tf import stopping
 FLAGS = flags.FLAGS
 flags.DEFINE_list("metrics", ["fid30k_test", "is30k_test", "rprec_test"], "Metrics to compute.")
 
+def _default_metrics():
+  """Whether --metrics is its default (not given)."""
+  return not FLAGS["metrics"].present
+
+
 _NAME = re.compile(r"^(fid|is|rprec)(\d+k?)?_(test|train)$")
 
 
@@ -296,7 +301,16 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
   if "fid" in metrics:
     extractors["fid"] = eval_flags.extractor()
   if "is" in metrics:
-    extractors["is"] = eval_flags.is_extractor()
+    try:
+      extractors["is"] = eval_flags.is_extractor()
+    except FileNotFoundError as e:  # the default --metrics holds is30k_test
+      names = ",".join(n for n, m, _, _ in parsed if m == "is")
+      rest = ",".join(n for n, m, _, _ in parsed if m != "is")
+      raise FileNotFoundError(
+          f"{names} (the Inception Score, in --metrics{' by default' if _default_metrics() else ''}"
+          f") needs Inception's 1008-way classifier, which the FID weights lack: {e} (or "
+          "--is_source=hub with --inception_hub)"
+          + (f"; or leave it out: --metrics={rest}" if rest else "")) from e
   if "rprec" in metrics:
     damsm_encoders = r_precision.load_encoders(damsm_dir)  # loaded once for every rprec metric
     runs.check_damsm_vocabulary(damsm_dir, damsm_encoders[0], vocab, data_dir)

@@ -958,8 +958,16 @@ def test_metric_main_writes_one_json_line_per_metric(smoke_run, tmp_path, monkey
     metric_main.evaluate(str(tmp_path / "no_run"), ["fid30k_test"])
   # A missing classifier file stops the command before any image is generated.
   res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
-                     "--metrics=is40_test")
-  assert res.returncode != 0 and "--inception_graph is not set" in res.stderr
+                     "--metrics=is40_test,rprec40_test")
+  assert res.returncode != 0 and re.search(
+      r"is40_test \(the Inception Score, in --metrics\) needs Inception's 1008-way classifier.*"
+      r"--inception_graph is not set.*; or leave it out: --metrics=rprec40_test", res.stderr)
+  # The default --metrics (is30k_test among them) says so too.
+  with monkeypatch.context() as m:
+    m.setattr(metric_main, "_default_metrics", lambda: True)
+    res = cli.run_main("evaluation.metric_main", f"--run_dir={smoke_run['run']}",
+                       "--metrics=is40_test")
+  assert "in --metrics by default" in res.stderr and "leave it out" not in res.stderr
   assert not os.path.exists(os.path.join(smoke_run["run"], "eval", "step-2", "test-seed100",
                                          sample.image_name(39)))
   # So does a corrupt DAMSM encoder for R-precision, named by its path.
