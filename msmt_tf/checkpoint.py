@@ -67,7 +67,9 @@ def latest(run_dir):
 
 
 def save(run_dir, step, groups, record, keep=3):
-  """Writes checkpoint `step` atomically and deletes all but the newest `keep`."""
+  """Writes checkpoint `step` atomically and deletes all but the newest `keep`, and the hidden
+  partial files of checkpoints up to `step` whose write was killed (SIGKILL, power loss: a
+  Python exception removes its own), which would otherwise stay, as large as a checkpoint."""
   folder = os.path.join(run_dir, "checkpoints")
   os.makedirs(folder, exist_ok=True)
   arrays = {}
@@ -90,6 +92,13 @@ def save(run_dir, step, groups, record, keep=3):
   fileio.atomic_write(path, write)
   for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
     os.remove(old)
+  for partial in glob.glob(os.path.join(folder, ".ckpt-*.npz.*.npz")):
+    found = re.fullmatch(r"\.ckpt-(\d+)\.npz\..+\.npz", os.path.basename(partial))
+    if found and int(found.group(1)) <= int(step):
+      try:
+        os.remove(partial)
+      except OSError:  # gone meanwhile
+        pass
   return path
 
 

@@ -161,3 +161,17 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask, mode, monke
     assert os.umask(umask) == umask  # the umask is left as it was
   finally:
     os.umask(old)
+
+
+def test_a_killed_writes_partial_file_goes_with_the_next_save(tmp_path):
+  """A write killed by SIGKILL leaves its hidden partial file (no exception ran to remove it);
+  the next checkpoint's save removes those of steps up to its own, never a newer one's (whose
+  writer may still be at work) nor any other file."""
+  folder = tmp_path / "checkpoints"
+  _write_run(str(tmp_path), steps=(1,))
+  for name in (".ckpt-00000002.npz.k1ll3d.npz", ".ckpt-00000003.npz.ab12cd.npz",
+               ".ckpt-00000009.npz.writing.npz", ".flags.txt.x1.txt", "notes.txt"):
+    (folder / name).write_bytes(b"x" * 100)
+  checkpoint.save(str(tmp_path), 3, _groups(3.0), {"note": 3}, keep=5)
+  assert sorted(os.listdir(folder)) == [".ckpt-00000009.npz.writing.npz", ".flags.txt.x1.txt",
+                                        "ckpt-00000001.npz", "ckpt-00000003.npz", "notes.txt"]
