@@ -131,9 +131,11 @@ def check_batch_size(batch_size, num_devices, num_processes=1):
   if batch_size % num_devices:
     lower, upper = batch_size - batch_size % num_devices, batch_size + (-batch_size) % num_devices
     options = ", ".join(str(b) for b in (lower, upper) if b > 0)
+    fewer = [d for d in range(num_devices - 1, 0, -1) if batch_size % d == 0]
     raise ValueError(f"--batch_size {batch_size} (the global batch) does not split over "
                      f"{num_devices} devices: use a multiple of {num_devices} (e.g. {options}), "
-                     f"or --devices with a divisor of {batch_size}")
+                     f"or fewer devices: --devices={fewer[0]}"
+                     + (f" (or {', '.join(map(str, fewer[1:4]))})" if len(fewer) > 1 else ""))
   if batch_size % num_processes:
     raise ValueError(f"--batch_size {batch_size} does not split over {num_processes} processes")
 

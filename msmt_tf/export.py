@@ -221,9 +221,11 @@ def main(argv):
   try:
     if not FLAGS.run_dir:
       raise ValueError("--run_dir is not set")
+    # The default chunk follows a smaller --max_batch; a chunk given is checked against it.
+    chunk = (FLAGS.serving_chunk if FLAGS["serving_chunk"].present
+             else min(FLAGS.serving_chunk, max(FLAGS.max_batch, 1)))
     module = export(FLAGS.run_dir, FLAGS.output, FLAGS.step, FLAGS.damsm_dir, FLAGS.data_dir,
-                    FLAGS.serving_words_num, FLAGS.overwrite, FLAGS.max_batch,
-                    FLAGS.serving_chunk)
+                    FLAGS.serving_words_num, FLAGS.overwrite, FLAGS.max_batch, chunk)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"error: {e}")
   if module.generator.batch_coupled:
@@ -232,7 +234,8 @@ def main(argv):
           f"chunk of {module.chunk} (--serving_chunk) in a request; the same captions, order and "
           "seed give the same bytes only from an export of the same --serving_chunk", flush=True)
   print(f"exported SavedModel to {os.path.abspath(FLAGS.output)} (signatures: serving_default, "
-        "generate, generate_png, generate_stages)")
+        f"generate, generate_png, generate_stages; at most {FLAGS.max_batch} captions a request, "
+        f"generated {module.chunk} at a time)")
 
 
 if __name__ == "__main__":
@@ -246,7 +249,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("max_batch", MAX_BATCH, "Most captions one request may hold; a larger "
                        "request fails with INVALID_ARGUMENT naming this limit.")
   flags.DEFINE_integer("serving_chunk", CHUNK, "Captions generated at once inside a request "
-                       "(bounds its working memory; the same images whatever the value, to "
+                       "(default 8, or --max_batch if smaller; bounds its working memory; the "
+                       "same images whatever the value, to "
                        "float rounding, except for a generator with DM-GAN's official_repeat "
                        "word mask, whose images depend on the other captions of their chunk).")
   app.run(main)

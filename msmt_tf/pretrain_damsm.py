@@ -305,6 +305,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
     if first_batch:
       entry["from_batch"] = first_batch  # the means are of this part of the epoch
     history.append(entry)
+    progress["epochs_done"] = progress.get("epochs_done", 0) + 1
     log_lines.append(json.dumps(entry) + "\n")
     if log_owned:
       fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
@@ -441,7 +442,11 @@ def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False,
   record = runs.read_pretrain_record(damsm_dir) or {}
   head = f"{how} before the encoders were finished: "
   if not left:
-    return head + "nothing was written; run the same command again"
+    epochs = progress.get("epochs_done")
+    done = (f"; its {epochs} finished epoch(s) are lost (their loss lines are in "
+            f"damsm_log.jsonl): encoders are saved every --damsm_snapshot_every epochs and at "
+            "the end" if epochs else "")
+    return head + f"no encoders were written yet{done}; run the same command again"
   if record.get("writing"):
     return (head + f"stopped while moving the snapshot of epoch {record.get('epoch')} into "
             f"place: {', '.join(left)} may be of different epochs; start over with --overwrite")

@@ -131,8 +131,11 @@ def load_damsm_encoder(path, kind):
           f"DAMSM encoder not found: {path}; {folder} was imported from AttnGAN's files without "
           "this encoder: import it too with python -m msmt_tf.import_torch damsm "
           "--text_encoder ... --image_encoder ... --overwrite")
+    moved = ("" if os.path.isdir(folder) else
+             f" ({folder} does not exist: if the encoders moved, pass --damsm_dir with their new "
+             "folder; a run trained with them needs those same encoders)")
     raise FileNotFoundError(
-        f"DAMSM encoder not found: {path}; make the encoders with: python -m "
+        f"DAMSM encoder not found: {path}{moved}; make the encoders with: python -m "
         f"msmt_tf.pretrain_damsm --flagfile=<same config> --damsm_dir={shlex.quote(folder)}")
   from msmt_tf.models import initialization  # pylint: disable=g-import-not-at-top
   try:

@@ -339,6 +339,20 @@ def _note_compute_change(run, recorded):
               flush=True)
   if changes:
     run.record["compute_changes"] = changes
+  # The devices and processes: the same step's math on any number (the global batch split over
+  # them), up to float rounding; a change is said and kept in "world_changes".
+  before = (recorded or {}).get("world")
+  now = run.record["world"]
+  moves = [c for c in (recorded or {}).get("world_changes", []) if c.get("step", 0) <= run.step]
+  if before is not None and before != now:
+    moves.append({"step": run.step, "from": before, "to": now})
+    if run.is_writer:
+      print(f"note: continuing on {now['devices']} device(s) in {now['processes']} process(es) "
+            f"(the run trained on {before.get('devices')} in {before.get('processes')} to step "
+            f"{run.step}): the global batch is split over them, the same step to float rounding; "
+            "config.json keeps the change (world_changes)", flush=True)
+  if moves:
+    run.record["world_changes"] = moves
 
 
 def _check_damsm(run, saved):
@@ -435,9 +449,12 @@ def train(run):
   loss_log = os.path.join(run.run_dir, "losses.jsonl")
   writer = None
   if writes:
-    # --accept_new_damsm is consent to one change: flags.txt (the run's flagfile) never gives it.
-    runs.write_run_files(run.run_dir, run.record,
-                         runs.recorded_flags(FLAGS, overrides={"accept_new_damsm": False}))
+    if run.step < run.max_steps:  # a command that trains nothing leaves the run's record as it is
+      # --accept_new_damsm is consent to one change: flags.txt (the run's flagfile) never gives
+      # it; nor --resume: a run's flagfile used without --resume is refused over its checkpoints.
+      # Both are left out (None), so neither undoes the command line's in any flag order.
+      runs.write_run_files(run.run_dir, run.record, runs.recorded_flags(
+          FLAGS, overrides={"accept_new_damsm": None, "resume": None}))
     _trim_loss_log(loss_log, run.step)
     writer = tf.summary.create_file_writer(os.path.join(run.run_dir, "tb"))
   run.samples = _fixed_samples(run, FLAGS.num_samples)

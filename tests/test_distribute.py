@@ -83,8 +83,11 @@ def test_shards_of_a_batch_are_the_batch(shapes_dir):
 
 def test_batch_not_divisible_by_devices_names_the_numbers():
   with pytest.raises(ValueError, match=r"--batch_size 20 \(the global batch\) does not split "
-                     r"over 8 devices: use a multiple of 8 \(e\.g\. 16, 24\)"):
+                     r"over 8 devices: use a multiple of 8 \(e\.g\. 16, 24\), or fewer "
+                     r"devices: --devices=5 \(or 4, 2, 1\)$"):
     distribute.check_batch_size(20, 8)
+  with pytest.raises(ValueError, match=r"or fewer devices: --devices=1$"):  # 3 on 2 devices
+    distribute.check_batch_size(3, 2)
   distribute.check_batch_size(20, 4)
 
 

@@ -177,9 +177,14 @@ def test_two_workers_train_like_one_device(tmp_path):
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "note: continuing with --lr_d 0.0002 -> 0.0001" in res.stdout
+  assert ("note: continuing on 2 device(s) in 1 process(es) (the run trained on 1 in 1 to step "
+          "2)") in res.stdout, res.stdout
   assert [e["step"] for e in _losses(one)] == [1, 2, 3]
   with open(os.path.join(one, "config.json")) as f:
-    assert json.load(f)["world"] == {"processes": 1, "devices": 2}
+    record = json.load(f)
+  assert record["world"] == {"processes": 1, "devices": 2}
+  assert record["world_changes"] == [{"step": 2, "from": {"processes": 1, "devices": 1},
+                                      "to": {"processes": 1, "devices": 2}}]
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 6])

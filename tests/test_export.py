@@ -152,6 +152,24 @@ def test_saved_model_cli(exported, tmp_path):
   assert images.shape == (2, 128, 128, 3) and images.dtype == np.uint8
 
 
+def test_a_smaller_max_batch_lowers_the_default_chunk(exported, tmp_path):
+  """--max_batch 2 alone exports (the default --serving_chunk 8 follows it down); a chunk given
+  larger than the limit is still refused."""
+  res = _run("msmt_tf.export", f"--run_dir={exported['run']}", f"--output={tmp_path / '1'}",
+             "--max_batch=2")
+  assert "at most 2 captions a request, generated 2 at a time" in res.stdout, res.stdout
+  fn = tf.saved_model.load(str(tmp_path / "1")).signatures["generate"]
+  caps = tf.constant(["a red circle", "a blue square"])
+  got = fn(captions=caps, seed=tf.constant(3, tf.int64))["images_bytes"].numpy()
+  want = exported["model"].signatures["generate"](captions=caps, seed=tf.constant(3, tf.int64))
+  assert len(got) == 2
+  for a, b in zip(got, want["images_bytes"].numpy()):  # another chunk: the same to a rounding
+    diff = tf.cast(tf.io.decode_png(a), tf.int32) - tf.cast(tf.io.decode_png(b), tf.int32)
+    assert int(tf.reduce_max(tf.abs(diff))) <= 1
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"limit is max_batch=2"):
+    fn(captions=tf.constant(["a red circle"] * 3), seed=tf.constant(3, tf.int64))
+
+
 def test_export_refuses_bad_output(exported):
   with pytest.raises(ValueError, match="numeric version folder"):
     export_lib.export(exported["run"], str(exported["root"] / "models" / "shapes" / "latest"))

@@ -121,15 +121,18 @@ def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (("--data_dir=/nonexistent/shapes",), "dataset folder not found: /nonexistent/shapes"),
+    (("--data_dir=/nonexistent/shapes",), "dataset folder not found: /nonexistent/shapes (if it "
+     "moved, pass --data_dir with its new place"),
     (("--kernel_size=0",), "--kernel_size must be >= 1"),
     (("--num_heads=0",), "--num_heads must be >= 1"),
     (("--batch_size=64",), "batch_size 64 is larger than the train split"),
     (("--batch_size=1",), "--batch_size must be >= 2 (the discriminators' mismatched captions"),
     (("--text_dim=8",), "have width 16 (text) / 16 (image), the flags say --text_dim=8: pass"),
     (("--damsm_dir=/nonexistent/damsm",),
-     "DAMSM encoder not found: /nonexistent/damsm/text_encoder.keras; make the encoders with: "
-     "python -m msmt_tf.pretrain_damsm"),
+     "DAMSM encoder not found: /nonexistent/damsm/text_encoder.keras (/nonexistent/damsm does "
+     "not exist: if the encoders moved, pass --damsm_dir with their new folder; a run trained "
+     "with them needs those same encoders); make the encoders with: python -m "
+     "msmt_tf.pretrain_damsm"),
 ])
 def test_bad_flags_stop_before_training(smoke, tmp_path, extra, message):
   run_dir = str(tmp_path / "run")
@@ -526,8 +529,10 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
   [change] = record["damsm_changes"]
   assert change["step"] == 9 and change["to"] == record["damsm_weights_sha256"]
   assert change["from"] == runs.encoder_digests(text, image)
-  with open(os.path.join(run_dir, "flags.txt")) as f:
-    assert "--noaccept_new_damsm\n" in f.read()
+  with open(os.path.join(run_dir, "flags.txt")) as f:  # nor --resume (a run's flagfile)
+    recorded = f.read().splitlines()
+  assert not {"--accept_new_damsm", "--noaccept_new_damsm", "--resume", "--noresume"} & set(
+      recorded), recorded
   assert runs.load_run(run_dir, damsm_dir=damsm)[3]["step"] == 10
   assert runs.load_run(run_dir, step=9, damsm_dir=moved)[3]["step"] == 9
   with pytest.raises(ValueError, match="is not the one the run"):
@@ -759,9 +764,14 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
     run(damsm, progress=progress)
   monkeypatch.setattr(pretrain_damsm, "seed_dropout", seed_dropout)
   assert runs.read_pretrain_record(str(damsm))["complete"] is False
-  assert progress == {"resumed": None, "snapshot": 2}
+  assert progress == {"resumed": None, "snapshot": 2, "epochs_done": 2}
   assert "are a snapshot of epoch 2 of 3, not fully trained encoders; continue with the same " \
       "command and --resume" in pretrain_damsm.interrupted_message(str(damsm), progress)
+  # Stopped before the first snapshot: no encoders, and the epochs done are said to be lost.
+  assert pretrain_damsm.interrupted_message(str(tmp_path / "none"), {"epochs_done": 1}) == (
+      "interrupted before the encoders were finished: no encoders were written yet; its 1 "
+      "finished epoch(s) are lost (their loss lines are in damsm_log.jsonl): encoders are saved "
+      "every --damsm_snapshot_every epochs and at the end; run the same command again")
   capsys.readouterr()
   got = run(damsm, resume=True, verbose=True)
   assert [e["epoch"] for e in got] == [3]

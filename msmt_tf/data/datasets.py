@@ -421,7 +421,9 @@ def load_split(data_dir, dataset, split, check_files=True):
     raise DatasetError(f"unknown split {split!r}; choose 'train' or 'test'")
   data_dir = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(data_dir):
-    raise DatasetError(f"dataset folder not found: {data_dir}", hint=spec.how_to_get)
+    raise DatasetError(f"dataset folder not found: {data_dir} (if it moved, pass --data_dir "
+                       "with its new place: a run records where its dataset was)",
+                       hint=spec.how_to_get)
   if dataset != "folder" and os.path.isfile(os.path.join(data_dir, SPEC_FILE)):
     raise DatasetError(
         f"{data_dir} is a folder dataset (it has {SPEC_FILE}), but --dataset={dataset}: pass "
