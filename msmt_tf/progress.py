@@ -46,12 +46,17 @@ class LogProgress:
     self._stream, self._clock = stream, clock
     self._start = self._last = None
     self._first = None  # the count at the first update (a resumed run starts past 0)
+    # (time, count) when the first unit after it was done: the rate for the time left is taken
+    # from there, without the first unit's one-off cost (a step's trace or XLA compile).
+    self._warm = None
     self._sums = {}  # name -> [sum, count] since the line before
 
   def update(self, current, values=None, finalize=None):
     now = self._clock()
     if self._start is None:
       self._start, self._last, self._first = now, now, current
+    elif self._warm is None and current > self._first:
+      self._warm = (now, current)
     for name, value in values or ():
       total = self._sums.setdefault(name, [0.0, 0])
       total[0] += float(value)
@@ -66,9 +71,9 @@ class LogProgress:
     if self.target:
       line += f" ({100.0 * current / self.target:.0f}%)"
     line += f", {_duration(elapsed)} elapsed"
-    done = current - self._first
-    if self.target and not finalize and done > 0:
-      line += f", {_duration(elapsed / done * (self.target - current))} left"
+    if self.target and not finalize and self._warm and current > self._warm[1]:
+      rate = (now - self._warm[0]) / (current - self._warm[1])
+      line += f", {_duration(rate * (self.target - current))} left"
     if self._sums:
       line += " - " + " - ".join(f"{k}: {t / n:.4g}" for k, (t, n) in self._sums.items() if n)
       self._sums = {k: [0.0, 0] for k in self._sums}
