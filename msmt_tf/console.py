@@ -73,7 +73,12 @@ def _verbose_requested(argv):
 
 def quiet_native_logs(argv=None):
   """Starts the stderr filter (once per process); a no-op with --verbose or
-  TF_CPP_MIN_LOG_LEVEL=0. Call it before TensorFlow is imported."""
+  TF_CPP_MIN_LOG_LEVEL=0. Call it before TensorFlow is imported (every command does, first).
+  Until the command's flags are parsed, Ctrl-C or SIGTERM then stops it with one line
+  (`stopping.quiet_startup`), not a traceback from inside an import."""
+  if argv is None:  # a command starting (tests call it with their own argv)
+    from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+    stopping.quiet_startup()
   argv = sys.argv if argv is None else argv
   if _verbose_requested(argv):
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 
-__all__ = ["Terminated", "exit_status", "exit_stopped", "how_stopped", "sigterm_as_interrupt"]
+__all__ = ["Terminated", "exit_status", "exit_stopped", "how_stopped", "sigterm_as_interrupt",
+           "quiet_startup"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,3 +60,33 @@ def exit_stopped(error, message):
   `exit_status(error)`."""
   print(message, file=sys.stderr, flush=True)
   sys.exit(exit_status(error))
+
+
+def quiet_startup(command=None):
+  """Until the command's flags are parsed (absl's `app.call_after_init`: before its `main`, so
+  before it reads or writes anything), Ctrl-C or SIGTERM ends the process with one line and
+  130 / 143, instead of a traceback from inside TensorFlow's import (or, for SIGTERM, no word at
+  all); then the handlers are as they were. `command`: its name in the line (default: the
+  module run with `python -m`)."""
+  if threading.current_thread() is not threading.main_thread():
+    return
+  if command is None:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = f"python -m {spec.name}" if spec else "the command"
+
+  def stop(signum, frame):
+    del frame
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    print(f"{how} while {command} was starting (importing its libraries): nothing was done "
+          "yet; run the same command again", file=sys.stderr, flush=True)
+    sys.exit(128 + int(signum))
+
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+  def restore():
+    for sig, handler in previous.items():
+      if signal.getsignal(sig) is stop:
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.call_after_init(restore)

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from msmt_tf import console
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,3 +189,38 @@ def test_progress_in_a_log_file_is_a_plain_line_a_minute():
       return True
   assert isinstance(progress.bar(10, stream=Terminal()), keras.utils.Progbar)
   assert isinstance(progress.bar(10, stream=io.StringIO()), progress.LogProgress)
+
+
+STARTUP = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from msmt_tf import console
+console.quiet_native_logs()  # what every command does first, before TensorFlow's import
+if sys.argv[1] == "during_imports":
+  os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+  time.sleep(30)  # (a long import)
+  raise AssertionError("the signal did not stop the start")
+from absl import app
+def main(argv):  # the flags are parsed: the handlers are Python's again, the command's to set
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+  print("main ran")
+app.run(main)
+"""
+
+
+@pytest.mark.parametrize("sig,status,how", [("SIGINT", 130, "interrupted"),
+                                            ("SIGTERM", 143, "stopped by SIGTERM")])
+def test_a_signal_while_a_command_starts_is_one_line(sig, status, how):
+  """Ctrl-C in a command's first seconds (TensorFlow importing) printed a long traceback, and
+  SIGTERM nothing at all: both now say it in one line, with 130 / 143; from main on, the
+  handlers are Python's again (each command sets its own for its work)."""
+  code = STARTUP.format(repo=REPO)
+  res = subprocess.run([sys.executable, "-c", code, "during_imports", sig], capture_output=True,
+                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
+  assert res.returncode == status, (res.returncode, res.stderr)
+  assert res.stderr == (f"{how} while the command was starting (importing its libraries): "
+                        "nothing was done yet; run the same command again\n"), res.stderr
+  res = subprocess.run([sys.executable, "-c", code, "started", sig], capture_output=True,
+                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
+  assert res.returncode == 0 and res.stdout == "main ran\n", res.stderr
