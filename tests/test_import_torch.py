@@ -472,6 +472,10 @@ def test_text_encoder_checks_keys_and_shapes(tmp_path):
   for part in ("t.pth", "missing keys: rnn.bias_hh_l0_reverse", "unexpected keys: "
                "rnn.weight_ih_l1", "rnn.weight_hh_l0: (512, 64) in the file, (512, 128) expected"):
     assert part in msg, msg
+  ints = dict(arrays, **{"encoder.weight": arrays["encoder.weight"].astype(np.int64)})
+  with pytest.raises(damsm.WeightsMismatchError,
+                     match=r"t\.pth does not fit .*not floating point: encoder\.weight \(int64\)"):
+    damsm.text_encoder_from_state_dict(ints, "t.pth")
   gru = {k: (v[:384] if k.startswith("rnn.") else v) for k, v in arrays.items()}
   with pytest.raises(damsm.WeightsMismatchError, match="GRU"):
     damsm.text_encoder_from_state_dict(gru, "t.pth")

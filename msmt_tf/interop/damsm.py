@@ -127,6 +127,10 @@ def text_encoder_from_state_dict(arrays, source="<state dict>", embedding_dim=No
     hint = (" (a GRU encoder? only AttnGAN's default RNN_TYPE 'LSTM' is supported)"
             if len(hh) == 2 and hh[0] == 3 * hh[1] else "")
     raise WeightsMismatchError(f"{e}{hint}") from None
+  ints = [f"{k} ({arrays[k].dtype})" for k in expected if np.asarray(arrays[k]).dtype.kind != "f"]
+  if ints:  # an index or count tensor where a weight belongs: not an encoder's weights
+    raise WeightsMismatchError(f"{source} does not fit {_TEXT}: tensors that are not floating "
+                               f"point: {torch_io.key_list(ints)}")
   model = RNNTextEncoder(vocab_size, embedding_dim=embedding_dim, hidden_dim=hidden_dim,
                          name="rnn_text_encoder")
   model.build((None, 1))
