@@ -325,6 +325,8 @@ def main(argv=None):
   v.add_argument("--fid_inception_dir", default=None, help="the converted weights' folder")
   v.add_argument("--num_images", type=int, default=8)
   args = parser.parse_args(argv)
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  stopping.end_startup()  # started: Ctrl-C is Python's again (no absl app.run here to do it)
   try:
     if args.command == "verify":
       errors = verify(args.source, args.fid_inception_dir, args.num_images)

@@ -304,6 +304,8 @@ def evaluate(run_dir, metric_names, step=None, seed=100, damsm_dir=None, data_di
     try:
       extractors["is"] = eval_flags.is_extractor()
     except FileNotFoundError as e:  # the default --metrics holds is30k_test
+      if FLAGS.is_source or FLAGS.inception_source in ("graph", "hub"):
+        raise  # a source chosen on purpose: its own error says what is missing
       names = ",".join(n for n, m, _, _ in parsed if m == "is")
       rest = ",".join(n for n, m, _, _ in parsed if m != "is")
       raise FileNotFoundError(

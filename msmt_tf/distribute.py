@@ -131,11 +131,15 @@ def check_batch_size(batch_size, num_devices, num_processes=1):
   if batch_size % num_devices:
     lower, upper = batch_size - batch_size % num_devices, batch_size + (-batch_size) % num_devices
     options = ", ".join(str(b) for b in (lower, upper) if b > 0)
-    fewer = [d for d in range(num_devices - 1, 0, -1) if batch_size % d == 0]
+    # --devices counts a process's devices: d per process is d * num_processes in all.
+    per_process = num_devices // max(num_processes, 1)
+    fewer = [d for d in range(per_process - 1, 0, -1) if batch_size % (d * num_processes) == 0]
+    each = " per process" if num_processes > 1 else ""
     raise ValueError(f"--batch_size {batch_size} (the global batch) does not split over "
-                     f"{num_devices} devices: use a multiple of {num_devices} (e.g. {options}), "
-                     f"or fewer devices: --devices={fewer[0]}"
-                     + (f" (or {', '.join(map(str, fewer[1:4]))})" if len(fewer) > 1 else ""))
+                     f"{num_devices} devices: use a multiple of {num_devices} (e.g. {options})"
+                     + (f", or fewer devices: --devices={fewer[0]}{each}"
+                        + (f" (or {', '.join(map(str, fewer[1:4]))})" if len(fewer) > 1 else "")
+                        if fewer else ""))
   if batch_size % num_processes:
     raise ValueError(f"--batch_size {batch_size} does not split over {num_processes} processes")
 

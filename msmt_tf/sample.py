@@ -22,13 +22,13 @@ kind, split and a SHA-256 of the split's keys, captions and class ids) and, per 
 dataset index, caption index, token ids and class id (R-precision reads it), and a SHA-256 of
 the generator's and text encoder's weights. A DIR whose manifest names another setting, caption
 source or weights (a run imported again with --overwrite) is refused (choose another --out), and
-so is
-a non-empty DIR without a manifest: its files are never counted as generated nor touched. A DIR
-inside the run's folder (evaluation.metric_main's `RUN/eval/...`) follows the run when it is
-moved: its images count as the run's.
+so is a non-empty DIR without a manifest: its files are never counted as generated nor touched.
+A DIR inside the run's folder (evaluation.metric_main's `RUN/eval/...`) follows the run when it
+is moved: its images count as the run's.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -189,6 +189,8 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   from PIL import Image  # pylint: disable=g-import-not-at-top
   if num_images < 1:
     raise ValueError(f"--num_images must be >= 1, got {num_images}")
+  if batch_size < 1:
+    raise ValueError(f"--sample_batch_size must be >= 1, got {batch_size}")
   path = os.path.join(out, MANIFEST)
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"--out {out} is a file, not a folder")
@@ -215,8 +217,12 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
               # encoders replaced, keep the run's folder and step but not its images.
               "weights_sha256": runs.weights_sha256(text_encoder, generator)}
   manifest["batch_size"] = int(batch_size)
+  todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
   if os.path.isfile(path):
-    _check_folder(out, read_manifest(out), manifest, run_dir, data, source, coupled)
+    old = read_manifest(out)
+    _check_folder(out, old, manifest, run_dir, data, source, coupled, making=bool(todo))
+    if not todo:  # nothing made now: the batch size the images were made with stays recorded
+      manifest["batch_size"] = old.get("batch_size")
   os.makedirs(out, exist_ok=True)
   # Image i is made in the batch of images B * (i // B) ... B * (i // B) + B - 1 (B = batch_size;
   # those past num_images made and dropped), whatever num_images and whichever images a resume
@@ -225,10 +231,8 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   entries = plan(data, -(-num_images // batch_size) * batch_size, words_num, seed)
   manifest["images"] = entries[:num_images]
   fileio.atomic_write_bytes(path, json.dumps(manifest).encode())
-  todo = [i for i in range(num_images) if not os.path.isfile(os.path.join(out, image_name(i)))]
-  batches = [(list(range(k * batch_size, (k + 1) * batch_size)),
-              [i for i in todo if i // batch_size == k])
-             for k in sorted({i // batch_size for i in todo})]
+  batches = [(list(range(k * batch_size, (k + 1) * batch_size)), list(wanted))
+             for k, wanted in itertools.groupby(todo, key=lambda i: i // batch_size)]
   run = _compiled(generator, text_encoder)
   bar = progress_lib.bar(num_images, unit_name="image") if progress else None
   done = num_images - len(todo)
@@ -252,11 +256,12 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
   return manifest
 
 
-def _check_folder(out, old, manifest, run_dir, data, source, coupled):
+def _check_folder(out, old, manifest, run_dir, data, source, coupled, making):
   """Raises unless the images in `out` (its manifest `old`) are those `manifest` would make:
-  the same settings, captions, weights and, for a batch-coupled generator (`coupled`), batch
-  size; another batch size is only said for other generators (the images then differ from an
-  uninterrupted run's by float rounding at most). Nothing in `out` is changed."""
+  the same settings, captions, weights and, where images are to be made (`making`) by a
+  batch-coupled generator (`coupled`), batch size; another batch size is only said for other
+  generators (the images then differ from an uninterrupted run's by float rounding at most).
+  Nothing in `out` is changed."""
   keep = f"(nothing in {out} was changed)"
   diff = [k for k in SETTING_KEYS if old.get(k) != manifest[k]]
   if diff and diff[0] == "run_dir" and _inside(out, run_dir):
@@ -280,6 +285,8 @@ def _check_folder(out, old, manifest, run_dir, data, source, coupled):
         f"{manifest['weights_sha256'][:12]}... now: the run was trained or imported again "
         "(import_torch --overwrite) since, or its DAMSM text encoder replaced): its images are "
         f"not this model's; choose another --out, or remove {out} to make them again {keep}")
+  if not making:  # a complete folder: read as it is, whatever batch size made it
+    return
   if not coupled and old.get("batch_size", manifest["batch_size"]) != manifest["batch_size"]:
     print(f"note: the images in {out} were made in batches of {old['batch_size']}, now "
           f"{manifest['batch_size']} (--sample_batch_size): the rest may differ from an "
@@ -304,7 +311,9 @@ flags.DEFINE_integer("num_images", 30000, "Images to generate (the paper: 30,000
 flags.DEFINE_enum("split", "test", ["test", "train"], "Captions of this split.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 flags.DEFINE_integer("sample_seed", 100, "Sampling seed (DM-GAN's evaluation seed is 100).")
-flags.DEFINE_integer("sample_batch_size", 50, "Images per generator call.")
+flags.DEFINE_integer("sample_batch_size", 50, "Images per generator call (image i is made "
+                     "with images B*(i//B) .. B*(i//B)+B-1; recorded in the folder's manifest).",
+                     lower_bound=1)
 flags.DEFINE_integer("sample_words_num", None,
                      "Words kept per caption (default: the dataset's evaluation length, "
                      "words_num_eval: 25 birds/shapes, 20 coco, a folder dataset's from its "

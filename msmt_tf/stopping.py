@@ -16,7 +16,7 @@ import sys
 import threading
 
 __all__ = ["Terminated", "exit_status", "exit_stopped", "how_stopped", "sigterm_as_interrupt",
-           "quiet_startup"]
+           "quiet_startup", "end_startup"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,13 +62,19 @@ def exit_stopped(error, message):
   sys.exit(exit_status(error))
 
 
+
+_STARTUP = []  # the restore function of quiet_startup's handlers, until end_startup runs it
+
+
 def quiet_startup(command=None):
   """Until the command's flags are parsed (absl's `app.call_after_init`: before its `main`, so
-  before it reads or writes anything), Ctrl-C or SIGTERM ends the process with one line and
-  130 / 143, instead of a traceback from inside TensorFlow's import (or, for SIGTERM, no word at
-  all); then the handlers are as they were. `command`: its name in the line (default: the
-  module run with `python -m`)."""
-  if threading.current_thread() is not threading.main_thread():
+  before it reads or writes anything; a command that parses its arguments otherwise calls
+  `end_startup` itself), Ctrl-C or SIGTERM ends the process with one line and 130 / 143, instead
+  of a traceback from inside TensorFlow's import (or, for SIGTERM, no word at all); then the
+  handlers are as they were. A signal the process was started with ignored (a job started
+  with `&` from a script ignores SIGINT) stays ignored. `command`: its name in the line
+  (default: the module run with `python -m`)."""
+  if threading.current_thread() is not threading.main_thread() or _STARTUP:
     return
   if command is None:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
@@ -81,12 +87,22 @@ def quiet_startup(command=None):
           "yet; run the same command again", file=sys.stderr, flush=True)
     sys.exit(128 + int(signum))
 
-  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  for sig, handler in previous.items():
+    if handler is not signal.SIG_IGN:
+      signal.signal(sig, stop)
 
   def restore():
     for sig, handler in previous.items():
       if signal.getsignal(sig) is stop:
         signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
+  _STARTUP.append(restore)
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.call_after_init(restore)
+  app.call_after_init(end_startup)
+
+
+def end_startup():
+  """Puts back the handlers `quiet_startup` replaced (once; a no-op without it)."""
+  while _STARTUP:
+    _STARTUP.pop()()

@@ -308,6 +308,14 @@ def prepare():
   return run
 
 
+def _kept(run, key):
+  """Where a resume's note says its change is kept: config.json, rewritten when the command
+  trains (not when the run is already at --max_steps)."""
+  if run.step < run.max_steps:
+    return f"config.json keeps the change ({key})"
+  return "nothing is trained, so config.json is left as it is"
+
+
 def _note_compute_change(run, recorded):
   """Says when a resumed run continues under another backend or precision than the restored
   state was computed with (`recorded`: the checkpoint's record), and keeps the change in
@@ -335,8 +343,7 @@ def _note_compute_change(run, recorded):
         said.append(f"{'with' if now['jit_compile'] else 'without'} --jit_compile (XLA draws "
                     "other noise from the same seed)")
       for line in said:
-        print(f"note: continuing {line}; config.json keeps the change (compute_changes)",
-              flush=True)
+        print(f"note: continuing {line}; {_kept(run, 'compute_changes')}", flush=True)
   if changes:
     run.record["compute_changes"] = changes
   # The devices and processes: the same step's math on any number (the global batch split over
@@ -350,7 +357,7 @@ def _note_compute_change(run, recorded):
       print(f"note: continuing on {now['devices']} device(s) in {now['processes']} process(es) "
             f"(the run trained on {before.get('devices')} in {before.get('processes')} to step "
             f"{run.step}): the global batch is split over them, the same step to float rounding; "
-            "config.json keeps the change (world_changes)", flush=True)
+            f"{_kept(run, 'world_changes')}", flush=True)
   if moves:
     run.record["world_changes"] = moves
 
@@ -395,7 +402,7 @@ def _note_damsm_change(run, saved):
             f"{' and '.join(run.damsm_change['encoders'])} encoder"
             f"{'s' if len(run.damsm_change['encoders']) > 1 else ''} of "
             f"{run.damsm_change['damsm_dir']}, not the ones the run was trained with so far; "
-            "config.json keeps the change (damsm_changes)", flush=True)
+            f"{_kept(run, 'damsm_changes')}", flush=True)
   if changes:
     run.record["damsm_changes"] = changes
 

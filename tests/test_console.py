@@ -200,6 +200,11 @@ if sys.argv[1] == "during_imports":
   os.kill(os.getpid(), getattr(signal, sys.argv[2]))
   time.sleep(30)  # (a long import)
   raise AssertionError("the signal did not stop the start")
+if sys.argv[1] == "ignored":  # started with the signal ignored (a job started with & ignores ^C)
+  os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+  time.sleep(0.2)
+  print("still running")
+  sys.exit(0)
 from absl import app
 def main(argv):  # the flags are parsed: the handlers are Python's again, the command's to set
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -224,3 +229,27 @@ def test_a_signal_while_a_command_starts_is_one_line(sig, status, how):
   res = subprocess.run([sys.executable, "-c", code, "started", sig], capture_output=True,
                        text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
   assert res.returncode == 0 and res.stdout == "main ran\n", res.stderr
+  import signal  # pylint: disable=g-import-not-at-top
+  res = subprocess.run([sys.executable, "-c", code, "ignored", sig], capture_output=True,
+                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60,
+                       preexec_fn=lambda: signal.signal(getattr(signal, sig), signal.SIG_IGN))
+  assert res.returncode == 0 and res.stdout == "still running\n", res.stderr
+
+
+def test_every_command_ends_its_quiet_startup():
+  """A command's quiet start (`console.quiet_native_logs` -> `stopping.quiet_startup`) ends when
+  its flags are parsed: absl's app.run does it; a command parsing its arguments otherwise calls
+  `stopping.end_startup()` (else Ctrl-C during its work would claim nothing was done yet)."""
+  checked = []
+  for package in ("msmt_tf", "evaluation"):
+    for root, _, names in os.walk(os.path.join(REPO, package)):
+      for name in names:
+        path = os.path.join(root, name)
+        if not name.endswith(".py") or name == "console.py":
+          continue
+        with open(path) as f:
+          text = f.read()
+        if "console.quiet_native_logs()" in text:
+          checked.append(name)
+          assert "app.run(" in text or "stopping.end_startup()" in text, path
+  assert {"train.py", "inception.py", "metric_main.py", "build.py"} <= set(checked), checked

@@ -88,6 +88,13 @@ def test_batch_not_divisible_by_devices_names_the_numbers():
     distribute.check_batch_size(20, 8)
   with pytest.raises(ValueError, match=r"or fewer devices: --devices=1$"):  # 3 on 2 devices
     distribute.check_batch_size(3, 2)
+  # 2 processes of 4 devices: --devices is per process (2 x 2 and 2 x 1 fit 20, not 4 or 5).
+  with pytest.raises(ValueError, match=r"or fewer devices: --devices=2 per process \(or 1\)$"):
+    distribute.check_batch_size(20, 8, 2)
+  with pytest.raises(ValueError, match=r"4 devices: .*--devices=1 per process$"):
+    distribute.check_batch_size(6, 4, 2)
+  with pytest.raises(ValueError, match=r"4 devices: use a multiple of 4 \(e\.g\. 4\)$"):
+    distribute.check_batch_size(3, 4, 2)  # 2 x 1 does not fit 3 either: none suggested
   distribute.check_batch_size(20, 4)
 
 

@@ -883,6 +883,12 @@ def test_sampling_is_resumable_and_follows_the_protocol(smoke_run, monkeypatch, 
   assert re.search(r"made in batches of 4, now 3 .*--sample_batch_size=4 for the same bytes",
                    capsys.readouterr().out)
   assert sample.read_manifest(out)["batch_size"] == 3
+  # A complete folder is read whatever the batch size: nothing said, the record kept.
+  sample.generate(smoke_run["run"], out, 9, batch_size=5, progress=False)
+  assert "batches" not in capsys.readouterr().out
+  assert sample.read_manifest(out)["batch_size"] == 3
+  with pytest.raises(ValueError, match="--sample_batch_size must be >= 1, got 0"):
+    sample.generate(smoke_run["run"], out, 9, batch_size=0, progress=False)
   with pytest.raises(ValueError, match="another setting.*seed"):
     sample.generate(smoke_run["run"], out, 9, seed=5, progress=False)
 

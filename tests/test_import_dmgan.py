@@ -509,6 +509,8 @@ def test_run_directory_samples_like_g_net(small, shapes_dir, tmp_path):
   with pytest.raises(ValueError, match=r"official_repeat word mask.*made in batches of 3; to "
                                        r"continue, pass --sample_batch_size=3"):
     sample.generate(str(run), str(five), 6, batch_size=2, progress=False)
+  sample.generate(str(run), str(five), 5, batch_size=2, progress=False)  # complete: read as is
+  assert made == {i: (five / sample.image_name(i)).read_bytes() for i in range(5)}
   # Imported again with --overwrite (other weights, same run and step): its images are refused.
   # (This file is a training checkpoint of several objects: the generator's entry is found.)
   state = numpy_state_dict(net)

@@ -537,12 +537,13 @@ def test_other_words_or_encoders_never_continue_a_run(smoke, reference_run, tmp_
   assert runs.load_run(run_dir, step=9, damsm_dir=moved)[3]["step"] == 9
   with pytest.raises(ValueError, match="is not the one the run"):
     runs.load_run(run_dir, step=9, damsm_dir=damsm)
-  # A change accepted by a resume that wrote no checkpoint (nothing to train here; a crash or
-  # Ctrl-C alike) rewrote config.json, not what checkpoint 10 was trained with: going back to
-  # those encoders is no change.
+  # A change accepted by a resume that wrote no checkpoint (nothing to train here, which leaves
+  # config.json alone; a crash or Ctrl-C after the rewrite of config.json alike) is not what
+  # checkpoint 10 was trained with: going back to those encoders is no change.
   res = _main("msmt_tf.train", *args, "--max_steps=10", f"--damsm_dir={moved}",
               "--accept_new_damsm")
   assert res.returncode == 0 and "continuing from step 10" in res.stdout, res.stderr[-2000:]
+  assert "nothing is trained, so config.json is left as it is" in res.stdout, res.stdout
   res = _main("msmt_tf.train", *args, "--max_steps=10", f"--damsm_dir={damsm}")
   assert res.returncode == 0, res.stderr[-2000:]
   assert json.loads(open(config_path).read())["damsm_changes"] == [change]

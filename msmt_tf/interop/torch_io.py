@@ -570,8 +570,9 @@ def load_state_dict(path, anchor=None):
     raise TorchFileError(f"{path} holds no tensors (keys: {list(obj)[:10]})")
   out = _strip_prefix(out, "module.")
   if anchor and anchor not in out:
+    # An owner is one top-level key ('netG.'), or one with its own DataParallel 'module.'.
     owners = sorted({k[:-len(anchor)] for k in out if k.endswith("." + anchor)
-                     and k[:-len(anchor)].count(".") - k[:-len(anchor)].endswith(".module.") == 1})
+                     and k[:-len(anchor)].removesuffix("module.").count(".") == 1})
     if len(owners) == 1:  # {'netG': state_dict, 'optimizerG': ...}: the model's entry
       out = _strip_prefix(collections.OrderedDict(
           (k[len(owners[0]):], v) for k, v in out.items() if k.startswith(owners[0])), "module.")
