@@ -162,27 +162,19 @@ def test_progress_in_a_log_file_is_a_plain_line_a_minute():
   assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()
   # A first step that compiles for 70 s, then 2 s a step: the time left is of the steps after it
   # (the compile once counted in would give 11:40 for 10 steps at the first line's rate).
-  out = io.StringIO()
-  now = [0.0]
-  bar = progress.LogProgress(12, "step", stream=out, clock=lambda: now[0])
-  bar.update(0)
-  now[0] = 70.0
-  bar.update(1)
-  for step in range(2, 13):
-    now[0] += 2.0
-    bar.update(step)
-  lines = out.getvalue().splitlines()
+  def compiled_first(target, last):
+    out, now = io.StringIO(), [0.0]
+    bar = progress.LogProgress(target, "step", stream=out, clock=lambda: now[0])
+    bar.update(0)
+    now[0] = 70.0
+    bar.update(1)
+    for step in range(2, last + 1):
+      now[0] += 2.0
+      bar.update(step)
+    return out.getvalue().splitlines()
+  lines = compiled_first(12, 12)
   assert lines[:2] == ["1/12 steps (8%), 1:10 elapsed", "12/12 steps (100%), 1:32 elapsed"], lines
-  out = io.StringIO()
-  now = [0.0]
-  bar = progress.LogProgress(100, "step", stream=out, clock=lambda: now[0])
-  bar.update(0)
-  now[0] = 70.0
-  bar.update(1)
-  for step in range(2, 32):
-    now[0] += 2.0
-    bar.update(step)
-  assert out.getvalue().splitlines()[1] == "31/100 steps (31%), 2:10 elapsed, 2:18 left"
+  assert compiled_first(100, 31)[1] == "31/100 steps (31%), 2:10 elapsed, 2:18 left"
 
   class Terminal(io.StringIO):
     def isatty(self):
