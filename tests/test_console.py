@@ -212,19 +212,29 @@ def test_a_signal_while_a_command_starts_is_one_line(sig, status, how):
   """Ctrl-C in a command's first seconds (TensorFlow importing) printed a long traceback, and
   SIGTERM nothing at all: both now say it in one line, with 130 / 143; from main on, the
   handlers are Python's again (each command sets its own for its work)."""
+  import signal  # pylint: disable=g-import-not-at-top
   code = STARTUP.format(repo=REPO)
+
+  def handlers(ignored=None):
+    """The child's signals as a terminal's command starts with them (a CI job started with &
+    from a script runs with SIGINT ignored, and passes that on), but `ignored`."""
+    def reset():
+      for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN if s == ignored else signal.SIG_DFL)
+    return reset
   res = subprocess.run([sys.executable, "-c", code, "during_imports", sig], capture_output=True,
-                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
+                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60,
+                       preexec_fn=handlers())
   assert res.returncode == status, (res.returncode, res.stderr)
   assert res.stderr == (f"{how} while the command was starting (importing its libraries): "
                         "nothing was done yet; run the same command again\n"), res.stderr
   res = subprocess.run([sys.executable, "-c", code, "started", sig], capture_output=True,
-                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60)
+                       text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60,
+                       preexec_fn=handlers())
   assert res.returncode == 0 and res.stdout == "main ran\n", res.stderr
-  import signal  # pylint: disable=g-import-not-at-top
   res = subprocess.run([sys.executable, "-c", code, "ignored", sig], capture_output=True,
                        text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=60,
-                       preexec_fn=lambda: signal.signal(getattr(signal, sig), signal.SIG_IGN))
+                       preexec_fn=handlers(getattr(signal, sig)))
   assert res.returncode == 0 and res.stdout == "still running\n", res.stderr
 
 
