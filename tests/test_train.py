@@ -246,11 +246,11 @@ def test_ctrl_c_or_sigterm_in_pretraining_says_what_is_left(smoke, tmp_path, mon
                f"--data_dir={smoke['data']}", f"--damsm_dir={damsm}"])
   try:
     monkeypatch.setattr(pretrain_damsm, "pretrain", interrupted)
-    cli.stops(capsys, 130, "interrupted before the encoders were finished: nothing was written",
-              pretrain_damsm.main, [])
+    cli.stops(capsys, 130, "interrupted before the encoders were finished: no encoders were "
+              "written yet", pretrain_damsm.main, [])
     monkeypatch.setattr(pretrain_damsm, "pretrain", cli.sigterm_self)  # Slurm's time limit
-    cli.stops(capsys, 143, "stopped by SIGTERM before the encoders were finished: nothing was "
-              "written", pretrain_damsm.main, [])
+    cli.stops(capsys, 143, "stopped by SIGTERM before the encoders were finished: no encoders "
+              "were written yet", pretrain_damsm.main, [])
     monkeypatch.setattr(pretrain_damsm, "pretrain",
                         lambda *a, **k: interrupted(*a, snapshot=True, **k))
     cli.stops(capsys, 130, "text_encoder.keras, .*image_encoder.keras are a snapshot of epoch 1 "
