@@ -425,8 +425,8 @@ def test_existing_run_is_never_overwritten(smoke, tmp_path):
   if importlib.util.find_spec("jax") is not None:  # parsed; stops at the (missing) dataset
     missing = str(tmp_path / "no_data")
     res = subprocess.run([sys.executable, "-m", "msmt_tf.train", f"--flagfile={flags_txt}",
-                          f"--data_dir={missing}"], cwd=REPO, capture_output=True, text=True,
-                         env=dict(os.environ, KERAS_BACKEND="jax"))
+                          f"--data_dir={missing}", "--resume"], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, KERAS_BACKEND="jax"))
     assert res.returncode == 1 and "Flags parsing error" not in res.stderr, res.stderr[-2000:]
     assert f"error: dataset folder not found: {missing}" in res.stderr
   # ... and for the other commands that read a run's flags (they define the same flags).
