@@ -248,8 +248,7 @@ def generate(run_dir, out, num_images, split="test", step=None, seed=100, words_
       z[r], eps[r] = noise_for(i, seed, generator.z_dim, generator.condition_dim)
     images = image_utils.to_uint8(keras.ops.convert_to_numpy(run(tokens, z, eps)))
     for i in wanted:
-      image_utils.save_png(Image.fromarray(images[rows.index(i)]),
-                           os.path.join(out, image_name(i)))
+      image_utils.save_png(Image.fromarray(images[i - rows[0]]), os.path.join(out, image_name(i)))
     done += len(wanted)
     if bar:
       bar.update(done)
