@@ -639,24 +639,46 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   from msmt_tf import train  # pylint: disable=g-import-not-at-top
   tf_f32 = {"backend": "tensorflow", "mixed_precision": False, "jit_compile": False}
   jax_bf16 = {"backend": "jax", "mixed_precision": True, "jit_compile": False}
-  run = types.SimpleNamespace(record={"compute": dict(jax_bf16)}, step=7, is_writer=True)
+  one = {"devices": 1, "processes": 1}
+  run = types.SimpleNamespace(record={"compute": dict(jax_bf16), "world": dict(one)}, step=7, max_steps=20,
+                              is_writer=True)
   train._note_compute_change(run, {"compute": dict(tf_f32)})
   out = capsys.readouterr().out
   assert "note: continuing under jax (the run was trained under tensorflow to step 7)" in out
   assert "the noise is drawn by the other backend's random number generator" in out
   assert "note: continuing in bfloat16 (--mixed_precision) (the run computed in float32 to " \
       "step 7)" in out
+  assert "config.json keeps the change (compute_changes)" in out
   assert run.record["compute_changes"] == [{"step": 7, "from": tf_f32, "to": jax_bf16}]
   # Back to TensorFlow float32 at step 9: both changes kept.
-  again = types.SimpleNamespace(record={"compute": dict(tf_f32)}, step=9, is_writer=True)
+  again = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(one)}, step=9, max_steps=20,
+                                is_writer=True)
   train._note_compute_change(again, {**run.record})
   assert [c["step"] for c in again.record["compute_changes"]] == [7, 9]
-  same = types.SimpleNamespace(record={"compute": dict(tf_f32)}, step=11, is_writer=True)
+  # A run already at --max_steps trains nothing, so config.json is not rewritten: said so.
+  done = types.SimpleNamespace(record={"compute": dict(jax_bf16), "world": dict(one)}, step=20, max_steps=20,
+                               is_writer=True)
+  capsys.readouterr()
+  train._note_compute_change(done, {"compute": dict(tf_f32)})
+  out = capsys.readouterr().out
+  assert "nothing is trained, so config.json is left as it is" in out
+  assert "config.json keeps the change" not in out
+  same = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(one)}, step=11, max_steps=20,
+                               is_writer=True)
   capsys.readouterr()
   train._note_compute_change(same, {"compute": dict(tf_f32)})
   assert capsys.readouterr().out == "" and "compute_changes" not in same.record
   train._note_compute_change(same, {})  # a config.json from before the record: nothing said
   assert capsys.readouterr().out == ""
+  # Another number of devices: said and kept in world_changes.
+  two = {"devices": 2, "processes": 2}
+  moved = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(two)}, step=5,
+                                max_steps=20, is_writer=True)
+  train._note_compute_change(moved, {"compute": dict(tf_f32), "world": dict(one)})
+  out = capsys.readouterr().out
+  assert "note: continuing on 2 device(s) in 2 process(es) (the run trained on 1 in 1 to step 5)" \
+      in out and "config.json keeps the change (world_changes)" in out
+  assert moved.record["world_changes"] == [{"step": 5, "from": one, "to": two}]
 
 
 def test_ctrl_c_or_sigterm_names_the_step_and_the_checkpoint_to_resume_from(tmp_path, monkeypatch,
