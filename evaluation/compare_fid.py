@@ -43,6 +43,27 @@ import numpy as np
 __all__ = ["compare", "format_table"]
 
 PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+# torch.hub's convention: the name's suffix is the first hex digits of the file's SHA-256.
+# pytorch-fid loads the file without checking it (metrics_spec.md, 1.6), so this module does.
+PYTORCH_FID_SHA256_PREFIX = "6726825d"
+
+
+def _pytorch_fid_weights_path():
+  import torch.hub  # pylint: disable=g-import-not-at-top
+  return os.path.join(torch.hub.get_dir(), "checkpoints", PYTORCH_FID_WEIGHTS)
+
+
+def _pytorch_fid_weights_note():
+  """None when the pytorch-fid package's weights file is the released one (its SHA-256 starts
+  with the name's suffix), else why its row is labelled UNVERIFIED WEIGHTS."""
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  path = _pytorch_fid_weights_path()
+  digest = fileio.file_digest(path)
+  if digest.startswith(PYTORCH_FID_SHA256_PREFIX):
+    return None
+  return (f"the pytorch-fid package's weights {path} are not the released file (SHA-256 "
+          f"{digest[:16]}..., the name says {PYTORCH_FID_SHA256_PREFIX}...; pytorch-fid does not "
+          "check it): its row is computed with other weights")
 
 
 def _stats_of(extractor, images, batch_size, progress):
@@ -56,11 +77,11 @@ def _pytorch_fid_package_available():
   if importlib.util.find_spec("pytorch_fid") is None:
     return False, "pytorch-fid is not installed"
   try:
-    import torch.hub  # pylint: disable=g-import-not-at-top
+    import torch.hub  # pylint: disable=g-import-not-at-top,unused-import
     import torchvision  # pylint: disable=g-import-not-at-top,unused-import
   except Exception as e:  # torchvision fails to import beside some torch builds
     return False, f"pytorch-fid needs torchvision ({type(e).__name__}: {e})"
-  path = os.path.join(torch.hub.get_dir(), "checkpoints", PYTORCH_FID_WEIGHTS)
+  path = _pytorch_fid_weights_path()
   if not os.path.isfile(path):
     return False, f"pytorch-fid's weights {path} are missing (they cannot be downloaded here)"
   return True, "pytorch-fid package"
@@ -208,8 +229,11 @@ def compare(images, reference, fid_inception_dir=None, batch_size=50, pytorch_fi
   rows = [("official TF FID (TTUR: legacy resize, (x-128)/128)", stats["official"][0], tag)]
   if use_package:
     mu1, s1, mu2, s2 = _pytorch_fid_package(images, reference, batch_size)
+    weights_note = _pytorch_fid_weights_note()
+    if weights_note:
+      notes.append(weights_note)
     rows.append(("PyTorch FID (current pytorch-fid 0.3.0 package)", fid.frechet_distance(
-        mu1, s1, mu2, s2, method), ""))
+        mu1, s1, mu2, s2, method), "  [UNVERIFIED WEIGHTS]" if weights_note else ""))
   if "pytorch_emulated" in stats:
     rows.append(("PyTorch FID (current pytorch-fid preprocessing, official weights)",
                  stats["pytorch_emulated"][0], tag))

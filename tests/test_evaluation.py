@@ -552,8 +552,27 @@ def test_compare_fid_names_the_missing_torchvision_flag(tmp_path, monkeypatch):
       rng.normal(size=4), np.eye(4) * rng.uniform(1, 2), 5))
   monkeypatch.setattr(compare_fid, "_pytorch_fid_package_available",
                       lambda: (True, "pytorch-fid package"))
+  # pytorch-fid loads its weights file unchecked: a file under the released name that is not the
+  # released file (its SHA-256 does not start with the name's 6726825d) labels the row.
+  standin = tmp_path / compare_fid.PYTORCH_FID_WEIGHTS
+  standin.write_bytes(b"random stand-in weights")
+  monkeypatch.setattr(compare_fid, "_pytorch_fid_weights_path", lambda: str(standin))
   result = compare_fid.compare(str(folder), str(folder), method="ttur", decompose=False)
   [row] = [r for r in result["rows"] if "0.3.0 package" in r[0]]
+  assert row[2] == "  [UNVERIFIED WEIGHTS]"
+  assert "[UNVERIFIED WEIGHTS]" in [l for l in compare_fid.format_table(result).splitlines()
+                                    if "0.3.0 package" in l][0]
+  assert any(n.startswith(f"the pytorch-fid package's weights {standin} are not the released "
+                          "file (SHA-256 ") for n in result["notes"]), result["notes"]
+  # A file whose digest starts as the name says: no label (the prefix set to the stand-in's, as
+  # no file with the real prefix can be made here).
+  from msmt_tf import fileio  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(compare_fid, "PYTORCH_FID_SHA256_PREFIX",
+                      fileio.file_digest(str(standin))[:8])
+  calls.clear()
+  result = compare_fid.compare(str(folder), str(folder), method="ttur", decompose=False)
+  [row] = [r for r in result["rows"] if "0.3.0 package" in r[0]]
+  assert row[2] == "" and not any("are not the released file" in n for n in result["notes"])
   assert row[1] is not None and calls == [("InceptionV3", [3]),
                                           (str(folder), "InceptionV3", 2048, "cpu"),
                                           (str(folder), "InceptionV3", 2048, "cpu")]
