@@ -740,6 +740,52 @@ def test_a_caption_that_is_not_text_is_reported_once(tmp_path):
                               "metadata.jsonl:3: i2.jpg: class [1] is not a single value"]
 
 
+def test_cut_unicode_and_names_at_the_length_limit_are_rows_to_skip(tmp_path):
+  """A caption, class or file_name holding half of a UTF-16 pair (JSON's "\\ud83d": a caption cut
+  inside an emoji) is a problem of its row, not a crash when the captions are written; an image
+  whose stored name leaves no room for its captions file's .txt (255 bytes) is a problem of its
+  file; one at the limit is built (its temporary file is named shortly)."""
+  src = tmp_path / "src"
+  longest = "b" * 247 + ".png"  # 251 bytes: text/<name>.txt is 255
+  too_long = "a" * 250 + ".png"  # 254 bytes: its .txt would be 258
+  names = [f"i{i}.png" for i in range(8)] + [longest, too_long]
+  for i, name in enumerate(names):
+    _save(str(src / name), _img((25 * i, 60, 90)), "PNG")
+  rows = [{"file_name": n, "text": f"picture number {i}", "kind": "k"} for i, n in enumerate(names)]
+  rows[1]["text"] = "a red bird \ud83d"
+  rows[2]["text"] = ["a good caption", "cut inside \ud83d"]
+  rows[3]["kind"] = "bird \udc00"  # a low half alone, outside surrogateescape's bytes
+  rows.append({"file_name": "x\ud83d.png", "text": "an image named with half a pair"})
+  # ensure_ascii writes the halves as JSON escapes, as a scraper's output has them.
+  (src / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n",
+                                      encoding="utf8")
+  with pytest.raises(build_lib.BuildError) as e:
+    _build(str(src), str(tmp_path / "q"), class_column="kind", workers=1)
+  problems = e.value.problems
+  text = "\n".join(problems)
+  half = "is not valid Unicode (a lone UTF-16 surrogate U+D83D: half of a character pair"
+  assert f"metadata.jsonl:2: i1.png: caption {half}" in text, text
+  assert f"metadata.jsonl:3: i2.png: caption 2 of 2 {half}" in text, text
+  assert ("metadata.jsonl:4: i3.png: class is not valid Unicode (a lone UTF-16 surrogate "
+          "U+DC00") in text, text
+  assert f"metadata.jsonl:11: x\\ud83d.png: file_name {half}" in text, text
+  assert "metadata.jsonl:2: i1.png: image without a usable caption" in text, text
+  assert any(p.startswith(f"metadata.jsonl:10: {too_long}: file name too long: the stored image "
+                          "is named 254 bytes and its captions file adds .txt, past the 255 "
+                          "bytes") for p in problems), text
+  assert len(problems) == 6, text
+  assert not (tmp_path / "q").exists()
+  out = str(tmp_path / "built")
+  summary = _build(str(src), out, class_column="kind", workers=1, skip_bad=True)
+  keys = _keys(out)
+  assert sorted(keys["train"] + keys["test"]) == sorted(
+      n for i, n in enumerate(names) if i not in (1, 3, 9))  # i2 keeps its good caption
+  assert os.path.isfile(os.path.join(out, "text", longest + ".txt"))
+  assert not [f for f in os.listdir(os.path.join(out, "images")) if f.endswith(".tmp")]
+  with open(summary["skipped_file"], encoding="utf8") as f:
+    assert len(f.read().strip().splitlines()) == 6
+
+
 def _tiny_source(root, layout, classes=None, header=("file_name", "text", "label")):
   """Images named in `layout` (paths under `root`), each with one caption; one metadata.csv per
   folder. `classes`: one label for all, or None for two alternating labels."""

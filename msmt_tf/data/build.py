@@ -79,6 +79,7 @@ __all__ = ["build", "BuildError", "convert_image", "MIN_SIDE", "IMAGE_EXTENSIONS
 BUILD_VERSION = 1
 MIN_SIDE = 64
 JPEG_QUALITY = 95
+NAME_MAX = 255  # bytes in one file name: ext4, XFS, Btrfs, APFS (NTFS: 255 UTF-16 units)
 DEFAULT_TEST_FRACTION = 0.1
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
@@ -140,6 +141,22 @@ def _bad_utf8(text):
   if not bad:
     return None
   return "".join(f"\\x{ord(c) - 0xdc00:02x}" for c in bad[:4])
+
+
+def _lone_surrogate(text):
+  """A UTF-16 surrogate in `text` other than surrogateescape's bytes, as 'U+D83D', or None. JSON
+  may spell one ("\\ud83d": half of an emoji's pair, as in a caption cut inside it) and json.loads
+  keeps it; no file can hold it as UTF-8, so the row is reported instead of the build failing
+  when it writes the captions."""
+  for c in text:
+    if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff":
+      return f"U+{ord(c):04X}"
+  return None
+
+
+def _not_unicode(surrogate):
+  return (f"is not valid Unicode (a lone UTF-16 surrogate {surrogate}: half of a character "
+          "pair, as when text is cut inside an emoji)")
 
 
 # --------------------------------------------------------------------------- metadata reading
@@ -303,6 +320,10 @@ def read_metadata(source, meta_rel, text_column, class_column):
       problems.append(_problem(where, file_name.encode("utf8", "surrogateescape").decode(
           "utf8", "replace"), f"file_name is not valid UTF-8 (bytes {bad})"))
       continue
+    if _lone_surrogate(file_name):
+      problems.append(_problem(where, file_name.encode("utf8", "backslashreplace").decode(
+          "utf8"), f"file_name {_not_unicode(_lone_surrogate(file_name))}"))
+      continue
     row = _Row(meta_rel, line, file_name)
     if text_column not in obj:  # a JSON row without the field (a CSV row always has it)
       caps = f"no {text_column!r} field in this row"
@@ -326,6 +347,9 @@ def read_metadata(source, meta_rel, text_column, class_column):
         if _bad_utf8(klass):
           problems.append(_problem(where, file_name, f"class is not valid UTF-8 (bytes "
                                    f"{_bad_utf8(klass)})"))
+        elif _lone_surrogate(klass):
+          problems.append(_problem(where, file_name,
+                                   f"class {_not_unicode(_lone_surrogate(klass))}"))
         else:
           row.klass = klass
     row.rel = _normalise(source, base, file_name)
@@ -455,9 +479,16 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=()):
     dst = os.path.join(os.path.dirname(images_dir), *staged.split("/"))
   else:
     dst = os.path.join(images_dir, *key.split("/"))
+  name_bytes = len(posixpath.basename(key).encode("utf8", "surrogateescape"))
+  if name_bytes + len(".txt") > NAME_MAX:
+    out["problem"] = (f"file name too long: the stored image is named {name_bytes} bytes and its "
+                      f"captions file adds .txt, past the {NAME_MAX} bytes most file systems "
+                      "allow in a name; rename the file (and its row)")
+    return out
   try:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.{os.getpid()}.tmp"
+    # Beside the image, named shortly: a name near the limit leaves no room for a suffix.
+    tmp = os.path.join(os.path.dirname(dst), f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
       f.write(payload)
     os.replace(tmp, dst)
@@ -860,6 +891,10 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
         if bad:
           problems.append(_problem(row.where, row.file_name, f"{which} is not valid UTF-8 "
                                    f"(bytes {bad})"))
+          continue
+        if _lone_surrogate(cap):
+          problems.append(_problem(row.where, row.file_name,
+                                   f"{which} {_not_unicode(_lone_surrogate(cap))}"))
           continue
         text = " ".join(cap.split())
         if not text:
