@@ -9,10 +9,14 @@ IS = exp(mean_x KL(p(y|x) || p(y))) with p(y) the part's mean, computed in float
 log-softmax (equal to TF-GAN's `classifier_score_from_logits` per part, tested); the result is
 the mean and standard deviation (ddof 0) over the parts.
 
-CUB numbers in the literature use StackGAN's CUB-finetuned Inception instead (AttnGAN/DM-GAN):
-pass that classifier as `--is_source=graph --inception_graph=<its frozen graph>` (a graph with
-the same `ExpandDims` / `pool_3` / `softmax/logits/MatMul` names) or as a SavedModel returning
-`{'pool_3', 'logits'}` with `--is_source=hub`.
+CUB numbers in the literature (AttnGAN, DM-GAN) are another computation, not reproduced here:
+StackGAN's `inception_score_bird.py` (DM-GAN's `eval/IS/bird`) runs a CUB-finetuned slim checkpoint
+on images scaled to [-1, 1] after scipy's bilinear resize, takes the softmax of its 50 class logits
+(`--num_classes 50`, bias included, the background class sliced off), shuffles the images and drops
+the last partial batch of 64. Run that script (TensorFlow 1) on the folder `msmt_tf.sample` writes
+for a number beside theirs. A classifier given here (`--is_source=graph` with a frozen graph of the
+same `ExpandDims` / `pool_3` / `softmax/logits/MatMul` names, or `hub` with a SavedModel returning
+`{'pool_3', 'logits'}`) is scored with the pipeline above instead.
 """
 
 if __name__ == "__main__":  # before TensorFlow is imported: its known-harmless native lines off
