@@ -640,8 +640,11 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   tf_f32 = {"backend": "tensorflow", "mixed_precision": False, "jit_compile": False}
   jax_bf16 = {"backend": "jax", "mixed_precision": True, "jit_compile": False}
   one = {"devices": 1, "processes": 1}
-  run = types.SimpleNamespace(record={"compute": dict(jax_bf16), "world": dict(one)}, step=7, max_steps=20,
-                              is_writer=True)
+
+  def at(step, compute, world=one):  # a resumed run at `step` of 20 under `compute`, `world`
+    return types.SimpleNamespace(record={"compute": dict(compute), "world": dict(world)},
+                                 step=step, max_steps=20, is_writer=True)
+  run = at(7, jax_bf16)
   train._note_compute_change(run, {"compute": dict(tf_f32)})
   out = capsys.readouterr().out
   assert "note: continuing under jax (the run was trained under tensorflow to step 7)" in out
@@ -651,20 +654,17 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   assert "config.json keeps the change (compute_changes)" in out
   assert run.record["compute_changes"] == [{"step": 7, "from": tf_f32, "to": jax_bf16}]
   # Back to TensorFlow float32 at step 9: both changes kept.
-  again = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(one)}, step=9, max_steps=20,
-                                is_writer=True)
+  again = at(9, tf_f32)
   train._note_compute_change(again, {**run.record})
   assert [c["step"] for c in again.record["compute_changes"]] == [7, 9]
   # A run already at --max_steps trains nothing, so config.json is not rewritten: said so.
-  done = types.SimpleNamespace(record={"compute": dict(jax_bf16), "world": dict(one)}, step=20, max_steps=20,
-                               is_writer=True)
+  done = at(20, jax_bf16)
   capsys.readouterr()
   train._note_compute_change(done, {"compute": dict(tf_f32)})
   out = capsys.readouterr().out
   assert "nothing is trained, so config.json is left as it is" in out
   assert "config.json keeps the change" not in out
-  same = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(one)}, step=11, max_steps=20,
-                               is_writer=True)
+  same = at(11, tf_f32)
   capsys.readouterr()
   train._note_compute_change(same, {"compute": dict(tf_f32)})
   assert capsys.readouterr().out == "" and "compute_changes" not in same.record
@@ -672,8 +672,7 @@ def test_a_resume_under_another_backend_or_precision_is_said_and_kept(capsys):
   assert capsys.readouterr().out == ""
   # Another number of devices: said and kept in world_changes.
   two = {"devices": 2, "processes": 2}
-  moved = types.SimpleNamespace(record={"compute": dict(tf_f32), "world": dict(two)}, step=5,
-                                max_steps=20, is_writer=True)
+  moved = at(5, tf_f32, two)
   train._note_compute_change(moved, {"compute": dict(tf_f32), "world": dict(one)})
   out = capsys.readouterr().out
   assert "note: continuing on 2 device(s) in 2 process(es) (the run trained on 1 in 1 to step 5)" \

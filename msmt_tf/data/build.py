@@ -143,20 +143,20 @@ def _bad_utf8(text):
   return "".join(f"\\x{ord(c) - 0xdc00:02x}" for c in bad[:4])
 
 
-def _lone_surrogate(text):
-  """A UTF-16 surrogate in `text` other than surrogateescape's bytes, as 'U+D83D', or None. JSON
-  may spell one ("\\ud83d": half of an emoji's pair, as in a caption cut inside it) and json.loads
-  keeps it; no file can hold it as UTF-8, so the row is reported instead of the build failing
-  when it writes the captions."""
+def _not_text(text):
+  """Why `text` cannot be written as UTF-8 ("not valid UTF-8 (bytes ...)", "not valid Unicode
+  (...)"), or None. The first: bytes that were not UTF-8 (read with surrogateescape). The second:
+  a UTF-16 surrogate alone, which JSON may spell ("\\ud83d": half of an emoji's pair, as in a
+  caption cut inside it) and json.loads keeps; reported as its row's problem instead of the
+  build failing when it writes the captions."""
+  bad = _bad_utf8(text)
+  if bad:
+    return f"not valid UTF-8 (bytes {bad})"
   for c in text:
-    if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff":
-      return f"U+{ord(c):04X}"
+    if "\ud800" <= c <= "\udfff":
+      return (f"not valid Unicode (a lone UTF-16 surrogate U+{ord(c):04X}: half of a character "
+              "pair, as when text is cut inside an emoji)")
   return None
-
-
-def _not_unicode(surrogate):
-  return (f"is not valid Unicode (a lone UTF-16 surrogate {surrogate}: half of a character "
-          "pair, as when text is cut inside an emoji)")
 
 
 # --------------------------------------------------------------------------- metadata reading
@@ -315,14 +315,11 @@ def read_metadata(source, meta_rel, text_column, class_column):
     if not isinstance(file_name, str) or not file_name.strip():
       problems.append(_problem(where, None, f"no file_name (got {file_name!r})"))
       continue
-    bad = _bad_utf8(file_name)
+    bad = _not_text(file_name)
     if bad:
-      problems.append(_problem(where, file_name.encode("utf8", "surrogateescape").decode(
-          "utf8", "replace"), f"file_name is not valid UTF-8 (bytes {bad})"))
-      continue
-    if _lone_surrogate(file_name):
-      problems.append(_problem(where, file_name.encode("utf8", "backslashreplace").decode(
-          "utf8"), f"file_name {_not_unicode(_lone_surrogate(file_name))}"))
+      shown = (file_name.encode("utf8", "surrogateescape").decode("utf8", "replace")
+               if _bad_utf8(file_name) else file_name.encode("utf8", "backslashreplace").decode())
+      problems.append(_problem(where, shown, f"file_name is {bad}"))
       continue
     row = _Row(meta_rel, line, file_name)
     if text_column not in obj:  # a JSON row without the field (a CSV row always has it)
@@ -344,12 +341,8 @@ def read_metadata(source, meta_rel, text_column, class_column):
         problems.append(_problem(where, file_name, f"class {value!r} is not a single value"))
       else:
         klass = str(value).strip()
-        if _bad_utf8(klass):
-          problems.append(_problem(where, file_name, f"class is not valid UTF-8 (bytes "
-                                   f"{_bad_utf8(klass)})"))
-        elif _lone_surrogate(klass):
-          problems.append(_problem(where, file_name,
-                                   f"class {_not_unicode(_lone_surrogate(klass))}"))
+        if _not_text(klass):
+          problems.append(_problem(where, file_name, f"class is {_not_text(klass)}"))
         else:
           row.klass = klass
     row.rel = _normalise(source, base, file_name)
@@ -887,14 +880,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
         continue
       for j, cap in enumerate(row.captions):
         which = f"caption {j + 1} of {len(row.captions)}" if len(row.captions) > 1 else "caption"
-        bad = _bad_utf8(cap)
+        bad = _not_text(cap)
         if bad:
-          problems.append(_problem(row.where, row.file_name, f"{which} is not valid UTF-8 "
-                                   f"(bytes {bad})"))
-          continue
-        if _lone_surrogate(cap):
-          problems.append(_problem(row.where, row.file_name,
-                                   f"{which} {_not_unicode(_lone_surrogate(cap))}"))
+          problems.append(_problem(row.where, row.file_name, f"{which} is {bad}"))
           continue
         text = " ".join(cap.split())
         if not text:
