@@ -1,12 +1,17 @@
 r"""Writes the synthetic ImageFolder source that BUILD.md's "Dataset build throughput" rows used.
 
     python benchmarks/make_imagefolder.py --out /tmp/bench20k/src [--num_images 20000 --png]
+    python benchmarks/make_imagefolder.py --out /tmp/photos/src --num_images 60 \
+        --width 4032 --height 3024 --smooth   # phone-photo sized JPEGs (BUILD.md, input pipeline)
     python -m msmt_tf.data.build --source /tmp/bench20k/src --out /tmp/bench20k/data/b20k \
         --class_column label
 
 Image i is `part{i % 20}/img_{i}.jpg` (or `.png` with --png: RGBA), 96 x 96 px, a random colour
 plus Gaussian noise (sigma 40); `1 + i % 5` captions of 4-15 words from a 20-word list, as
-repeated rows of `metadata.csv`; class `c{i % 50}`. Same arguments, same bytes.
+repeated rows of `metadata.csv`; class `c{i % 50}`. With --width/--height the images are that
+size instead; --smooth makes each a smooth colour field (8 x 6 random colours, bicubic) with
+mild noise (sigma 4), which JPEG compresses as it does photos (about 2 MB at 4032 x 3024). Same
+arguments, same bytes.
 """
 
 import argparse
@@ -25,6 +30,10 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--num_images", type=int, default=20000)
   parser.add_argument("--size", type=int, default=96)
+  parser.add_argument("--width", type=int, default=None, help="default: --size")
+  parser.add_argument("--height", type=int, default=None, help="default: --size")
+  parser.add_argument("--smooth", action="store_true",
+                      help="smooth colour fields with mild noise (photo-like JPEG sizes)")
   parser.add_argument("--png", action="store_true", help="RGBA PNGs (every image converted)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
@@ -35,8 +44,15 @@ def main():
     rows.writerow(["file_name", "text", "label"])
     for i in range(args.num_images):
       name = f"part{i % 20}/img_{i}.{ext}"
-      colour = rng.integers(0, 256, 4 if args.png else 3)
-      pixels = colour + rng.normal(0, 40, (args.size, args.size, colour.size))
+      channels = 4 if args.png else 3
+      width, height = args.width or args.size, args.height or args.size
+      if args.smooth:
+        field = Image.fromarray(rng.integers(0, 256, (6, 8, channels), np.uint8))
+        pixels = (np.asarray(field.resize((width, height), Image.BICUBIC), np.float32)
+                  + rng.normal(0, 4, (height, width, channels)).astype(np.float32))
+      else:
+        colour = rng.integers(0, 256, channels)
+        pixels = colour + rng.normal(0, 40, (height, width, channels))
       image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
       path = os.path.join(_mkdir(os.path.join(args.out, f"part{i % 20}")), f"img_{i}.{ext}")
       image.save(path, **({} if args.png else {"quality": 90}))

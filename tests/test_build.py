@@ -20,8 +20,10 @@ import zlib
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 import pytest
 
+from msmt_tf import image_utils
 from msmt_tf.data import build as build_lib
 from msmt_tf.data import datasets
 from msmt_tf.data import inspect as inspect_lib
@@ -999,3 +1001,125 @@ def test_messages_name_what_they_mean(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 1 and f"flag --workers={bad}: {bad} is not a positive" in res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def _photo(size, seed):
+  """A smooth colour picture (a JPEG-friendly photo stand-in) with a black top-left quarter, so
+  a scale-down's orientation and framing are visible."""
+  rng = np.random.default_rng(seed)
+  im = Image.fromarray(rng.integers(0, 255, (6, 8, 3), np.uint8)).resize(size, Image.BICUBIC)
+  im.paste((0, 0, 0), (0, 0, size[0] // 2, size[1] // 2))
+  return im
+
+
+def test_large_images_are_stored_at_the_size_training_decodes(tmp_path, caplog):
+  """The build stores a shorter side over --max_short_side (default 355: DAMSM's resize before
+  its 299 crop, the GAN's is 304) scaled down to it, upright, in its format family; a smaller
+  image is kept byte for byte. --max_short_side 0 keeps every size and names the large images;
+  a value under 64 is refused; a resumed build made with another value converts again; and a
+  pipeline that resizes past what was stored says so. The default --workers is the cores the
+  process may run on."""
+  from msmt_tf.data import transforms  # pylint: disable=g-import-not-at-top
+  assert build_lib.DEFAULT_MAX_SHORT_SIDE == transforms.load_size_for(299) == 355
+  src = tmp_path / "src"
+  _save(str(src / "wide.jpg"), _photo((1200, 800), 1), "JPEG", quality=92)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored 1000x720 on its side: upright 720x1000
+  _save(str(src / "phone.jpg"), _photo((1000, 720), 2), "JPEG", quality=92, exif=exif.tobytes())
+  _save(str(src / "tall.png"), _photo((720, 900), 3), "PNG")
+  _save(str(src / "cmyk.jpg"), _photo((760, 740), 4).convert("CMYK"), "JPEG", quality=92)
+  _save(str(src / "small.jpg"), _photo((300, 200), 5), "JPEG", quality=92)
+  names = ["wide.jpg", "phone.jpg", "tall.png", "cmyk.jpg", "small.jpg"]
+  with open(src / "metadata.jsonl", "w") as f:
+    for i, n in enumerate(names):
+      f.write(json.dumps({"file_name": n, "text": f"a picture number {i} of a bird"}) + "\n")
+  out = str(tmp_path / "data" / "photos")
+  # Run on one core (as `taskset -c N` or Slurm would): the default --workers follows the
+  # affinity, not os.cpu_count().
+  cores = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, {min(cores)})
+  try:
+    s = _build(str(src), out, class_column=None, test_fraction=0.4)
+  finally:
+    os.sched_setaffinity(0, cores)
+  assert s["workers"] == 1
+  assert (s["resized"], s["kept"], s["max_short_side"]) == (4, 1, 355)
+  with open(os.path.join(out, datasets.SPEC_FILE)) as f:
+    assert json.load(f)["max_short_side"] == 355
+  assert build_lib.format_summary(s).splitlines()[1] == (
+      "  images: 3 train + 2 test (1 kept as they were, 0 converted, 0 rotated by EXIF, 4 scaled "
+      "down to a shorter side of 355 px)")
+  assert not s["warnings"]
+  img = lambda key: os.path.join(out, "images", key)
+  with open(img("small.jpg"), "rb") as f:
+    assert f.read() == (src / "small.jpg").read_bytes()
+  # The longer side truncated, as the pipeline's resize: 1200 * 355 / 800 = 532.5 -> 532.
+  expected = {"wide.jpg": ((532, 355), "JPEG"), "phone.jpg": ((355, 493), "JPEG"),
+              "tall.png": ((355, 443), "PNG"), "cmyk.jpg": ((364, 355), "JPEG")}
+  for key, (size, fmt) in expected.items():
+    with Image.open(img(key)) as im, Image.open(src / key) as ref:
+      assert (im.size, im.format, im.mode) == (size, fmt, "RGB"), key
+      # The picture itself: the source decoded whole, upright, scaled by Pillow's Lanczos. The
+      # JPEGs are saved again at q95: measured 0.44-0.47 levels of mean difference on these
+      # images (0.0 for the PNG); a wrong crop or turn is tens of levels.
+      want = np.asarray(image_utils.to_rgb(ImageOps.exif_transpose(ref)).resize(
+          size, Image.LANCZOS), np.float32)
+      got = np.asarray(im, np.float32)
+      assert np.abs(got - want).mean() < 2.5, (key, np.abs(got - want).mean())
+      # Upright: the black quarter is top left, also for the phone photo (rotated by EXIF).
+      if key != "phone.jpg":
+        assert got[:size[1] // 3, :size[0] // 3].mean() < 20 < got[-size[1] // 3:].mean(), key
+      else:  # stored on its side, its black quarter turned to the top right
+        assert got[:size[1] // 3, -size[0] // 3:].mean() < 20 < got[:, :size[0] // 3].mean()
+  # The pipeline resizes 355 to 304 for 256 px training: nothing to say; a smaller build is named.
+  split = datasets.load_split(out, "folder", "train")
+  assert datasets.stored_smaller_message(split, 304) is None
+  assert datasets.stored_smaller_message(split, 355) is None
+
+  # --max_short_side 0: every image at its size, the ones over 710 px named.
+  kept = str(tmp_path / "data" / "kept")
+  s = _build(str(src), kept, class_column=None, test_fraction=0.4, max_short_side=0)
+  assert (s["resized"], s["kept"]) == (0, 3)  # the PNG converted, the EXIF-turned JPEG rotated
+  with Image.open(os.path.join(kept, "images", "wide.jpg")) as im:
+    assert im.size == (1200, 800)
+  assert build_lib.format_summary(s).splitlines()[1] == (
+      "  images: 3 train + 2 test (3 kept as they were, 1 converted, 1 rotated by EXIF; "
+      "--max_short_side 0: none scaled down)")
+  (warning,) = s["warnings"]
+  assert warning.startswith("4 of 5 images are stored with a shorter side over 710 px (the "
+                            "largest: wide.jpg, 1200x800)"), warning
+  assert "--max_short_side=355 (the default)" in warning
+  with pytest.raises(build_lib.BuildError, match="--max_short_side must be 0 .* or at least 64 "
+                     ".* got 32"):
+    _build(str(src), str(tmp_path / "data" / "tiny"), class_column=None, max_short_side=32)
+
+  # A build stopped after its first image, resumed with another --max_short_side: converted again.
+  again = str(tmp_path / "data" / "again")
+  def stop(rec):
+    raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    _build(str(src), again, class_column=None, test_fraction=0.4, max_short_side=500,
+           workers=1, on_image=stop)
+  s = _build(str(src), again, class_column=None, test_fraction=0.4, max_short_side=200,
+             workers=1)
+  assert (s["reused"], s["resized"], s["kept"]) == (0, 4, 1)  # small.jpg: 200 px, kept
+  with Image.open(os.path.join(again, "images", "wide.jpg")) as im:
+    assert im.size == (300, 200)
+  split = datasets.load_split(again, "folder", "train")
+  message = datasets.stored_smaller_message(split, 304)
+  assert message == (f"{again} was built with --max_short_side 200: 4 of its images were "
+                     "scaled down to 200 px on the shorter side, which this pipeline scales up "
+                     "to 304 px before its crop; rebuild it with --max_short_side 304 (or 0) to "
+                     "train on the source's detail")
+  with caplog.at_level("WARNING"):
+    datasets.DataPipeline(split, 2, 8)  # 64, 128, 256 px: the shorter side resized to 304
+    datasets.DataPipeline(split, 2, 8)  # said once
+  assert [r.getMessage() for r in caplog.records if "--max_short_side" in r.getMessage()] == [
+      message]
+  # Built with a small value that scaled nothing (every image already smaller): nothing to say.
+  with open(os.path.join(kept, datasets.SPEC_FILE)) as f:
+    spec = json.load(f)
+  assert (spec["max_short_side"], spec["resized"]) == (0, 0)
+  with open(os.path.join(kept, datasets.SPEC_FILE), "w") as f:
+    json.dump(dict(spec, max_short_side=100), f)
+  assert datasets.stored_smaller_message(datasets.load_split(kept, "folder", "train"), 304) is None

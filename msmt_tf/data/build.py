@@ -2,7 +2,7 @@ r"""Builds a dataset from your own captioned images (Hugging Face `ImageFolder` 
 
     python -m msmt_tf.data.build --source DIR --out data/NAME [--text_column text]
         [--class_column COLUMN] [--test_fraction 0.1] [--seed 0] [--min_word_count 1]
-        [--skip_bad] [--workers N] [--overwrite]
+        [--max_short_side 355] [--skip_bad] [--workers N] [--overwrite]
 
 The source folder holds image files (subfolders allowed) and one or more `metadata.jsonl` or
 `metadata.csv` files with a `file_name` column (the image's path relative to that metadata file's
@@ -12,7 +12,8 @@ loaders read through the same code path as CUB and COCO (`--dataset=folder`):
 
     data/NAME/images/<key>              the images (JPEG kept byte for byte when it needs no
                                         change; anything else converted to RGB: JPEG q95 for
-                                        JPEG sources, lossless PNG for the others)
+                                        JPEG sources, lossless PNG for the others; a shorter
+                                        side over --max_short_side scaled down to it)
     data/NAME/text/<key>.txt            the image's captions, one per line
     data/NAME/{train,test}/filenames.pickle, caption_counts.pickle[, class_info.pickle]
     data/NAME/captions.pickle           word ids + vocabulary, made by the loader from text/
@@ -23,6 +24,15 @@ loaders read through the same code path as CUB and COCO (`--dataset=folder`):
 
 `<key>` is the image's path inside the source folder; a converted image whose extension does
 not match its new format gets one appended (`a.webp` -> `a.webp.png`).
+
+Image size: the input pipeline resizes each image's shorter side to 304 px before its 256 px
+crop (GAN training) and to 355 px before its 299 px crop (DAMSM pretraining), so the build
+stores an image whose shorter side is longer than --max_short_side (default 355) scaled down to
+it (aspect kept, Lanczos; a 4032x3024 photo becomes 473x355). Kept at full size, a 12 MP photo
+costs the pipeline tens of times the CPU of a CUB image at every step. --max_short_side 0 keeps
+every image at its size (a warning then counts the images over 710 px and names the largest); a
+dataset whose images were scaled below what a configuration resizes to is named when its
+pipeline is made.
 
 Every problem (unreadable or truncated image, image under 64 px, file listed but missing, image
 without caption, duplicate listing, caption that is not UTF-8, empty or has no word) is reported
@@ -81,6 +91,15 @@ MIN_SIDE = 64
 JPEG_QUALITY = 95
 NAME_MAX = 255  # bytes in one file name: ext4, XFS, Btrfs, APFS (NTFS: 255 UTF-16 units)
 DEFAULT_TEST_FRACTION = 0.1
+# Images are stored with their shorter side at most this long (--max_short_side). The pipeline
+# resizes the shorter side to `transforms.load_size_for(size)` (AttnGAN's 76/64) before its
+# random crop: 304 for the GAN's 256 px, 355 for DAMSM pretraining's 299 px. Pixels past that
+# are decoded at every step only to be averaged away (BUILD.md, "Input pipeline": a 12 MP
+# photo costs the pipeline tens of times the CPU of a CUB image).
+DEFAULT_MAX_SHORT_SIDE = 355
+# A stored image whose shorter side is over this (4x the pixels training uses) is named in a
+# warning: the pipeline, not the step, then sets the training speed.
+_LARGE_SHORT_SIDE = 2 * DEFAULT_MAX_SHORT_SIDE
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif",
                     ".tiff", ".avif", ".heic", ".heif")
@@ -397,14 +416,31 @@ def _name_candidates(rel):
   return (lower, lower + ".jpg", lower + ".png")
 
 
-def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=()):
+def scaled_size(width, height, max_short_side):
+  """`(width, height)` with the shorter side scaled down to `max_short_side`, the longer side
+  `int(max_short_side * long / short)` (truncated, as the pipeline's and torchvision's
+  `Resize(int)`), or unchanged when the shorter side is not longer (or `max_short_side` is 0)."""
+  short, long_ = min(width, height), max(width, height)
+  if not max_short_side or short <= max_short_side:
+    return width, height
+  other = int(max_short_side * long_ / short)
+  return (max_short_side, other) if width == short else (other, max_short_side)
+
+
+def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_short_side=0):
   """Checks one source image and writes it (atomically) as `images_dir/<key>`, or, when its key
   (lower case) is in `contested` (another source file may take the same name), as
   `<images_dir>/../contested/<hash of rel>/<key's file name>` (`staged` in the result).
 
+  An image whose shorter side (upright) is longer than `max_short_side` (0: no limit) is scaled
+  down to it (`scaled_size`; Lanczos, a JPEG first decoded at the smallest 1/2, 1/4 or 1/8 DCT
+  scale still twice the target, as Pillow's `thumbnail`) and stored in its format family (JPEG
+  q95 4:4:4, else PNG).
+
   Returns a dict: key (the stored name, None when the image is not usable), problem (None or
-  why), width, height, action ('kept', 'converted', 'rotated'), src_size, src_mtime_ns, size,
-  staged (the path relative to the build folder where it is not images/<key>, else None).
+  why), width, height (the source image's, upright), stored_width, stored_height, action
+  ('kept', 'converted', 'rotated', 'resized'), src_size, src_mtime_ns, size, staged (the path
+  relative to the build folder where it is not images/<key>, else None).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
@@ -425,31 +461,53 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=()):
       rawmode = im.tile[0][3] if im.tile and isinstance(im.tile[0][3], str) else None
       bits = image_utils.sample_bits(im)  # the decoder's raw mode is gone after load()
       frames = getattr(im, "n_frames", 1)
-      im.load()  # the first frame; a truncated file raises here
-      orientation = _orientation(im)
-      upright = ImageOps.exif_transpose(im) if orientation != 1 else im
-      width, height = upright.size
+      jpeg = fmt in ("JPEG", "MPO")
+      if not jpeg:
+        im.load()  # the first frame; a truncated file raises here (a PNG's EXIF may follow it)
+      orientation = _orientation(im)  # a JPEG's EXIF is read with its header: not loaded yet
+      turned = orientation in (5, 6, 7, 8)  # stored on its side
+      width, height = im.size[::-1] if turned else im.size
       out.update(width=width, height=height)
       if width < min_side or height < min_side:
         out["problem"] = (f"image is {width}x{height} px; images need at least {min_side} px "
                           "on each side")
         return out
+      target = scaled_size(width, height, max_short_side)
+      resize = target != (width, height)
+      stored = target[::-1] if turned else target  # the target in the file's orientation
+      box = None
+      if jpeg:
+        if resize:  # decode at a DCT scale (1/2 .. 1/8) still at least twice the target
+          drafted = im.draft(None, (2 * stored[0], 2 * stored[1]))
+          box = drafted[1] if drafted else None  # the source area the drafted pixels cover
+        im.load()  # a truncated file raises here
       plain = orientation == 1 and frames == 1 and "transparency" not in im.info
-      if fmt == "JPEG" and im.mode == "RGB" and plain:
+      if resize:  # Lanczos in the file's orientation, then turned upright
+        rgb = image_utils.to_rgb(im, bits).resize(stored, Image.LANCZOS, box=box)
+        if orientation != 1:  # the turn `ImageOps.exif_transpose` makes
+          t = Image.Transpose
+          rgb = rgb.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM,
+                               5: t.TRANSPOSE, 6: t.ROTATE_270, 7: t.TRANSVERSE,
+                               8: t.ROTATE_90}[orientation])
+        action = "resized"
+      elif fmt == "JPEG" and im.mode == "RGB" and plain:
         payload, ext, action = data, ".jpg", "kept"
       elif fmt == "PNG" and im.mode == "RGB" and rawmode == "RGB" and plain:
         payload, ext, action = data, ".png", "kept"
       else:
+        upright = ImageOps.exif_transpose(im) if orientation != 1 else im
         rgb = image_utils.to_rgb(upright, bits)
+        action = "rotated" if orientation != 1 else "converted"
+      if action in ("resized", "rotated", "converted"):
         buf = io.BytesIO()
-        if fmt in ("JPEG", "MPO"):
+        if jpeg:
           rgb.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
           ext = ".jpg"
         else:
           rgb.save(buf, format="PNG", compress_level=3)
           ext = ".png"
         payload = buf.getvalue()
-        action = "rotated" if orientation != 1 else "converted"
+      out.update(stored_width=target[0], stored_height=target[1])
   except Image.DecompressionBombError as e:
     out["problem"] = f"image is too large to decode safely ({e})"
     return out
@@ -490,6 +548,14 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=()):
     return out
   out.update(key=key, action=action, size=len(payload), staged=staged)
   return out
+
+
+def usable_cores():
+  """The CPU cores this process may run on (its affinity: `taskset`, Slurm, a container's
+  cpuset), not the machine's count (`os.cpu_count()`): the default --workers."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0)) or 1
+  return os.cpu_count() or 1
 
 
 def _convert_task(task):
@@ -744,12 +810,14 @@ def _is_folder_dataset(path):
 
 def build(source, out, text_column="text", class_column=None, test_fraction=None, seed=0,
           min_word_count=1, skip_bad=False, workers=None, overwrite=False, progress=True,
-          on_image=None):
+          on_image=None, max_short_side=DEFAULT_MAX_SHORT_SIDE):
   """Builds the dataset; returns a summary dict.
 
   The split: the source's top-level split folders when it has them (train/ and test/ or
   validation/, as Hugging Face's ImageFolder reads them; `test_fraction` is then ignored), else
   `test_fraction` (None: 0.1) of the images ranked by a hash of `seed` and their name.
+  Images whose shorter side is longer than `max_short_side` are stored scaled down to it (0:
+  every image at its size; see `convert_image`).
 
   Raises:
     BuildError: the source has problems (each named) and `skip_bad` is False, bad arguments, or a
@@ -770,6 +838,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
     raise BuildError(f"--test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
   if min_word_count < 1:
     raise BuildError(f"--min_word_count must be >= 1, got {min_word_count}")
+  if max_short_side != 0 and max_short_side < MIN_SIDE:
+    raise BuildError(f"--max_short_side must be 0 (keep every image's size) or at least "
+                     f"{MIN_SIDE} (the smallest side training accepts), got {max_short_side}")
   if not name or name.startswith("."):
     raise BuildError(f"--out {out}: the dataset's folder name must not be empty or hidden")
   if out == source or out.startswith(source + os.sep) or source.startswith(out + os.sep):
@@ -898,8 +969,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
 
   # 4. Images: convert in parallel (resuming), check.
   os.makedirs(staging, exist_ok=True)
+  # Staged conversions made by an older rule or with another --max_short_side are redone.
   state = dict(version=BUILD_VERSION, source=source, min_side=MIN_SIDE, quality=JPEG_QUALITY,
-               convert=image_utils.CONVERT_VERSION)  # older staged conversions are redone
+               convert=image_utils.CONVERT_VERSION, max_short_side=int(max_short_side))
   state_path = os.path.join(staging, _STATE)
   old_state = None
   if os.path.isfile(state_path):
@@ -948,10 +1020,10 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
           continue
       except OSError:
         pass
-    todo.append((src, rel, images_dir, MIN_SIDE, contested))
+    todo.append((src, rel, images_dir, MIN_SIDE, contested, int(max_short_side)))
   reused = sum(rec["key"] is not None for rec in results.values())  # converted, not failed
   already = len(results)
-  workers = max(1, int(workers or os.cpu_count() or 1))
+  workers = max(1, int(workers or usable_cores()))
   bar = _Progress(len(images), f"[build] images ({workers} workers)", enabled=progress,
                   already=already)
   t_images = time.time()
@@ -1152,6 +1224,19 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
         "pairs an image with another image's caption); add images"
         + (" or lower --test_fraction" if num_test > 1 else "")
         + (" (a dataset needs at least 3: 2 train, 1 test)" if len(final) < 3 else "")])
+  large = [rel for rel in final
+           if min(results[rel]["stored_width"], results[rel]["stored_height"]) > _LARGE_SHORT_SIDE]
+  if large:
+    big = max(large, key=lambda r: results[r]["stored_width"] * results[r]["stored_height"])
+    warnings_.append(
+        f"{len(large)} of {len(final)} images are stored with a shorter side over "
+        f"{_LARGE_SHORT_SIDE} px (the largest: {big}, {results[big]['stored_width']}x"
+        f"{results[big]['stored_height']}): training decodes every whole image at every step to "
+        "keep 304 px of its shorter side (355 for DAMSM pretraining), so the input pipeline, "
+        "not the GAN step, may set the training speed (python -m msmt_tf.bench --pipeline "
+        f"--flagfile={shlex.quote(os.path.join(out, name + '.cfg'))} --pipeline_dir="
+        f"{shlex.quote(out)} measures it); build with --max_short_side={DEFAULT_MAX_SHORT_SIDE} "
+        "(the default) to store them at that size")
   nested = [] if folders else _nested_split_folders(scanned)
   if nested:
     warnings_.append(
@@ -1226,6 +1311,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       _write(os.path.join(staging, split, "class_info.pickle"),
              pickle.dumps(split_classes[split], protocol=2))
   all_counts = np.asarray(split_counts["train"] + split_counts["test"])
+  actions = collections.Counter(results[rel]["action"] for rel in final)
   train_len = np.asarray(lengths["train"])
   summary = dict(
       format=datasets.SPEC_FORMAT, version=BUILD_VERSION, name=name, source=source,
@@ -1242,6 +1328,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       class_names=class_names if class_column else None,
       text_column=text_column, class_column=class_column,
       test_fraction=None if folders else test_fraction, seed=int(seed), split=split_info,
+      max_short_side=int(max_short_side), resized=actions.get("resized", 0),
       skipped=len(problems), warnings=warnings_,
       batch_size=max(2, min(20, len(split_keys["train"]))))
   summary["words_num_eval"] = max(summary["words_num_train"],
@@ -1283,7 +1370,6 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
     shutil.rmtree(trash)
   else:
     os.rename(staging, out)
-  actions = collections.Counter(results[rel]["action"] for rel in final)
   summary.update(
       out=out, seconds=round(time.time() - t0, 1), image_seconds=round(image_seconds, 1),
       images_processed=len(todo), reused=reused, workers=workers,
@@ -1304,7 +1390,8 @@ def format_summary(s):
       f"built {s['out']} in {s['seconds']} s",
       f"  images: {s['train_images']} train + {s['test_images']} test "
       f"({s['kept']} kept as they were, {s['converted']} converted, {s['rotated']} rotated by "
-      "EXIF)",
+      + (f"EXIF, {s['resized']} scaled down to a shorter side of {s['max_short_side']} px)"
+         if s["max_short_side"] else "EXIF; --max_short_side 0: none scaled down)"),
       f"  image stage: {s['images_processed']} processed in {s['image_seconds']} s"
       + (f" = {s['images_per_s']} images/s" if s["images_per_s"] else "")
       + f" ({s['workers']} workers)" + (f", {s['reused']} reused from an interrupted build"
@@ -1368,7 +1455,8 @@ def main(argv):
     test_fraction = f.test_fraction if f["test_fraction"].present else None  # None: the default
     with stopping.sigterm_as_interrupt():
       summary = build(f.source, f.out, f.text_column, f.class_column, test_fraction, f.seed,
-                      f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress)
+                      f.min_word_count, f.skip_bad, f.workers, f.overwrite, f.progress,
+                      max_short_side=f.max_short_side)
   except DatasetError as e:
     problems = e.problems
     shown = problems[:100]
@@ -1403,7 +1491,13 @@ if __name__ == "__main__":
                        "vocabulary (AttnGAN: 1, every word).")
   flags.DEFINE_bool("skip_bad", False, "Leave bad rows and images out (listed in "
                     "<out>/skipped.txt) instead of stopping.")
-  flags.DEFINE_integer("workers", None, "Image decode processes (default: one per CPU core).",
+  flags.DEFINE_integer("max_short_side", DEFAULT_MAX_SHORT_SIDE, "Store images whose shorter "
+                       "side is longer than this many px scaled down to it (aspect kept, "
+                       "Lanczos). The pipeline resizes the shorter side to 304 px for 256 px "
+                       "training and 355 px for DAMSM pretraining (76/64 of the crop), and "
+                       "would decode the rest at every step. 0 keeps every image at its size.")
+  flags.DEFINE_integer("workers", None, "Image decode processes (default: one per CPU core this "
+                       "process may use: its affinity, as taskset or Slurm set it).",
                        lower_bound=1)
   flags.DEFINE_bool("overwrite", False, "Replace an existing dataset made by this command.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")

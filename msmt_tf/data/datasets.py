@@ -552,6 +552,32 @@ def epoch_order(num_images, seed, epoch, batch_size):
   return order[:(num_images // batch_size) * batch_size]
 
 
+_WARNED_SMALLER = set()
+
+
+def stored_smaller_message(split_data, load_size):
+  """What to say when a built folder dataset scaled some images down to a shorter side below
+  `load_size` (the pipeline's resize before its crop), else None: the pipeline scales them up
+  again, and a rebuild would keep more of the source."""
+  spec = split_data._built_spec()  # pylint: disable=protected-access
+  stored, resized = spec.get("max_short_side"), spec.get("resized")
+  if not all(isinstance(v, int) and not isinstance(v, bool) for v in (stored, resized)):
+    return None
+  if not (0 < stored < load_size and resized > 0):
+    return None
+  return (f"{split_data.data_dir} was built with --max_short_side {stored}: {resized} of its "
+          f"images were scaled down to {stored} px on the shorter side, which this pipeline "
+          f"scales up to {load_size} px before its crop; rebuild it with --max_short_side "
+          f"{load_size} (or 0) to train on the source's detail")
+
+
+def _warn_if_stored_smaller(split_data, load_size):
+  message = stored_smaller_message(split_data, load_size)
+  if message and (split_data.data_dir, load_size) not in _WARNED_SMALLER:
+    _WARNED_SMALLER.add((split_data.data_dir, load_size))
+    logging.warning("%s", message)
+
+
 class DataPipeline:
   """tf.data batches of one split.
 
@@ -608,6 +634,9 @@ class DataPipeline:
     self.batches_per_epoch = split_data.num_images // batch_size
     if not 0 <= self.start_batch < self.batches_per_epoch:
       raise ValueError(f"start_batch {start_batch} outside 0..{self.batches_per_epoch - 1}")
+    if split_data.dataset == "folder":  # built by data.build, maybe with --max_short_side
+      from msmt_tf.data import transforms  # pylint: disable=g-import-not-at-top
+      _warn_if_stored_smaller(split_data, transforms.load_size_for(max(self.sizes)))
 
   def order(self, epoch):
     if self.shuffle:
