@@ -215,6 +215,10 @@ def test_resized_crop_equals_resize_then_crop():
                        transforms.center_crop(full, 256))):
       assert got.shape == want.shape == (256, 256, 3)
       worst = max(worst, float(tf.reduce_max(tf.abs(got - want))))
+    # The decoded uint8 image goes in uncast: the same bits as a float32 copy of it.
+    assert np.array_equal(transforms.resized_crop(image, 304, 256, seed).numpy(),
+                          transforms.resized_crop(tf.cast(image, tf.float32), 304, 256,
+                                                  seed).numpy())
   assert worst < 0.1, worst
 
 

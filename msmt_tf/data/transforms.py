@@ -102,8 +102,10 @@ def resized_crop(image, load_size, size, seed=None):
   else:
     top, left, flip = _crop_offsets(seed, new[0], new[1], size)
   scale = tf.cast(new, tf.float32) / tf.cast(shape[:2], tf.float32)
+  # The decoded uint8 pixels go in as they are: the kernel reads each as float (the same
+  # output, bit for bit, as casting the whole image first, without writing a float32 copy of it).
   out = tf.raw_ops.ScaleAndTranslate(
-      images=tf.cast(image, tf.float32)[None], size=tf.constant([size, size], tf.int32),
+      images=image[None], size=tf.constant([size, size], tf.int32),
       scale=scale, translation=-tf.cast(tf.stack([top, left]), tf.float32),
       kernel_type="triangle", antialias=True)[0]
   if flip is None:
