@@ -10,7 +10,7 @@ Image i is `part{i % 20}/img_{i}.jpg` (or `.png` with --png: RGBA), 96 x 96 px, 
 plus Gaussian noise (sigma 40); `1 + i % 5` captions of 4-15 words from a 20-word list, as
 repeated rows of `metadata.csv`; class `c{i % 50}`. With --width/--height the images are that
 size instead; --smooth makes each a smooth colour field (8 x 6 random colours, bicubic) with
-mild noise (sigma 4), which JPEG compresses as it does photos (about 2 MB at 4032 x 3024). Same
+mild noise (sigma 4), which JPEG compresses as it does photos (about 1.8 MB at 4032 x 3024). Same
 arguments, same bytes.
 """
 

@@ -1035,14 +1035,17 @@ def test_large_images_are_stored_at_the_size_training_decodes(tmp_path, caplog):
       f.write(json.dumps({"file_name": n, "text": f"a picture number {i} of a bird"}) + "\n")
   out = str(tmp_path / "data" / "photos")
   # Run on one core (as `taskset -c N` or Slurm would): the default --workers follows the
-  # affinity, not os.cpu_count().
-  cores = os.sched_getaffinity(0)
-  os.sched_setaffinity(0, {min(cores)})
+  # affinity, not os.cpu_count() (where the system has affinities: not macOS).
+  pinned = hasattr(os, "sched_setaffinity")
+  if pinned:
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
   try:
     s = _build(str(src), out, class_column=None, test_fraction=0.4)
   finally:
-    os.sched_setaffinity(0, cores)
-  assert s["workers"] == 1
+    if pinned:
+      os.sched_setaffinity(0, cores)
+  assert s["workers"] == (1 if pinned else build_lib.usable_cores())
   assert (s["resized"], s["kept"], s["max_short_side"]) == (4, 1, 355)
   with open(os.path.join(out, datasets.SPEC_FILE)) as f:
     assert json.load(f)["max_short_side"] == 355
@@ -1079,7 +1082,7 @@ def test_large_images_are_stored_at_the_size_training_decodes(tmp_path, caplog):
   # --max_short_side 0: every image at its size, the ones over 710 px named.
   kept = str(tmp_path / "data" / "kept")
   s = _build(str(src), kept, class_column=None, test_fraction=0.4, max_short_side=0)
-  assert (s["resized"], s["kept"]) == (0, 3)  # the PNG converted, the EXIF-turned JPEG rotated
+  assert (s["resized"], s["kept"]) == (0, 3)  # the CMYK JPEG converted, the EXIF-turned one rotated
   with Image.open(os.path.join(kept, "images", "wide.jpg")) as im:
     assert im.size == (1200, 800)
   assert build_lib.format_summary(s).splitlines()[1] == (
