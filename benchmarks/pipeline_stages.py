@@ -6,12 +6,11 @@ synthetic CUB folder `python -m msmt_tf.bench --pipeline` reads (written once if
 
 Prints one line per stage (ms per image); the whole pipeline's rate on the same folder is
 `python -m msmt_tf.bench --pipeline --flagfile=configs/cub.cfg`, pinned the same way. The
-stages: JPEG decode;
-the windowed resize to 304 and 256 crop (`transforms.resized_crop`, on the whole image: the box
-crop is left out); the 128 / 64 pyramid; a `tf.function` call of an identity (the per-call
-cost the stages above include); an index stream from a Python generator (`from_generator`, as
-`DataPipeline` makes it); batching 20 float32 pyramids (1 MB an image) and their conversion to
-numpy.
+stages: JPEG decode; the windowed resize to 304 and 256 crop (`transforms.resized_crop`, on the
+whole image: the box crop is left out); the 128 / 64 pyramid; a `tf.function` call of an
+identity (the per-call cost the stages above include); an index stream from a Python generator
+(`from_generator`, as `DataPipeline` makes it); batching 20 float32 pyramids (1 MB an image) and
+their conversion to numpy.
 """
 
 import argparse

@@ -337,7 +337,8 @@ def read_metadata(source, meta_rel, text_column, class_column):
     bad = _not_text(file_name)
     if bad:
       shown = (file_name.encode("utf8", "surrogateescape").decode("utf8", "replace")
-               if _bad_utf8(file_name) else file_name.encode("utf8", "backslashreplace").decode())
+               if bad.startswith("not valid UTF-8")
+               else file_name.encode("utf8", "backslashreplace").decode())
       problems.append(_problem(where, shown, f"file_name is {bad}"))
       continue
     row = _Row(meta_rel, line, file_name)
@@ -360,8 +361,9 @@ def read_metadata(source, meta_rel, text_column, class_column):
         problems.append(_problem(where, file_name, f"class {value!r} is not a single value"))
       else:
         klass = str(value).strip()
-        if _not_text(klass):
-          problems.append(_problem(where, file_name, f"class is {_not_text(klass)}"))
+        bad = _not_text(klass)
+        if bad:
+          problems.append(_problem(where, file_name, f"class is {bad}"))
         else:
           row.klass = klass
     row.rel = _normalise(source, base, file_name)
@@ -498,7 +500,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
         upright = ImageOps.exif_transpose(im) if orientation != 1 else im
         rgb = image_utils.to_rgb(upright, bits)
         action = "rotated" if orientation != 1 else "converted"
-      if action in ("resized", "rotated", "converted"):
+      if action != "kept":
         buf = io.BytesIO()
         if jpeg:
           rgb.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -841,6 +843,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   if max_short_side != 0 and max_short_side < MIN_SIDE:
     raise BuildError(f"--max_short_side must be 0 (keep every image's size) or at least "
                      f"{MIN_SIDE} (the smallest side training accepts), got {max_short_side}")
+  max_short_side = int(max_short_side)
   if not name or name.startswith("."):
     raise BuildError(f"--out {out}: the dataset's folder name must not be empty or hidden")
   if out == source or out.startswith(source + os.sep) or source.startswith(out + os.sep):
@@ -971,7 +974,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
   os.makedirs(staging, exist_ok=True)
   # Staged conversions made by an older rule or with another --max_short_side are redone.
   state = dict(version=BUILD_VERSION, source=source, min_side=MIN_SIDE, quality=JPEG_QUALITY,
-               convert=image_utils.CONVERT_VERSION, max_short_side=int(max_short_side))
+               convert=image_utils.CONVERT_VERSION, max_short_side=max_short_side)
   state_path = os.path.join(staging, _STATE)
   old_state = None
   if os.path.isfile(state_path):
@@ -1020,7 +1023,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
           continue
       except OSError:
         pass
-    todo.append((src, rel, images_dir, MIN_SIDE, contested, int(max_short_side)))
+    todo.append((src, rel, images_dir, MIN_SIDE, contested, max_short_side))
   reused = sum(rec["key"] is not None for rec in results.values())  # converted, not failed
   already = len(results)
   workers = max(1, int(workers or usable_cores()))
@@ -1328,7 +1331,7 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       class_names=class_names if class_column else None,
       text_column=text_column, class_column=class_column,
       test_fraction=None if folders else test_fraction, seed=int(seed), split=split_info,
-      max_short_side=int(max_short_side), resized=actions.get("resized", 0),
+      max_short_side=max_short_side, resized=actions.get("resized", 0),
       skipped=len(problems), warnings=warnings_,
       batch_size=max(2, min(20, len(split_keys["train"]))))
   summary["words_num_eval"] = max(summary["words_num_train"],

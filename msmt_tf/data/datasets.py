@@ -572,9 +572,12 @@ def stored_smaller_message(split_data, load_size):
 
 
 def _warn_if_stored_smaller(split_data, load_size):
+  key = (split_data.data_dir, load_size)
+  if key in _WARNED_SMALLER:
+    return
   message = stored_smaller_message(split_data, load_size)
-  if message and (split_data.data_dir, load_size) not in _WARNED_SMALLER:
-    _WARNED_SMALLER.add((split_data.data_dir, load_size))
+  if message:
+    _WARNED_SMALLER.add(key)
     logging.warning("%s", message)
 
 
