@@ -7,7 +7,8 @@ raises `Terminated`, a `KeyboardInterrupt`, so the command's Ctrl-C path runs: t
 blocks and the same message, which `how_stopped` words for either signal. `exit_stopped` prints
 that message and ends the process with the status a shell gives a command the signal killed
 (130 for Ctrl-C, 143 for SIGTERM), so a job script can tell a stopped run (resume it) from a
-failed one (exit 1).
+failed one (exit 1). A training loop stops at its next step boundary instead, to save what it
+has (`stop_at_step_boundary`); a second signal stops it at once.
 """
 
 import contextlib
@@ -16,7 +17,7 @@ import sys
 import threading
 
 __all__ = ["Terminated", "exit_status", "exit_stopped", "how_stopped", "sigterm_as_interrupt",
-           "quiet_startup", "end_startup"]
+           "StopRequest", "stop_at_step_boundary", "quiet_startup", "end_startup"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,6 +43,53 @@ def sigterm_as_interrupt():
   finally:
     # None: a handler installed outside Python, which cannot be put back from here.
     signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class StopRequest:
+  """What `stop_at_step_boundary` hands its block: `error` is None until the first Ctrl-C or
+  SIGTERM, then the `KeyboardInterrupt` or `Terminated` it would have raised."""
+
+  def __init__(self):
+    self.error = None
+
+
+@contextlib.contextmanager
+def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
+  """Within the block, the first Ctrl-C or SIGTERM does not stop the code where it is: it is
+  noted in the yielded `StopRequest` (and said on stderr: "SIGTERM: stopping after this `what`,
+  to `then` ..."), for a loop to finish its step, save, and raise `request.error` itself. A
+  second one raises at once, as `sigterm_as_interrupt` does. The handlers are back after the block. Not
+  `enabled` (a multi-process run, whose processes must all stop at the same step), outside the
+  main thread, or for a signal the process was started with ignored: the handlers are left as
+  they are."""
+  request = StopRequest()
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield request
+    return
+
+  def note(signum, frame):
+    del frame
+    error = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    if request.error is not None:  # the second signal: at once
+      raise error
+    request.error = error
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    try:
+      print(f"\n{name}: stopping after this {what}, to {then} (another {name} stops at once)",
+            file=sys.stderr, flush=True)
+    except RuntimeError:  # stderr was being written when the signal came: the stop still holds
+      pass
+
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  for sig, handler in previous.items():
+    if handler is not signal.SIG_IGN:
+      signal.signal(sig, note)
+  try:
+    yield request
+  finally:
+    for sig, handler in previous.items():
+      if signal.getsignal(sig) is note:
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def how_stopped(error):

@@ -13,7 +13,9 @@ on stderr, and the run continues from the newest one that reads. `--resume` wher
 checkpoint yet starts at step 0 and says so on stderr; a folder whose checkpoints were all found
 damaged (only `*.npz.damaged` left) is refused, with or without `--resume`, and so is a run
 imported by `import_torch` (generator weights only). Ctrl-C or SIGTERM (a batch system's time
-limit) stops with the step reached and the newest checkpoint to `--resume` from.
+limit) stops the run after the step it comes in, with a checkpoint of that step, and names it
+to `--resume` from; a second one stops at once, as does the first in a multi-process run (at
+the newest checkpoint of --checkpoint_every).
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 
 Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
@@ -499,13 +501,22 @@ def train(run):
                           (step - first_step) / max(time.time() - start, 1e-9), step=step)
       writer.flush()
 
+  def save_checkpoint():
+    e, b = divmod(run.step, run.batches_per_epoch)
+    record.update(epoch=e, batch_in_epoch=b)
+    checkpoint.save(run.run_dir, run.step, run.groups, record, keep=FLAGS.keep_checkpoints)
+
   # Step n's losses are read after step n + 1 is dispatched, so the device never waits for the
   # host between steps; before anything is saved the pending losses are read and checked, so no
   # checkpoint or sample ever follows a non-finite loss.
-  first_step, pending = run.step, None
-  with open(loss_log if writes else os.devnull, "a") as log_file:
+  # Ctrl-C or SIGTERM (a batch system's time limit) stops the run after the step it comes in,
+  # with a checkpoint of that step (a second one stops at once). Not in a multi-process run: its
+  # processes, signalled at different steps, would wait for each other at the next collective.
+  first_step, pending, saved_step = run.step, None, run.step
+  with open(loss_log if writes else os.devnull, "a") as log_file, \
+      stopping.stop_at_step_boundary(enabled=run.world["processes"] == 1) as stop:
     for data in pipeline.iterate(as_numpy=keras.backend.backend() != "tensorflow"):
-      if run.step >= run.max_steps:
+      if run.step >= run.max_steps or stop.error is not None:
         break
       if progbar is None and writes:
         progbar = progress_lib.bar(run.max_steps, stateful_metrics=None)
@@ -517,7 +528,8 @@ def train(run):
       run.step += 1
       pending = (run.step, device_logs)
       sample = run.step % FLAGS.sample_every == 0 or run.step == run.max_steps
-      save = run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps
+      save = (run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps
+              or stop.error is not None)
       if not (sample or save):
         continue
       record_losses(*pending)
@@ -527,14 +539,22 @@ def train(run):
         if sample:
           write_samples(run, run.step, writer)
         if save:
-          e, b = divmod(run.step, run.batches_per_epoch)
-          record.update(epoch=e, batch_in_epoch=b)
-          checkpoint.save(run.run_dir, run.step, run.groups, record,
-                          keep=FLAGS.keep_checkpoints)
+          save_checkpoint()
+      saved_step = run.step if save else saved_step
       if run.placement is not None:  # the other processes wait for process 0's writes here
         run.placement.barrier(f"written_{run.step}")
+      if stop.error is not None:
+        break
     if pending:
       record_losses(*pending)
+    # Asked for while a batch was awaited or a checkpoint written: saved here. A run that has
+    # reached --max_steps finishes (its model file takes seconds).
+    if stop.error is not None and run.step < run.max_steps:
+      if saved_step != run.step:
+        step_fn.sync()
+        if writes:
+          save_checkpoint()
+      raise stop.error
   step_fn.sync()
   if writes:
     runs.save_model(run.gan.generator_ema, os.path.join(run.run_dir, "generator_ema.keras"))

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -138,6 +139,55 @@ def test_sigterm_inside_the_block_is_an_interrupt_and_the_handler_comes_back():
   thread.start()
   thread.join()
   assert seen == [before]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_at_the_step_boundary_is_noted_then_a_second_signal_stops_at_once(sig, capsys):
+  """A training loop's first Ctrl-C or SIGTERM is noted for the loop to act on at its step's end
+  (said on stderr); the second raises where the code is; the handlers come back after the
+  block. Disabled (a multi-process run), the handlers are left alone."""
+  import signal  # pylint: disable=g-import-not-at-top
+  # A process started in the background by a script without job control ignores SIGINT, which
+  # the block then leaves ignored: Python's own handler, as in a terminal, for this test.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    _stop_at_the_step_boundary(getattr(signal, sig), capsys)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def _stop_at_the_step_boundary(signum, capsys):
+  import signal  # pylint: disable=g-import-not-at-top
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  name, error = ("SIGTERM", stopping.Terminated) if signum == signal.SIGTERM else (
+      "Ctrl-C", KeyboardInterrupt)
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  steps = []
+  with pytest.raises(error) as stopped:
+    with stopping.stop_at_step_boundary() as stop:
+      for step in range(1, 6):
+        if step == 2:
+          os.kill(os.getpid(), signum)  # in the middle of step 2: it goes on to its end
+          time.sleep(0.1)
+        steps.append(step)
+        if stop.error is not None:
+          raise stop.error
+  assert steps == [1, 2] and type(stopped.value) is error  # pylint: disable=unidiomatic-typecheck
+  assert capsys.readouterr().err == (f"\n{name}: stopping after this step, to save a checkpoint "
+                                     f"(another {name} stops at once)\n")
+  assert {s: signal.getsignal(s) for s in before} == before
+  with pytest.raises(error):
+    with stopping.stop_at_step_boundary(what="epoch", then="save the encoders") as stop:
+      os.kill(os.getpid(), signum)
+      time.sleep(0.1)
+      assert stop.error is not None
+      os.kill(os.getpid(), signum)  # the second: at once
+      time.sleep(60)
+      raise AssertionError("the second signal did not stop the block")
+  assert "stopping after this epoch, to save the encoders" in capsys.readouterr().err
+  assert {s: signal.getsignal(s) for s in before} == before
+  with stopping.stop_at_step_boundary(enabled=False) as stop:
+    assert {s: signal.getsignal(s) for s in before} == before and stop.error is None
 
 
 def test_progress_in_a_log_file_is_a_plain_line_a_minute():

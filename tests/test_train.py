@@ -1,4 +1,4 @@
-"""Training tests: exact resume after SIGKILL, bad flags, NaN guard, DAMSM pretraining."""
+"""Training tests: exact resume after SIGTERM and SIGKILL, bad flags, NaN guard, DAMSM pretraining."""
 
 import contextlib
 import importlib.util
@@ -66,6 +66,15 @@ def _losses(run_dir):
     return {e["step"]: e for e in map(json.loads, f)}
 
 
+def _steps_logged(run_dir):
+  """Complete lines of a running run's losses.jsonl."""
+  try:
+    with open(os.path.join(run_dir, "losses.jsonl")) as f:
+      return f.read().count("\n")
+  except FileNotFoundError:
+    return 0
+
+
 @pytest.fixture(scope="module")
 def reference_run(smoke):
   """A float32 run of configs/smoke.cfg trained to step 8 without a stop (TensorFlow), shared
@@ -77,13 +86,40 @@ def reference_run(smoke):
   return ref_dir
 
 
-def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
+def test_stopped_then_killed_run_resumes_with_identical_losses(smoke, reference_run, tmp_path):
+  """SIGTERM (a batch system's time limit) stops the run after the step it came in, with a
+  checkpoint of that step though --checkpoint_every is far off; then SIGKILL, whose newest
+  checkpoint is damaged; each resume continues exactly."""
   run_dir = str(smoke["root"] / "killed")
   ref = _losses(reference_run)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
 
-  proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8")),
+  err_path = tmp_path / "stopped.err"
+  with open(err_path, "w") as err:
+    proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(
+        smoke, run_dir, "--max_steps=8", "--checkpoint_every=100")), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline and _steps_logged(run_dir) < 2:
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=600)
+  stderr = err_path.read_text()
+  assert proc.returncode == 143, stderr[-2000:]
+  stopped_at = len(_losses(run_dir))
+  assert 2 <= stopped_at < 8, stderr[-2000:]  # signalled after step 2: stopped after it or the next
+  stopped_ckpt = os.path.join(ckpt_dir, f"ckpt-{stopped_at:08d}.npz")
+  assert os.listdir(ckpt_dir) == [os.path.basename(stopped_ckpt)]
+  assert "SIGTERM: stopping after this step, to save a checkpoint (another SIGTERM stops at " \
+      "once)" in stderr
+  assert stderr.rstrip().endswith(
+      f"stopped by SIGTERM at step {stopped_at}; the newest checkpoint is {stopped_ckpt} (step "
+      f"{stopped_at}): continue with the same command and --resume"), stderr[-2000:]
+
+  proc = subprocess.Popen(_cmd("msmt_tf.train", *_train_args(smoke, run_dir, "--max_steps=8",
+                                                             "--resume")),
                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  target = os.path.join(run_dir, "checkpoints", "ckpt-00000003.npz")
+  target = os.path.join(ckpt_dir, f"ckpt-{stopped_at + 1:08d}.npz")
   deadline = time.time() + 600
   while not os.path.exists(target) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -92,7 +128,7 @@ def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
   assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
   killed_at = checkpoint.latest(run_dir)[0]
-  assert 3 <= killed_at < 8
+  assert stopped_at + 1 <= killed_at < 8
   # And the newest checkpoint is damaged afterwards (a truncated copy): the resume skips it,
   # says so, keeps it aside and continues from the one before.
   newest = checkpoint.latest(run_dir)[1]
@@ -112,7 +148,7 @@ def test_killed_run_resumes_with_identical_losses(smoke, reference_run):
     assert f.read() == content[:len(content) // 2]  # kept as it was
   got = _losses(run_dir)
   assert sorted(got) == list(range(1, 9))
-  for step in range(killed_at, 9):  # steps k.. redone from checkpoint k - 1
+  for step in range(1, 9):  # before the stop, after it, and steps k.. redone from checkpoint k - 1
     for name, value in ref[step].items():
       assert got[step][name] == value, (step, name)
   names = set(os.listdir(os.path.join(run_dir, "checkpoints")))
