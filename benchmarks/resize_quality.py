@@ -72,7 +72,11 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
   from msmt_tf.data import build  # pylint: disable=g-import-not-at-top
-  max_short_side = args.max_short_side or build.DEFAULT_MAX_SHORT_SIDE
+  max_short_side = (build.DEFAULT_MAX_SHORT_SIDE if args.max_short_side is None
+                    else args.max_short_side)
+  if max_short_side < build.MIN_SIDE:
+    raise SystemExit(f"--max_short_side must be at least {build.MIN_SIDE} (the images are to be "
+                     f"scaled down), got {max_short_side}")
   rng = np.random.default_rng(args.seed)
   diffs = {"stored": [], "draft x2, before encoding": [], "draft x1, before encoding": []}
   with tempfile.TemporaryDirectory() as tmp:

@@ -54,7 +54,8 @@ def _flag_value(path, name):
 # A step that got the demo's signal too (a terminal's Ctrl-C reaches the whole foreground process
 # group; Slurm signals every process of the job) stops by itself, and a second signal could cut
 # its message short: it gets this long before the demo passes the signal on (`kill PID` and
-# `docker stop` signal the demo alone).
+# `docker stop` signal the demo alone). Training stops after its step, to save a checkpoint of it,
+# which a second signal would skip: the demo's steps take well under a second once traced.
 PASS_ON_AFTER_S = 10.0
 
 

@@ -81,10 +81,10 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
       pass
 
   previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  for sig, handler in previous.items():
-    if handler is not signal.SIG_IGN:
-      signal.signal(sig, note)
   try:
+    for sig, handler in previous.items():
+      if handler is not signal.SIG_IGN:
+        signal.signal(sig, note)
     yield request
   finally:
     for sig, handler in previous.items():

@@ -536,10 +536,10 @@ def train(run):
       pending = None
       step_fn.sync()
       if writes:
+        if save:  # first: a stop asked for here is saved before the samples take their time
+          save_checkpoint()
         if sample:
           write_samples(run, run.step, writer)
-        if save:
-          save_checkpoint()
       saved_step = run.step if save else saved_step
       if run.placement is not None:  # the other processes wait for process 0's writes here
         run.placement.barrier(f"written_{run.step}")
@@ -547,8 +547,9 @@ def train(run):
         break
     if pending:
       record_losses(*pending)
-    # Asked for while a batch was awaited or a checkpoint written: saved here. A run that has
-    # reached --max_steps finishes (its model file takes seconds).
+    # Asked for while a batch was awaited, or after this step's `save` was decided (during its
+    # samples or barrier): saved here. A run that has reached --max_steps finishes (its model
+    # file takes seconds).
     if stop.error is not None and run.step < run.max_steps:
       if saved_step != run.step:
         step_fn.sync()
