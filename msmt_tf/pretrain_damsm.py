@@ -12,11 +12,13 @@ Inception). Writes `text_encoder.keras` and `image_encoder.keras` into `--damsm_
 every `--damsm_snapshot_every` epochs and at the end, then `pretrain_record.json` (whether they
 are the finished encoders or a snapshot of an earlier epoch: `train` warns of a snapshot), and
 `damsm_log.jsonl` with per-epoch losses.
+Ctrl-C or SIGTERM (a batch system's time limit) stops after the step it comes in, with a snapshot
+of that step (a second one stops at once).
 `--resume` continues an interrupted pretraining from its last snapshot as the uninterrupted run
 would have gone on (the same data order, learning rate and dropout masks; Adam starts afresh
-every epoch anyway, and a snapshot taken inside an epoch by `--damsm_max_steps` keeps its
-state), with the snapshot's settings; when it has nothing to continue it says why and exits
-with status 3.
+every epoch anyway, and a snapshot taken inside an epoch, by a stop or `--damsm_max_steps`,
+keeps its state), with the snapshot's settings; when it has nothing to continue it says why
+and exits with status 3.
 Refuses an Inception trunk without `--inception_weights` (it would stay frozen at random), and a
 `--damsm_dir` that already holds encoders unless `--overwrite` (start over) or `--resume` is
 given.
@@ -276,62 +278,73 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
   history, it = [], train_pipe.iterate(as_numpy=False)
   lr0 = lr
   step_fn = tf.function(step, reduce_retracing=True, autograph=False)
-  for epoch in range(done, epochs):
-    lr = learning_rate(lr0, epoch)
-    first_batch = start_batch if epoch == done else 0
-    if first_batch:  # inside an epoch: its Adam and dropout state as the snapshot kept them
-      _restore_state(os.path.join(damsm_dir, STATE_FILE), inner_state)
-    else:
-      for v in fresh_state:  # a fresh Adam each epoch (AttnGAN)
-        v.assign(keras.ops.zeros(v.shape, v.dtype))
-      seed_dropout([text_enc, image_enc], seed, epoch)
-    opt.learning_rate = lr
-    w_sum = s_sum = 0.0
-    n = batch_index = 0
-    for batch_index in range(first_batch, batches_per_epoch):
-      batch = next(it)
-      w, s = step_fn({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
-      w_sum, s_sum, n, steps = w_sum + float(w), s_sum + float(s), n + 1, steps + 1
-      if max_steps and steps >= max_steps:
-        break
-    tw = ts = 0.0
-    tn = 0
-    for batch in ([] if no_test else test_pipe.iterate(as_numpy=False)):
-      w, s = eval_step({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
-      tw, ts, tn = tw + float(w), ts + float(s), tn + 1
-    entry = dict(epoch=epoch + 1, steps=steps, lr=lr, train_word=w_sum / max(n, 1),
-                 train_sent=s_sum / max(n, 1), test_word=None if no_test else tw / max(tn, 1),
-                 test_sent=None if no_test else ts / max(tn, 1))  # None: null in the log
-    if first_batch:
-      entry["from_batch"] = first_batch  # the means are of this part of the epoch
-    history.append(entry)
-    progress["epochs_done"] = progress.get("epochs_done", 0) + 1
-    log_lines.append(json.dumps(entry) + "\n")
-    if log_owned:
-      fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
-    if verbose:
-      tested = ("test n/a" if no_test else f"test word {entry['test_word']:.3f} sent "
-                f"{entry['test_sent']:.3f}")
-      # A mean of part of the epoch (resumed inside it, or stopped by --damsm_max_steps) says so.
-      part = (f" (batches {first_batch + 1}-{first_batch + n} of {batches_per_epoch})"
-              if first_batch or n < batches_per_epoch else "")
-      print(f"DAMSM epoch {epoch + 1}: train{part} word {entry['train_word']:.3f} sent "
-            f"{entry['train_sent']:.3f} | {tested} | lr {lr:.5f}", flush=True)
-    last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
-    if (epoch + 1) % snapshot_every == 0 or last:
-      batches = batch_index + 1
-      inner = ([keras.ops.convert_to_numpy(v.value) for v in inner_state]
-               if batches < batches_per_epoch else None)
-      _save_snapshot(damsm_dir, text_enc, image_enc, {
-          "complete": bool(last), "epoch": epoch + 1, "batch": batches,
-          "batches_per_epoch": batches_per_epoch, "epochs": epochs, "steps": steps,
-          "max_steps": max_steps, "settings": settings}, inner)
-      progress["snapshot"] = epoch + 1
-      if not log_owned:  # the first snapshot of a run over older encoders: their log goes too
+  # Ctrl-C or SIGTERM (a batch system's time limit) stops after the step it comes in, with a
+  # snapshot there (inside an epoch: with Adam's and the dropout's state, as --damsm_max_steps
+  # does), which --resume continues exactly; a second one stops at once.
+  with stopping.stop_at_step_boundary(then="save a snapshot of the encoders") as stop:
+    for epoch in range(done, epochs):
+      lr = learning_rate(lr0, epoch)
+      first_batch = start_batch if epoch == done else 0
+      if first_batch:  # inside an epoch: its Adam and dropout state as the snapshot kept them
+        _restore_state(os.path.join(damsm_dir, STATE_FILE), inner_state)
+      else:
+        for v in fresh_state:  # a fresh Adam each epoch (AttnGAN)
+          v.assign(keras.ops.zeros(v.shape, v.dtype))
+        seed_dropout([text_enc, image_enc], seed, epoch)
+      opt.learning_rate = lr
+      w_sum = s_sum = 0.0
+      n = batch_index = 0
+      for batch_index in range(first_batch, batches_per_epoch):
+        batch = next(it)
+        w, s = step_fn({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
+        w_sum, s_sum, n, steps = w_sum + float(w), s_sum + float(s), n + 1, steps + 1
+        if (max_steps and steps >= max_steps) or stop.error is not None:
+          break
+      # Stopped inside the epoch: no test losses (a batch system's grace period is short).
+      stopped = stop.error is not None and batch_index + 1 < batches_per_epoch
+      tw = ts = 0.0
+      tn = 0
+      for batch in ([] if no_test or stopped else test_pipe.iterate(as_numpy=False)):
+        w, s = eval_step({k: batch[k] for k in ("tokens", "class_id", f"image_{size}")})
+        tw, ts, tn = tw + float(w), ts + float(s), tn + 1
+      untested = no_test or stopped
+      entry = dict(epoch=epoch + 1, steps=steps, lr=lr, train_word=w_sum / max(n, 1),
+                   train_sent=s_sum / max(n, 1), test_word=None if untested else tw / max(tn, 1),
+                   test_sent=None if untested else ts / max(tn, 1))  # None: null in the log
+      if first_batch:
+        entry["from_batch"] = first_batch  # the means are of this part of the epoch
+      if stopped:
+        entry["stopped"] = True  # by Ctrl-C or SIGTERM: the test losses were not computed
+      history.append(entry)
+      progress["epochs_done"] = progress.get("epochs_done", 0) + 1
+      log_lines.append(json.dumps(entry) + "\n")
+      if log_owned:
         fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
-        log_owned = True
-    if last:
-      break
+      if verbose:
+        tested = ("test n/a" if no_test else "test not computed (stopped)" if stopped else
+                  f"test word {entry['test_word']:.3f} sent {entry['test_sent']:.3f}")
+        # A mean of part of the epoch (resumed inside it, or stopped by --damsm_max_steps) says so.
+        part = (f" (batches {first_batch + 1}-{first_batch + n} of {batches_per_epoch})"
+                if first_batch or n < batches_per_epoch else "")
+        print(f"DAMSM epoch {epoch + 1}: train{part} word {entry['train_word']:.3f} sent "
+              f"{entry['train_sent']:.3f} | {tested} | lr {lr:.5f}", flush=True)
+      last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
+      if (epoch + 1) % snapshot_every == 0 or last or stop.error is not None:
+        batches = batch_index + 1
+        inner = ([keras.ops.convert_to_numpy(v.value) for v in inner_state]
+                 if batches < batches_per_epoch else None)
+        _save_snapshot(damsm_dir, text_enc, image_enc, {
+            "complete": bool(last), "epoch": epoch + 1, "batch": batches,
+            "batches_per_epoch": batches_per_epoch, "epochs": epochs, "steps": steps,
+            "max_steps": max_steps, "settings": settings}, inner)
+        progress["snapshot"] = epoch + 1
+        if not log_owned:  # the first snapshot of a run over older encoders: their log goes too
+          fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
+          log_owned = True
+      if last:  # finished: a stop asked for meanwhile has nothing left to stop
+        break
+      if stop.error is not None:
+        raise stop.error
   return history
 
 
@@ -462,9 +475,13 @@ def interrupted_message(damsm_dir, progress=None, resume=False, overwrite=False,
   if record.get("complete", True):  # a finished pretraining resumed for more epochs
     return (head + f"{', '.join(left)} are as trained to epoch {epoch} (no newer snapshot); "
             f"continue with {go_on}")
+  batch, per_epoch = record.get("batch"), record.get("batches_per_epoch")
+  inside = (f" (taken inside it, after batch {batch} of {per_epoch})"
+            if isinstance(batch, int) and isinstance(per_epoch, int) and batch < per_epoch
+            else "")
   return (head + f"{', '.join(left)} are a snapshot of epoch {epoch} of "
-          f"{record.get('epochs')}, not fully trained encoders; continue with {go_on} (or start "
-          "over with --overwrite)")
+          f"{record.get('epochs')}{inside}, not fully trained encoders; continue with {go_on} "
+          "(or start over with --overwrite)")
 
 
 def main(argv):

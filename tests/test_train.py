@@ -859,6 +859,43 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   same_epoch(got[1], ref[2])
   same_encoders(budget)
   assert not (budget / pretrain_damsm.STATE_FILE).exists()  # the end is a whole epoch
+  # SIGTERM (a batch system's time limit) during step 3 (epoch 2, batch 1 of 2): the step ends,
+  # a snapshot of it is written (with the Adam and dropout state inside the epoch), the stop is
+  # raised; --resume then ends where the uninterrupted run ends.
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  stopped = tmp_path / "stopped"
+  iterate = datasets.DataPipeline.iterate
+
+  def sigterm_at_step_3(pipe, as_numpy=True):
+    for i, batch in enumerate(iterate(pipe, as_numpy)):
+      if pipe.num_epochs is None and i == 2:  # the train pipeline's third batch
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step_3)
+  progress = {}
+  capsys.readouterr()
+  with pytest.raises(stopping.Terminated):
+    run(stopped, progress=progress, verbose=True)
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", iterate)
+  out, err = capsys.readouterr()
+  assert "SIGTERM: stopping after this step, to save a snapshot of the encoders" in err
+  assert re.search(r"DAMSM epoch 2: train \(batches 1-1 of 2\) word [\d.]+ sent [\d.]+ \| test "
+                   r"not computed \(stopped\) \|", out), out
+  record = runs.read_pretrain_record(str(stopped))
+  assert (record["complete"], record["epoch"], record["batch"], record["steps"]) == (False, 2, 1, 3)
+  assert (stopped / pretrain_damsm.STATE_FILE).is_file()
+  assert progress["snapshot"] == 2
+  assert "are a snapshot of epoch 2 of 3 (taken inside it, after batch 1 of 2), not fully " \
+      "trained encoders; continue with the same command and --resume" in \
+      pretrain_damsm.interrupted_message(str(stopped), progress, how="stopped by SIGTERM")
+  got = run(stopped, resume=True)
+  assert [(e["epoch"], e.get("from_batch")) for e in got] == [(2, 1), (3, None)]
+  same_epoch(got[1], ref[2])
+  same_encoders(stopped)
+  log = [json.loads(l) for l in (stopped / "damsm_log.jsonl").read_text().splitlines()]
+  assert [(e["epoch"], e.get("stopped")) for e in log] == [(1, None), (2, True), (2, None),
+                                                           (3, None)]
+  assert log[1]["test_word"] is None and log[2]["test_word"] is not None
   # Refused, naming why: finished; other settings; a snapshot half moved in; a record that says
   # nothing; no record; no encoders.
   with pytest.raises(pretrain_damsm.ResumeRefused, match="trained to epoch 3 \\(6 steps\\), as "
