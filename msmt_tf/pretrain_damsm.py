@@ -153,17 +153,20 @@ def _seed_states(models):
           if v.path.endswith("seed_generator_state")]
 
 
-def _read_log(log_path, epochs_done):
-  """The log's entries of the epochs a snapshot holds (a stop after the snapshot logged epochs
-  that the resumed run trains again), as lines."""
+def _read_log(log_path, epochs_done, steps_done=None):
+  """The log's entries of the epochs and steps a snapshot holds (a stop after the snapshot logged
+  epochs, or the rest of an epoch it was taken inside, that the resumed run trains again), as
+  lines. An entry's `steps` is the run's step count at its end."""
   kept = []
   if os.path.isfile(log_path):
     with open(log_path) as f:
       for line in f:
         try:
-          if json.loads(line)["epoch"] <= epochs_done:
+          entry = json.loads(line)
+          if entry["epoch"] <= epochs_done and (steps_done is None
+                                                or entry.get("steps", 0) <= steps_done):
             kept.append(line.rstrip("\n") + "\n")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
           continue
   return kept
 
@@ -216,7 +219,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                           f"trunk; this dataset has {len(data.vocab)} words and "
                           f"--image_encoder_trunk={trunk}; start over with --overwrite")
     progress["resumed"] = done + (1 if start_batch else 0)  # the epoch the snapshot is of
-    log_lines = _read_log(log_path, progress["resumed"])
+    log_lines = _read_log(log_path, progress["resumed"], steps)
     if verbose:
       where = (f"inside epoch {done + 1} (batch {start_batch} of {batches_per_epoch})"
                if start_batch else f"after epoch {done}")
@@ -301,7 +304,9 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
         if (max_steps and steps >= max_steps) or stop.error is not None:
           break
       # Stopped inside the epoch: no test losses (a batch system's grace period is short).
-      stopped = stop.error is not None and batch_index + 1 < batches_per_epoch
+      budget_spent = bool(max_steps and steps >= max_steps)
+      stopped = (stop.error is not None and batch_index + 1 < batches_per_epoch
+                 and not budget_spent)
       tw = ts = 0.0
       tn = 0
       for batch in ([] if no_test or stopped else test_pipe.iterate(as_numpy=False)):
@@ -316,7 +321,8 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
       if stopped:
         entry["stopped"] = True  # by Ctrl-C or SIGTERM: the test losses were not computed
       history.append(entry)
-      progress["epochs_done"] = progress.get("epochs_done", 0) + 1
+      if not stopped:
+        progress["epochs_done"] = progress.get("epochs_done", 0) + 1
       log_lines.append(json.dumps(entry) + "\n")
       if log_owned:
         fileio.atomic_write_bytes(log_path, "".join(log_lines).encode())
@@ -328,8 +334,10 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
                 if first_batch or n < batches_per_epoch else "")
         print(f"DAMSM epoch {epoch + 1}: train{part} word {entry['train_word']:.3f} sent "
               f"{entry['train_sent']:.3f} | {tested} | lr {lr:.5f}", flush=True)
-      last = epoch + 1 == epochs or (max_steps and steps >= max_steps)
-      if (epoch + 1) % snapshot_every == 0 or last or stop.error is not None:
+      # A stop inside the last epoch leaves a snapshot, not finished encoders.
+      last = (epoch + 1 == epochs and not stopped) or budget_spent
+      stop_now = stop.error is not None  # read once: the snapshot and the stop go together
+      if (epoch + 1) % snapshot_every == 0 or last or stop_now:
         batches = batch_index + 1
         inner = ([keras.ops.convert_to_numpy(v.value) for v in inner_state]
                  if batches < batches_per_epoch else None)
@@ -343,7 +351,7 @@ def pretrain(data, test, model_cfg, damsm_dir, words_num, trunk="inception_v3",
           log_owned = True
       if last:  # finished: a stop asked for meanwhile has nothing left to stop
         break
-      if stop.error is not None:
+      if stop_now:
         raise stop.error
   return history
 

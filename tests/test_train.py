@@ -888,14 +888,38 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   assert "are a snapshot of epoch 2 of 3 (taken inside it, after batch 1 of 2), not fully " \
       "trained encoders; continue with the same command and --resume" in \
       pretrain_damsm.interrupted_message(str(stopped), progress, how="stopped by SIGTERM")
+  # The line a resumed run killed before its next snapshot would have left (the rest of epoch
+  # 2, step 4) is not kept: the resumed run writes it again.
+  with open(stopped / "damsm_log.jsonl", "a") as f:
+    f.write(json.dumps({"epoch": 2, "steps": 4, "from_batch": 1, "train_word": 0.0}) + "\n")
   got = run(stopped, resume=True)
   assert [(e["epoch"], e.get("from_batch")) for e in got] == [(2, 1), (3, None)]
   same_epoch(got[1], ref[2])
   same_encoders(stopped)
   log = [json.loads(l) for l in (stopped / "damsm_log.jsonl").read_text().splitlines()]
-  assert [(e["epoch"], e.get("stopped")) for e in log] == [(1, None), (2, True), (2, None),
-                                                           (3, None)]
+  assert [(e["epoch"], e.get("stopped"), e["steps"]) for e in log] == [
+      (1, None, 2), (2, True, 3), (2, None, 4), (3, None, 6)]
   assert log[1]["test_word"] is None and log[2]["test_word"] is not None
+  # Stopped inside the last epoch (step 5: epoch 3, batch 1 of 2): a snapshot, not finished
+  # encoders (train would take them for finished ones), and the stop goes on.
+  last = tmp_path / "stopped_in_the_last_epoch"
+
+  def sigterm_at_step_5(pipe, as_numpy=True):
+    for i, batch in enumerate(iterate(pipe, as_numpy)):
+      if pipe.num_epochs is None and i == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step_5)
+  with pytest.raises(stopping.Terminated):
+    run(last)
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", iterate)
+  record = runs.read_pretrain_record(str(last))
+  assert (record["complete"], record["epoch"], record["batch"], record["steps"]) == (False, 3, 1, 5)
+  assert runs.damsm_snapshot_note(str(last)) is not None
+  got = run(last, resume=True)
+  assert [(e["epoch"], e.get("from_batch")) for e in got] == [(3, 1)]
+  assert runs.read_pretrain_record(str(last))["complete"] is True
+  same_encoders(last)
   # Refused, naming why: finished; other settings; a snapshot half moved in; a record that says
   # nothing; no record; no encoders.
   with pytest.raises(pretrain_damsm.ResumeRefused, match="trained to epoch 3 \\(6 steps\\), as "
