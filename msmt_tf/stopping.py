@@ -58,10 +58,10 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
   """Within the block, the first Ctrl-C or SIGTERM does not stop the code where it is: it is
   noted in the yielded `StopRequest` (and said on stderr: "SIGTERM: stopping after this `what`,
   to `then` ..."), for a loop to finish its step, save, and raise `request.error` itself. A
-  second one raises at once, as `sigterm_as_interrupt` does. The handlers are back after the block. Not
-  `enabled` (a multi-process run, whose processes must all stop at the same step), outside the
-  main thread, or for a signal the process was started with ignored: the handlers are left as
-  they are."""
+  second one raises at once, as `sigterm_as_interrupt` does. The handlers are back after the
+  block. Not `enabled` (a multi-process run, whose processes must all stop at the same step),
+  outside the main thread, or for a signal the process was started with ignored: the handlers
+  are left as they are."""
   request = StopRequest()
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield request
