@@ -1,4 +1,5 @@
-"""Training tests: exact resume after SIGTERM and SIGKILL, bad flags, NaN guard, DAMSM pretraining."""
+"""Training tests: exact resume after SIGTERM and SIGKILL, bad flags, NaN guard, DAMSM
+pretraining."""
 
 import contextlib
 import importlib.util
