@@ -48,19 +48,15 @@ def scaled_before_encoding(path, target_upright, factor):
   """The decode (at a DCT scale still `factor` times the target), Lanczos and EXIF turn that
   `convert_image` makes, without its re-encode."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from msmt_tf.data import build  # pylint: disable=g-import-not-at-top
   im = Image.open(path)
   orientation = im.getexif().get(0x0112, 1)
   turned = orientation in (5, 6, 7, 8)
   stored = target_upright[::-1] if turned else target_upright
   drafted = im.draft(None, (factor * stored[0], factor * stored[1]))
   box = drafted[1] if drafted else None
-  rgb = im.convert("RGB").resize(stored, Image.LANCZOS, box=box)
-  if orientation == 1:
-    return rgb
-  t = Image.Transpose  # the turn of each orientation, as `ImageOps.exif_transpose` makes it
-  return rgb.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM,
-                        5: t.TRANSPOSE, 6: t.ROTATE_270, 7: t.TRANSVERSE,
-                        8: t.ROTATE_90}[orientation])
+  return build.turn_upright(im.convert("RGB").resize(stored, Image.LANCZOS, box=box),
+                           orientation)
 
 
 def main():

@@ -166,7 +166,7 @@ def _read_log(log_path, epochs_done, steps_done=None):
           if entry["epoch"] <= epochs_done and (steps_done is None
                                                 or entry.get("steps", 0) <= steps_done):
             kept.append(line.rstrip("\n") + "\n")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError):
           continue
   return kept
 

@@ -45,6 +45,29 @@ def sigterm_as_interrupt():
     signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def _handle_stop_signals(handler):
+  """Sets `handler` for SIGINT and SIGTERM, except a signal the process was started with
+  ignored (a job started with `&` from a script ignores SIGINT): it stays ignored. Returns the
+  function that puts back the handlers it replaced (where `handler` is still set). A signal
+  that arrives while the handlers are set and raises puts them back before it goes on."""
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+  def restore():
+    for sig, old in previous.items():
+      if signal.getsignal(sig) is handler:
+        # None: a handler installed outside Python, which cannot be put back from here.
+        signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+  try:
+    for sig, old in previous.items():
+      if old is not signal.SIG_IGN:
+        signal.signal(sig, handler)
+  except BaseException:
+    restore()
+    raise
+  return restore
+
+
 class StopRequest:
   """What `stop_at_step_boundary` hands its block: `error` is None until the first Ctrl-C or
   SIGTERM, then the `KeyboardInterrupt` or `Terminated` it would have raised."""
@@ -80,16 +103,11 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
     except RuntimeError:  # stderr was being written when the signal came: the stop still holds
       pass
 
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  restore = _handle_stop_signals(note)
   try:
-    for sig, handler in previous.items():
-      if handler is not signal.SIG_IGN:
-        signal.signal(sig, note)
     yield request
   finally:
-    for sig, handler in previous.items():
-      if signal.getsignal(sig) is note:
-        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    restore()
 
 
 def how_stopped(error):
@@ -135,17 +153,7 @@ def quiet_startup(command=None):
           "yet; run the same command again", file=sys.stderr, flush=True)
     sys.exit(128 + int(signum))
 
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  for sig, handler in previous.items():
-    if handler is not signal.SIG_IGN:
-      signal.signal(sig, stop)
-
-  def restore():
-    for sig, handler in previous.items():
-      if signal.getsignal(sig) is stop:
-        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-
-  _STARTUP.append(restore)
+  _STARTUP.append(_handle_stop_signals(stop))
   from absl import app  # pylint: disable=g-import-not-at-top
   app.call_after_init(end_startup)
 

@@ -867,12 +867,14 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   stopped = tmp_path / "stopped"
   iterate = datasets.DataPipeline.iterate
 
-  def sigterm_at_step_3(pipe, as_numpy=True):
-    for i, batch in enumerate(iterate(pipe, as_numpy)):
-      if pipe.num_epochs is None and i == 2:  # the train pipeline's third batch
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step_3)
+  def sigterm_at_step(step):
+    def sigterm_at(pipe, as_numpy=True):
+      for i, batch in enumerate(iterate(pipe, as_numpy), 1):
+        if pipe.num_epochs is None and i == step:  # the train pipeline's batch of that step
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+    return sigterm_at
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step(3))
   progress = {}
   capsys.readouterr()
   with pytest.raises(stopping.Terminated):
@@ -904,13 +906,7 @@ def test_interrupted_damsm_pretraining_resumes_exactly(smoke, tmp_path, monkeypa
   # Stopped inside the last epoch (step 5: epoch 3, batch 1 of 2): a snapshot, not finished
   # encoders (train would take them for finished ones), and the stop goes on.
   last = tmp_path / "stopped_in_the_last_epoch"
-
-  def sigterm_at_step_5(pipe, as_numpy=True):
-    for i, batch in enumerate(iterate(pipe, as_numpy)):
-      if pipe.num_epochs is None and i == 4:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step_5)
+  monkeypatch.setattr(datasets.DataPipeline, "iterate", sigterm_at_step(5))
   with pytest.raises(stopping.Terminated):
     run(last)
   monkeypatch.setattr(datasets.DataPipeline, "iterate", iterate)

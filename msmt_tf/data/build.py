@@ -429,6 +429,18 @@ def scaled_size(width, height, max_short_side):
   return (max_short_side, other) if width == short else (other, max_short_side)
 
 
+def turn_upright(image, orientation):
+  """`image` (pixels as stored in a file of EXIF `orientation`, 1-8) turned upright: the turn
+  `ImageOps.exif_transpose` makes, for an image that no longer carries the EXIF tag (resized)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if orientation == 1:
+    return image
+  t = Image.Transpose
+  return image.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM,
+                          5: t.TRANSPOSE, 6: t.ROTATE_270, 7: t.TRANSVERSE,
+                          8: t.ROTATE_90}[orientation])
+
+
 def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_short_side=0):
   """Checks one source image and writes it (atomically) as `images_dir/<key>`, or, when its key
   (lower case) is in `contested` (another source file may take the same name), as
@@ -485,12 +497,8 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
         im.load()  # a truncated file raises here
       plain = orientation == 1 and frames == 1 and "transparency" not in im.info
       if resize:  # Lanczos in the file's orientation, then turned upright
-        rgb = image_utils.to_rgb(im, bits).resize(stored, Image.LANCZOS, box=box)
-        if orientation != 1:  # the turn `ImageOps.exif_transpose` makes
-          t = Image.Transpose
-          rgb = rgb.transpose({2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM,
-                               5: t.TRANSPOSE, 6: t.ROTATE_270, 7: t.TRANSVERSE,
-                               8: t.ROTATE_90}[orientation])
+        rgb = turn_upright(image_utils.to_rgb(im, bits).resize(stored, Image.LANCZOS, box=box),
+                           orientation)
         action = "resized"
       elif fmt == "JPEG" and im.mode == "RGB" and plain:
         payload, ext, action = data, ".jpg", "kept"
