@@ -213,16 +213,32 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
                                      "same command again to resume")
   assert "Traceback" not in res.stderr and not os.path.exists(out)
   # With worker processes (forked, so they inherit the handler): the parent stops them and says
-  # so, and no worker prints a traceback of its own. The signal comes after the third result.
+  # so, and no worker, nor the pool's thread, prints a traceback. The signal comes while the
+  # parent waits for the third result, as Ctrl-C does. Slow workers keep futures pending, and a
+  # slow terminate() lets the pool's thread find its workers gone before the parent goes on: with
+  # a pending future cancelled (what `Executor.map` does when it is left), Python 3.11's thread
+  # raised InvalidStateError there (10 runs in 10 before the fix).
   pooled = (
-      "import concurrent.futures as cf, os, runpy, signal, sys\n"
-      "real_map = cf.ProcessPoolExecutor.map\n"
-      "def stopped_map(self, *a, **k):\n"
-      "  for i, result in enumerate(real_map(self, *a, **k)):\n"
-      "    if i == 2:\n"
-      "      os.kill(os.getpid(), signal.SIGTERM)\n"
-      "    yield result\n"
-      "cf.ProcessPoolExecutor.map = stopped_map\n"
+      "import concurrent.futures as cf, multiprocessing.process as mpp, os, runpy, signal, sys\n"
+      "import time\n"
+      "from msmt_tf import image_utils\n"
+      "real_result, calls = cf.Future.result, []\n"
+      "def stopped_result(self, *a, **k):\n"
+      "  calls.append(1)\n"
+      "  if len(calls) == 3:\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "  return real_result(self, *a, **k)\n"
+      "cf.Future.result = stopped_result\n"
+      "real_terminate = mpp.BaseProcess.terminate\n"
+      "def slow_terminate(self):\n"
+      "  real_terminate(self)\n"
+      "  time.sleep(0.5)\n"
+      "mpp.BaseProcess.terminate = slow_terminate\n"
+      "to_rgb = image_utils.to_rgb\n"
+      "def slow_rgb(*a, **k):\n"
+      "  time.sleep(0.2)\n"
+      "  return to_rgb(*a, **k)\n"
+      "image_utils.to_rgb = slow_rgb\n"
       "sys.argv = ['build'] + sys.argv[1:]\n"
       "runpy.run_module('msmt_tf.data.build', run_name='__main__', alter_sys=True)\n")
   res = subprocess.run([sys.executable, "-c", pooled, *cmd[:-1], "--workers=2"], cwd=REPO,

@@ -62,6 +62,7 @@ import dataclasses
 import hashlib
 import importlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -572,6 +573,26 @@ def _convert_task(task):
   return convert_image(*task)
 
 
+def _convert_chunk(tasks):
+  return [convert_image(*task) for task in tasks]
+
+
+def _pooled(pool, tasks, chunksize, window):
+  """`pool.map(_convert_task, tasks, chunksize=...)` in order, at most `window` chunks submitted
+  ahead, and never cancelling a future. `Executor.map` cancels its pending futures when it is
+  left (Ctrl-C, SIGTERM, a write error); Python 3.11's pool thread, finding a worker stopped,
+  then sets an error on every pending future, and on a cancelled one raises InvalidStateError:
+  a traceback printed under the stop message (fixed in Python 3.12)."""
+  chunks = (tasks[i:i + chunksize] for i in range(0, len(tasks), chunksize))
+  # The module's own function (not __main__'s under python -m), so workers import it.
+  convert = importlib.import_module("msmt_tf.data.build")._convert_chunk  # pylint: disable=protected-access
+  ahead = collections.deque(pool.submit(convert, c) for c in itertools.islice(chunks, window))
+  while ahead:
+    done = ahead.popleft().result()
+    ahead.extend(pool.submit(convert, c) for c in itertools.islice(chunks, 1))
+    yield from done
+
+
 def _ignore_sigint():
   """Workers leave Ctrl-C to the parent, which stops them (a pool interrupted in every process
   at once can hang), and die on SIGTERM: a forked worker inherits the parent's handler
@@ -583,11 +604,13 @@ def _ignore_sigint():
 
 
 def _terminate(pool):
+  """Stops the workers now, not after their queued work. No future is cancelled (see _pooled):
+  the pool's thread ends the pending ones itself when it finds the workers gone."""
   processes = list((getattr(pool, "_processes", None) or {}).values())
   for p in processes:
     if p.is_alive():
       p.terminate()
-  pool.shutdown(wait=False, cancel_futures=True)
+  pool.shutdown(wait=False)
   for p in processes:
     p.join(5)
 
@@ -1044,9 +1067,8 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       if workers > 1 and len(todo) > 1:
         pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_mp_context(),
                                                       initializer=_ignore_sigint)
-        # The module's own function (not __main__'s under python -m), so workers import it.
-        task = importlib.import_module("msmt_tf.data.build")._convert_task  # pylint: disable=protected-access
-        stream = pool.map(task, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))))
+        stream = _pooled(pool, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))),
+                         window=4 * workers)
       else:
         stream = map(_convert_task, todo)
       last_flush = time.time()
