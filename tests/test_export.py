@@ -351,13 +351,15 @@ def test_serving_client_names_network_and_reply_failures():
                  "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[mode["m"]]
 
   with rest_stub(answer) as url:
-    for m, message in (("slow", "no reply within --timeout 0.3 s"),
-                       ("html", "the reply is not JSON"),
-                       ("drop", "the connection failed \\(RemoteDisconnected"),
-                       ("other", "unexpected reply \\(images_bytes not base64 PNGs")):
+    # Only the slow reply meets the 0.3 s timeout; the others get 30 s, so that a loaded
+    # machine (the other test worker training beside this one) cannot turn them into timeouts.
+    for m, timeout, message in (("slow", 0.3, "no reply within --timeout 0.3 s"),
+                                ("html", 30, "the reply is not JSON"),
+                                ("drop", 30, "the connection failed \\(RemoteDisconnected"),
+                                ("other", 30, "unexpected reply \\(images_bytes not base64 PNGs")):
       mode["m"] = m
       with pytest.raises(RuntimeError, match=f"{url}/v1/models/m:predict: {message}"):
-        serving_client.predict_png(url, "m", ["a red circle"], timeout=0.3)
+        serving_client.predict_png(url, "m", ["a red circle"], timeout=timeout)
 
 
 def test_serving_client_never_removes_pngs_it_did_not_write(tmp_path):
