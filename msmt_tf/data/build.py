@@ -25,6 +25,12 @@ loaders read through the same code path as CUB and COCO (`--dataset=folder`):
 `<key>` is the image's path inside the source folder; a converted image whose extension does
 not match its new format gets one appended (`a.webp` -> `a.webp.png`).
 
+Colour: images are stored as sRGB (what TensorFlow's decoder, the training pipeline and the
+metrics assume of any pixels). One that carries an ICC profile other than sRGB (a phone's
+Display P3, Adobe RGB, a grey gamma 1.8 profile; CMYK ones too) is converted from it with
+littlecms (relative colorimetric) and stored without it; dataset_spec.json counts these by
+profile name ("colour_converted").
+
 Image size: the input pipeline resizes each image's shorter side to 304 px before its 256 px
 crop (GAN training) and to 355 px before its 299 px crop (DAMSM pretraining), so the build
 stores an image whose shorter side is longer than --max_short_side (default 355) scaled down to
@@ -87,7 +93,7 @@ from msmt_tf.data.errors import DatasetError
 
 __all__ = ["build", "BuildError", "convert_image", "MIN_SIDE", "IMAGE_EXTENSIONS"]
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: embedded colour profiles other than sRGB converted to sRGB
 MIN_SIDE = 64
 JPEG_QUALITY = 95
 NAME_MAX = 255  # bytes in one file name: ext4, XFS, Btrfs, APFS (NTFS: 255 UTF-16 units)
@@ -442,6 +448,56 @@ def turn_upright(image, orientation):
                           8: t.ROTATE_90}[orientation])
 
 
+_SRGB_TRANSFORMS = {}  # per process: ICC profile bytes -> (transform or None, description)
+
+
+def srgb_transform(icc, mode):
+  """`(transform, description)` taking an image of `mode` ("RGB", or "L" for a grey profile)
+  tagged with the ICC profile `icc` (bytes) to sRGB, or `(None, None)` where the pixels are used
+  as they are: no profile, a CMYK one (`image_utils.to_rgb` converts those), a profile of another
+  colour space than `mode`'s, one littlecms cannot read (untagged, as browsers treat it), or a
+  profile that already is sRGB in effect: a transform moving no colour of a 6x6x6 grid (or of
+  the grey ramp) by more than one level, whatever the profile calls itself. Relative
+  colorimetric intent (the source's white to sRGB's white; out-of-gamut colours clipped), what
+  colour-managed viewers show. Cached per profile (a phone's photos share one)."""
+  if not icc or mode not in ("RGB", "L"):
+    return None, None
+  key = (bytes(icc), mode)
+  if key not in _SRGB_TRANSFORMS:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+    found = (None, None)
+    try:
+      profile = ImageCms.ImageCmsProfile(io.BytesIO(key[0]))
+      space = profile.profile.xcolor_space.strip()
+      if (space, mode) in (("RGB", "RGB"), ("GRAY", "L")):
+        transform = ImageCms.buildTransform(
+            profile, ImageCms.createProfile("sRGB"), mode, "RGB",
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+        levels = np.arange(0, 256, 51, dtype=np.uint8)
+        if mode == "RGB":
+          probe = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(1, -1, 3)
+          want = probe
+        else:
+          probe = np.arange(256, dtype=np.uint8).reshape(1, -1)
+          want = np.repeat(probe[..., None], 3, axis=-1)
+        moved = np.asarray(ImageCms.applyTransform(Image.fromarray(probe, mode), transform))
+        if np.abs(moved.astype(np.int16) - want).max() > 1:
+          name = (ImageCms.getProfileDescription(profile) or "").strip()
+          found = (transform, name or "an unnamed profile")
+    except Exception:  # pylint: disable=broad-except  # PyCMSError, OSError: unreadable
+      found = (None, None)
+    _SRGB_TRANSFORMS[key] = found
+  return _SRGB_TRANSFORMS[key]
+
+
+def to_srgb(rgb, transform, mode):
+  """`rgb` (8-bit RGB from `image_utils.to_rgb`, its values still in the source's colour space)
+  through `srgb_transform`'s transform; grey (`mode` "L") is read back from the equal channels."""
+  from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+  return ImageCms.applyTransform(rgb.convert("L") if mode == "L" else rgb, transform)
+
+
 def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_short_side=0):
   """Checks one source image and writes it (atomically) as `images_dir/<key>`, or, when its key
   (lower case) is in `contested` (another source file may take the same name), as
@@ -455,11 +511,13 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
   Returns a dict: key (the stored name, None when the image is not usable), problem (None or
   why), width, height (the source image's, upright), stored_width, stored_height, action
   ('kept', 'converted', 'rotated', 'resized'), src_size, src_mtime_ns, size, staged (the path
-  relative to the build folder where it is not images/<key>, else None).
+  relative to the build folder where it is not images/<key>, else None), colour (the embedded
+  colour profile's name when the pixels were converted from it to sRGB, else None:
+  `srgb_transform`; a CMYK profile is applied by `image_utils.to_rgb`).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import ImageOps  # pylint: disable=g-import-not-at-top
-  out = dict(rel=rel, key=None, problem=None, width=0, height=0, action=None)
+  out = dict(rel=rel, key=None, problem=None, width=0, height=0, action=None, colour=None)
   try:
     st = os.stat(src)
     with open(src, "rb") as f:
@@ -496,10 +554,20 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
           drafted = im.draft(None, (2 * stored[0], 2 * stored[1]))
           box = drafted[1] if drafted else None  # the source area the drafted pixels cover
         im.load()  # a truncated file raises here
-      plain = orientation == 1 and frames == 1 and "transparency" not in im.info
+      # A grey image's profile is grey; any other non-CMYK image's, RGB (to_rgb keeps its space).
+      grey = im.mode in ("1", "L", "LA", "La", "F") or im.mode.startswith("I")
+      colour_mode = "L" if grey else "RGB"
+      transform, out["colour"] = srgb_transform(
+          None if im.mode == "CMYK" else im.info.get("icc_profile"), colour_mode)
+
+      def srgb(rgb):
+        return rgb if transform is None else to_srgb(rgb, transform, colour_mode)
+
+      plain = (orientation == 1 and frames == 1 and "transparency" not in im.info and
+               transform is None)
       if resize:  # Lanczos in the file's orientation, then turned upright
-        rgb = turn_upright(image_utils.to_rgb(im, bits).resize(stored, Image.LANCZOS, box=box),
-                           orientation)
+        rgb = turn_upright(srgb(image_utils.to_rgb(im, bits)).resize(stored, Image.LANCZOS,
+                                                                     box=box), orientation)
         action = "resized"
       elif fmt == "JPEG" and im.mode == "RGB" and plain:
         payload, ext, action = data, ".jpg", "kept"
@@ -507,7 +575,7 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
         payload, ext, action = data, ".png", "kept"
       else:
         upright = ImageOps.exif_transpose(im) if orientation != 1 else im
-        rgb = image_utils.to_rgb(upright, bits)
+        rgb = srgb(image_utils.to_rgb(upright, bits))
         action = "rotated" if orientation != 1 else "converted"
       if action != "kept":
         buf = io.BytesIO()
@@ -1362,6 +1430,9 @@ def build(source, out, text_column="text", class_column=None, test_fraction=None
       text_column=text_column, class_column=class_column,
       test_fraction=None if folders else test_fraction, seed=int(seed), split=split_info,
       max_short_side=max_short_side, resized=actions.get("resized", 0),
+      # Images converted to sRGB from their embedded colour profile, by the profile's name.
+      colour_converted=dict(sorted(collections.Counter(
+          results[rel].get("colour") for rel in final if results[rel].get("colour")).items())),
       skipped=len(problems), warnings=warnings_,
       batch_size=max(2, min(20, len(split_keys["train"]))))
   summary["words_num_eval"] = max(summary["words_num_train"],
@@ -1429,6 +1500,10 @@ def format_summary(s):
       + (f" = {s['images_per_s']} images/s" if s["images_per_s"] else "")
       + f" ({s['workers']} workers)" + (f", {s['reused']} reused from an interrupted build"
                                         if s["reused"] else ""),
+      *([f"  colour: {sum(s['colour_converted'].values())} image(s) converted to sRGB from "
+         "the colour profile they carry (" + ", ".join(
+             f"{k}: {v}" for k, v in s["colour_converted"].items()) + ")"]
+        if s.get("colour_converted") else []),
       "  split: " + _split_line(s["split"]),
       f"  captions: {s['captions']} ({per['min']}-{per['max']} per image, mean {per['mean']})",
       f"  caption length (train, words): median {s['caption_length']['p50']:g}, 75% "
