@@ -75,7 +75,9 @@ def _desc_tag(text):
 
 
 def _srgb_curve():
-  # parametricCurveType, function 3: Y = (aX + b)^g for X >= d, else cX.
+  # parametricCurveType, function 3: Y = (aX + b)^g for X >= d, else cX. A v4 type in this v2
+  # profile (littlecms reads it in either): the exact curve, where a v2 `curv` table would add
+  # its interpolation to what the test measures.
   params = (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)
   return b"para\0\0\0\0" + struct.pack(">HH", 3, 0) + b"".join(_s15(v) for v in params)
 
@@ -87,10 +89,9 @@ def _gamma_curve(gamma):
 def _profile(space, tags):
   table, data = [], b""
   offset = 128 + 4 + 12 * len(tags)
-  for sig, body in tags:
-    body += b"\0" * (-len(body) % 4)
+  for sig, body in tags:  # each tag's data starts on 4 bytes; its size leaves the padding out
     table.append(struct.pack(">4sII", sig, offset + len(data), len(body)))
-    data += body
+    data += body + b"\0" * (-len(body) % 4)
   size = offset + len(data)
   header = (struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntr" +
             space + b"XYZ " + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 24 +

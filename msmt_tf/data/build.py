@@ -26,10 +26,11 @@ loaders read through the same code path as CUB and COCO (`--dataset=folder`):
 not match its new format gets one appended (`a.webp` -> `a.webp.png`).
 
 Colour: images are stored as sRGB (what TensorFlow's decoder, the training pipeline and the
-metrics assume of any pixels). One that carries an ICC profile other than sRGB (a phone's
-Display P3, Adobe RGB, a grey gamma 1.8 profile; CMYK ones too) is converted from it with
-littlecms (relative colorimetric) and stored without it; dataset_spec.json counts these by
-profile name ("colour_converted").
+metrics assume of any pixels). An RGB or grey image that carries an ICC profile other than sRGB
+(a phone's Display P3, Adobe RGB, a grey gamma 1.8 profile) is converted from it with littlecms
+(relative colorimetric) and stored without it; dataset_spec.json counts these by profile name
+("colour_converted"). A CMYK image goes through its profile too (`image_utils.to_rgb`:
+littlecms's default, perceptual intent), not counted there.
 
 Image size: the input pipeline resizes each image's shorter side to 304 px before its 256 px
 crop (GAN training) and to 355 px before its 299 px crop (DAMSM pretraining), so the build
@@ -485,8 +486,10 @@ def srgb_transform(icc, mode):
         if np.abs(moved.astype(np.int16) - want).max() > 1:
           name = (ImageCms.getProfileDescription(profile) or "").strip()
           found = (transform, name or "an unnamed profile")
-    except Exception:  # pylint: disable=broad-except  # PyCMSError, OSError: unreadable
+    except (ImageCms.PyCMSError, OSError, ValueError):  # a profile littlecms cannot read
       found = (None, None)
+    if len(_SRGB_TRANSFORMS) >= 64:  # a folder of images with a profile each: bounded
+      _SRGB_TRANSFORMS.clear()
     _SRGB_TRANSFORMS[key] = found
   return _SRGB_TRANSFORMS[key]
 
