@@ -479,6 +479,43 @@ def test_colour_profiles_other_than_srgb_are_converted_to_srgb(tmp_path):
   with open(os.path.join(out, datasets.SPEC_FILE)) as f:
     assert json.load(f)["colour_converted"] == {"Display P3": 3, "Gray Gamma 1.8": 1}
 
+def test_a_jpeg_over_pillows_pixel_limit_is_scaled_down_from_a_small_decode(tmp_path,
+                                                                            monkeypatch):
+  """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (179 MP). A JPEG to be scaled down
+  is decoded at a DCT scale, so the limit applies to that decode: with the limit lowered here to
+  2 x 40,000 pixels, a 600x400 JPEG (240,000) stored at a shorter side of 64 decodes at 1/2
+  (300x200 = 60,000) and is stored as it would be without a limit; kept at full size, or as a
+  PNG (no DCT scale), it is a problem that says why."""
+  rng = np.random.default_rng(5)
+  a = np.asarray(Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).resize(
+      (600, 400), Image.BILINEAR))
+  Image.fromarray(a).save(tmp_path / "big.jpg", quality=90)
+  Image.fromarray(a).save(tmp_path / "big.png")
+  free = build_lib.convert_image(str(tmp_path / "big.jpg"), "big.jpg", str(tmp_path / "free"),
+                                 max_short_side=64)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)
+  with pytest.raises(Image.DecompressionBombError):
+    Image.open(tmp_path / "big.jpg")  # what the build met before
+  got = build_lib.convert_image(str(tmp_path / "big.jpg"), "big.jpg", str(tmp_path / "limited"),
+                                max_short_side=64)
+  assert got["problem"] is None and got["action"] == "resized"
+  assert (got["width"], got["height"], got["stored_width"], got["stored_height"]) == (
+      600, 400, 96, 64)
+  assert ((tmp_path / "limited" / "big.jpg").read_bytes() ==
+          (tmp_path / "free" / "big.jpg").read_bytes())
+  assert Image.MAX_IMAGE_PIXELS == 40_000  # the limit is left as it was
+  for name, short in (("big.jpg", 0), ("big.png", 64)):
+    got = build_lib.convert_image(str(tmp_path / name), name, str(tmp_path / "x"),
+                                  max_short_side=short)
+    assert got["key"] is None and got["problem"] == (
+        "image is too large to decode safely: it decodes at 600x400 = 240,000 pixels, over "
+        "Pillow's limit of 80,000 (a decompression bomb); a JPEG scaled down (--max_short_side) "
+        "is decoded at up to 1/8 of its size"), (name, got["problem"])
+  small = build_lib.convert_image(str(tmp_path / "big.jpg"), "big.jpg", str(tmp_path / "y"),
+                                  max_short_side=300)  # 2 x the target: a full-size decode
+  assert small["problem"].startswith("image is too large to decode safely: at the DCT scale of "
+                                     "its stored size it still decodes at 600x400"), small
+
 def test_a_transparent_colour_key_is_composited_over_white():
   """A PNG's tRNS colour key is alpha in RGB, grey and palette images alike (an RGB image with
   one used to come back unchanged: its transparent colour stayed black)."""

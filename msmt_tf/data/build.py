@@ -532,13 +532,33 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      im = Image.open(io.BytesIO(data))
+      # Pillow refuses to open an image over twice Image.MAX_IMAGE_PIXELS (179 MP: a
+      # decompression bomb). The check is made here on the pixels decoded instead: a JPEG scaled
+      # down is decoded at a DCT scale (1/2 .. 1/8), so a 400 MP scan costs 6-50 MP.
+      limit = Image.MAX_IMAGE_PIXELS
+      Image.MAX_IMAGE_PIXELS = None
+      try:
+        im = Image.open(io.BytesIO(data))
+      finally:
+        Image.MAX_IMAGE_PIXELS = limit
       fmt = im.format
       rawmode = im.tile[0][3] if im.tile and isinstance(im.tile[0][3], str) else None
       bits = image_utils.sample_bits(im)  # the decoder's raw mode is gone after load()
       frames = getattr(im, "n_frames", 1)
       jpeg = fmt in ("JPEG", "MPO")
+
+      def too_large(size, how):
+        if limit and size[0] * size[1] > 2 * limit:
+          return (f"image is too large to decode safely: {how} {size[0]}x{size[1]} = "
+                  f"{size[0] * size[1]:,} pixels, over Pillow's limit of {2 * limit:,} (a "
+                  "decompression bomb); a JPEG scaled down (--max_short_side) is decoded at "
+                  "up to 1/8 of its size")
+        return None
+
       if not jpeg:
+        out["problem"] = too_large(im.size, "it decodes at")
+        if out["problem"]:
+          return out
         im.load()  # the first frame; a truncated file raises here (a PNG's EXIF may follow it)
       orientation = _orientation(im)  # a JPEG's EXIF is read with its header: not loaded yet
       turned = orientation in (5, 6, 7, 8)  # stored on its side
@@ -556,6 +576,10 @@ def convert_image(src, rel, images_dir, min_side=MIN_SIDE, contested=(), max_sho
         if resize:  # decode at a DCT scale (1/2 .. 1/8) still at least twice the target
           drafted = im.draft(None, (2 * stored[0], 2 * stored[1]))
           box = drafted[1] if drafted else None  # the source area the drafted pixels cover
+        out["problem"] = too_large(im.size, "at the DCT scale of its stored size it still "
+                                   "decodes at" if resize else "it decodes at")
+        if out["problem"]:
+          return out
         im.load()  # a truncated file raises here
       # A grey image's profile is grey; any other non-CMYK image's, RGB (to_rgb keeps its space).
       grey = im.mode in ("1", "L", "LA", "La", "F") or im.mode.startswith("I")
