@@ -12,6 +12,7 @@ has (`stop_at_step_boundary`); a second signal stops it at once.
 """
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -76,6 +77,24 @@ class StopRequest:
     self.error = None
 
 
+def say_in_handler(text):
+  """Writes `text` to stderr from a signal handler: straight to its file descriptor. `print`
+  raises there ("reentrant call") when the signal came while the program was writing to stderr
+  (a progress line), and the line would be lost. Where stderr has no descriptor (a test's
+  capture), `print`, its error ignored."""
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+    fd = None
+  try:
+    if fd is None:
+      print(text, end="", file=sys.stderr, flush=True)
+    else:
+      os.write(fd, text.encode("utf8", "replace"))
+  except (OSError, RuntimeError):  # stderr closed, or re-entered: the stop still holds
+    pass
+
+
 @contextlib.contextmanager
 def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
   """Within the block, the first Ctrl-C or SIGTERM does not stop the code where it is: it is
@@ -97,11 +116,8 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
       raise error
     request.error = error
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    try:
-      print(f"\n{name}: stopping after this {what}, to {then} (another {name} stops at once)",
-            file=sys.stderr, flush=True)
-    except RuntimeError:  # stderr was being written when the signal came: the stop still holds
-      pass
+    say_in_handler(f"\n{name}: stopping after this {what}, to {then} (another {name} stops at "
+                   "once)\n")
 
   restore = _handle_stop_signals(note)
   try:

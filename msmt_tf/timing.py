@@ -18,8 +18,11 @@ def timing_turn(sync_dir, count, index, timeout_s):
     return
   import fcntl  # pylint: disable=g-import-not-at-top
   os.makedirs(sync_dir, exist_ok=True)
-  with open(os.path.join(sync_dir, f"ready.{index}"), "w") as f:
+  # Written aside, then renamed: a member counted ready has its file whole (and final mtime).
+  tmp = os.path.join(sync_dir, f".ready.{index}.{os.getpid()}")
+  with open(tmp, "w") as f:
     f.write(str(os.getpid()))
+  os.replace(tmp, os.path.join(sync_dir, f"ready.{index}"))
   t = time.perf_counter()
   ready = lambda: sum(n.startswith("ready.") for n in os.listdir(sync_dir))
   while ready() < count and time.perf_counter() - t < timeout_s:

@@ -476,7 +476,7 @@ def test_timing_turn_waits_for_the_group_and_never_overlaps(tmp_path):
   """bench --sync_dir: runs that compile together time one at a time, each after all compiled;
   a missing member only delays the group by --sync_timeout."""
   sync = tmp_path / "sync"
-  delays = [0.0, 1.5, 0.3]
+  delays = [0.0, 3.0, 0.3]  # member 0 waits ~3 s; >= 1 s below leaves 2 s for start-up skew
   procs = [subprocess.Popen([sys.executable, "-c", _TURN, str(sync), "3", str(i),
                              str(tmp_path / f"{i}.json"), str(d), "60"], cwd=REPO)
            for i, d in enumerate(delays)]
@@ -486,8 +486,8 @@ def test_timing_turn_waits_for_the_group_and_never_overlaps(tmp_path):
   for a, b in zip(runs, runs[1:]):
     assert a["end"] <= b["start"], runs  # no two timings overlap
   assert all(r["sync_ready"] == 3 and r["sync_group"] == 3 for r in runs)
-  # Every timing starts after the slowest member got ready (its 1.5 s 'compile'), so member 0
-  # (no 'compile') waited for it: 1.5 s, less any difference in the processes' start-up.
+  # Every timing starts after the slowest member got ready (its 3 s 'compile'), so member 0
+  # (no 'compile') waited for it: 3 s, less any difference in the processes' start-up.
   assert min(r["start"] for r in runs) >= max(
       os.path.getmtime(sync / f"ready.{i}") for i in range(3)) - 0.05
   assert json.load(open(tmp_path / "0.json"))["sync_wait_s"] >= 1.0, runs

@@ -215,9 +215,9 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
   # With worker processes (forked, so they inherit the handler): the parent stops them and says
   # so, and no worker, nor the pool's thread, prints a traceback. The signal comes while the
   # parent waits for the third result, as Ctrl-C does. Slow workers keep futures pending, and a
-  # slow terminate() lets the pool's thread find its workers gone before the parent goes on: with
-  # a pending future cancelled (what `Executor.map` does when it is left), Python 3.11's thread
-  # raised InvalidStateError there (10 runs in 10 before the fix).
+  # slow kill() (or terminate()) lets the pool's thread find its workers gone before the parent
+  # goes on: with a pending future cancelled (what `Executor.map` does when it is left), Python
+  # 3.11's thread raised InvalidStateError there (10 runs in 10 before the fix).
   pooled = (
       "import concurrent.futures as cf, multiprocessing.process as mpp, os, runpy, signal, sys\n"
       "import time\n"
@@ -229,11 +229,13 @@ def test_sigterm_stops_the_build_command_as_ctrl_c_does(source, built, tmp_path)
       "    os.kill(os.getpid(), signal.SIGTERM)\n"
       "  return real_result(self, *a, **k)\n"
       "cf.Future.result = stopped_result\n"
-      "real_terminate = mpp.BaseProcess.terminate\n"
-      "def slow_terminate(self):\n"
-      "  real_terminate(self)\n"
-      "  time.sleep(0.5)\n"
-      "mpp.BaseProcess.terminate = slow_terminate\n"
+      "def slowly(stop):\n"
+      "  def slow(self):\n"
+      "    stop(self)\n"
+      "    time.sleep(0.5)\n"
+      "  return slow\n"
+      "mpp.BaseProcess.kill = slowly(mpp.BaseProcess.kill)\n"
+      "mpp.BaseProcess.terminate = slowly(mpp.BaseProcess.terminate)\n"
       "to_rgb = image_utils.to_rgb\n"
       "def slow_rgb(*a, **k):\n"
       "  time.sleep(0.2)\n"

@@ -190,6 +190,44 @@ def _stop_at_the_step_boundary(signum, capsys):
     assert {s: signal.getsignal(s) for s in before} == before and stop.error is None
 
 
+
+def test_the_stop_line_is_written_when_the_signal_interrupts_a_write_to_stderr(monkeypatch):
+  """A signal that comes while the program writes to stderr (a progress line) runs the handler
+  inside that write: `print` then raises "reentrant call" and the stop's line was lost. It goes
+  to stderr's file descriptor instead; the stop holds either way."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from msmt_tf import stopping  # pylint: disable=g-import-not-at-top
+  read_end, write_end = os.pipe()
+
+  class BusyStderr:
+    """stderr as the handler finds it in the middle of a write of the program's."""
+
+    def fileno(self):
+      return write_end
+
+    def write(self, text):
+      raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+    def flush(self):
+      raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+
+  try:
+    monkeypatch.setattr(sys, "stderr", BusyStderr())
+    with stopping.stop_at_step_boundary() as stop:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.1)
+      assert isinstance(stop.error, stopping.Terminated)
+    monkeypatch.undo()
+    os.close(write_end)
+    write_end = None
+    with os.fdopen(read_end, "rb") as f:
+      said = f.read().decode()
+  finally:
+    if write_end is not None:
+      os.close(write_end)
+  assert said == ("\nSIGTERM: stopping after this step, to save a checkpoint (another SIGTERM "
+                  "stops at once)\n")
+
 def test_progress_in_a_log_file_is_a_plain_line_a_minute():
   """Into a file or pipe (a Slurm log), Keras' bar printed a line per update with escape codes;
   `progress.bar` gives plain lines, at most one a minute and one at the end."""

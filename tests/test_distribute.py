@@ -148,10 +148,36 @@ def test_commands_on_one_device_note_data_parallel_flags(capsys):
     flags.FLAGS.unparse_flags()
 
 
+def _free_ports(n):
+  """`n` distinct ports free now, below the kernel's ephemeral range: a port the kernel hands
+  out for "any port" (bind to 0, a client's connection) could be taken by another process (the
+  other test worker's training) between this check and the child's bind, tens of seconds later
+  under load. Each is checked by binding it, all held until the n are chosen."""
+  import random  # pylint: disable=g-import-not-at-top
+  try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+      low = int(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    low = 32768
+  rng = random.Random(os.getpid() ^ int(time.time() * 1e6))
+  held = []
+  try:
+    while len(held) < n:
+      s = socket.socket()
+      try:
+        s.bind(("0.0.0.0", rng.randrange(20000, max(20001, low))))
+      except OSError:
+        s.close()
+        continue
+      held.append(s)
+    return [s.getsockname()[1] for s in held]
+  finally:
+    for s in held:
+      s.close()
+
+
 def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+  return _free_ports(1)[0]
 
 
 def _losses(run_dir):

@@ -12,7 +12,7 @@ import pytest
 
 from msmt_tf import distribute
 from msmt_tf import losses
-from tests.test_distribute import _free_port
+from tests.test_distribute import _free_ports
 from tests.test_models import _step_agreement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def test_two_workers_train_like_one_device(tmp_path):
   assert res.returncode == 0, res.stderr[-2000:]
   train = [sys.executable, "-m", "msmt_tf.train", *common, "--max_steps=2"]
   one, two = str(tmp_path / "one_device"), str(tmp_path / "two_workers")
-  workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
   procs = [subprocess.Popen(train + [f"--run_dir={one}"], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)]

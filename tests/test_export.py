@@ -343,12 +343,13 @@ def test_serving_client_names_network_and_reply_failures():
 
   def answer(path, raw):
     del path, raw
-    if mode["m"] == "drop":
+    m = mode["m"]  # once: the slow reply's thread wakes when the test has moved on
+    if m == "drop":
       return None
-    if mode["m"] == "slow":
+    if m == "slow":
       time.sleep(1.5)
     return 200, {"html": b"<html>proxy login</html>", "slow": b"{}",
-                 "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[mode["m"]]
+                 "other": b'{"outputs": {"images_bytes": [{"x": 1}]}}'}[m]
 
   with rest_stub(answer) as url:
     # Only the slow reply meets the 0.3 s timeout; the others get 30 s, so that a loaded

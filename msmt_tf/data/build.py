@@ -699,12 +699,15 @@ def _ignore_sigint():
 
 
 def _terminate(pool):
-  """Stops the workers now, not after their queued work. No future is cancelled (see _pooled):
-  the pool's thread ends the pending ones itself when it finds the workers gone."""
+  """Stops the workers now, not after their queued work: SIGKILL, as a worker not yet past its
+  initializer still has the parent's SIGTERM handler (a traceback of its own). No future is
+  cancelled (see _pooled): the pool's thread ends the pending ones itself when it finds the
+  workers gone. A worker killed mid-write leaves only its `.PID.tmp` file in staging, which the
+  build's last clean-up of images/ removes."""
   processes = list((getattr(pool, "_processes", None) or {}).values())
   for p in processes:
     if p.is_alive():
-      p.terminate()
+      p.kill()
   pool.shutdown(wait=False)
   for p in processes:
     p.join(5)
