@@ -165,8 +165,8 @@ def quiet_startup(command=None):
   def stop(signum, frame):
     del frame
     how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
-    print(f"{how} while {command} was starting (importing its libraries): nothing was done "
-          "yet; run the same command again", file=sys.stderr, flush=True)
+    say_in_handler(f"{how} while {command} was starting (importing its libraries): nothing "
+                   "was done yet; run the same command again\n")
     sys.exit(128 + int(signum))
 
   _STARTUP.append(_handle_stop_signals(stop))
