@@ -27,6 +27,7 @@ wrong-caption pairs read the global batch through `ReplicaContext.all_gather` (s
 
 import contextlib
 import json
+import logging as pylogging
 import os
 import re
 
@@ -363,6 +364,7 @@ class TFPlacement:
     self.process_index = int(process_index)
     self.local_devices = len(strategy.extended.worker_devices)
     self.is_writer = self.process_index == 0
+    self._meet = None  # barrier's collective, traced once
     if self.local_devices * self.num_processes != self.num_devices:
       raise ValueError(f"{self.num_devices} replicas are not {self.num_processes} processes x "
                        f"{self.local_devices} devices")
@@ -403,9 +405,31 @@ class TFPlacement:
     return self.strategy.experimental_distribute_values_from_function(rows_of)
 
   def barrier(self, name, timeout_s=3600):
-    """A no-op: the workers' next collective (in the next step) waits for the slowest worker,
-    without a time limit."""
+    """Waits until every worker reaches a barrier (a one-number all-reduce over the replicas; a
+    no-op for one process). Where the run goes on, the workers' next collective (in the next
+    step) would wait anyway; where it ends (a stop), a worker that does not write waits for the
+    chief's checkpoint before it names it. `name`, `timeout_s`: unused (TensorFlow's
+    collectives wait without a time limit)."""
     del name, timeout_s
+    if not self.multi_process:
+      return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if self._meet is None:
+      strategy = self.strategy
+
+      def meet():
+        ones = strategy.run(lambda: tf.ones((), tf.float32))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+      self._meet = tf.function(meet, autograph=False)
+    # tf.distribute logs each collective it traces at INFO.
+    tf_logger = pylogging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(max(tf_logger.getEffectiveLevel(), pylogging.WARNING))
+    try:
+      self._meet()
+    finally:
+      tf_logger.setLevel(level)
 
   @staticmethod
   def local(x):

@@ -96,14 +96,13 @@ def say_in_handler(text):
 
 
 @contextlib.contextmanager
-def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
+def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint", when=None):
   """Within the block, the first Ctrl-C or SIGTERM does not stop the code where it is: it is
   noted in the yielded `StopRequest` (and said on stderr: "SIGTERM: stopping after this `what`,
-  to `then` ..."), for a loop to finish its step, save, and raise `request.error` itself. A
-  second one raises at once, as `sigterm_as_interrupt` does. The handlers are back after the
-  block. Not `enabled` (a multi-process run, whose processes must all stop at the same step),
-  outside the main thread, or for a signal the process was started with ignored: the handlers
-  are left as they are."""
+  to `then` ..."; `when` replaces "after this `what`"), for a loop to finish its step, save, and
+  raise `request.error` itself. A second one raises at once, as `sigterm_as_interrupt` does.
+  The handlers are back after the block. Not `enabled`, outside the main thread, or for a
+  signal the process was started with ignored: the handlers are left as they are."""
   request = StopRequest()
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield request
@@ -116,8 +115,8 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
       raise error
     request.error = error
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    say_in_handler(f"\n{name}: stopping after this {what}, to {then} (another {name} stops at "
-                   "once)\n")
+    say_in_handler(f"\n{name}: stopping {when or f'after this {what}'}, to {then} (another "
+                   f"{name} stops at once)\n")
 
   restore = _handle_stop_signals(note)
   try:
@@ -127,8 +126,13 @@ def stop_at_step_boundary(enabled=True, what="step", then="save a checkpoint"):
 
 
 def how_stopped(error):
-  """'stopped by SIGTERM' for `Terminated`, 'interrupted' for Ctrl-C."""
-  return "stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted"
+  """'stopped by SIGTERM' for `Terminated`, 'interrupted' for Ctrl-C; an error whose
+  `other_process` is true (a multi-process run stopped by another process's signal) says so."""
+  how = "stopped by SIGTERM" if isinstance(error, Terminated) else "interrupted"
+  if getattr(error, "other_process", False):
+    how += (" (sent to another process of the run)" if isinstance(error, Terminated) else
+            " (by Ctrl-C in another process of the run)")
+  return how
 
 
 def exit_status(error):

@@ -14,8 +14,10 @@ checkpoint yet starts at step 0 and says so on stderr; a folder whose checkpoint
 damaged (only `*.npz.damaged` left) is refused, with or without `--resume`, and so is a run
 imported by `import_torch` (generator weights only). Ctrl-C or SIGTERM (a batch system's time
 limit) stops the run after the step it comes in, with a checkpoint of that step, and names it
-to `--resume` from; a second one stops at once, as does the first in a multi-process run (at
-the newest checkpoint of --checkpoint_every).
+to `--resume` from; a second one stops at once. In a multi-process run, a signal to any of its
+processes once training has started stops all of them after the same step, one of the next
+three (the request travels with the step's losses), with a checkpoint of that step (a second
+signal, or one while the processes start, stops only the process it comes to).
 A non-finite loss stops the run with a message; checkpoints already written are kept.
 
 Data-parallel (`--distribute=auto`, the default; `--batch_size` is the global batch): JAX over
@@ -451,9 +453,31 @@ def write_samples(run, step, writer=None):
 
 
 def train(run):
-  """Runs the training loop from `run.step` to `run.max_steps`."""
+  """Runs the training loop from `run.step` to `run.max_steps`.
+
+  Ctrl-C or SIGTERM (a batch system's time limit) stops the run after the step it comes in,
+  with a checkpoint of that step (a second one stops at once). A multi-process run's processes
+  are signalled at different steps (or only one is), and each must stop after the same step
+  (the others would wait for it at the next collective): each gives its request to the step
+  (`msmt_gan.STOP_KEYS`), which reduces them over the processes with the losses; all read the
+  same result from the same step, and stop after the step in which they read it."""
+  multi = run.world["processes"] > 1
+  with stopping.stop_at_step_boundary(
+      when="after a step all processes agree on (one of the next three)" if multi else None,
+  ) as stop:
+    step_fn = _train(run, stop, multi)
+  step_fn.sync()
+  if run.is_writer:
+    runs.save_model(run.gan.generator_ema, os.path.join(run.run_dir, "generator_ema.keras"))
+  return run.step
+
+
+def _train(run, stop, multi):
+  """`train`'s setup and loop, inside its stop request `stop`: raises the stop it agreed on, or
+  returns the step function at --max_steps."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from msmt_tf.models import msmt_gan  # pylint: disable=g-import-not-at-top
   writes = run.is_writer  # only process 0 of a multi-process run writes files
   loss_log = os.path.join(run.run_dir, "losses.jsonl")
   writer = None
@@ -478,8 +502,14 @@ def train(run):
   start = time.time()
 
   def record_losses(step, device_logs):
-    """Reads one step's losses (waiting for that step only), stops on a non-finite one, logs."""
+    """Reads one step's losses (waiting for that step only), stops on a non-finite one, logs.
+    A multi-process step's stop requests (any process's) are noted in `agreed`."""
     logs = {k: float(v) + 0.0 for k, v in device_logs.items()}  # + 0.0: -0.0 is logged as 0.0
+    stops = {k: logs.pop(k) for k in msmt_gan.STOP_KEYS if k in logs}
+    if agreed[0] is None and stops.get("stop_sigterm", 0) > 0:
+      agreed[0] = stopping.Terminated()
+    elif agreed[0] is None and stops.get("stop_sigint", 0) > 0:
+      agreed[0] = KeyboardInterrupt()
     bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
     if bad:
       last = checkpoint.latest(run.run_dir)
@@ -509,19 +539,28 @@ def train(run):
   # Step n's losses are read after step n + 1 is dispatched, so the device never waits for the
   # host between steps; before anything is saved the pending losses are read and checked, so no
   # checkpoint or sample ever follows a non-finite loss.
-  # Ctrl-C or SIGTERM (a batch system's time limit) stops the run after the step it comes in,
-  # with a checkpoint of that step (a second one stops at once). Not in a multi-process run: its
-  # processes, signalled at different steps, would wait for each other at the next collective.
+  # A stop (see `train`): single-process, the signal's own request; multi-process, the request
+  # every process has read from a step's logs.
+  agreed = [None]
+
+  def stopping_now():
+    return agreed[0] is not None if multi else stop.error is not None
+
   first_step, pending, saved_step = run.step, None, run.step
-  with open(loss_log if writes else os.devnull, "a") as log_file, \
-      stopping.stop_at_step_boundary(enabled=run.world["processes"] == 1) as stop:
+  with open(loss_log if writes else os.devnull, "a") as log_file:
     for data in pipeline.iterate(as_numpy=keras.backend.backend() != "tensorflow"):
-      if run.step >= run.max_steps or stop.error is not None:
+      if run.step >= run.max_steps or stopping_now():
         break
       if progbar is None and writes:
         progbar = progress_lib.bar(run.max_steps, stateful_metrics=None)
         progbar.update(run.step)
       inputs = {k: v for k, v in data.items() if k not in ("index", "epoch")}
+      if multi:
+        rows, asked = int(inputs["tokens"].shape[0]), stop.error  # read once: a signal may come
+        term = isinstance(asked, stopping.Terminated)
+        inputs["stop_sigterm"] = np.full((rows,), float(term), np.float32)
+        inputs["stop_sigint"] = np.full((rows,), float(asked is not None and not term),
+                                        np.float32)
       device_logs = step_fn(inputs)
       if pending:
         record_losses(*pending)
@@ -529,11 +568,12 @@ def train(run):
       pending = (run.step, device_logs)
       sample = run.step % FLAGS.sample_every == 0 or run.step == run.max_steps
       save = (run.step % FLAGS.checkpoint_every == 0 or run.step == run.max_steps
-              or stop.error is not None)
+              or stopping_now())
       if not (sample or save):
         continue
       record_losses(*pending)
       pending = None
+      save = save or stopping_now()  # multi-process: this step's own logs may have asked
       step_fn.sync()
       if writes:
         if save:  # first: a stop asked for here is saved before the samples take their time
@@ -543,23 +583,23 @@ def train(run):
       saved_step = run.step if save else saved_step
       if run.placement is not None:  # the other processes wait for process 0's writes here
         run.placement.barrier(f"written_{run.step}")
-      if stop.error is not None:
+      if stopping_now():
         break
     if pending:
       record_losses(*pending)
     # Asked for while a batch was awaited, or after this step's `save` was decided (during its
     # samples or barrier): saved here. A run that has reached --max_steps finishes (its model
-    # file takes seconds).
-    if stop.error is not None and run.step < run.max_steps:
+    # file takes seconds). (Multi-process: always saved in the loop; a request that no step
+    # carried yet is dropped at --max_steps, as the run ends anyway.)
+    if stopping_now() and run.step < run.max_steps:
       if saved_step != run.step:
         step_fn.sync()
         if writes:
           save_checkpoint()
-      raise stop.error
-  step_fn.sync()
-  if writes:
-    runs.save_model(run.gan.generator_ema, os.path.join(run.run_dir, "generator_ema.keras"))
-  return run.step
+      if stop.error is None:  # another process's signal
+        agreed[0].other_process = True
+      raise stop.error or agreed[0]
+  return step_fn
 
 
 def main(argv):

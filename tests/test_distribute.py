@@ -185,11 +185,22 @@ def _losses(run_dir):
     return {e["step"]: e for e in map(json.loads, f)}
 
 
+def _logged_lines(path):
+  """Complete lines of a log being written (0 before it exists)."""
+  try:
+    with open(path) as f:
+      return f.read().count("\n")
+  except FileNotFoundError:
+    return 0
+
+
 @needs_jax
-def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
+def test_two_processes_train_like_one_and_stop_and_resume_exactly(tmp_path):
   """2 processes x 1 CPU device (coordinator on 127.0.0.1, gloo collectives), each reading its half
-  of every batch, give the losses of 1 process x 2 devices bit for bit; only process 0 writes;
-  both killed after a checkpoint, `--resume` on both continues exactly."""
+  of every batch, give the losses of 1 process x 2 devices bit for bit; only process 0 writes.
+  SIGTERM to process 1 alone (a node's time limit) stops both after the same step, with a
+  checkpoint of that step (the only one: --checkpoint_every is beyond the run), each saying so
+  with exit status 143; `--resume` on both continues exactly."""
   from msmt_tf.data import shapes  # pylint: disable=g-import-not-at-top
   data, damsm = str(tmp_path / "data"), str(tmp_path / "damsm")
   shapes.write_dataset(data, num_train=16, num_test=4, seed=1, image_size=64)
@@ -199,7 +210,8 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-2000:]
   env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-  steps = 6  # killed at 2: four more steps of margin before the run could end by itself
+  # Signalled once step 2 is logged; the stop comes within 3 steps of the signal: margin to 10.
+  steps = 10
 
   ref_dir = str(tmp_path / "one_process")
   res = subprocess.run([sys.executable, "-m", "msmt_tf.train", *common, f"--run_dir={ref_dir}",
@@ -215,24 +227,40 @@ def test_two_processes_train_like_one_and_resume_exactly(tmp_path):
     port = _free_port()
     return [subprocess.Popen(
         [sys.executable, "-m", "msmt_tf.train", *common, f"--run_dir={run_dir}",
-         f"--max_steps={steps}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-         f"--process_id={i}", *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True) for i in range(2)]
+         f"--max_steps={steps}", "--checkpoint_every=1000",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+         *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True) for i in range(2)]
 
   procs = start()
-  target = os.path.join(run_dir, "checkpoints", "ckpt-00000002.npz")
+  log = os.path.join(run_dir, "losses.jsonl")
   deadline = time.time() + 600
-  while not os.path.exists(target) and all(p.poll() is None for p in procs) and \
+  while _logged_lines(log) < 2 and all(p.poll() is None for p in procs) and \
       time.time() < deadline:
     time.sleep(0.05)
-  for p in procs:
-    if p.poll() is None:
-      os.killpg(p.pid, signal.SIGKILL)
-  outs = [p.communicate(timeout=60) for p in procs]
-  assert all(p.returncode == -signal.SIGKILL for p in procs), [o[1][-1500:] for o in outs]
+  if all(p.poll() is None for p in procs):
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 learns it from the step
+  try:
+    outs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+  assert [p.returncode for p in procs] == [143, 143], [o[1][-2000:] for o in outs]
   from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
-  killed_at = checkpoint.latest(run_dir)[0]
-  assert 2 <= killed_at < steps
+  stopped_at = checkpoint.latest(run_dir)[0]
+  assert 3 <= stopped_at < steps
+  assert os.listdir(os.path.join(run_dir, "checkpoints")) == [f"ckpt-{stopped_at:08d}.npz"]
+  assert sorted(_losses(run_dir)) == list(range(1, stopped_at + 1))
+  assert "SIGTERM: stopping after a step all processes agree on (one of the next three)" in \
+      outs[1][1], outs[1][1][-2000:]
+  resume = (f"the newest checkpoint is {checkpoint.latest(run_dir)[1]} (step {stopped_at}): "
+            "continue")
+  assert f"stopped by SIGTERM at step {stopped_at}; {resume}" in outs[1][1], outs[1][1][-2000:]
+  assert (f"stopped by SIGTERM (sent to another process of the run) at step {stopped_at}; "
+          f"{resume}") in outs[0][1], outs[0][1][-2000:]
+  assert not os.path.exists(os.path.join(run_dir, "generator_ema.keras"))
   with open(os.path.join(run_dir, "config.json")) as f:
     assert json.load(f)["world"] == {"processes": 2, "devices": 2}
 

@@ -6,13 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from msmt_tf import checkpoint
 from msmt_tf import distribute
 from msmt_tf import losses
 from tests.test_distribute import _free_ports
+from tests.test_distribute import _logged_lines
 from tests.test_models import _step_agreement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,11 +109,13 @@ def _checkpoint(run_dir, step):
 def test_two_workers_train_like_one_device(tmp_path):
   """`msmt_tf.train` on 2 localhost workers (TF_CONFIG, MultiWorkerMirroredStrategy, one CPU
   device each, each reading its 2 rows of the global batch of 4) against the same run on one
-  device: both workers finish; only the chief writes (each step logged once, no progress bar on
-  worker 1); the run records 2 processes x 1 device; step 1 (from the same seeded weights and
-  batch) has the one-device losses and state within the bounds above, the same noise-RNG state
-  and optimizer counters; step 2's losses (from states that already differ by rounding) within
-  1e-3 (measured 2e-4). Bounded: every process is killed after 600 s."""
+  device: only the chief writes (each step logged once, no progress bar on worker 1); the run
+  records 2 processes x 1 device; step 1 (from the same seeded weights and batch) has the
+  one-device losses and state within the bounds above, the same noise-RNG state and optimizer
+  counters; step 2's losses (from states that already differ by rounding) within 1e-3
+  (measured 2e-4). SIGTERM to worker 1 alone, once step 2 is logged, stops both workers after
+  the same step (exit status 143, each naming it and its checkpoint), long before their
+  --max_steps. Bounded: every process is killed after 600 s."""
   from msmt_tf.data import shapes  # pylint: disable=g-import-not-at-top
   data, damsm = str(tmp_path / "data"), str(tmp_path / "damsm")
   shapes.write_dataset(data, num_train=16, num_test=4, seed=1, image_size=64)
@@ -127,11 +132,18 @@ def test_two_workers_train_like_one_device(tmp_path):
   for i in range(2):
     env = dict(ENV, TF_CONFIG=json.dumps({"cluster": {"worker": workers},
                                           "task": {"type": "worker", "index": i}}))
-    procs.append(subprocess.Popen(train + [f"--run_dir={two}"], cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True))
+    procs.append(subprocess.Popen(train[:-1] + ["--max_steps=40", "--keep_checkpoints=100",
+                                              f"--run_dir={two}"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True))
   outs = []
   try:
+    log, deadline = os.path.join(two, "losses.jsonl"), time.time() + 600
+    while _logged_lines(log) < 2 and all(p.poll() is None for p in procs[1:]) and \
+        time.time() < deadline:
+      time.sleep(0.05)
+    if all(p.poll() is None for p in procs[1:]):
+      procs[2].send_signal(signal.SIGTERM)  # worker 1 only: the chief learns it from the step
     for p in procs:
       outs.append(p.communicate(timeout=600))
   finally:
@@ -139,16 +151,23 @@ def test_two_workers_train_like_one_device(tmp_path):
       if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  for out, _ in outs:
-    assert "trained to step 2" in out
-  # The chief's progress only (plain lines: stdout is a pipe, msmt_tf.progress).
-  assert "2/2 steps (100%)" in outs[1][0] and " steps (" not in outs[2][0]
+  assert procs[0].returncode == 0, outs[0][1][-3000:]
+  assert "trained to step 2" in outs[0][0]
+  assert [p.returncode for p in procs[1:]] == [143, 143], [o[1][-3000:] for o in outs[1:]]
+  stopped_at = checkpoint.latest(two)[0]
+  assert 3 <= stopped_at < 40
+  resume = (f"the newest checkpoint is {checkpoint.latest(two)[1]} (step {stopped_at}): "
+            "continue")
+  assert f"stopped by SIGTERM at step {stopped_at}; {resume}" in outs[2][1], outs[2][1][-2000:]
+  assert (f"stopped by SIGTERM (sent to another process of the run) at step {stopped_at}; "
+          f"{resume}") in outs[1][1], outs[1][1][-2000:]
+  assert not os.path.exists(os.path.join(two, "generator_ema.keras"))
+  assert " steps (" not in outs[2][0]  # no progress lines but the chief's (stopped in < 60 s)
   with open(os.path.join(two, "config.json")) as f:
     assert json.load(f)["world"] == {"processes": 2, "devices": 2}
   ref, got = _losses(one), _losses(two)
-  assert [e["step"] for e in got] == [1, 2]  # each step logged once: only the chief writes
+  # each step logged once: only the chief writes
+  assert [e["step"] for e in got] == list(range(1, stopped_at + 1))
   for k, v in ref[0].items():
     assert got[0][k] == pytest.approx(v, rel=LOSS_REL, abs=1e-9), k
   for k, v in ref[1].items():
@@ -169,7 +188,6 @@ def test_two_workers_train_like_one_device(tmp_path):
       elements += w.size
   assert misses <= MISS_FRACTION * elements, (misses, elements)
   assert moment > 0 and np.sqrt(moment_diff / moment) <= MOMENT_REL
-  assert os.path.isfile(os.path.join(two, "generator_ema.keras"))
   # The one-device run resumed data-parallel (2 logical CPU devices, MirroredStrategy) with a new
   # discriminator rate: the restored rates are read and set through mirrored variables.
   res = subprocess.run(train[:-1] + ["--max_steps=3", f"--run_dir={one}", "--resume",

@@ -19,7 +19,7 @@ from msmt_tf import losses
 from msmt_tf.models.initialization import one_program_initialization
 from msmt_tf.models.stateless import jit_over_variables
 
-__all__ = ["LossConfig", "MSMTGAN", "BatchShard", "clone_generator"]
+__all__ = ["LossConfig", "MSMTGAN", "BatchShard", "clone_generator", "STOP_KEYS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +359,11 @@ class MSMTGAN(keras.Model):
     of the global batch. TensorFlow (`msmt_tf.distribute.TFPlacement`, the model built under its
     strategy): `train_step` with a `BatchShard` on every replica (`strategy.run`), batch norm
     synchronized over the replicas, the replicas' loss shares summed (no `jit_compile`).
+
+    A placed step also takes the batch entries `STOP_KEYS` where given (one float per row: 1
+    where this process was asked to stop by that signal, else 0; `msmt_tf.train` gives them in
+    a multi-process run), and returns each in its logs as a value > 0 where any process gave 1:
+    every process reads the same value from the same step, so all stop after the same one.
     """
     return _StepFunction(self, jit_compile, placement)
 
@@ -388,6 +393,17 @@ class MSMTGAN(keras.Model):
       fn = jit_over_variables(lambda tokens, z, eps: self._sample(tokens, z, eps, ema), variables)
       object.__setattr__(self, name, fn)  # a plain attribute: nothing for Keras to track
     return fn
+
+
+# Batch entries of a placed step that are not training data: each process's stop requests
+# (Ctrl-C, SIGTERM), reduced over the processes into the logs (see `make_train_function`).
+STOP_KEYS = ("stop_sigint", "stop_sigterm")
+
+
+def _split_stop_requests(batch):
+  """`batch` -> (the batch without `STOP_KEYS`, those entries)."""
+  stops = {k: batch[k] for k in STOP_KEYS if k in batch}
+  return {k: v for k, v in batch.items() if k not in stops}, stops
 
 
 class _StepFunction:
@@ -472,6 +488,8 @@ def _split_step(gan, variables, live, frozen):
   them raises, naming it (its new value would otherwise be dropped)."""
 
   def step(live_values, constants, batch):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    batch, stops = _split_stop_requests(batch)
     state = [None] * len(variables)
     for i, x in zip(live, live_values):
       state[i] = x
@@ -482,6 +500,8 @@ def _split_step(gan, variables, live, frozen):
     if written:
       raise ValueError(f"the train step writes {len(written)} variable(s) of the frozen "
                        f"encoders, which it takes as constants: {', '.join(written[:5])}")
+    logs = dict(logs)
+    logs.update((k, jnp.max(v)) for k, v in stops.items())  # over the global batch: all processes
     return [new[i] for i in live], logs
 
   return step
@@ -557,8 +577,11 @@ def _tf_distributed_step(gan, placement, jit_compile):
           out[i] = tf.reshape(part, [n * local] + flat[i].shape[1:])
       return tf.nest.pack_sequence_as(tree, out)
 
+    batch, stops = _split_stop_requests(batch)
     shard = BatchShard(gather, ctx.replica_id_in_sync_group, n, local)
-    logs = gan.train_step(batch, shard)
+    logs = dict(gan.train_step(batch, shard))
+    # Summed over the replicas with the losses: > 0 where any process asked to stop.
+    logs.update((k, tf.reduce_max(v)) for k, v in stops.items())
     keys[:] = list(logs)
     return tf.stack([tf.cast(logs[k], tf.float32) for k in keys])  # one reduction for all
 
