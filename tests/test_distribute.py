@@ -194,6 +194,23 @@ def _logged_lines(path):
     return 0
 
 
+def _stopped_together(run_dir, signalled, other, steps):
+  """Checks a 2-process run whose process `signalled` (its stderr) alone got SIGTERM once step
+  2 was logged: both said they stopped after the same step, before `steps`, naming its
+  checkpoint, the other one as another process's signal; returns that step."""
+  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
+  stopped_at, path = checkpoint.latest(run_dir)
+  assert 3 <= stopped_at < steps
+  assert "SIGTERM: stopping after a step all processes agree on (one of the next three)" in \
+      signalled, signalled[-2000:]
+  resume = f"the newest checkpoint is {path} (step {stopped_at}): continue"
+  assert f"stopped by SIGTERM at step {stopped_at}; {resume}" in signalled, signalled[-2000:]
+  assert (f"stopped by SIGTERM (sent to another process of the run) at step {stopped_at}; "
+          f"{resume}") in other, other[-2000:]
+  assert not os.path.exists(os.path.join(run_dir, "generator_ema.keras"))
+  return stopped_at
+
+
 @needs_jax
 def test_two_processes_train_like_one_and_stop_and_resume_exactly(tmp_path):
   """2 processes x 1 CPU device (coordinator on 127.0.0.1, gloo collectives), each reading its half
@@ -248,19 +265,9 @@ def test_two_processes_train_like_one_and_stop_and_resume_exactly(tmp_path):
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
   assert [p.returncode for p in procs] == [143, 143], [o[1][-2000:] for o in outs]
-  from msmt_tf import checkpoint  # pylint: disable=g-import-not-at-top
-  stopped_at = checkpoint.latest(run_dir)[0]
-  assert 3 <= stopped_at < steps
+  stopped_at = _stopped_together(run_dir, signalled=outs[1][1], other=outs[0][1], steps=steps)
   assert os.listdir(os.path.join(run_dir, "checkpoints")) == [f"ckpt-{stopped_at:08d}.npz"]
   assert sorted(_losses(run_dir)) == list(range(1, stopped_at + 1))
-  assert "SIGTERM: stopping after a step all processes agree on (one of the next three)" in \
-      outs[1][1], outs[1][1][-2000:]
-  resume = (f"the newest checkpoint is {checkpoint.latest(run_dir)[1]} (step {stopped_at}): "
-            "continue")
-  assert f"stopped by SIGTERM at step {stopped_at}; {resume}" in outs[1][1], outs[1][1][-2000:]
-  assert (f"stopped by SIGTERM (sent to another process of the run) at step {stopped_at}; "
-          f"{resume}") in outs[0][1], outs[0][1][-2000:]
-  assert not os.path.exists(os.path.join(run_dir, "generator_ema.keras"))
   with open(os.path.join(run_dir, "config.json")) as f:
     assert json.load(f)["world"] == {"processes": 2, "devices": 2}
 

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from msmt_tf import checkpoint
 from msmt_tf import distribute
 from msmt_tf import losses
 from tests.test_distribute import _free_ports
 from tests.test_distribute import _logged_lines
+from tests.test_distribute import _stopped_together
 from tests.test_models import _step_agreement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,14 +154,7 @@ def test_two_workers_train_like_one_device(tmp_path):
   assert procs[0].returncode == 0, outs[0][1][-3000:]
   assert "trained to step 2" in outs[0][0]
   assert [p.returncode for p in procs[1:]] == [143, 143], [o[1][-3000:] for o in outs[1:]]
-  stopped_at = checkpoint.latest(two)[0]
-  assert 3 <= stopped_at < 40
-  resume = (f"the newest checkpoint is {checkpoint.latest(two)[1]} (step {stopped_at}): "
-            "continue")
-  assert f"stopped by SIGTERM at step {stopped_at}; {resume}" in outs[2][1], outs[2][1][-2000:]
-  assert (f"stopped by SIGTERM (sent to another process of the run) at step {stopped_at}; "
-          f"{resume}") in outs[1][1], outs[1][1][-2000:]
-  assert not os.path.exists(os.path.join(two, "generator_ema.keras"))
+  stopped_at = _stopped_together(two, signalled=outs[2][1], other=outs[1][1], steps=40)
   assert " steps (" not in outs[2][0]  # no progress lines but the chief's (stopped in < 60 s)
   with open(os.path.join(two, "config.json")) as f:
     assert json.load(f)["world"] == {"processes": 2, "devices": 2}
