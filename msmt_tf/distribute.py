@@ -343,6 +343,20 @@ def tf_placement(batch_size, devices=0):
   return TFPlacement(strategy, num_processes, process_index)
 
 
+@contextlib.contextmanager
+def tensorflow_info_off():
+  """Within the block, TensorFlow's Python logger shows warnings and errors only (tf.distribute
+  logs every collective it traces at INFO: 70 lines per replica and trace); its level is put
+  back after the block."""
+  tf_logger = pylogging.getLogger("tensorflow")
+  level = tf_logger.level
+  tf_logger.setLevel(max(tf_logger.getEffectiveLevel(), pylogging.WARNING))
+  try:
+    yield
+  finally:
+    tf_logger.setLevel(level)
+
+
 class TFPlacement:
   """The TensorFlow train step's devices: a `tf.distribute` strategy, one replica per device.
 
@@ -422,14 +436,8 @@ class TFPlacement:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
 
       self._meet = tf.function(meet, autograph=False)
-    # tf.distribute logs each collective it traces at INFO.
-    tf_logger = pylogging.getLogger("tensorflow")
-    level = tf_logger.level
-    tf_logger.setLevel(max(tf_logger.getEffectiveLevel(), pylogging.WARNING))
-    try:
+    with tensorflow_info_off():
       self._meet()
-    finally:
-      tf_logger.setLevel(level)
 
   @staticmethod
   def local(x):

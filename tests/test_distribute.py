@@ -194,6 +194,17 @@ def _logged_lines(path):
     return 0
 
 
+def _sigterm_once_logged(log, procs, target, lines=2, timeout_s=600):
+  """Sends SIGTERM to `target` alone once `log` has `lines` complete lines, unless one of
+  `procs` (the run's processes) has ended first or `timeout_s` passed."""
+  deadline = time.time() + timeout_s
+  while _logged_lines(log) < lines and all(p.poll() is None for p in procs) and \
+      time.time() < deadline:
+    time.sleep(0.05)
+  if all(p.poll() is None for p in procs):
+    target.send_signal(signal.SIGTERM)
+
+
 def _stopped_together(run_dir, signalled, other, steps):
   """Checks a 2-process run whose process `signalled` (its stderr) alone got SIGTERM once step
   2 was logged: both said they stopped after the same step, before `steps`, naming its
@@ -250,14 +261,9 @@ def test_two_processes_train_like_one_and_stop_and_resume_exactly(tmp_path):
         start_new_session=True) for i in range(2)]
 
   procs = start()
-  log = os.path.join(run_dir, "losses.jsonl")
-  deadline = time.time() + 600
-  while _logged_lines(log) < 2 and all(p.poll() is None for p in procs) and \
-      time.time() < deadline:
-    time.sleep(0.05)
-  if all(p.poll() is None for p in procs):
-    procs[1].send_signal(signal.SIGTERM)  # process 1 only: process 0 learns it from the step
   try:
+    # Process 1 only: process 0 learns it from the step.
+    _sigterm_once_logged(os.path.join(run_dir, "losses.jsonl"), procs, procs[1])
     outs = [p.communicate(timeout=600) for p in procs]
   finally:
     for p in procs:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from msmt_tf import distribute
 from msmt_tf import losses
 from tests.test_distribute import _free_ports
-from tests.test_distribute import _logged_lines
+from tests.test_distribute import _sigterm_once_logged
 from tests.test_distribute import _stopped_together
 from tests.test_models import _step_agreement
 
@@ -138,12 +137,8 @@ def test_two_workers_train_like_one_device(tmp_path):
                                   stderr=subprocess.PIPE, text=True, start_new_session=True))
   outs = []
   try:
-    log, deadline = os.path.join(two, "losses.jsonl"), time.time() + 600
-    while _logged_lines(log) < 2 and all(p.poll() is None for p in procs[1:]) and \
-        time.time() < deadline:
-      time.sleep(0.05)
-    if all(p.poll() is None for p in procs[1:]):
-      procs[2].send_signal(signal.SIGTERM)  # worker 1 only: the chief learns it from the step
+    # Worker 1 only: the chief learns it from the step.
+    _sigterm_once_logged(os.path.join(two, "losses.jsonl"), procs[1:], procs[2])
     for p in procs:
       outs.append(p.communicate(timeout=600))
   finally:

@@ -9,7 +9,6 @@ statistics are copied, as DM-GAN saves its averaged parameters with the live sta
 
 import contextlib
 import dataclasses
-import logging
 
 import keras
 from keras import ops
@@ -535,6 +534,8 @@ def _tf_distributed_step(gan, placement, jit_compile):
   """`per-replica batch -> global logs`: `gan.train_step` with a `BatchShard` on every replica of
   the placement's strategy (see `MSMTGAN.make_train_function`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # The placement came from msmt_tf.distribute: already imported (with its flags).
+  from msmt_tf.distribute import tensorflow_info_off  # pylint: disable=g-import-not-at-top
   strategy = placement.strategy
   owners = [("generator", gan.generator), ("generator_ema", gan.generator_ema)]
   owners += [(d.name, d) for d in gan.discriminators]
@@ -586,16 +587,9 @@ def _tf_distributed_step(gan, placement, jit_compile):
     return tf.stack([tf.cast(logs[k], tf.float32) for k in keys])  # one reduction for all
 
   def step(batch):
-    # tf.distribute logs every collective it traces at INFO (70 lines per replica and trace).
-    tf_logger = logging.getLogger("tensorflow")
-    level = tf_logger.level
-    tf_logger.setLevel(max(tf_logger.getEffectiveLevel(), logging.WARNING))
-    try:
-      with _synchronized_batch_norm([gan.generator, *gan.discriminators]):
-        shares = strategy.run(replica_step, args=(batch,))
+    with tensorflow_info_off(), _synchronized_batch_norm([gan.generator, *gan.discriminators]):
+      shares = strategy.run(replica_step, args=(batch,))
       total = strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
-    finally:
-      tf_logger.setLevel(level)
     return {k: total[i] for i, k in enumerate(keys)}
 
   return tf.function(step, reduce_retracing=True, autograph=False)
